@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# One-time (idempotent) set-up: system packages, .venv, torch, and the project with its dev extra.
+# Re-runs only the steps whose inputs changed, so `make run` and `make test` stay quick after the first time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(prusa-slicer)
+PY=${PYTHON:-python3}
+VENV=.venv
+STAMP=$VENV/.layerloop-installed
+
+need_apt=()
+for pkg in "${APT_PACKAGES[@]}"; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+    echo "setup: installing system packages: ${need_apt[*]}"
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+[ -x $VENV/bin/python ] || "$PY" -m venv $VENV
+want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+if [ "$(cat $STAMP 2>/dev/null)" != "$want" ]; then
+    echo "setup: installing Python packages into $VENV (first run takes a few minutes)"
+    $VENV/bin/python -m pip install -q --upgrade pip
+    if ! $VENV/bin/python -c "import torch" 2>/dev/null; then
+        if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+            $VENV/bin/python -m pip install -q torch
+        else
+            # The CPU build: a plain `torch` requirement would pull a multi-GB CUDA build.
+            # (Where no local CPU wheel exists, see README: install the CPU build of torch before this.)
+            $VENV/bin/python -m pip install -q torch==2.13.0
+        fi
+    fi
+    $VENV/bin/python -m pip install -q -e ".[dev]"
+    echo "$want" > $STAMP
+fi

@@ -1,0 +1,89 @@
+"""Command line: ``python -m sim_bridge simulate FILE.gcode --printer NAME_OR_PRINTER_CFG``.
+
+Prints a readable summary (with a progress bar on large files) and exits 1 when the print fails, 2 on a
+usage error (bad file, unknown printer). ``--json`` writes the report; ``--plot`` a PNG of the print.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+from sim_bridge.config import ConfigError
+from sim_bridge.gcode import GcodeError
+from sim_bridge.interpreter import SimOptions
+from sim_bridge.profiles import MATERIALS, bundled_printers, load_material, load_printer
+from sim_bridge.simulator import Simulator
+
+PROGRESS_MIN_BYTES = 2_000_000
+"""Files larger than this get a progress bar."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m sim_bridge", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sim = sub.add_parser("simulate", help="run a G-code file on the embedded simulator")
+    sim.add_argument("file", type=Path, help="G-code file")
+    sim.add_argument("--printer", default="ender3-klipper",
+                     help=f"bundled profile ({', '.join(bundled_printers())}), a profile .yaml, a Klipper "
+                          "printer.cfg or a PrusaSlicer .ini/.gcode")
+    sim.add_argument("--material", default="PLA", help=f"one of {', '.join(MATERIALS)}")
+    sim.add_argument("--planner", choices=("klipper", "marlin"), help="corner model (default: the printer's firmware)")
+    sim.add_argument("--klipper-batch", action="store_true",
+                     help="model Klipper's batch mode (no heater waits, homing runs its full length)")
+    sim.add_argument("--resolution", type=float, default=0.1, help="height-map cell size in mm (default 0.1)")
+    sim.add_argument("--no-deposition", action="store_true", help="skip the height map (time and errors only)")
+    sim.add_argument("--traces", action="store_true", help="include sensor traces in the JSON report")
+    sim.add_argument("--json", type=Path, help="write the report as JSON here")
+    sim.add_argument("--plot", type=Path, help="write a PNG (height map and toolpath) here")
+    sim.add_argument("--quiet", action="store_true", help="no summary, only the exit code")
+    sub.add_parser("printers", help="list the bundled printer profiles")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    args = _parser().parse_args(argv)
+    console = Console(stderr=True)
+    if args.command == "printers":
+        for name in bundled_printers():
+            print(f"{name}: {load_printer(name).description}")
+        return 0
+    try:
+        printer = load_printer(args.printer)
+        material = load_material(args.material)
+        if not (0.01 <= args.resolution <= 5.0):
+            raise ConfigError(f"--resolution {args.resolution}: out of range, allowed [0.01, 5.0] mm")
+        options = SimOptions(planner=args.planner or "", klipper_batch_mode=args.klipper_batch,
+                             resolution_mm=args.resolution, deposition=not args.no_deposition, traces=args.traces)
+        sim = Simulator(printer, material, options)
+        if not args.file.is_file():
+            raise GcodeError(str(args.file), 0, "no such file")
+        size = args.file.stat().st_size
+        if size >= PROGRESS_MIN_BYTES and not args.quiet:
+            with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                          TimeRemainingColumn(), console=console, transient=True) as bar:
+                task = bar.add_task(f"simulating {args.file.name}", total=size)
+                report = sim.run(args.file, progress=lambda done, total: bar.update(task, completed=done))
+        else:
+            report = sim.run(args.file)
+    except (GcodeError, ConfigError, OSError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
+    if args.json:
+        args.json.write_text(report.to_json(), encoding="utf-8")
+    if args.plot:
+        from sim_bridge.plots import save_plot
+
+        save_plot(sim, args.plot, title=f"{args.file.name} on {printer.name}")
+    if not args.quiet:
+        print(report.summary())
+    return 0 if report.success else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Dataclass configs loaded from YAML 1:1, validated on load.
+
+Every config in layerloop is a dataclass whose fields carry a docstring and, for numbers, an allowed range
+(:func:`ranged`). :func:`from_dict` builds one from a mapping: unknown keys are rejected with a hint, nested
+dataclasses are built recursively, and a value out of range fails naming the key, the value and the range.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config value that is missing, unknown, of the wrong type or out of range."""
+
+
+def ranged(default: Any, lo: float | None = None, hi: float | None = None, *,
+           choices: tuple[str, ...] | None = None) -> Any:
+    """A dataclass field with a default and an allowed closed range (or a set of choices)."""
+    meta: dict[str, Any] = {"min": lo, "max": hi, "choices": choices}
+    if isinstance(default, (list, dict, set)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def check_ranges(obj: Any, where: str = "") -> None:
+    """Check every ranged field of a dataclass instance (recursively); raise :class:`ConfigError`."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{where}{f.name}"
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            check_ranges(value, key + ".")
+            continue
+        if isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                if dataclasses.is_dataclass(item) and not isinstance(item, type):
+                    check_ranges(item, f"{key}[{i}].")
+        lo, hi, choices = f.metadata.get("min"), f.metadata.get("max"), f.metadata.get("choices")
+        if choices is not None and value not in choices:
+            raise ConfigError(f"{key} = {value!r}: must be one of {', '.join(map(repr, choices))}")
+        if value is None or (lo is None and hi is None):
+            continue
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ConfigError(f"{key} = {value!r}: must be a number in [{lo}, {hi}]")
+            if (lo is not None and v < lo) or (hi is not None and v > hi):
+                raise ConfigError(f"{key} = {v!r}: out of range, allowed [{lo}, {hi}]")
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        for option in options:
+            try:
+                return _convert(option, value, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key} = {value!r}: expected {tp}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} = {value!r}: expected a mapping for {tp.__name__}")
+        return _build(tp, value, key + ".")
+    if origin in (list, tuple):
+        (item_tp, *_) = typing.get_args(tp) or (Any,)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} = {value!r}: expected a list")
+        items = [_convert(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        _, val_tp = typing.get_args(tp) or (Any, Any)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} = {value!r}: expected a mapping")
+        return {k: _convert(val_tp, v, f"{key}.{k}") for k, v in value.items()}
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} = {value!r}: expected a number")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} = {value!r}: expected a whole number")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} = {value!r}: expected true or false")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} = {value!r}: expected text")
+        return value
+    return value
+
+
+def _build(cls: type[T], data: dict[str, Any], where: str) -> T:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(names)})"
+            raise ConfigError(f"{where}{key}: unknown key{hint}")
+        kwargs[key] = _convert(hints[key], value, f"{where}{key}")
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{where.rstrip('.') or cls.__name__}: {exc}") from exc
+
+
+def from_dict(cls: type[T], data: dict[str, Any], source: str = "") -> T:
+    """Build and validate a ``cls`` instance from a mapping (as loaded from YAML)."""
+    prefix = f"{source}: " if source else ""
+    try:
+        obj = _build(cls, data, "")
+        check_ranges(obj)
+    except ConfigError as exc:
+        raise ConfigError(f"{prefix}{exc}") from None
+    return obj
+
+
+def load_yaml(cls: type[T], path: str | Path) -> T:
+    """Load a YAML file onto ``cls`` (keys map 1:1 onto fields)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return from_dict(cls, data, str(path))
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """A plain mapping (YAML/JSON-ready) of a config dataclass."""
+    return dataclasses.asdict(obj)

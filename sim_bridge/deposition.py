@@ -1,0 +1,223 @@
+"""Where material lands: a height map of the bed, beads, and what goes wrong on the way.
+
+The bed is a grid of cells (``SimOptions.resolution_mm``) holding the height of the material on it. Each
+extruding move lays a bead along its path: cross-section ``A = filament volume / path length``, height the
+gap to what is below (the layer height), width ``A / height``; every cell within half a width of the path
+is raised to the nozzle height. Along the way the nozzle tip is checked against the map:
+
+* **nozzle collision** — material above the tip (by more than ``collision_tolerance_mm``), moving or printing;
+* **extrusion in mid-air** — a bead with nothing under it within the overhang reach
+  (``layer height × tan(max overhang)``), over a run longer than the material's bridge limit;
+* **first layer too high / too low** — a bead laid on the bare bed from too far above (no adhesion) or so
+  close that the nozzle scrapes the bed;
+* **overhang without cooling** — an unsupported run printed with the part fan (almost) off, for materials
+  that want cooling.
+
+Compiled with numba; cost grows with path length / resolution, not with the bed size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+D_COLLISION = 1
+D_MID_AIR = 2
+D_FIRST_HIGH = 4
+D_FIRST_LOW = 8
+D_NO_COOLING = 16
+
+F_EXTRUDE = 1
+F_KINEMATIC = 4
+
+
+class HeightMap:
+    """The bed as a grid of material heights (mm), origin at ``(x0_mm, y0_mm)``."""
+
+    def __init__(self, x0_mm: float, y0_mm: float, x1_mm: float, y1_mm: float, resolution_mm: float) -> None:
+        self.x0_mm = x0_mm
+        self.y0_mm = y0_mm
+        self.resolution_mm = resolution_mm
+        nx = int(math.ceil((x1_mm - x0_mm) / resolution_mm)) + 1
+        ny = int(math.ceil((y1_mm - y0_mm) / resolution_mm)) + 1
+        self.heights = np.zeros((ny, nx), dtype=np.float32)
+
+    @property
+    def extent_mm(self) -> tuple[float, float, float, float]:
+        """(x0, x1, y0, y1) of the grid."""
+        ny, nx = self.heights.shape
+        return (self.x0_mm, self.x0_mm + (nx - 1) * self.resolution_mm,
+                self.y0_mm, self.y0_mm + (ny - 1) * self.resolution_mm)
+
+    def covered_area_mm2(self, min_height_mm: float = 1e-6) -> float:
+        """Area of the bed with material on it."""
+        return float(np.count_nonzero(self.heights > min_height_mm)) * self.resolution_mm ** 2
+
+
+SUPPORT_STEP_MM = 0.2
+"""Spacing of the support and collision samples along a path (bridge lengths are measured to this)."""
+
+
+@njit(cache=True)
+def _disk_max2(hm: np.ndarray, cx: float, cy: float, outer: float, inner: float, x0: float, y0: float,
+               res: float) -> tuple[float, float]:
+    """Highest material within ``outer`` and within ``inner`` (<= outer) of a point."""
+    ny, nx = hm.shape
+    i0 = max(0, int(math.floor((cx - outer - x0) / res)))
+    i1 = min(nx - 1, int(math.ceil((cx + outer - x0) / res)))
+    j0 = max(0, int(math.floor((cy - outer - y0) / res)))
+    j1 = min(ny - 1, int(math.ceil((cy + outer - y0) / res)))
+    o2 = outer * outer
+    n2 = inner * inner
+    best_o = 0.0
+    best_i = 0.0
+    for j in range(j0, j1 + 1):
+        dy = y0 + j * res - cy
+        dy2 = dy * dy
+        if dy2 > o2:
+            continue
+        for i in range(i0, i1 + 1):
+            dx = x0 + i * res - cx
+            d2 = dx * dx + dy2
+            if d2 <= o2:
+                h = hm[j, i]
+                if h > best_o:
+                    best_o = h
+                if d2 <= n2 and h > best_i:
+                    best_i = h
+    return best_o, best_i
+
+
+@njit(cache=True)
+def _capsule_raise(hm: np.ndarray, ax: float, ay: float, bx: float, by: float, r: float, z0: float, z1: float,
+                   x0: float, y0: float, res: float) -> None:
+    """Raise every cell within ``r`` of segment AB to the nozzle height there (row by row, exact cover)."""
+    ny, nx = hm.shape
+    dx, dy = bx - ax, by - ay
+    length = math.sqrt(dx * dx + dy * dy)
+    ux, uy = (dx / length, dy / length) if length > 0.0 else (1.0, 0.0)
+    nxv, nyv = -uy, ux
+    j0 = max(0, int(math.ceil((min(ay, by) - r - y0) / res)))
+    j1 = min(ny - 1, int(math.floor((max(ay, by) + r - y0) / res)))
+    for j in range(j0, j1 + 1):
+        yj = y0 + j * res
+        lo = 1e30
+        hi = -1e30
+        for cx, cy in ((ax, ay), (bx, by)):
+            ddy = yj - cy
+            if abs(ddy) <= r:
+                half = math.sqrt(r * r - ddy * ddy)
+                lo = min(lo, cx - half)
+                hi = max(hi, cx + half)
+        # The band between the end circles: |(P-A).n| <= r and 0 <= (P-A).u <= L along this row.
+        if length > 0.0:
+            blo, bhi = -1e30, 1e30
+            ry = yj - ay
+            ok = True
+            for cu, base, bound_lo, bound_hi in ((nxv, ry * nyv, -r, r), (ux, ry * uy, 0.0, length)):
+                if abs(cu) < 1e-12:
+                    if base < bound_lo or base > bound_hi:
+                        ok = False
+                else:
+                    t0 = (bound_lo - base) / cu
+                    t1 = (bound_hi - base) / cu
+                    if t0 > t1:
+                        t0, t1 = t1, t0
+                    blo = max(blo, t0)
+                    bhi = min(bhi, t1)
+            if ok and blo <= bhi:
+                lo = min(lo, ax + blo)
+                hi = max(hi, ax + bhi)
+        if lo > hi:
+            continue
+        i0 = max(0, int(math.ceil((lo - x0) / res)))
+        i1 = min(nx - 1, int(math.floor((hi - x0) / res)))
+        for i in range(i0, i1 + 1):
+            if z0 == z1 or length == 0.0:
+                z = z1
+            else:
+                t = ((x0 + i * res - ax) * ux + (yj - ay) * uy) / length
+                z = z0 + (z1 - z0) * min(1.0, max(0.0, t))
+            zf = np.float32(z)
+            if hm[j, i] < zf:
+                hm[j, i] = zf
+
+
+@njit(cache=True)
+def deposit(hm: np.ndarray, x0: float, y0: float, res: float, starts: np.ndarray, xyz: np.ndarray,
+            volume: np.ndarray, flags: np.ndarray, layer_h: np.ndarray, fan: np.ndarray, nozzle: float,
+            tan_overhang: float, max_bridge: float, collision_tol: float, first_min: float, first_max: float,
+            support_gap: float, wants_cooling: bool, run_in: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Lay every move's bead on ``hm`` (in place).
+
+    ``volume`` is the material actually delivered per move (mm³). Returns per move: defect bits
+    (``D_*``), bead width (mm), unsupported path length (mm); and the unsupported run still open at the end.
+    """
+    n = xyz.shape[0]
+    defects = np.zeros(n, dtype=np.int64)
+    width = np.zeros(n)
+    unsupported = np.zeros(n)
+    run = run_in
+    tip_r = 0.5 * nozzle
+    for i in range(n):
+        px, py, pz = starts[i, 0], starts[i, 1], starts[i, 2]
+        dx, dy, dz = xyz[i, 0] - px, xyz[i, 1] - py, xyz[i, 2] - pz
+        length = math.sqrt(dx * dx + dy * dy)
+        f = flags[i]
+        if (f & F_KINEMATIC) != 0 and length > 0.0:
+            steps = max(1, int(math.ceil(length / max(res, SUPPORT_STEP_MM))))
+            step_len = length / steps
+            extruding = (f & F_EXTRUDE) != 0 and volume[i] > 0.0
+            if extruding:
+                h = layer_h[i] if layer_h[i] > 0.0 else 0.2
+                area = volume[i] / length
+                reach = max(tip_r, h * tan_overhang)
+                # Support first: what is under the path before this bead is laid.
+                gap_sum = 0.0
+                for k in range(steps + 1):
+                    t = k / steps
+                    cx, cy, cz = px + dx * t, py + dy * t, pz + dz * t
+                    base, under = _disk_max2(hm, cx, cy, reach, tip_r, x0, y0, res)
+                    gap = cz - under
+                    gap_sum += max(cz - base, 0.0)
+                    if under > cz + collision_tol:
+                        defects[i] |= D_COLLISION
+                    if base <= 1e-6:
+                        if cz < first_min:
+                            defects[i] |= D_FIRST_LOW
+                        elif cz > first_max:
+                            if cz <= 3.0 * nozzle:
+                                defects[i] |= D_FIRST_HIGH
+                            elif k > 0:
+                                run += step_len
+                                unsupported[i] += step_len
+                        elif k > 0:
+                            run = 0.0
+                    elif cz - base > support_gap:
+                        if k > 0:
+                            run += step_len
+                            unsupported[i] += step_len
+                    elif k > 0:
+                        run = 0.0
+                    if gap < -collision_tol:
+                        defects[i] |= D_COLLISION
+                    if run > max_bridge:
+                        defects[i] |= D_MID_AIR
+                    if run > 1.0 and wants_cooling and fan[i] < 0.3:
+                        defects[i] |= D_NO_COOLING
+                bead_h = min(max(gap_sum / (steps + 1), 0.5 * h), 2.0 * h)
+                w = min(max(area / bead_h, 0.5 * nozzle), 3.0 * nozzle)
+                width[i] = w
+                _capsule_raise(hm, px, py, px + dx, py + dy, 0.5 * w, pz, pz + dz, x0, y0, res)
+            else:
+                for k in range(1, steps + 1):
+                    t = k / steps
+                    cx, cy, cz = px + dx * t, py + dy * t, pz + dz * t
+                    if _disk_max2(hm, cx, cy, 0.5 * tip_r, 0.5 * tip_r, x0, y0, res)[0] > cz + collision_tol:
+                        defects[i] |= D_COLLISION
+                        break
+                if (f & F_EXTRUDE) == 0:
+                    run = 0.0
+    return defects, width, unsupported, run

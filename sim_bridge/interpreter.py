@@ -1,0 +1,877 @@
+"""The G-code interpreter: commands in, a move list and a timeline of events out.
+
+It keeps the machine state a firmware keeps (coordinate modes, G92 offsets, homing, targets, speed and
+extrusion factors, velocity limits) and checks what the firmware checks before a move is queued, with
+Klipper's wording: ``Move out of range``, ``Must home axis first``, ``Move exceeds maximum extrusion``,
+``Extrude only move too long``, ``Requested temperature (…) out of range (…)``; an unknown command is a
+notice, as in Klipper. Checks that depend on time (cold extrusion, melt capacity, heaters) happen later on
+the planned timeline (:mod:`sim_bridge.simulator`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sim_bridge.gcode import Command
+from sim_bridge.profiles import Material, PrinterProfile
+from sim_bridge.report import Failure, Notice
+
+# Event kinds on the timeline (applied before the move with the event's index).
+EV_HOTEND_TARGET = 0
+EV_BED_TARGET = 1
+EV_WAIT_HOTEND = 2
+EV_WAIT_BED = 3
+EV_DWELL = 4
+EV_HOMING = 5
+EV_FAN = 6
+EV_MACRO = 7
+EV_WAIT_HOTEND_BOTH = 8
+"""Marlin ``M109 R``: wait for heating or cooling."""
+
+# Move flags.
+F_EXTRUDE = 1
+"""Filament moves forward while the toolhead moves in XY or Z."""
+F_STOP_BEFORE = 2
+"""The planner must come to rest before this move (dwell, homing, wait, end of a chunk)."""
+F_KINEMATIC = 4
+"""The toolhead moves (not an extrude-only move)."""
+
+KNOWN_IGNORED = frozenset({
+    "M105", "M114", "M115", "M117", "M118", "M73", "M300", "M17", "M31", "M75", "M76", "M77", "M80", "M81",
+    "M110", "M111", "M112", "M119", "M155", "M24", "M25", "M27", "M21", "M22", "M20", "M23", "M30", "M32",
+    "M1", "M0", "M108", "M400", "M486", "M900", "M572", "M593", "M204", "M205", "M201", "M203", "M207",
+    "M208", "M209", "M862.1", "M862.3", "M115", "M141", "M191", "M142", "M163", "M164",
+})
+"""Commands a firmware accepts without an effect on the simulation (messages, queries, progress, labels)."""
+
+KLIPPER_EXTENDED_IGNORED = frozenset({
+    "EXCLUDE_OBJECT_DEFINE", "EXCLUDE_OBJECT_START", "EXCLUDE_OBJECT_END", "EXCLUDE_OBJECT",
+    "SET_PRINT_STATS_INFO", "GET_POSITION", "STATUS", "HELP", "RESPOND", "SET_DISPLAY_TEXT",
+    "SDCARD_LOOP_BEGIN", "SDCARD_LOOP_END", "SDCARD_LOOP_DESIST", "TIMELAPSE_TAKE_FRAME",
+    "SET_RETRACTION", "SET_INPUT_SHAPER", "SET_GCODE_OFFSET", "SAVE_GCODE_STATE", "RESTORE_GCODE_STATE",
+    "UPDATE_DELAYED_GCODE", "SET_IDLE_TIMEOUT", "SET_FILAMENT_SENSOR", "QUERY_ENDSTOPS", "ACCEPT",
+    "TURN_OFF_HEATERS", "BED_MESH_PROFILE", "BED_MESH_CLEAR", "SET_LED", "M204",
+})
+
+LEVELING_COMMANDS = frozenset({"BED_MESH_CALIBRATE", "Z_TILT_ADJUST", "QUAD_GANTRY_LEVEL", "G29", "G80"})
+
+
+@dataclass
+class SimOptions:
+    """How the simulator models what a profile leaves open."""
+
+    planner: str = ""
+    """``klipper`` or ``marlin`` corner model; empty: the profile's firmware."""
+    klipper_batch_mode: bool = False
+    """Model Klipper's batch mode (``klippy.py -i``): heater waits return at once and each homed axis
+    travels its full homing distance, as no endstop ever triggers."""
+    arc_segment_mm: float = 1.0
+    """Length of the straight segments an arc (G2/G3) is cut into (Klipper ``resolution``)."""
+    firmware_retract_mm: float = 0.8
+    """Filament length a G10 retracts and a G11 restores."""
+    firmware_retract_speed_mm_s: float = 35.0
+    """Speed of G10/G11 moves."""
+    leveling_s: float = 60.0
+    """Time a bed-levelling command (G29, BED_MESH_CALIBRATE …) takes."""
+    resolution_mm: float = 0.1
+    """Cell size of the deposition height map."""
+    collision_tolerance_mm: float = 0.05
+    """Material this far above the nozzle tip counts as a collision."""
+    first_layer_max_gap_mm: float | None = None
+    """Largest nozzle-to-bed gap that still adheres; default 0.9 × nozzle diameter."""
+    first_layer_min_gap_mm: float = 0.04
+    """Smallest nozzle-to-bed gap while extruding; below it the nozzle scrapes the bed."""
+    support_gap_max_mm: float | None = None
+    """Largest gap to the material below a bead that still supports it; default 0.8 × nozzle diameter."""
+    under_extrusion_threshold: float = 0.9
+    """Delivered/commanded flow below which a move counts as under-extruded."""
+    thermal_dt_s: float = 0.1
+    """Time step of the heater models."""
+    heater_wait_limit_s: float = 1800.0
+    """Longest wait for a temperature before the print fails with a heater timeout."""
+    traces: bool = False
+    """Record sensor traces (temperatures, fan, flow, position) in the report."""
+    trace_interval_s: float = 1.0
+    """Sampling interval of the traces."""
+    deposition: bool = True
+    """Build the height map and check collisions, support and adhesion."""
+    start_position_mm: tuple[float, float, float] | None = None
+    """Where the toolhead is at power-on (unknown to the firmware); default the middle of the volume."""
+
+
+@dataclass
+class PlannerSettings:
+    """Velocity limits in force for a run of moves (changed by SET_VELOCITY_LIMIT, M201/M203/M204/M205)."""
+
+    max_velocity: float
+    max_accel: float
+    minimum_cruise_ratio: float
+    square_corner_velocity: float
+    print_accel: float
+    retract_accel: float
+    travel_accel: float
+    max_feedrate: tuple[float, float, float, float]
+    max_axis_accel: tuple[float, float, float, float]
+    jerk: tuple[float, float, float, float]
+
+    def row(self) -> tuple[float, ...]:
+        return (self.max_velocity, self.max_accel, self.minimum_cruise_ratio, self.square_corner_velocity,
+                self.print_accel, self.retract_accel, self.travel_accel, *self.max_feedrate,
+                *self.max_axis_accel, *self.jerk)
+
+
+@dataclass
+class MachineState:
+    """What the firmware remembers between commands (and between chunks of a session)."""
+
+    pos: list[float]
+    """Toolhead position X, Y, Z (machine coordinates) and total filament E."""
+    gpos: list[float]
+    """Position as the program sees it (after G92 offsets), X Y Z E."""
+    homed: list[bool] = field(default_factory=lambda: [False, False, False])
+    absolute_xyz: bool = True
+    absolute_e: bool = True
+    units_mm: float = 1.0
+    feed_mm_s: float = 25.0
+    speed_factor: float = 1.0
+    extrude_factor: float = 1.0
+    hotend_target_c: float = 0.0
+    bed_target_c: float = 0.0
+    fan: float = 0.0
+    settings: PlannerSettings | None = None
+    layer: int = -1
+    layer_z: float = -1.0
+    layer_marker_pending: bool = False
+    layer_marker_mode: bool = False
+    fw_retracted: bool = False
+    tool: int = 0
+    e_max: float = 0.0
+    motors_off: bool = False
+
+
+@dataclass
+class Program:
+    """A chunk of interpreted program: moves as arrays, timeline events, errors and notices."""
+
+    line: np.ndarray
+    xyz: np.ndarray
+    """Move end positions, shape (n, 3)."""
+    starts: np.ndarray
+    """Move start positions, shape (n, 3) (homing between two moves breaks the chain)."""
+    de: np.ndarray
+    """Filament delta of each move (mm, after M221)."""
+    feed: np.ndarray
+    flags: np.ndarray
+    settings_id: np.ndarray
+    settings_table: np.ndarray
+    layer: np.ndarray
+    events: list[tuple[int, int, float, float, int]]
+    """(move index, kind, value, value2, line): applied before that move."""
+    fatal: Failure | None
+    notices: list[Notice]
+    lines: int
+    commands: int
+    layer_z: dict[int, float]
+    layer_first_line: dict[int, int]
+
+
+def default_settings(profile: PrinterProfile) -> PlannerSettings:
+    """The limits a freshly started printer has."""
+    return PlannerSettings(
+        profile.max_velocity_mm_s, profile.max_accel_mm_s2, profile.minimum_cruise_ratio,
+        profile.square_corner_velocity_mm_s, profile.print_accel_mm_s2, profile.retract_accel_mm_s2,
+        profile.travel_accel_mm_s2, tuple(profile.max_feedrate_mm_s), tuple(profile.max_axis_accel_mm_s2),
+        tuple(profile.jerk_mm_s))
+
+
+def new_state(profile: PrinterProfile, options: SimOptions) -> MachineState:
+    """State at power-on: unhomed, cold, toolhead at ``options.start_position_mm`` (default mid-volume)."""
+    if options.start_position_mm is not None:
+        start = list(options.start_position_mm)
+    else:
+        start = [(lo + hi) / 2.0 for lo, hi in zip(profile.position_min_mm, profile.position_max_mm, strict=True)]
+    return MachineState(pos=[*start, 0.0], gpos=[*start, 0.0], settings=default_settings(profile))
+
+
+class Interpreter:
+    """Turns commands into moves and events on a persistent :class:`MachineState`."""
+
+    def __init__(self, profile: PrinterProfile, material: Material, options: SimOptions,
+                 state: MachineState) -> None:
+        self.profile = profile
+        self.material = material
+        self.options = options
+        self.state = state
+        self.klipper = (options.planner or profile.firmware) == "klipper"
+        self.max_e_ratio = profile.max_cross_section_mm2 / profile.filament_area_mm2
+        self.lo = list(profile.position_min_mm)
+        self.hi = list(profile.position_max_mm)
+
+    # -- the main loop ---------------------------------------------------------------------------------
+    def run(self, commands: Iterable[Command]) -> Program:
+        st = self.state
+        self._line: list[int] = []
+        self._sx: list[float] = []
+        self._sy: list[float] = []
+        self._sz: list[float] = []
+        self._x: list[float] = []
+        self._y: list[float] = []
+        self._z: list[float] = []
+        self._de: list[float] = []
+        self._feed: list[float] = []
+        self._flags: list[int] = []
+        self._sid: list[int] = []
+        self._layer: list[int] = []
+        self._events: list[tuple[int, int, float, float, int]] = []
+        self._notices: list[Notice] = []
+        self._table: list[tuple[float, ...]] = [st.settings.row()]
+        self._stop_pending = True
+        self._layer_z: dict[int, float] = {}
+        self._layer_first_line: dict[int, int] = {}
+        fatal: Failure | None = None
+        handlers = self._handlers()
+        count = 0
+        last_line = 0
+        try:
+            for cmd in commands:
+                count += 1
+                last_line = cmd.line
+                code = cmd.code
+                if code == "G1" or code == "G0":
+                    self._g1(cmd)
+                    continue
+                if not code:
+                    self.observe_comment(cmd.comment)
+                    continue
+                handler = handlers.get(code)
+                if handler is not None:
+                    handler(cmd)
+                else:
+                    self._other(cmd)
+        except _Fatal as exc:
+            fatal = exc.failure
+        n = len(self._line)
+        xyz = np.empty((n, 3), dtype=np.float64)
+        xyz[:, 0] = self._x
+        xyz[:, 1] = self._y
+        xyz[:, 2] = self._z
+        starts = np.empty((n, 3), dtype=np.float64)
+        starts[:, 0] = self._sx
+        starts[:, 1] = self._sy
+        starts[:, 2] = self._sz
+        return Program(
+            line=np.asarray(self._line, dtype=np.int64), xyz=xyz, starts=starts,
+            de=np.asarray(self._de, dtype=np.float64), feed=np.asarray(self._feed, dtype=np.float64),
+            flags=np.asarray(self._flags, dtype=np.int64), settings_id=np.asarray(self._sid, dtype=np.int64),
+            settings_table=np.asarray(self._table, dtype=np.float64), layer=np.asarray(self._layer, dtype=np.int64),
+            events=self._events, fatal=fatal, notices=self._notices, lines=last_line, commands=count,
+            layer_z=self._layer_z, layer_first_line=self._layer_first_line)
+
+    def observe_comment(self, comment: str) -> None:
+        """Slicer layer markers (``;LAYER_CHANGE``, ``;LAYER:n``) switch layer counting to the markers."""
+        if comment.startswith("LAYER_CHANGE") or comment.startswith("LAYER:"):
+            self.state.layer_marker_mode = True
+            self.state.layer_marker_pending = True
+
+    def _handlers(self) -> dict[str, object]:
+        return {
+            "G2": self._arc, "G3": self._arc, "G4": self._g4, "G10": self._g10, "G11": self._g11,
+            "G20": self._g20, "G21": self._g21, "G28": self._g28, "G90": self._g90, "G91": self._g91,
+            "G92": self._g92, "M82": self._m82, "M83": self._m83, "M84": self._m84, "M18": self._m84,
+            "M104": self._m104, "M109": self._m109, "M140": self._m140, "M190": self._m190,
+            "M106": self._m106, "M107": self._m107, "M201": self._m201, "M203": self._m203,
+            "M204": self._m204, "M205": self._m205, "M220": self._m220, "M221": self._m221,
+            "M400": self._m400, "T0": self._t, "SET_VELOCITY_LIMIT": self._set_velocity_limit,
+            "SET_HEATER_TEMPERATURE": self._set_heater_temperature, "TEMPERATURE_WAIT": self._temperature_wait,
+            "SET_PRESSURE_ADVANCE": self._noop, "SET_FAN_SPEED": self._set_fan_speed, "G29": self._leveling,
+            "G80": self._leveling, "BED_MESH_CALIBRATE": self._leveling, "Z_TILT_ADJUST": self._leveling,
+            "QUAD_GANTRY_LEVEL": self._leveling, "TURN_OFF_HEATERS": self._turn_off_heaters,
+        }
+
+    # -- helpers ---------------------------------------------------------------------------------------
+    def _fail(self, mode: str, message: str, line: int) -> None:
+        raise _Fatal(Failure(mode, message, line, self.state.layer, fatal=True))
+
+    def _notice(self, kind: str, message: str, line: int) -> None:
+        self._notices.append(Notice(kind, message, line))
+
+    def _event(self, kind: int, value: float, line: int, value2: float = 0.0) -> None:
+        self._events.append((len(self._line), kind, value, value2, line))
+
+    def _settings_changed(self) -> None:
+        self._table.append(self.state.settings.row())
+
+    def _position_text(self, pos: list[float]) -> str:
+        return f"{pos[0]:.3f} {pos[1]:.3f} {pos[2]:.3f} [{pos[3]:.3f}]"
+
+    # -- motion ----------------------------------------------------------------------------------------
+    def _g1(self, cmd: Command) -> None:
+        st = self.state
+        p = cmd.params
+        u = st.units_mm
+        f = p.get("F")
+        if f is not None and f == f:
+            if f <= 0.0:
+                self._fail("invalid_command", f"Invalid speed in '{cmd.code} F{f:g}'", cmd.line)
+            st.feed_mm_s = f * u / 60.0
+        gx, gy, gz, ge = st.gpos
+        target = [gx, gy, gz]
+        moved = False
+        for i, letter in enumerate("XYZ"):
+            v = p.get(letter)
+            if v is not None and v == v:
+                target[i] = v * u if st.absolute_xyz else target[i] + v * u
+                moved = True
+        e = p.get("E")
+        if e is None:
+            e = p.get("A")
+            if e is None:
+                e = p.get("B")
+        de = 0.0
+        if e is not None and e == e:
+            e *= u
+            if st.absolute_e and st.absolute_xyz:
+                de = e - ge
+                ge = e
+            else:
+                de = e
+                ge += e
+        if not moved and de == 0.0:
+            st.gpos[3] = ge
+            return
+        dx = target[0] - gx
+        dy = target[1] - gy
+        dz = target[2] - gz
+        st.gpos = [target[0], target[1], target[2], ge]
+        self._queue_move(dx, dy, dz, de * st.extrude_factor, st.feed_mm_s * st.speed_factor, cmd.line)
+
+    def _queue_move(self, dx: float, dy: float, dz: float, de: float, speed: float, line: int) -> None:
+        st = self.state
+        pos = st.pos
+        nx, ny, nz = pos[0] + dx, pos[1] + dy, pos[2] + dz
+        ne = pos[3] + de
+        move_d2 = dx * dx + dy * dy + dz * dz
+        kinematic = move_d2 >= 1e-18
+        if kinematic:
+            lo, hi = self.lo, self.hi
+            for i, v, d in ((0, nx, dx), (1, ny, dy), (2, nz, dz)):
+                if d != 0.0 or not st.homed[i]:
+                    if d == 0.0:
+                        continue
+                    if not st.homed[i]:
+                        if self.klipper:
+                            self._fail("must_home_first", "Must home axis first: "
+                                       + self._position_text([nx, ny, nz, ne]), line)
+                        continue
+                    if v < lo[i] - 1e-9 or v > hi[i] + 1e-9:
+                        self._fail("move_out_of_range", "Move out of range: "
+                                   + self._position_text([nx, ny, nz, ne]), line)
+        if de != 0.0:
+            move_d = math.sqrt(move_d2) if kinematic else abs(de)
+            ratio = de / move_d
+            if not kinematic or ratio < 0.0:
+                if abs(de) > self.profile.max_extrude_only_distance_mm:
+                    self._fail("extrude_only_too_long",
+                               f"Extrude only move too long ({de:.3f}mm vs "
+                               f"{self.profile.max_extrude_only_distance_mm:.3f}mm)", line)
+            elif ratio > self.max_e_ratio and de > self.profile.nozzle_diameter_mm * self.max_e_ratio:
+                area = ratio * self.profile.filament_area_mm2
+                self._fail("extrusion_too_large",
+                           f"Move exceeds maximum extrusion ({area:.3f}mm^2 vs "
+                           f"{self.max_e_ratio * self.profile.filament_area_mm2:.3f}mm^2)", line)
+        flags = 0
+        if kinematic:
+            flags |= F_KINEMATIC
+            if de > 0.0:
+                flags |= F_EXTRUDE
+                self._track_layer(nz, line)
+        if self._stop_pending:
+            flags |= F_STOP_BEFORE
+            self._stop_pending = False
+        self._line.append(line)
+        self._sx.append(pos[0])
+        self._sy.append(pos[1])
+        self._sz.append(pos[2])
+        self._x.append(nx)
+        self._y.append(ny)
+        self._z.append(nz)
+        self._de.append(de)
+        self._feed.append(speed)
+        self._flags.append(flags)
+        self._sid.append(len(self._table) - 1)
+        self._layer.append(st.layer)
+        pos[0], pos[1], pos[2], pos[3] = nx, ny, nz, ne
+        if ne > st.e_max:
+            st.e_max = ne
+
+    def _track_layer(self, z: float, line: int) -> None:
+        st = self.state
+        if st.layer_marker_mode:
+            new = st.layer_marker_pending
+        else:
+            new = z > st.layer_z + 0.005
+        if new:
+            st.layer += 1
+            st.layer_z = z
+            st.layer_marker_pending = False
+            self._layer_z[st.layer] = z
+            self._layer_first_line[st.layer] = line
+
+    def _arc(self, cmd: Command) -> None:
+        st = self.state
+        p = cmd.params
+        u = st.units_mm
+        f = p.get("F")
+        if f is not None and f == f and f > 0.0:
+            st.feed_mm_s = f * u / 60.0
+        gx, gy, gz, ge = st.gpos
+        tx, ty, tz = gx, gy, gz
+        for letter, i in (("X", 0), ("Y", 1), ("Z", 2)):
+            v = p.get(letter)
+            if v is not None and v == v:
+                val = v * u if st.absolute_xyz else (gx, gy, gz)[i] + v * u
+                if i == 0:
+                    tx = val
+                elif i == 1:
+                    ty = val
+                else:
+                    tz = val
+        e = p.get("E")
+        de_total = 0.0
+        if e is not None and e == e:
+            de_total = e * u - ge if (st.absolute_e and st.absolute_xyz) else e * u
+        clockwise = cmd.code == "G2"
+        i_off, j_off, r = p.get("I"), p.get("J"), p.get("R")
+        if (i_off is None or i_off != i_off) and (j_off is None or j_off != j_off):
+            if r is None or r != r:
+                self._fail("invalid_command", f"{cmd.code} needs I/J or R", cmd.line)
+            cx, cy = _center_from_radius(gx, gy, tx, ty, r * u, clockwise)
+        else:
+            cx = gx + (0.0 if i_off is None or i_off != i_off else i_off * u)
+            cy = gy + (0.0 if j_off is None or j_off != j_off else j_off * u)
+        a0 = math.atan2(gy - cy, gx - cx)
+        a1 = math.atan2(ty - cy, tx - cx)
+        radius = math.hypot(gx - cx, gy - cy)
+        sweep = a1 - a0
+        if clockwise:
+            if sweep >= -1e-12:
+                sweep -= 2.0 * math.pi
+        elif sweep <= 1e-12:
+            sweep += 2.0 * math.pi
+        length = math.hypot(abs(sweep) * radius, tz - gz)
+        segments = max(1, int(length / self.options.arc_segment_mm))
+        speed = st.feed_mm_s * st.speed_factor
+        px, py, pz = gx, gy, gz
+        for k in range(1, segments + 1):
+            frac = k / segments
+            if k == segments:
+                nx, ny, nz = tx, ty, tz
+            else:
+                ang = a0 + sweep * frac
+                nx, ny, nz = cx + radius * math.cos(ang), cy + radius * math.sin(ang), gz + (tz - gz) * frac
+            self._queue_move(nx - px, ny - py, nz - pz, de_total / segments * st.extrude_factor, speed, cmd.line)
+            px, py, pz = nx, ny, nz
+        st.gpos = [tx, ty, tz, ge + de_total]
+
+    def _g10(self, cmd: Command) -> None:
+        if not self.state.fw_retracted:
+            self.state.fw_retracted = True
+            self._queue_move(0.0, 0.0, 0.0, -self.options.firmware_retract_mm,
+                             self.options.firmware_retract_speed_mm_s, cmd.line)
+
+    def _g11(self, cmd: Command) -> None:
+        if self.state.fw_retracted:
+            self.state.fw_retracted = False
+            self._queue_move(0.0, 0.0, 0.0, self.options.firmware_retract_mm,
+                             self.options.firmware_retract_speed_mm_s, cmd.line)
+
+    def _g4(self, cmd: Command) -> None:
+        ms = cmd.get("P")
+        seconds = ms / 1000.0 if ms is not None else (cmd.get("S", 0.0) or 0.0)
+        if seconds < 0.0:
+            self._fail("invalid_command", f"G4 with a negative time ({seconds:g} s)", cmd.line)
+        self._stop_pending = True
+        self._event(EV_DWELL, seconds, cmd.line)
+
+    def _m400(self, cmd: Command) -> None:
+        self._stop_pending = True
+
+    def _g20(self, cmd: Command) -> None:
+        self.state.units_mm = 25.4
+
+    def _g21(self, cmd: Command) -> None:
+        self.state.units_mm = 1.0
+
+    def _g90(self, cmd: Command) -> None:
+        self.state.absolute_xyz = True
+
+    def _g91(self, cmd: Command) -> None:
+        self.state.absolute_xyz = False
+
+    def _m82(self, cmd: Command) -> None:
+        self.state.absolute_e = True
+
+    def _m83(self, cmd: Command) -> None:
+        self.state.absolute_e = False
+
+    def _g92(self, cmd: Command) -> None:
+        st = self.state
+        given = False
+        for i, letter in enumerate("XYZE"):
+            v = cmd.get(letter)
+            if v is not None:
+                st.gpos[i] = v * st.units_mm
+                given = True
+        if not given:
+            st.gpos = [0.0, 0.0, 0.0, 0.0]
+
+    def _g28(self, cmd: Command) -> None:
+        st = self.state
+        axes = [i for i, letter in enumerate("XYZ") if letter in cmd.params]
+        if not axes:
+            axes = [0, 1, 2]
+        self.home(axes, cmd.line)
+
+    def home(self, axes: list[int], line: int) -> None:
+        """Home ``axes`` (0=X, 1=Y, 2=Z): time on the timeline, position set to the endstops."""
+        st = self.state
+        prof = self.profile
+        total = 0.0
+        for i in axes:
+            speed = prof.homing_speed_mm_s[i]
+            endstop = prof.position_endstop_mm[i]
+            lo, hi = prof.position_min_mm[i], prof.position_max_mm[i]
+            max_dir = endstop >= hi - 1e-9 and endstop > lo
+            if self.options.klipper_batch_mode:
+                # No endstop triggers: the homing move runs its whole length.
+                distance = 1.5 * ((endstop - lo) if max_dir else (hi - endstop))
+                total += distance / speed
+            else:
+                distance = abs(st.pos[i] - endstop)
+                retract = prof.homing_retract_mm
+                total += distance / speed + retract / speed + retract / (speed / 2.0)
+            st.pos[i] = endstop
+            st.gpos[i] = endstop
+            st.homed[i] = True
+        st.motors_off = False
+        self._stop_pending = True
+        self._event(EV_HOMING, total, line)
+
+    def _m84(self, cmd: Command) -> None:
+        st = self.state
+        st.homed = [False, False, False]
+        st.motors_off = True
+
+    # -- heaters and fan ------------------------------------------------------------------------------
+    def _check_temp(self, which: str, target: float, line: int) -> None:
+        heater = self.profile.hotend if which == "extruder" else self.profile.bed
+        if target != 0.0 and (target < heater.min_temp_c or target > heater.max_temp_c):
+            self._fail("temperature_out_of_range",
+                       f"Requested temperature ({target:.1f}) out of range "
+                       f"({heater.min_temp_c:.1f}:{heater.max_temp_c:.1f})", line)
+
+    def _set_hotend(self, target: float, line: int, wait: bool, both: bool = False) -> None:
+        self._check_temp("extruder", target, line)
+        self.state.hotend_target_c = target
+        self._event(EV_HOTEND_TARGET, target, line)
+        if wait and target > 0.0:
+            if not self.options.klipper_batch_mode:
+                self._stop_pending = True
+            self._event(EV_WAIT_HOTEND_BOTH if both else EV_WAIT_HOTEND, target, line)
+
+    def _set_bed(self, target: float, line: int, wait: bool) -> None:
+        self._check_temp("heater_bed", target, line)
+        self.state.bed_target_c = target
+        self._event(EV_BED_TARGET, target, line)
+        if wait and target > 0.0:
+            if not self.options.klipper_batch_mode:
+                self._stop_pending = True
+            self._event(EV_WAIT_BED, target, line)
+
+    def _tool_ok(self, cmd: Command) -> bool:
+        tool = cmd.get("T")
+        if tool is not None and tool != 0:
+            self._notice("unknown_tool", f"T{tool:g}: this printer has one extruder; command ignored", cmd.line)
+            return False
+        return True
+
+    def _m104(self, cmd: Command) -> None:
+        if self._tool_ok(cmd):
+            self._set_hotend(cmd.get("S", 0.0) or 0.0, cmd.line, wait=False)
+
+    def _m109(self, cmd: Command) -> None:
+        if not self._tool_ok(cmd):
+            return
+        s, r = cmd.get("S"), cmd.get("R")
+        if r is not None and not self.klipper:
+            self._set_hotend(r, cmd.line, wait=True, both=True)
+        else:
+            self._set_hotend(s if s is not None else (r or 0.0), cmd.line, wait=True)
+
+    def _m140(self, cmd: Command) -> None:
+        self._set_bed(cmd.get("S", 0.0) or 0.0, cmd.line, wait=False)
+
+    def _m190(self, cmd: Command) -> None:
+        s, r = cmd.get("S"), cmd.get("R")
+        self._set_bed(s if s is not None else (r or 0.0), cmd.line, wait=True)
+
+    def _m106(self, cmd: Command) -> None:
+        if (cmd.get("P", 0.0) or 0.0) != 0.0:
+            return
+        value = cmd.get("S", 255.0)
+        self.state.fan = min(1.0, max(0.0, (255.0 if value is None else value) / 255.0))
+        self._event(EV_FAN, self.state.fan, cmd.line)
+
+    def _m107(self, cmd: Command) -> None:
+        if (cmd.get("P", 0.0) or 0.0) != 0.0:
+            return
+        self.state.fan = 0.0
+        self._event(EV_FAN, 0.0, cmd.line)
+
+    def _set_fan_speed(self, cmd: Command) -> None:
+        try:
+            speed = float(cmd.args.get("SPEED", "0"))
+        except ValueError:
+            self._fail("invalid_command", f"SET_FAN_SPEED SPEED={cmd.args.get('SPEED')!r}: not a number", cmd.line)
+        self.state.fan = min(1.0, max(0.0, speed))
+        self._event(EV_FAN, self.state.fan, cmd.line)
+
+    def _arg_float(self, cmd: Command, key: str, default: float | None = None) -> float | None:
+        text = cmd.args.get(key)
+        if text is None:
+            return default
+        try:
+            return float(text)
+        except ValueError:
+            self._fail("invalid_command", f"{cmd.code} {key}={text!r}: not a number", cmd.line)
+        return None
+
+    def _set_heater_temperature(self, cmd: Command) -> None:
+        heater = cmd.args.get("HEATER", "").lower()
+        target = self._arg_float(cmd, "TARGET", 0.0) or 0.0
+        if heater == "extruder":
+            self._set_hotend(target, cmd.line, wait=False)
+        elif heater == "heater_bed":
+            self._set_bed(target, cmd.line, wait=False)
+        else:
+            self._fail("invalid_command", f"SET_HEATER_TEMPERATURE: unknown heater {heater!r} "
+                       "(this printer has 'extruder' and 'heater_bed')", cmd.line)
+
+    def _temperature_wait(self, cmd: Command) -> None:
+        sensor = cmd.args.get("SENSOR", "").lower()
+        minimum = self._arg_float(cmd, "MINIMUM")
+        if minimum is None:
+            return
+        if not self.options.klipper_batch_mode:
+            self._stop_pending = True
+        if sensor == "extruder":
+            self._event(EV_WAIT_HOTEND, minimum, cmd.line)
+        elif sensor == "heater_bed":
+            self._event(EV_WAIT_BED, minimum, cmd.line)
+
+    def _turn_off_heaters(self, cmd: Command) -> None:
+        self._set_hotend(0.0, cmd.line, wait=False)
+        self._set_bed(0.0, cmd.line, wait=False)
+
+    # -- limits and factors ---------------------------------------------------------------------------
+    def _set_velocity_limit(self, cmd: Command) -> None:
+        s = self.state.settings
+        velocity = self._arg_float(cmd, "VELOCITY")
+        accel = self._arg_float(cmd, "ACCEL")
+        scv = self._arg_float(cmd, "SQUARE_CORNER_VELOCITY")
+        mcr = self._arg_float(cmd, "MINIMUM_CRUISE_RATIO")
+        a2d = self._arg_float(cmd, "ACCEL_TO_DECEL")
+        for key, value in (("VELOCITY", velocity), ("ACCEL", accel)):
+            if value is not None and value <= 0.0:
+                self._fail("invalid_command", f"SET_VELOCITY_LIMIT {key}={value:g}: must be above 0", cmd.line)
+        if velocity is not None:
+            s.max_velocity = velocity
+        if accel is not None:
+            s.max_accel = accel
+        if scv is not None:
+            s.square_corner_velocity = max(0.0, scv)
+        if mcr is not None:
+            s.minimum_cruise_ratio = min(0.99, max(0.0, mcr))
+        elif a2d is not None:
+            s.minimum_cruise_ratio = min(0.99, max(0.0, 1.0 - min(a2d, s.max_accel) / s.max_accel))
+        self._settings_changed()
+
+    def _m204(self, cmd: Command) -> None:
+        s = self.state.settings
+        sv, pv, tv, rv = cmd.get("S"), cmd.get("P"), cmd.get("T"), cmd.get("R")
+        if self.klipper:
+            if sv is not None:
+                accel = sv
+            elif pv is not None and tv is not None:
+                accel = min(pv, tv)
+            else:
+                self._notice("invalid_m204", f"Invalid M204 command \"{cmd.code} {cmd.text}\"", cmd.line)
+                return
+            if accel <= 0.0:
+                self._notice("invalid_m204", f"Invalid M204 command \"{cmd.code} {cmd.text}\"", cmd.line)
+                return
+            s.max_accel = accel
+        else:
+            if sv is not None:
+                s.print_accel = s.travel_accel = sv
+            if pv is not None:
+                s.print_accel = pv
+            if rv is not None:
+                s.retract_accel = rv
+            if tv is not None:
+                s.travel_accel = tv
+        self._settings_changed()
+
+    def _axis_values(self, cmd: Command, current: tuple[float, ...]) -> tuple[float, float, float, float]:
+        values = list(current)
+        for i, letter in enumerate("XYZE"):
+            v = cmd.get(letter)
+            if v is not None and v > 0.0:
+                values[i] = v
+        return (values[0], values[1], values[2], values[3])
+
+    def _m201(self, cmd: Command) -> None:
+        if self.klipper:
+            return self._unknown(cmd)
+        s = self.state.settings
+        s.max_axis_accel = self._axis_values(cmd, s.max_axis_accel)
+        self._settings_changed()
+
+    def _m203(self, cmd: Command) -> None:
+        if self.klipper:
+            return self._unknown(cmd)
+        s = self.state.settings
+        s.max_feedrate = self._axis_values(cmd, s.max_feedrate)
+        self._settings_changed()
+
+    def _m205(self, cmd: Command) -> None:
+        if self.klipper:
+            return self._unknown(cmd)
+        s = self.state.settings
+        jerk = list(s.jerk)
+        for i, letter in enumerate("XYZE"):
+            v = cmd.get(letter)
+            if v is not None and v >= 0.0:
+                jerk[i] = v
+        if cmd.get("X") is not None and cmd.get("Y") is None:
+            jerk[1] = jerk[0]
+        s.jerk = (jerk[0], jerk[1], jerk[2], jerk[3])
+        self._settings_changed()
+
+    def _m220(self, cmd: Command) -> None:
+        value = cmd.get("S")
+        if value is not None:
+            if value <= 0.0:
+                self._fail("invalid_command", f"M220 S{value:g}: speed factor must be above 0", cmd.line)
+            self.state.speed_factor = value / 100.0
+
+    def _m221(self, cmd: Command) -> None:
+        value = cmd.get("S")
+        if value is not None and (cmd.get("T", 0.0) or 0.0) == 0.0:
+            if value <= 0.0:
+                self._fail("invalid_command", f"M221 S{value:g}: extrude factor must be above 0", cmd.line)
+            self.state.extrude_factor = value / 100.0
+
+    def _t(self, cmd: Command) -> None:
+        self.state.tool = 0
+
+    def _noop(self, cmd: Command) -> None:
+        pass
+
+    def _leveling(self, cmd: Command) -> None:
+        if cmd.code in {"G29", "G80"} and self.klipper:
+            return self._unknown(cmd)
+        if not all(self.state.homed):
+            if self.klipper:
+                self._fail("must_home_first", f"{cmd.code}: Must home axis first", cmd.line)
+        self._stop_pending = True
+        self._event(EV_MACRO, self.options.leveling_s, cmd.line)
+
+    # -- everything else -------------------------------------------------------------------------------
+    def _other(self, cmd: Command) -> None:
+        code = cmd.code
+        if code.startswith("T") and code[1:].isdigit():
+            if int(code[1:]) != 0:
+                self._notice("unknown_tool", f"{code}: this printer has one extruder; command ignored", cmd.line)
+            return
+        macro = self.profile.macro(code)
+        if macro is not None:
+            self._macro(cmd, macro)
+            return
+        if code in KNOWN_IGNORED or code in KLIPPER_EXTENDED_IGNORED:
+            return
+        self._unknown(cmd)
+
+    def _unknown(self, cmd: Command) -> None:
+        self._notice("unknown_command", f'Unknown command:"{cmd.code}"', cmd.line)
+
+    def _macro(self, cmd: Command, macro: object) -> None:
+        from sim_bridge.profiles import MacroProfile
+
+        assert isinstance(macro, MacroProfile)
+        hotend = _first_arg(cmd, macro.hotend_temp_params) or macro.default_hotend_temp_c
+        bed = _first_arg(cmd, macro.bed_temp_params) or macro.default_bed_temp_c
+        if bed:
+            self._set_bed(bed, cmd.line, wait=False)
+        if hotend:
+            self._set_hotend(hotend, cmd.line, wait=False)
+        if macro.homes:
+            self.home(["XYZ".index(a) for a in macro.homes], cmd.line)
+        if macro.waits_for_temperature:
+            if bed:
+                self._set_bed(bed, cmd.line, wait=True)
+            if hotend:
+                self._set_hotend(hotend, cmd.line, wait=True)
+        if macro.duration_s:
+            self._stop_pending = True
+            self._event(EV_MACRO, macro.duration_s, cmd.line)
+        if macro.park_position_mm:
+            x, y = macro.park_position_mm[:2]
+            dx, dy = x - self.state.pos[0], y - self.state.pos[1]
+            if all(self.state.homed[:2]):
+                self._queue_move(dx, dy, 0.0, 0.0, self.profile.max_velocity_mm_s / 2.0, cmd.line)
+                self.state.gpos[0] += dx
+                self.state.gpos[1] += dy
+        if macro.ends_print:
+            self._set_hotend(0.0, cmd.line, wait=False)
+            self._set_bed(0.0, cmd.line, wait=False)
+            self.state.fan = 0.0
+            self._event(EV_FAN, 0.0, cmd.line)
+            self._m84(cmd)
+
+
+class _Fatal(Exception):
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+
+
+def _first_arg(cmd: Command, names: list[str]) -> float:
+    for name in names:
+        text = cmd.args.get(name.upper())
+        if text is not None:
+            try:
+                return float(text)
+            except ValueError:
+                continue
+    return 0.0
+
+
+def _center_from_radius(x0: float, y0: float, x1: float, y1: float, r: float, clockwise: bool
+                        ) -> tuple[float, float]:
+    """Arc centre from the R form; a negative R asks for the arc over 180° (RS274NGC)."""
+    mx, my = (x0 + x1) / 2.0, (y0 + y1) / 2.0
+    dx, dy = x1 - x0, y1 - y0
+    chord = math.hypot(dx, dy)
+    if chord == 0.0:
+        return x0, y0
+    half = chord / 2.0
+    h = math.sqrt(max(0.0, r * r - half * half))
+    sign = -1.0 if clockwise else 1.0
+    if r < 0.0:
+        sign = -sign
+    return mx - sign * h * dy / chord, my + sign * h * dx / chord

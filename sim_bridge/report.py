@@ -1,0 +1,130 @@
+"""What a simulation says happened: :class:`PrintReport` and its parts (JSON-serialisable)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+FATAL_MODES = frozenset({
+    "move_out_of_range", "must_home_first", "cold_extrusion", "extrusion_too_large", "extrude_only_too_long",
+    "temperature_out_of_range", "thermal_runaway", "heater_timeout", "invalid_command",
+})
+"""Failure modes that stop the print, as they stop Klipper (a command error aborts the job)."""
+
+DEFECT_MODES = frozenset({
+    "nozzle_collision", "extrusion_in_mid_air", "first_layer_too_high", "first_layer_too_low",
+    "under_extrusion", "overhang_without_cooling",
+})
+"""Failure modes of print quality: the print goes on but the part is bad."""
+
+
+@dataclass
+class Failure:
+    """One failure: what (``mode``), Klipper-style ``message``, where (``line``, ``layer``), how often."""
+
+    mode: str
+    message: str
+    line: int
+    layer: int = -1
+    fatal: bool = False
+    count: int = 1
+    """How many moves of this layer showed the same failure (reported once per layer and mode)."""
+
+
+@dataclass
+class Notice:
+    """Something the firmware would report but not fail on (e.g. ``Unknown command``)."""
+
+    kind: str
+    message: str
+    line: int
+
+
+@dataclass
+class LayerMetrics:
+    """Per-layer figures."""
+
+    index: int
+    z_mm: float
+    first_line: int
+    time_s: float = 0.0
+    filament_mm: float = 0.0
+    extruded_path_mm: float = 0.0
+    deposited_area_mm2: float = 0.0
+    max_flow_mm3_s: float = 0.0
+    delivered_fraction: float = 1.0
+    """Material delivered over material commanded (below 1 where flow exceeded melt capacity)."""
+    unsupported_path_mm: float = 0.0
+    failures: int = 0
+
+
+@dataclass
+class PrintReport:
+    """The outcome of running one program on one printer."""
+
+    success: bool
+    failures: list[Failure]
+    print_time_s: float
+    time_breakdown_s: dict[str, float]
+    filament_mm: float
+    filament_mm3: float
+    filament_g: float
+    layer_count: int
+    bbox_mm: dict[str, list[float]]
+    layers: list[LayerMetrics]
+    notices: list[Notice] = field(default_factory=list)
+    printer: str = ""
+    material: str = ""
+    planner: str = ""
+    lines: int = 0
+    commands: int = 0
+    moves: int = 0
+    stopped_at_line: int | None = None
+    """Line of the fatal failure that ended the print early, if any."""
+    final_state: dict[str, Any] = field(default_factory=dict)
+    traces: dict[str, list[float]] | None = None
+    """On request: ``t_s``, ``hotend_c``, ``hotend_target_c``, ``bed_c``, ``bed_target_c``, ``fan``,
+    ``flow_mm3_s``, ``x_mm``, ``y_mm``, ``z_mm``, ``e_mm`` sampled on one time base."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain mapping with the report's keys."""
+        return asdict(self)
+
+    def to_json(self, indent: int | None = 1) -> str:
+        """The report as JSON text."""
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False, default=float)
+
+    def failure_modes(self) -> dict[str, int]:
+        """Count of failures per mode."""
+        counts: dict[str, int] = {}
+        for failure in self.failures:
+            counts[failure.mode] = counts.get(failure.mode, 0) + failure.count
+        return counts
+
+    def summary(self) -> str:
+        """A few readable lines."""
+        mins, secs = divmod(self.print_time_s, 60.0)
+        hours, mins = divmod(mins, 60.0)
+        parts = ", ".join(f"{k} {v:.1f} s" for k, v in self.time_breakdown_s.items())
+        lines = [
+            f"{'SUCCESS' if self.success else 'FAILED'}: {self.printer} ({self.planner} planner), {self.material}",
+            f"print time {int(hours)}h{int(mins):02d}m{secs:04.1f}s ({self.print_time_s:.1f} s: {parts})",
+            f"filament {self.filament_mm:.1f} mm = {self.filament_mm3:.0f} mm3 = {self.filament_g:.2f} g; "
+            f"{self.layer_count} layers; {self.moves} moves from {self.lines} lines",
+        ]
+        if self.bbox_mm.get("min"):
+            lo, hi = self.bbox_mm["min"], self.bbox_mm["max"]
+            lines.append(f"extruded bbox X {lo[0]:.2f}..{hi[0]:.2f} Y {lo[1]:.2f}..{hi[1]:.2f} "
+                         f"Z {lo[2]:.2f}..{hi[2]:.2f} mm")
+        for f in self.failures[:20]:
+            tag = "ERROR" if f.fatal else "defect"
+            extra = f" (x{f.count})" if f.count > 1 else ""
+            lines.append(f"  {tag} line {f.line}, layer {f.layer}: [{f.mode}] {f.message}{extra}")
+        if len(self.failures) > 20:
+            lines.append(f"  … {len(self.failures) - 20} more failures")
+        for n in self.notices[:5]:
+            lines.append(f"  note line {n.line}: {n.message}")
+        if len(self.notices) > 5:
+            lines.append(f"  … {len(self.notices) - 5} more notes")
+        return "\n".join(lines)
