@@ -147,7 +147,7 @@ def _capsule_raise(hm: np.ndarray, ax: float, ay: float, bx: float, by: float, r
 
 @njit(cache=True)
 def deposit(hm: np.ndarray, x0: float, y0: float, res: float, starts: np.ndarray, xyz: np.ndarray,
-            volume: np.ndarray, flags: np.ndarray, layer_h: np.ndarray, fan: np.ndarray, nozzle: float,
+            volume: np.ndarray, flags: np.ndarray, layer: np.ndarray, layer_h: np.ndarray, fan: np.ndarray, nozzle: float,
             tan_overhang: float, max_bridge: float, collision_tol: float, first_min: float, first_max: float,
             support_gap: float, wants_cooling: bool, run_in: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Lay every move's bead on ``hm`` (in place).
@@ -188,7 +188,7 @@ def deposit(hm: np.ndarray, x0: float, y0: float, res: float, starts: np.ndarray
                         if cz < first_min:
                             defects[i] |= D_FIRST_LOW
                         elif cz > first_max:
-                            if cz <= 3.0 * nozzle:
+                            if layer[i] <= 0:
                                 defects[i] |= D_FIRST_HIGH
                             elif k > 0:
                                 run += step_len

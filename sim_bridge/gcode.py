@@ -201,8 +201,11 @@ class GcodeReader:
         self._source = source
         self.keep_comments = keep_comments
         self.max_line_bytes = max_line_bytes
-        if isinstance(source, os.PathLike) or (isinstance(source, str) and "\n" not in source
-                                               and Path(source).suffix.lower() in {".gcode", ".gco", ".g", ".nc", ".txt"}):
+        # A str is a file name only if it is one line ending in a G-code suffix; text given with a name is text.
+        self._is_path = isinstance(source, os.PathLike) or (
+            isinstance(source, str) and "\n" not in source and "\r" not in source
+            and Path(source).suffix.lower() in {".gcode", ".gco", ".g", ".nc", ".txt"})
+        if self._is_path:
             self.name = name or str(source)
         else:
             self.name = name or "<string>"
@@ -214,7 +217,7 @@ class GcodeReader:
         src = self._source
         if isinstance(src, bytes):
             yield from _bounded_lines(io.BytesIO(src), self.max_line_bytes)
-        elif isinstance(src, os.PathLike) or (isinstance(src, str) and self.name != "<string>"):
+        elif self._is_path:
             path = Path(src)
             if not path.is_file():
                 raise GcodeError(str(path), 0, "no such file")
@@ -239,7 +242,7 @@ class GcodeReader:
         for raw in self._raw_lines():
             line_no += 1
             if isinstance(raw, bytes):
-                self.bytes_read += len(raw)
+                self.bytes_read += len(raw) + 1  # lines come without their ending: count it as one byte
                 if raw is _TOO_LONG:
                     raise GcodeError(name, line_no, f"line is longer than {self.max_line_bytes} bytes "
                                      "(limit max_line_bytes); is this really a G-code file?")
@@ -361,7 +364,8 @@ def format_command(code: str, params: dict[str, float] | None = None, *, args: d
             if math.isnan(value):
                 words.append(letter)
             else:
-                words.append(letter + (_exact_number(value) if decimals is None else format_number(value, decimals)))
+                number = _exact_number(value) if decimals is None else format_number(value, decimals)
+                words.append(letter + number)
     if args:
         words.extend(f"{key}={_quote_arg(value)}" for key, value in args.items())
     line = " ".join(words)

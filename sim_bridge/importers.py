@@ -24,7 +24,7 @@ import glob
 import math
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,8 +61,13 @@ def _parse_float(text: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _build_profile(data: dict[str, Any], source: str, origins: dict[str, str]) -> PrinterProfile:
-    """Validate ``data`` as a profile; an error is prefixed with where its key came from in the input."""
+def _build_profile(data: dict[str, Any], source: str, origins: dict[str, str],
+                   resolve: Callable[[str], str] | None = None) -> PrinterProfile:
+    """Validate ``data`` as a profile; an error is prefixed with where its key came from in the input.
+
+    ``origins`` maps profile keys to where their values came from (passed through ``resolve``, which may be
+    costly, only when an error needs it).
+    """
     try:
         return from_dict(PrinterProfile, data)
     except ConfigError as exc:
@@ -71,7 +76,9 @@ def _build_profile(data: dict[str, Any], source: str, origins: dict[str, str]) -
         for key in origins:
             if message.startswith(key) and len(key) > len(best):
                 best = key
-        where = origins.get(best, source)
+        where = origins[best] if best else source
+        if best and resolve is not None:
+            where = resolve(where)
         raise ConfigError(f"{where}: {message}") from None
 
 
@@ -347,7 +354,7 @@ def printer_from_klipper_cfg(path: str | os.PathLike[str]) -> PrinterProfile:
 
     macros = _klipper_macros(cfg)
     for index, (section, _) in enumerate(macros):
-        origins[f"macros[{index}]"] = cfg.origin(section, "gcode")
+        origins[f"macros[{index}]"] = f"{section.file}:{section.line}: [{section.name}]"
     data["macros"] = [to_dict(macro) for _, macro in macros]
     return _build_profile(data, str(path), origins)
 
@@ -397,8 +404,10 @@ _LEVEL_COMMANDS = frozenset({"BED_MESH_CALIBRATE", "Z_TILT_ADJUST", "QUAD_GANTRY
 _END_COMMANDS = frozenset({"M84", "M18", "TURN_OFF_HEATERS"})
 _JINJA_STATEMENT_RE = re.compile(r"\{%.*?%\}|\{#.*?#\}", re.S)
 _JINJA_SET_RE = re.compile(r"\{%-?\s*set\s+(\w+)\s*=(.*?)-?%\}", re.S)
-_PARAM_RE = re.compile(r"params\s*(?:\.\s*(\w+)|\[\s*['\"](\w+)['\"]\s*\]|\.get\(\s*['\"](\w+)['\"])")
-_DEFAULT_RE = re.compile(r"default\(\s*([-+]?\d+(?:\.\d+)?)\s*[,)]")
+_PARAM_RE = re.compile(r"params\s*(?:\.get\(\s*['\"](\w+)['\"]|\.\s*(\w+)|\[\s*['\"](\w+)['\"]\s*\])")
+"""A macro argument: ``params.BED``, ``params['BED']``, ``params.get('BED', 60)``."""
+_DEFAULT_RE = re.compile(r"(?:default\(|\.get\(\s*['\"]\w+['\"]\s*,)\s*([-+]?\d+(?:\.\d+)?)\s*[,)]")
+"""A default number: ``|default(60)`` or ``params.get('BED', 60)``."""
 _WORD_RE = re.compile(r"\b(\w+)\b")
 _ARG_RE = re.compile(r"(\w+)\s*=\s*(\{[^}]*\}|\S+)")
 _S_WORD_RE = re.compile(r"(?:^|[\s\d.}])S\s*(\{[^}]*\}|[-+]?[0-9.]+)", re.I)
@@ -416,7 +425,6 @@ class _MacroFacts:
     bed_params: list[str] = field(default_factory=list)
     default_hotend_c: float = 0.0
     default_bed_c: float = 0.0
-    heats: bool = False
     waits: bool = False
     levels: bool = False
     purges: bool = False
@@ -529,7 +537,6 @@ def _target(expr: str, variables: dict[str, _Target]) -> _Target:
 def _heat(facts: _MacroFacts, hotend: bool, target: _Target | None, *, waits: bool) -> None:
     if target is not None and not target.params and target.literal_c == 0.0:
         return  # "M104 S0" switches the heater off
-    facts.heats = True
     facts.waits = facts.waits or waits
     if target is None:
         return
@@ -548,15 +555,20 @@ def _merge_call(facts: _MacroFacts, callee: _MacroFacts, args_text: str,
     """Fold a called macro's facts into the caller's; its params are renamed to the caller's arguments."""
     args = {k.upper(): _target(v, variables) for k, v in _ARG_RE.findall(args_text)}
     facts.axes |= callee.axes
-    for mine, theirs in ((facts.hotend_params, callee.hotend_params), (facts.bed_params, callee.bed_params)):
-        for param in theirs:
+    for hotend in (True, False):
+        mine = facts.hotend_params if hotend else facts.bed_params
+        default = callee.default_hotend_c if hotend else callee.default_bed_c
+        for param in callee.hotend_params if hotend else callee.bed_params:
             passed = args.get(param)
             if passed is not None:
                 mine.extend(p for p in passed.params if p not in mine)
-    facts.heats = facts.heats or callee.heats
+                given = passed.literal_c if passed.literal_c is not None else passed.default_c
+                default = given if given else default  # what the caller passes wins over the callee's
+        if hotend:
+            facts.default_hotend_c = facts.default_hotend_c or default
+        else:
+            facts.default_bed_c = facts.default_bed_c or default
     facts.waits = facts.waits or callee.waits
-    facts.default_hotend_c = facts.default_hotend_c or callee.default_hotend_c
-    facts.default_bed_c = facts.default_bed_c or callee.default_bed_c
     facts.levels = facts.levels or callee.levels
     facts.purges = facts.purges or callee.purges
     facts.ends = facts.ends or callee.ends
@@ -776,7 +788,7 @@ def printer_from_prusaslicer(path: str | os.PathLike[str]) -> PrinterProfile:
     if shape_key is not None:
         xs, ys = _bed_points(dump, shape_key)
         lows[:2], highs[:2] = [min(xs), min(ys)], [max(xs), max(ys)]
-        origins["position_"] = dump.origin(shape_key)
+        origins["position_"] = shape_key
     height = dump.number(dump.first_key("max_print_height", "printable_height"))
     if height is not None and height > 0:
         highs[2] = height
@@ -799,10 +811,10 @@ def printer_from_prusaslicer(path: str | os.PathLike[str]) -> PrinterProfile:
     z_feed_key = dump.first_key("machine_max_feedrate_z", "machine_max_speed_z")
     if z_feed_key is not None:
         data["max_z_velocity_mm_s"] = data["max_feedrate_mm_s"][2]
-        origins["max_z_velocity_mm_s"] = dump.origin(z_feed_key)
+        origins["max_z_velocity_mm_s"] = z_feed_key
     if dump.text("machine_max_acceleration_z") is not None:
         data["max_z_accel_mm_s2"] = data["max_axis_accel_mm_s2"][2]
-        origins["max_z_accel_mm_s2"] = dump.origin("machine_max_acceleration_z")
+        origins["max_z_accel_mm_s2"] = "machine_max_acceleration_z"
     extruding = dump.number("machine_max_acceleration_extruding", (P, "print_accel_mm_s2"))
     x_accel = dump.number("machine_max_acceleration_x", (P, "max_accel_mm_s2"))
     accel = extruding if extruding is not None else x_accel
@@ -826,7 +838,7 @@ def printer_from_prusaslicer(path: str | os.PathLike[str]) -> PrinterProfile:
              if v is not None and v > 0]
     if flows:
         data["max_volumetric_flow_mm3_s"] = min(flows)  # the slicer keeps the flow under both limits
-        origins["max_volumetric_flow_mm3_s"] = dump.origin(
+        origins["max_volumetric_flow_mm3_s"] = (
             "filament_max_volumetric_speed" if min(flows) == dump.number("filament_max_volumetric_speed")
             else "max_volumetric_speed")
 
@@ -837,9 +849,9 @@ def printer_from_prusaslicer(path: str | os.PathLike[str]) -> PrinterProfile:
             highest, key = max(targets)
             if highest > heater["max_temp_c"]:
                 heater["max_temp_c"] = highest
-                origins[f"{name}.max_temp_c"] = dump.origin(key)
+                origins[f"{name}.max_temp_c"] = key
     data["hotend"], data["bed"] = hotend, bed
-    return _build_profile(data, str(path), origins)
+    return _build_profile(data, str(path), origins, dump.origin)
 
 
 def _bed_points(dump: _Dump, key: str) -> tuple[list[float], list[float]]:

@@ -44,7 +44,7 @@ KNOWN_IGNORED = frozenset({
     "M105", "M114", "M115", "M117", "M118", "M73", "M300", "M17", "M31", "M75", "M76", "M77", "M80", "M81",
     "M110", "M111", "M112", "M119", "M155", "M24", "M25", "M27", "M21", "M22", "M20", "M23", "M30", "M32",
     "M1", "M0", "M108", "M400", "M486", "M900", "M572", "M593", "M204", "M205", "M201", "M203", "M207",
-    "M208", "M209", "M862.1", "M862.3", "M115", "M141", "M191", "M142", "M163", "M164",
+    "M208", "M209", "M862.1", "M862.3", "M141", "M191", "M142", "M163", "M164",
 })
 """Commands a firmware accepts without an effect on the simulation (messages, queries, progress, labels)."""
 
@@ -56,6 +56,13 @@ KLIPPER_EXTENDED_IGNORED = frozenset({
     "UPDATE_DELAYED_GCODE", "SET_IDLE_TIMEOUT", "SET_FILAMENT_SENSOR", "QUERY_ENDSTOPS", "ACCEPT",
     "TURN_OFF_HEATERS", "BED_MESH_PROFILE", "BED_MESH_CLEAR", "SET_LED", "M204",
 })
+
+BATCH_START_S = 0.25
+"""Klipper batch mode: motion starts 0.25 s into the print (the planner's start buffer)."""
+BATCH_TAIL_S = 0.252
+"""Klipper batch mode: time reported after motion that ends in a forced flush (0.25 s + 2 flush delays)."""
+BATCH_HOMING_FLUSH_S = 0.010
+"""Klipper batch mode: flush bookkeeping per homed axis (0.002 s + 8 kinematic flush delays)."""
 
 LEVELING_COMMANDS = frozenset({"BED_MESH_CALIBRATE", "Z_TILT_ADJUST", "QUAD_GANTRY_LEVEL", "G29", "G80"})
 
@@ -79,10 +86,12 @@ class SimOptions:
     """Time a bed-levelling command (G29, BED_MESH_CALIBRATE …) takes."""
     resolution_mm: float = 0.1
     """Cell size of the deposition height map."""
-    collision_tolerance_mm: float = 0.05
-    """Material this far above the nozzle tip counts as a collision."""
+    collision_tolerance_mm: float = 0.15
+    """Material more than this above the nozzle tip counts as a collision (less is smeared by the hot
+    nozzle, as when a first layer starts on the end of a purge line)."""
     first_layer_max_gap_mm: float | None = None
-    """Largest nozzle-to-bed gap that still adheres; default 0.9 × nozzle diameter."""
+    """Largest nozzle-to-bed gap that still adheres; default 1.0 × nozzle diameter (slicers cap the first
+    layer height near the nozzle diameter: above it the bead no longer presses onto the bed)."""
     first_layer_min_gap_mm: float = 0.04
     """Smallest nozzle-to-bed gap while extruding; below it the nozzle scrapes the bed."""
     support_gap_max_mm: float | None = None
@@ -99,8 +108,8 @@ class SimOptions:
     """Sampling interval of the traces."""
     deposition: bool = True
     """Build the height map and check collisions, support and adhesion."""
-    start_position_mm: tuple[float, float, float] | None = None
-    """Where the toolhead is at power-on (unknown to the firmware); default the middle of the volume."""
+    start_position_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    """Where the firmware believes the toolhead is at power-on (Klipper and Marlin assume 0, 0, 0)."""
 
 
 @dataclass
@@ -177,6 +186,8 @@ class Program:
     commands: int
     layer_z: dict[int, float]
     layer_first_line: dict[int, int]
+    ends_with_stop: bool = False
+    """The chunk's motion ends in a forced flush (G4, M400, G28, M84)."""
 
 
 def default_settings(profile: PrinterProfile) -> PlannerSettings:
@@ -189,11 +200,8 @@ def default_settings(profile: PrinterProfile) -> PlannerSettings:
 
 
 def new_state(profile: PrinterProfile, options: SimOptions) -> MachineState:
-    """State at power-on: unhomed, cold, toolhead at ``options.start_position_mm`` (default mid-volume)."""
-    if options.start_position_mm is not None:
-        start = list(options.start_position_mm)
-    else:
-        start = [(lo + hi) / 2.0 for lo, hi in zip(profile.position_min_mm, profile.position_max_mm, strict=True)]
+    """State at power-on: unhomed, cold, toolhead believed at ``options.start_position_mm``."""
+    start = list(options.start_position_mm)
     return MachineState(pos=[*start, 0.0], gpos=[*start, 0.0], settings=default_settings(profile))
 
 
@@ -230,6 +238,7 @@ class Interpreter:
         self._notices: list[Notice] = []
         self._table: list[tuple[float, ...]] = [st.settings.row()]
         self._stop_pending = True
+        self._flushed_after_last_move = False
         self._layer_z: dict[int, float] = {}
         self._layer_first_line: dict[int, int] = {}
         fatal: Failure | None = None
@@ -269,13 +278,22 @@ class Interpreter:
             flags=np.asarray(self._flags, dtype=np.int64), settings_id=np.asarray(self._sid, dtype=np.int64),
             settings_table=np.asarray(self._table, dtype=np.float64), layer=np.asarray(self._layer, dtype=np.int64),
             events=self._events, fatal=fatal, notices=self._notices, lines=last_line, commands=count,
-            layer_z=self._layer_z, layer_first_line=self._layer_first_line)
+            layer_z=self._layer_z, layer_first_line=self._layer_first_line,
+            ends_with_stop=self._stop_pending and self._flushed_after_last_move)
 
     def observe_comment(self, comment: str) -> None:
         """Slicer layer markers (``;LAYER_CHANGE``, ``;LAYER:n``) switch layer counting to the markers."""
         if comment.startswith("LAYER_CHANGE") or comment.startswith("LAYER:"):
-            self.state.layer_marker_mode = True
-            self.state.layer_marker_pending = True
+            st = self.state
+            if not st.layer_marker_mode and st.layer >= 0:
+                # Extrusion before the slicer's first layer is the start sequence (purge lines), not a layer.
+                self._layer[:] = [-1 if k >= 0 else k for k in self._layer]
+                self._layer_z.clear()
+                self._layer_first_line.clear()
+                st.layer = -1
+                st.layer_z = -1.0
+            st.layer_marker_mode = True
+            st.layer_marker_pending = True
 
     def _handlers(self) -> dict[str, object]:
         return {
@@ -392,6 +410,7 @@ class Interpreter:
         if self._stop_pending:
             flags |= F_STOP_BEFORE
             self._stop_pending = False
+        self._flushed_after_last_move = False
         self._line.append(line)
         self._sx.append(pos[0])
         self._sy.append(pos[1])
@@ -410,10 +429,7 @@ class Interpreter:
 
     def _track_layer(self, z: float, line: int) -> None:
         st = self.state
-        if st.layer_marker_mode:
-            new = st.layer_marker_pending
-        else:
-            new = z > st.layer_z + 0.005
+        new = st.layer_marker_pending if st.layer_marker_mode else z > st.layer_z + 0.005
         if new:
             st.layer += 1
             st.layer_z = z
@@ -491,14 +507,22 @@ class Interpreter:
 
     def _g4(self, cmd: Command) -> None:
         ms = cmd.get("P")
-        seconds = ms / 1000.0 if ms is not None else (cmd.get("S", 0.0) or 0.0)
+        if self.klipper:
+            seconds = (ms or 0.0) / 1000.0  # Klipper's G4 reads only P (milliseconds)
+        else:
+            seconds = ms / 1000.0 if ms is not None else (cmd.get("S", 0.0) or 0.0)
         if seconds < 0.0:
             self._fail("invalid_command", f"G4 with a negative time ({seconds:g} s)", cmd.line)
-        self._stop_pending = True
+        self._flush()
         self._event(EV_DWELL, seconds, cmd.line)
 
-    def _m400(self, cmd: Command) -> None:
+    def _flush(self) -> None:
+        """A forced stop: the planner empties its queue before the next move."""
         self._stop_pending = True
+        self._flushed_after_last_move = True
+
+    def _m400(self, cmd: Command) -> None:
+        self._flush()
 
     def _g20(self, cmd: Command) -> None:
         self.state.units_mm = 25.4
@@ -530,7 +554,6 @@ class Interpreter:
             st.gpos = [0.0, 0.0, 0.0, 0.0]
 
     def _g28(self, cmd: Command) -> None:
-        st = self.state
         axes = [i for i, letter in enumerate("XYZ") if letter in cmd.params]
         if not axes:
             axes = [0, 1, 2]
@@ -543,28 +566,38 @@ class Interpreter:
         total = 0.0
         for i in axes:
             speed = prof.homing_speed_mm_s[i]
+            accel = prof.max_z_accel_mm_s2 if i == 2 else prof.max_accel_mm_s2
             endstop = prof.position_endstop_mm[i]
             lo, hi = prof.position_min_mm[i], prof.position_max_mm[i]
             max_dir = endstop >= hi - 1e-9 and endstop > lo
             if self.options.klipper_batch_mode:
-                # No endstop triggers: the homing move runs its whole length.
+                # No endstop triggers: the first homing move runs its whole length (1.5 x the axis range
+                # from the far side, as Klipper's homing starts from an assumed position beyond it).
                 distance = 1.5 * ((endstop - lo) if max_dir else (hi - endstop))
-                total += distance / speed
+            elif not st.homed[i]:
+                # The real carriage can be anywhere after power-on: assume the middle of the axis.
+                distance = abs((lo + hi) / 2.0 - endstop)
             else:
                 distance = abs(st.pos[i] - endstop)
-                retract = prof.homing_retract_mm
-                total += distance / speed + retract / speed + retract / (speed / 2.0)
+            retract = prof.homing_retract_mm
+            total += _trapezoid_time(distance, speed, accel)
+            if self.options.klipper_batch_mode:
+                total += BATCH_HOMING_FLUSH_S
+            if retract > 0.0:
+                # Back off, then home again at half speed over twice the back-off distance.
+                total += _trapezoid_time(retract, speed, accel) + _trapezoid_time(2.0 * retract, speed / 2.0, accel)
             st.pos[i] = endstop
             st.gpos[i] = endstop
             st.homed[i] = True
         st.motors_off = False
-        self._stop_pending = True
+        self._flush()
         self._event(EV_HOMING, total, line)
 
     def _m84(self, cmd: Command) -> None:
         st = self.state
         st.homed = [False, False, False]
         st.motors_off = True
+        self._flush()
 
     # -- heaters and fan ------------------------------------------------------------------------------
     def _check_temp(self, which: str, target: float, line: int) -> None:
@@ -785,10 +818,9 @@ class Interpreter:
     def _leveling(self, cmd: Command) -> None:
         if cmd.code in {"G29", "G80"} and self.klipper:
             return self._unknown(cmd)
-        if not all(self.state.homed):
-            if self.klipper:
-                self._fail("must_home_first", f"{cmd.code}: Must home axis first", cmd.line)
-        self._stop_pending = True
+        if not all(self.state.homed) and self.klipper:
+            self._fail("must_home_first", f"{cmd.code}: Must home axis first", cmd.line)
+        self._flush()
         self._event(EV_MACRO, self.options.leveling_s, cmd.line)
 
     # -- everything else -------------------------------------------------------------------------------
@@ -848,6 +880,15 @@ class _Fatal(Exception):
     def __init__(self, failure: Failure) -> None:
         super().__init__(failure.message)
         self.failure = failure
+
+
+def _trapezoid_time(distance_mm: float, speed_mm_s: float, accel_mm_s2: float) -> float:
+    """Time of a lone move from rest to rest (trapezoidal, or triangular when too short to cruise)."""
+    if distance_mm <= 0.0:
+        return 0.0
+    if distance_mm >= speed_mm_s * speed_mm_s / accel_mm_s2:
+        return distance_mm / speed_mm_s + speed_mm_s / accel_mm_s2
+    return 2.0 * math.sqrt(distance_mm / accel_mm_s2)
 
 
 def _first_arg(cmd: Command, names: list[str]) -> float:

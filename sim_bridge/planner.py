@@ -292,10 +292,7 @@ def plan_marlin(starts: np.ndarray, xyz: np.ndarray, de: np.ndarray, feed: np.nd
         if not nominal_length[i - 1] and entry[i - 1] < entry[i]:
             entry[i] = min(entry[i], _max_allowable_speed(-accel[i - 1], entry[i - 1], move_d[i - 1]))
     for i in range(n):
-        if i + 1 < n and (flags[i + 1] & F_STOP_BEFORE) == 0:
-            exit_v = entry[i + 1]
-        else:
-            exit_v = safe[i]
+        exit_v = entry[i + 1] if i + 1 < n and (flags[i + 1] & F_STOP_BEFORE) == 0 else safe[i]
         _trapezoid(i, entry[i], cruise[i], exit_v, accel[i], move_d[i], out)
     return out, move_d, accel
 

@@ -21,8 +21,11 @@ import numpy as np
 from sim_bridge import deposition as dep
 from sim_bridge.gcode import Command, GcodeReader
 from sim_bridge.interpreter import (
+    BATCH_START_S,
+    BATCH_TAIL_S,
     F_EXTRUDE,
     F_KINEMATIC,
+    F_STOP_BEFORE,
     Interpreter,
     SimOptions,
     new_state,
@@ -115,7 +118,7 @@ class Simulator:
         self._trace_next = np.array([0.0, 0.0])
         self._tan_overhang = math.tan(math.radians(self.material.max_overhang_deg))
         first_max = self.options.first_layer_max_gap_mm
-        self._first_max = 0.9 * p.nozzle_diameter_mm if first_max is None else first_max
+        self._first_max = 1.0 * p.nozzle_diameter_mm if first_max is None else first_max
         support = self.options.support_gap_max_mm
         self._support_gap = 0.8 * p.nozzle_diameter_mm if support is None else support
         self._max_e_v = p.max_extrude_only_velocity_mm_s or (
@@ -186,6 +189,8 @@ class Simulator:
                 keep = ev_idx <= k
                 timeline = self._timeline(durations[:k], prog.de[:k], ev_idx[keep], ev_kind[keep], ev_value[keep])
                 start_t, hot_t, fan_at, buckets, fault, now, fan, trace = timeline
+        if self.options.klipper_batch_mode and fatal is None:
+            buckets[1] += self._batch_overheads(prog, durations, n)
         self.time_s = now
         self.fan = fan
         self.totals.buckets += buckets
@@ -194,6 +199,21 @@ class Simulator:
             self.fatal = fatal
             self.failures.append(fatal)
         return self.report()
+
+    def _batch_overheads(self, prog: object, durations: np.ndarray, n: int) -> float:
+        """Klipper batch mode's fixed times: the start buffer once, and the tail after a final flush."""
+        extra = 0.0
+        if self.totals.moves == 0 and self.totals.buckets.sum() == 0.0:
+            extra += BATCH_START_S
+        if n:
+            # Batch mode's background flush adds the tail when motion ends in a forced flush, or when only
+            # a move or two (under about a second) follow the last one.
+            stops = np.flatnonzero((prog.flags[:n] & F_STOP_BEFORE) != 0)
+            first = int(stops[-1]) if stops.size else 0
+            since = float(durations[first:].sum())
+            if prog.ends_with_stop or n - first <= 1 or since < 1.0:
+                extra += BATCH_TAIL_S
+        return extra
 
     def _commands(self, program: str | os.PathLike[str] | bytes | Iterable[Command], name: str | None,
                   progress: Callable[[int, int], None] | None
@@ -280,7 +300,7 @@ class Simulator:
         if self.options.deposition and n:
             hm = self.heightmap
             defects, width, unsupported, self._run_open = dep.deposit(
-                hm.heights, hm.x0_mm, hm.y0_mm, hm.resolution_mm, starts, xyz, volume, flags, layer_h, fan_at[:n],
+                hm.heights, hm.x0_mm, hm.y0_mm, hm.resolution_mm, starts, xyz, volume, flags, layer, layer_h, fan_at[:n],
                 p.nozzle_diameter_mm, self._tan_overhang, self.material.max_bridge_mm,
                 self.options.collision_tolerance_mm, self.options.first_layer_min_gap_mm, self._first_max,
                 self._support_gap, self.material.wants_cooling, self._run_open)

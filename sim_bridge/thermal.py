@@ -204,7 +204,6 @@ def run_timeline(durations: np.ndarray, de: np.ndarray, ev_idx: np.ndarray, ev_k
                 bs[S_TARGET] = value
             elif kind == 2 or kind == 3 or kind == 8:
                 if not batch_mode:
-                    p = hp if kind != 3 else bp
                     s = hs if kind != 3 else bs
                     waited = 0.0
                     while True:

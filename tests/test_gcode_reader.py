@@ -433,3 +433,12 @@ def test_wild_round_trip(name):
     for cmd in commands:
         again = parse_line(to_text(cmd), cmd.line)
         assert again is not None and same_command(cmd, again), (cmd, to_text(cmd))
+
+
+def test_text_with_a_name_is_read_as_text():
+    commands, warnings = read_gcode("G28\nG1 X1\n", name="completion")
+    assert [(c.line, c.code) for c in commands] == [(1, "G28"), (2, "G1")]
+    with pytest.raises(GcodeError) as info:
+        list(GcodeReader("G28\n\x00", name="completion"))
+    assert info.value.source == "completion"
+    assert [c.code for c in GcodeReader("G28\rM23 part.gcode")] == ["G28", "M23"], "CR text is not a file name"

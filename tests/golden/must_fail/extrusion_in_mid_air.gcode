@@ -1,0 +1,10 @@
+; expect: extrusion_in_mid_air line 10 "mid-air"
+G28
+M190 S60
+M109 S210
+M106 S255
+M83
+G1 Z0.2 X50 Y50 F3000
+G1 X60 E0.33 F1200
+G1 Z10
+G1 X100 E1.33 F1200

@@ -1,0 +1,12 @@
+; expect: nozzle_collision line 12 "collides"
+G28
+M190 S60
+M109 S210
+M83
+G1 Z0.2 X50 Y50 F3000
+G1 X60 E0.5 F1200
+G1 Z0.4
+G1 X50 E0.5
+G1 Z0.6
+G1 X60 E0.5
+G1 Z0.2 X40 F3000

@@ -1,0 +1,14 @@
+; expect: overhang_without_cooling line 14 "without part cooling"
+G28
+M190 S60
+M109 S210
+M107
+M83
+G1 Z0.2 X50 Y50 F3000
+G1 X70 E0.665 F1200
+G1 Z0.4
+G1 X50 E0.665
+G1 Z0.6
+G1 X70 E0.665
+G1 X50 E0.665
+G1 X45 E0.166

@@ -1,0 +1,22 @@
+; Relative extrusion with G2/G3 arcs (I/J and R forms), inches briefly, G92 offsets and firmware retraction.
+G21
+G28
+M140 S60
+M190 S60
+M109 S210
+M83
+G1 Z0.2 F600
+G1 X60 Y60 F6000
+G2 X80 Y60 I10 J0 E1.5 F1200
+G3 X60 Y60 R10 E1.5
+G10
+G1 X90 Y90 F6000
+G11
+G92 X0 Y0
+G1 X10 E0.333 F1200
+G20
+G1 Y0.3937 E0.013
+G21
+G1 Z5 F600
+M104 S0
+M84

@@ -1,0 +1,18 @@
+; A hand-written single-layer square with a proper start and end sequence.
+G28
+M140 S60
+M104 S210
+M190 S60
+M109 S210
+G92 E0
+G1 Z0.2 F600
+G1 X50 Y50 F6000
+G1 X70 E0.665 F1200
+G1 Y70 E1.33
+G1 X50 E1.995
+G1 Y50 E2.66
+G1 E2.0 F2400
+G1 Z5 F600
+M104 S0
+M140 S0
+M84

@@ -1,0 +1,83 @@
+"""The simulator against real tools: PrusaSlicer's own estimates and real Klipper's batch mode.
+
+Fixtures were made by the real programs (commands and versions in the fixtures' READMEs):
+``tests/fixtures/prusaslicer`` holds PrusaSlicer 2.5 output with its estimates (``expected.json``);
+``tests/fixtures/klipper/reference_times.json`` holds what real Klipper (klippy batch mode) reported for the
+same files, the wild corpus and micro-programs: its print time, or the error that stopped it and the line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from sim_bridge import simulate
+
+ROOT = Path(__file__).parent.parent
+FIXTURES = Path(__file__).parent / "fixtures"
+WILD = Path(os.environ.get("LAYERLOOP_WILD_GCODE", ROOT.parent / "shared" / "data" / "wild-gcode"))
+PRUSA = json.loads((FIXTURES / "prusaslicer" / "expected.json").read_text())
+KLIPPER = json.loads((FIXTURES / "klipper" / "reference_times.json").read_text())
+def _printer(config: str) -> str:
+    """The Klipper config the reference was measured with, imported as a profile (no macros defined)."""
+    return str(FIXTURES / "klipper" / config)
+
+
+def _gcode_path(ref: str) -> Path:
+    if ref.startswith("wild:"):
+        path = WILD / ref[5:]
+        if not path.is_file():
+            pytest.skip(f"wild corpus not found at {WILD}")
+        return path
+    return ROOT / ref
+
+
+@pytest.mark.parametrize("name", sorted(n for n in PRUSA if "mk3s" in n))
+def test_marlin_mode_matches_prusaslicer_estimate(name: str) -> None:
+    expected = PRUSA[name]
+    report = simulate(FIXTURES / "prusaslicer" / name, "mk3s-marlin", planner="marlin", deposition=False)
+    assert report.success, report.summary()
+    motion_dwell = report.time_breakdown_s["motion"] + report.time_breakdown_s["dwell"]
+    assert motion_dwell == pytest.approx(expected["estimated_time_s"], rel=0.02)
+    # PrusaSlicer counts filament from the first layer on (its custom start G-code's purge is not counted).
+    layer_filament = sum(layer.filament_mm for layer in report.layers)
+    assert layer_filament == pytest.approx(expected["filament_mm"], rel=0.001)
+    assert report.layer_count == expected["layer_count"]
+    assert report.filament_mm >= layer_filament
+
+
+ACCEPTED = [r for r in KLIPPER if r["accepted"] and r["print_time_s"] and r["print_time_s"] > 30.0]
+REJECTED = [r for r in KLIPPER if not r["accepted"] and not r["error"].startswith("Unable to parse move")]
+
+
+def test_bundled_profiles_match_the_reference_configs() -> None:
+    from sim_bridge import load_printer
+
+    for config, bundled in (("ender3.cfg", "ender3-klipper"), ("corexy300.cfg", "corexy300-klipper")):
+        imported, ours = load_printer(_printer(config)), load_printer(bundled)
+        for key in ("kinematics", "position_min_mm", "position_max_mm", "position_endstop_mm", "homing_speed_mm_s",
+                    "max_velocity_mm_s", "max_accel_mm_s2", "square_corner_velocity_mm_s", "max_z_velocity_mm_s",
+                    "max_z_accel_mm_s2", "nozzle_diameter_mm", "min_extrude_temp_c"):
+            assert getattr(imported, key) == getattr(ours, key), (config, key)
+
+
+@pytest.mark.parametrize("ref", ACCEPTED, ids=lambda r: f"{Path(r['gcode']).name}@{r['config']}")
+def test_klipper_mode_matches_klipper_batch_print_time(ref: dict) -> None:
+    path = _gcode_path(ref["gcode"])
+    report = simulate(path, _printer(ref["config"]), planner="klipper", klipper_batch_mode=True,
+                      deposition=False)
+    assert report.stopped_at_line is None, report.summary()
+    assert report.print_time_s == pytest.approx(ref["print_time_s"], rel=0.01)
+
+
+@pytest.mark.parametrize("ref", REJECTED, ids=lambda r: f"{Path(r['gcode']).name}@{r['config']}")
+def test_klipper_mode_stops_where_klipper_stops(ref: dict) -> None:
+    path = _gcode_path(ref["gcode"])
+    report = simulate(path, _printer(ref["config"]), planner="klipper", klipper_batch_mode=True,
+                      deposition=False)
+    assert report.stopped_at_line == ref["error_line"], report.summary()
+    fatal = report.failures[-1]
+    assert fatal.message.split(" (hotend")[0] == ref["error"].splitlines()[0]
