@@ -133,7 +133,10 @@ def parse_line(raw: str, line: int = 1, source: str = "<string>",
     {'BED': '70', 'EXTRUDER': '210'}
     """
     semi = raw.find(";")
-    if semi >= 0:
+    if semi == 0:
+        comment = raw[1:].strip()
+        return Command(line, "", {}, {}, comment, "") if keep_comments and comment else None
+    if semi > 0:
         comment = raw[semi + 1:].strip()
         body = raw[:semi]
     else:
@@ -161,21 +164,21 @@ def parse_line(raw: str, line: int = 1, source: str = "<string>",
     match = _CLASSIC_RE.match(upper)
     if match:
         number = match.group(2)
-        if "." not in number:
-            number = str(int(number))
-        else:
-            whole, frac = number.split(".")
-            number = f"{int(whole)}.{frac}"
+        if number[0] == "0" and len(number) > 1:
+            if "." not in number:
+                number = str(int(number))
+            else:
+                whole, frac = number.split(".")
+                number = f"{int(whole)}.{frac}"
+        end = match.end()
         code = match.group(1) + number
-        rest = body[match.end():]
-        rest_upper = upper[match.end():]
+        rest = body[end:]
         if code in _TEXT_COMMANDS:
             return Command(line, code, {}, {}, comment, rest.strip())
-        params: dict[str, float] = {}
+        rest_upper = upper[end:]
         if "=" in rest_upper:
             return Command(line, code, {}, _extended_args(rest), comment, rest.strip())
-        for letter, value in _WORD_RE.findall(rest_upper):
-            params[letter] = float(value) if value else math.nan
+        params = {letter: float(value) if value else math.nan for letter, value in _WORD_RE.findall(rest_upper)}
         return Command(line, code, params, {}, comment, rest.strip())
     # Extended (Klipper-style) command: first word is the name, then KEY=VALUE pairs.
     parts = body.split(None, 1)

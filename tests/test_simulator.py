@@ -1,0 +1,140 @@
+"""The embedded simulator as a whole: API, persistence between runs, report, traces, CLI, plots, real files."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sim_bridge import GcodeError, SimOptions, Simulator, simulate
+from sim_bridge.__main__ import main
+
+ROOT = Path(__file__).parent.parent
+CUBE = ROOT / "sim_bridge" / "data" / "cube20_ender3.gcode"
+WILD = Path(os.environ.get("LAYERLOOP_WILD_GCODE", ROOT.parent / "shared" / "data" / "wild-gcode"))
+START = "G28\nM140 S60\nM104 S210\nM190 S60\nM109 S210\nG92 E0\nM83\n"
+
+
+def test_report_of_a_real_print_is_complete_and_json_serialisable() -> None:
+    report = simulate(CUBE, "ender3-klipper")
+    assert report.success, report.summary()
+    assert report.layer_count == 100
+    assert math.isclose(sum(report.time_breakdown_s.values()), report.print_time_s, rel_tol=1e-12)
+    assert report.time_breakdown_s["heating"] > 60.0, "bed and hotend must take real time to heat"
+    assert report.time_breakdown_s["homing"] > 0.0
+    lo, hi = report.bbox_mm["min"], report.bbox_mm["max"]
+    assert hi[2] == pytest.approx(20.0, abs=0.01)
+    assert hi[0] - lo[0] > 20.0  # the skirt lies outside the cube
+    data = json.loads(report.to_json())
+    for key in ("success", "failures", "print_time_s", "time_breakdown_s", "filament_mm", "filament_mm3",
+                "layer_count", "bbox_mm", "layers"):
+        assert key in data
+    assert data["layers"][50]["z_mm"] == pytest.approx(10.2, abs=1e-6)
+    assert 0.99 <= data["layers"][50]["delivered_fraction"] <= 1.0
+
+
+def test_state_persists_between_runs_like_one_program() -> None:
+    layer_1 = "G1 Z0.2 X50 Y50 F3000\nG1 X70 E0.665 F1200\nG1 Y70 E0.665\n"
+    layer_2 = "G1 Z0.4\nG1 Y50 E0.665 F1200\nG1 X50 E0.665\n"
+    whole = simulate(START + layer_1 + layer_2)
+    sim = Simulator()
+    sim.run(START + layer_1)
+    first = sim.report()
+    assert first.layer_count == 1
+    assert sim.state.pos[:2] == [70.0, 70.0]
+    report = sim.run(layer_2)
+    assert report.layer_count == 2
+    assert report.filament_mm == pytest.approx(whole.filament_mm)
+    # A run ends at rest, so two runs take a little longer than one program, never less.
+    assert whole.print_time_s <= report.print_time_s < whole.print_time_s + 0.5
+    assert float(sim.heightmap.heights.max()) == pytest.approx(0.4)
+
+
+def test_fatal_error_stops_the_print_and_later_runs() -> None:
+    sim = Simulator()
+    report = sim.run("G28\nM104 S200\nG1 X10 Y10 Z0.2 F3000\nG1 X30 E1\nG1 X40 E2\n")
+    assert report.stopped_at_line == 4
+    assert report.failures[-1].mode == "cold_extrusion"
+    assert report.filament_mm == 0.0
+    again = sim.run("G1 X50\n")
+    assert again.moves == report.moves
+    assert any(n.kind == "stopped" for n in again.notices)
+
+
+def test_heating_follows_the_thermal_model_and_traces_are_consistent() -> None:
+    report = simulate("M104 S200\nM109 S200\nG4 P5000\n", traces=True, trace_interval_s=0.5)
+    traces = report.traces
+    assert traces is not None
+    t = traces["t_s"]
+    assert all(b > a for a, b in zip(t, t[1:], strict=False))
+    temps = traces["hotend_c"]
+    assert temps[0] < 40.0
+    assert abs(temps[-1] - 200.0) < 2.0
+    assert max(temps) < 215.0, "PID overshoot stays modest"
+    assert 20.0 < report.time_breakdown_s["heating"] < 300.0
+    assert report.time_breakdown_s["dwell"] == pytest.approx(5.0)
+    assert all(len(v) == len(t) for v in traces.values())
+
+
+def test_marlin_and_klipper_corners_differ_as_expected() -> None:
+    zigzag = "G28\nG1 Z5 F600\n" + "".join(f"G1 X{50 + (i % 2) * 2} Y{50 + i * 0.5} F12000\n" for i in range(200))
+    klipper = simulate(zigzag, "ender3-klipper", planner="klipper", deposition=False)
+    marlin = simulate(zigzag, "ender3-klipper", planner="marlin", deposition=False)
+    assert klipper.time_breakdown_s["motion"] != pytest.approx(marlin.time_breakdown_s["motion"], rel=0.01)
+    # A 90-degree square corner at square_corner_velocity 5 mm/s: slower than a straight line of equal length.
+    straight = simulate("G28\nG1 X10 Y10 F6000\nG1 X110 F6000\nG1 X210\n", deposition=False)
+    corner = simulate("G28\nG1 X10 Y10 F6000\nG1 X110 F6000\nG1 Y110\n", deposition=False)
+    assert corner.time_breakdown_s["motion"] > straight.time_breakdown_s["motion"] + 0.02
+
+
+def test_under_extrusion_depends_on_temperature() -> None:
+    fast = "G1 Z0.3 X20 Y50 F6000\nG1 X200 E16 F6000\n"
+    hot = simulate(START.replace("S210", "S240") + fast, "ender3-klipper")
+    cold = simulate(START.replace("S210", "S180") + fast, "ender3-klipper")
+    assert hot.layers[0].delivered_fraction > cold.layers[0].delivered_fraction
+
+
+@pytest.mark.parametrize("path", sorted(WILD.glob("*.gcode")), ids=lambda p: p.stem)
+def test_every_wild_file_runs_to_a_clear_outcome(path: Path) -> None:
+    report = simulate(path, "corexy300-klipper", resolution_mm=0.2)
+    assert report.lines > 0
+    json.loads(report.to_json())
+    for failure in report.failures:
+        assert failure.line >= 1 and failure.message
+
+
+def test_cli_exit_codes_json_and_plot(tmp_path: Path) -> None:
+    out_json, out_png = tmp_path / "r.json", tmp_path / "r.png"
+    assert main(["simulate", str(CUBE), "--printer", "ender3-klipper", "--json", str(out_json),
+                 "--plot", str(out_png), "--quiet"]) == 0
+    assert json.loads(out_json.read_text())["layer_count"] == 100
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bad = ROOT / "tests" / "golden" / "must_fail" / "move_out_of_range.gcode"
+    assert main(["simulate", str(bad), "--quiet"]) == 1
+    assert main(["simulate", str(tmp_path / "missing.gcode"), "--quiet"]) == 2
+    assert main(["simulate", str(CUBE), "--printer", "no-such-printer", "--quiet"]) == 2
+
+
+def test_cli_runs_as_a_module_and_reports_binary_input(tmp_path: Path) -> None:
+    binary = tmp_path / "junk.gcode"
+    binary.write_bytes(b"G28\n\x00\x01\x02binary")
+    proc = subprocess.run([sys.executable, "-m", "sim_bridge", "simulate", str(binary)], capture_output=True,
+                          text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2
+    assert "junk.gcode:2" in proc.stderr and "NUL" in proc.stderr
+
+
+def test_missing_file_is_a_gcode_error() -> None:
+    with pytest.raises(GcodeError, match="no such file"):
+        Simulator().run(Path("/nonexistent/part.gcode"))
+
+
+def test_options_are_plain_dataclass_fields() -> None:
+    options = SimOptions(resolution_mm=0.5, deposition=False)
+    report = Simulator(options=options).run(START + "G1 Z0.2 X50 Y50 F3000\nG1 X70 E0.665 F1200\n")
+    assert report.success and report.layer_count == 1
