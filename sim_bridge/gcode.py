@@ -17,7 +17,7 @@ import io
 import math
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -215,17 +215,22 @@ class GcodeReader:
         self.warnings: list[GcodeWarning] = []
         self.lines_read = 0
         self.bytes_read = 0
+        self.total_bytes = len(source) if isinstance(source, bytes) else 0
+        self.progress: Callable[[int, int], None] | None = None
+        """Called as ``progress(bytes_read, total_bytes)`` after each chunk of a file is read."""
+        self._bad_utf8 = 0
 
     def _raw_lines(self) -> Iterator[bytes | str]:
         src = self._source
         if isinstance(src, bytes):
-            yield from _bounded_lines(io.BytesIO(src), self.max_line_bytes)
+            yield from _text_lines(io.BytesIO(src), self)
         elif self._is_path:
             path = Path(src)
             if not path.is_file():
                 raise GcodeError(str(path), 0, "no such file")
+            self.total_bytes = path.stat().st_size
             with path.open("rb") as fh:
-                yield from _bounded_lines(fh, self.max_line_bytes)
+                yield from _text_lines(fh, self)
         elif isinstance(src, str):
             # The endings of _EOL_STR_RE, as for bytes (str.splitlines would also split on form feeds and
             # U+2028, numbering lines differently from the same text read as bytes).
@@ -236,51 +241,37 @@ class GcodeReader:
         else:
             yield from src
 
+    def numbered_lines(self) -> Iterator[tuple[int, str]]:
+        """Each line's 1-based number and text (ending removed), after the NUL, length and UTF-8 checks."""
+        name = self.name
+        line_no = 0
+        for text in self._raw_lines():
+            line_no += 1
+            if "\0" in text:
+                raise GcodeError(name, line_no, "NUL character in line: binary data, not G-code")
+            if "\r" in text or "\n" in text:
+                text = text.rstrip("\r\n")
+                if "\r" in text:
+                    # A lone CR (old Mac line ending) inside a line given by the caller: each part is a line.
+                    for index, sub in enumerate(text.split("\r")):
+                        line_no += index > 0
+                        yield line_no, sub
+                    continue
+            yield line_no, text
+        if self._bad_utf8 > 3:
+            self.warnings.append(GcodeWarning(name, line_no, f"{self._bad_utf8} lines in all had invalid UTF-8"))
+        if line_no == 0:
+            self.warnings.append(GcodeWarning(name, 0, "file is empty: no commands"))
+        self.lines_read = line_no
+
     def __iter__(self) -> Iterator[Command]:
         name = self.name
         warnings = self.warnings
-        line_no = 0
-        bad_utf8 = 0
         keep = self.keep_comments
-        for raw in self._raw_lines():
-            line_no += 1
-            if isinstance(raw, bytes):
-                self.bytes_read += len(raw) + 1  # lines come without their ending: count it as one byte
-                if raw is _TOO_LONG:
-                    raise GcodeError(name, line_no, f"line is longer than {self.max_line_bytes} bytes "
-                                     "(limit max_line_bytes); is this really a G-code file?")
-                if b"\0" in raw:
-                    raise GcodeError(name, line_no, "NUL byte in line: this is binary data, not text "
-                                     "G-code (a binary .bgcode file must be converted to text first)")
-                try:
-                    text = raw.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    text = raw.decode("latin-1")
-                    bad_utf8 += 1
-                    if bad_utf8 <= 3:
-                        warnings.append(GcodeWarning(name, line_no, f"invalid UTF-8 at byte {exc.start}; "
-                                                     "read as Latin-1"))
-            else:
-                text = raw
-                if "\0" in text:
-                    raise GcodeError(name, line_no, "NUL character in line: binary data, not G-code")
-            text = text.rstrip("\r\n")
-            if "\r" in text:
-                # A lone CR (old Mac line ending) inside a line given by the caller: each part is a line.
-                for index, sub in enumerate(text.split("\r")):
-                    line_no += index > 0
-                    cmd = parse_line(sub, line_no, name, warnings, keep)
-                    if cmd is not None:
-                        yield cmd
-                continue
+        for line_no, text in self.numbered_lines():
             cmd = parse_line(text, line_no, name, warnings, keep)
             if cmd is not None:
                 yield cmd
-        if bad_utf8 > 3:
-            warnings.append(GcodeWarning(name, line_no, f"{bad_utf8} lines in all had invalid UTF-8"))
-        if line_no == 0:
-            warnings.append(GcodeWarning(name, 0, "file is empty: no commands"))
-        self.lines_read = line_no
 
 
 _TOO_LONG = b"\0<too long>"
@@ -316,6 +307,79 @@ def _bounded_lines(fh: io.BufferedIOBase | io.BytesIO, limit: int) -> Iterator[b
         if len(pending) > limit + hold:
             yield _TOO_LONG
             return
+
+
+def _decode(raw: bytes, line_no: int, reader: GcodeReader) -> str:
+    if b"\0" in raw:
+        raise GcodeError(reader.name, line_no, "NUL byte in line: this is binary data, not text G-code "
+                         "(a binary .bgcode file must be converted to text first)")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        reader._bad_utf8 += 1
+        if reader._bad_utf8 <= 3:
+            reader.warnings.append(GcodeWarning(reader.name, line_no, f"invalid UTF-8 at byte {exc.start}; "
+                                                "read as Latin-1"))
+        return raw.decode("latin-1")
+
+
+def _text_lines(fh: io.BufferedIOBase | io.BytesIO, reader: GcodeReader) -> Iterator[str]:
+    """Decoded lines without their endings, with the checks of :class:`GcodeReader`.
+
+    Chunks with only LF endings and no NUL byte (nearly all slicer output) are split and decoded whole;
+    others go line by line through ``_EOL_RE``.
+    """
+    limit = reader.max_line_bytes
+    pending = b""
+    line_no = 0
+    while True:
+        chunk = fh.read(_READ_CHUNK_BYTES)
+        reader.bytes_read += len(chunk)
+        if reader.progress is not None:
+            reader.progress(reader.bytes_read, reader.total_bytes)
+        data = pending + chunk
+        if b"\r" not in data and b"\0" not in data:
+            parts = data.split(b"\n")
+            if chunk:
+                pending = parts.pop()
+            else:
+                pending = b""
+                if parts[-1] == b"":
+                    parts.pop()
+            if parts and max(map(len, parts)) > limit:
+                first = next(i for i, part in enumerate(parts) if len(part) > limit)
+                raise GcodeError(reader.name, line_no + first + 1, _too_long_message(limit))
+            try:
+                lines = b"\n".join(parts).decode("utf-8").split("\n") if parts else []
+            except UnicodeDecodeError:
+                lines = [_decode(part, line_no + i + 1, reader) for i, part in enumerate(parts)]
+            line_no += len(lines)
+            yield from lines
+        else:
+            # CRs at the end may start a CRLF or CR CR LF: decide once more data is read (or the input ends).
+            hold = 0 if not chunk else 2 if data.endswith(b"\r\r") else 1 if data.endswith(b"\r") else 0
+            start = 0
+            for match in _EOL_RE.finditer(data, 0, len(data) - hold):
+                line_no += 1
+                if match.start() - start > limit:
+                    raise GcodeError(reader.name, line_no, _too_long_message(limit))
+                yield _decode(data[start:match.start()], line_no, reader)
+                start = match.end()
+            pending = data[start:]
+            if not chunk and pending:
+                line_no += 1
+                if len(pending) > limit:
+                    raise GcodeError(reader.name, line_no, _too_long_message(limit))
+                yield _decode(pending, line_no, reader)
+                pending = b""
+        if not chunk:
+            return
+        if len(pending) > limit + 2:
+            raise GcodeError(reader.name, line_no + 1, _too_long_message(limit))
+
+
+def _too_long_message(limit: int) -> str:
+    return f"line is longer than {limit} bytes (limit max_line_bytes); is this really a G-code file?"
 
 
 def read_gcode(source: str | os.PathLike[str] | bytes | Iterable[str], *, name: str | None = None

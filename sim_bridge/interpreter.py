@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sim_bridge.gcode import Command
+from sim_bridge.gcode import _WORD_RE, Command, GcodeReader, parse_line
 from sim_bridge.profiles import Material, PrinterProfile
 from sim_bridge.report import Failure, Notice
 
@@ -218,68 +218,80 @@ class Interpreter:
         self.max_e_ratio = profile.max_cross_section_mm2 / profile.filament_area_mm2
         self.lo = list(profile.position_min_mm)
         self.hi = list(profile.position_max_mm)
+        self._handler_table = self._handlers()
 
     # -- the main loop ---------------------------------------------------------------------------------
-    def run(self, commands: Iterable[Command]) -> Program:
+    def run(self, commands: Iterable[Command] | GcodeReader) -> Program:
+        """Interpret ``commands`` (or a reader's lines, taking a fast path for slicers' plain G0/G1 lines)."""
         st = self.state
-        self._line: list[int] = []
-        self._sx: list[float] = []
-        self._sy: list[float] = []
-        self._sz: list[float] = []
-        self._x: list[float] = []
-        self._y: list[float] = []
-        self._z: list[float] = []
-        self._de: list[float] = []
-        self._feed: list[float] = []
-        self._flags: list[int] = []
-        self._sid: list[int] = []
-        self._layer: list[int] = []
+        self._moves: list[tuple] = []
         self._events: list[tuple[int, int, float, float, int]] = []
         self._notices: list[Notice] = []
         self._table: list[tuple[float, ...]] = [st.settings.row()]
+        self._sid_now = 0
         self._stop_pending = True
         self._flushed_after_last_move = False
         self._layer_z: dict[int, float] = {}
         self._layer_first_line: dict[int, int] = {}
         fatal: Failure | None = None
-        handlers = self._handlers()
         count = 0
         last_line = 0
         try:
-            for cmd in commands:
-                count += 1
-                last_line = cmd.line
-                code = cmd.code
-                if code == "G1" or code == "G0":
-                    self._g1(cmd)
-                    continue
-                if not code:
-                    self.observe_comment(cmd.comment)
-                    continue
-                handler = handlers.get(code)
-                if handler is not None:
-                    handler(cmd)
-                else:
-                    self._other(cmd)
+            if isinstance(commands, GcodeReader):
+                count, last_line = self._run_reader(commands)
+            else:
+                for cmd in commands:
+                    count += 1
+                    last_line = cmd.line
+                    self.execute(cmd)
         except _Fatal as exc:
             fatal = exc.failure
-        n = len(self._line)
-        xyz = np.empty((n, 3), dtype=np.float64)
-        xyz[:, 0] = self._x
-        xyz[:, 1] = self._y
-        xyz[:, 2] = self._z
-        starts = np.empty((n, 3), dtype=np.float64)
-        starts[:, 0] = self._sx
-        starts[:, 1] = self._sy
-        starts[:, 2] = self._sz
+            last_line = exc.failure.line
+        moves = np.array(self._moves, dtype=np.float64).reshape(-1, 12)
         return Program(
-            line=np.asarray(self._line, dtype=np.int64), xyz=xyz, starts=starts,
-            de=np.asarray(self._de, dtype=np.float64), feed=np.asarray(self._feed, dtype=np.float64),
-            flags=np.asarray(self._flags, dtype=np.int64), settings_id=np.asarray(self._sid, dtype=np.int64),
-            settings_table=np.asarray(self._table, dtype=np.float64), layer=np.asarray(self._layer, dtype=np.int64),
+            line=moves[:, 0].astype(np.int64), xyz=np.ascontiguousarray(moves[:, 4:7]),
+            starts=np.ascontiguousarray(moves[:, 1:4]), de=np.ascontiguousarray(moves[:, 7]),
+            feed=np.ascontiguousarray(moves[:, 8]), flags=moves[:, 9].astype(np.int64),
+            settings_id=moves[:, 10].astype(np.int64), settings_table=np.asarray(self._table, dtype=np.float64),
+            layer=moves[:, 11].astype(np.int64),
             events=self._events, fatal=fatal, notices=self._notices, lines=last_line, commands=count,
             layer_z=self._layer_z, layer_first_line=self._layer_first_line,
             ends_with_stop=self._stop_pending and self._flushed_after_last_move)
+
+    def _run_reader(self, reader: GcodeReader) -> tuple[int, int]:
+        name, warnings = reader.name, reader.warnings
+        words_re = _WORD_RE
+        move = self._move
+        count = 0
+        line_no = 0
+        for line_no, text in reader.numbered_lines():
+            head = text[:3]
+            if (head == "G1 " or head == "G0 ") and "(" not in text and "*" not in text:
+                semi = text.find(";")
+                body = text[3:semi] if semi >= 0 else text[3:]
+                if "=" not in body and body.upper() == body:
+                    count += 1
+                    move({k: float(v) if v else math.nan for k, v in words_re.findall(body)}, line_no)
+                    continue
+            cmd = parse_line(text, line_no, name, warnings, True)
+            if cmd is not None:
+                count += 1
+                self.execute(cmd)
+        return count, line_no
+
+    def execute(self, cmd: Command) -> None:
+        """Apply one command to the machine state (moves are queued, events added to the timeline)."""
+        code = cmd.code
+        if code == "G1" or code == "G0":
+            self._move(cmd.params, cmd.line)
+        elif not code:
+            self.observe_comment(cmd.comment)
+        else:
+            handler = self._handler_table.get(code)
+            if handler is not None:
+                handler(cmd)
+            else:
+                self._other(cmd)
 
     def observe_comment(self, comment: str) -> None:
         """Slicer layer markers (``;LAYER_CHANGE``, ``;LAYER:n``) switch layer counting to the markers."""
@@ -287,7 +299,7 @@ class Interpreter:
             st = self.state
             if not st.layer_marker_mode and st.layer >= 0:
                 # Extrusion before the slicer's first layer is the start sequence (purge lines), not a layer.
-                self._layer[:] = [-1 if k >= 0 else k for k in self._layer]
+                self._moves[:] = [(*m[:11], -1) if m[11] >= 0 else m for m in self._moves]
                 self._layer_z.clear()
                 self._layer_first_line.clear()
                 st.layer = -1
@@ -318,23 +330,23 @@ class Interpreter:
         self._notices.append(Notice(kind, message, line))
 
     def _event(self, kind: int, value: float, line: int, value2: float = 0.0) -> None:
-        self._events.append((len(self._line), kind, value, value2, line))
+        self._events.append((len(self._moves), kind, value, value2, line))
 
     def _settings_changed(self) -> None:
         self._table.append(self.state.settings.row())
+        self._sid_now = len(self._table) - 1
 
     def _position_text(self, pos: list[float]) -> str:
         return f"{pos[0]:.3f} {pos[1]:.3f} {pos[2]:.3f} [{pos[3]:.3f}]"
 
     # -- motion ----------------------------------------------------------------------------------------
-    def _g1(self, cmd: Command) -> None:
+    def _move(self, p: dict[str, float], line: int) -> None:
         st = self.state
-        p = cmd.params
         u = st.units_mm
         f = p.get("F")
         if f is not None and f == f:
             if f <= 0.0:
-                self._fail("invalid_command", f"Invalid speed in '{cmd.code} F{f:g}'", cmd.line)
+                self._fail("invalid_command", f"Invalid speed in 'G1 F{f:g}'", line)
             st.feed_mm_s = f * u / 60.0
         gx, gy, gz, ge = st.gpos
         target = [gx, gy, gz]
@@ -365,77 +377,81 @@ class Interpreter:
         dy = target[1] - gy
         dz = target[2] - gz
         st.gpos = [target[0], target[1], target[2], ge]
-        self._queue_move(dx, dy, dz, de * st.extrude_factor, st.feed_mm_s * st.speed_factor, cmd.line)
+        self._queue_move(dx, dy, dz, de * st.extrude_factor, st.feed_mm_s * st.speed_factor, line)
 
     def _queue_move(self, dx: float, dy: float, dz: float, de: float, speed: float, line: int) -> None:
         st = self.state
         pos = st.pos
-        nx, ny, nz = pos[0] + dx, pos[1] + dy, pos[2] + dz
+        x0, y0, z0 = pos[0], pos[1], pos[2]
+        nx, ny, nz = x0 + dx, y0 + dy, z0 + dz
         ne = pos[3] + de
-        move_d2 = dx * dx + dy * dy + dz * dz
-        kinematic = move_d2 >= 1e-18
+        kinematic = dx * dx + dy * dy + dz * dz >= 1e-18
         if kinematic:
-            lo, hi = self.lo, self.hi
-            for i, v, d in ((0, nx, dx), (1, ny, dy), (2, nz, dz)):
-                if d != 0.0 or not st.homed[i]:
-                    if d == 0.0:
-                        continue
-                    if not st.homed[i]:
-                        if self.klipper:
-                            self._fail("must_home_first", "Must home axis first: "
-                                       + self._position_text([nx, ny, nz, ne]), line)
-                        continue
-                    if v < lo[i] - 1e-9 or v > hi[i] + 1e-9:
-                        self._fail("move_out_of_range", "Move out of range: "
-                                   + self._position_text([nx, ny, nz, ne]), line)
+            lo, hi, homed = self.lo, self.hi, st.homed
+            if ((dx != 0.0 and not (homed[0] and lo[0] - 1e-9 <= nx <= hi[0] + 1e-9))
+                    or (dy != 0.0 and not (homed[1] and lo[1] - 1e-9 <= ny <= hi[1] + 1e-9))
+                    or (dz != 0.0 and not (homed[2] and lo[2] - 1e-9 <= nz <= hi[2] + 1e-9))):
+                self._check_range(nx, ny, nz, ne, dx, dy, dz, line)
         if de != 0.0:
-            move_d = math.sqrt(move_d2) if kinematic else abs(de)
-            ratio = de / move_d
-            if not kinematic or ratio < 0.0:
-                if abs(de) > self.profile.max_extrude_only_distance_mm:
-                    self._fail("extrude_only_too_long",
-                               f"Extrude only move too long ({de:.3f}mm vs "
-                               f"{self.profile.max_extrude_only_distance_mm:.3f}mm)", line)
-            elif ratio > self.max_e_ratio and de > self.profile.nozzle_diameter_mm * self.max_e_ratio:
-                area = ratio * self.profile.filament_area_mm2
-                self._fail("extrusion_too_large",
-                           f"Move exceeds maximum extrusion ({area:.3f}mm^2 vs "
-                           f"{self.max_e_ratio * self.profile.filament_area_mm2:.3f}mm^2)", line)
+            self._check_extrusion(de, dx, dy, dz, kinematic, line)
         flags = 0
         if kinematic:
-            flags |= F_KINEMATIC
+            flags = F_KINEMATIC
             if de > 0.0:
-                flags |= F_EXTRUDE
-                self._track_layer(nz, line)
+                flags = F_KINEMATIC | F_EXTRUDE
+                if self._new_layer(nz):
+                    self._start_layer(nz, line)
         if self._stop_pending:
             flags |= F_STOP_BEFORE
             self._stop_pending = False
         self._flushed_after_last_move = False
-        self._line.append(line)
-        self._sx.append(pos[0])
-        self._sy.append(pos[1])
-        self._sz.append(pos[2])
-        self._x.append(nx)
-        self._y.append(ny)
-        self._z.append(nz)
-        self._de.append(de)
-        self._feed.append(speed)
-        self._flags.append(flags)
-        self._sid.append(len(self._table) - 1)
-        self._layer.append(st.layer)
+        self._moves.append((line, x0, y0, z0, nx, ny, nz, de, speed, flags, self._sid_now, st.layer))
         pos[0], pos[1], pos[2], pos[3] = nx, ny, nz, ne
         if ne > st.e_max:
             st.e_max = ne
 
-    def _track_layer(self, z: float, line: int) -> None:
+    def _check_range(self, nx: float, ny: float, nz: float, ne: float, dx: float, dy: float, dz: float,
+                     line: int) -> None:
+        """Klipper's endstop check for the axes that move: unhomed first, then out of range."""
         st = self.state
-        new = st.layer_marker_pending if st.layer_marker_mode else z > st.layer_z + 0.005
-        if new:
-            st.layer += 1
-            st.layer_z = z
-            st.layer_marker_pending = False
-            self._layer_z[st.layer] = z
-            self._layer_first_line[st.layer] = line
+        for i, v, d in ((0, nx, dx), (1, ny, dy), (2, nz, dz)):
+            if d == 0.0:
+                continue
+            if not st.homed[i]:
+                if self.klipper:
+                    self._fail("must_home_first", "Must home axis first: "
+                               + self._position_text([nx, ny, nz, ne]), line)
+                continue
+            if v < self.lo[i] - 1e-9 or v > self.hi[i] + 1e-9:
+                self._fail("move_out_of_range", "Move out of range: "
+                           + self._position_text([nx, ny, nz, ne]), line)
+
+    def _check_extrusion(self, de: float, dx: float, dy: float, dz: float, kinematic: bool, line: int) -> None:
+        """Klipper's extruder checks: extrude-only distance and largest cross-section."""
+        move_d = math.sqrt(dx * dx + dy * dy + dz * dz) if kinematic else abs(de)
+        ratio = de / move_d
+        if not kinematic or ratio < 0.0:
+            if abs(de) > self.profile.max_extrude_only_distance_mm:
+                self._fail("extrude_only_too_long",
+                           f"Extrude only move too long ({de:.3f}mm vs "
+                           f"{self.profile.max_extrude_only_distance_mm:.3f}mm)", line)
+        elif ratio > self.max_e_ratio and de > self.profile.nozzle_diameter_mm * self.max_e_ratio:
+            area = ratio * self.profile.filament_area_mm2
+            self._fail("extrusion_too_large",
+                       f"Move exceeds maximum extrusion ({area:.3f}mm^2 vs "
+                       f"{self.max_e_ratio * self.profile.filament_area_mm2:.3f}mm^2)", line)
+
+    def _new_layer(self, z: float) -> bool:
+        st = self.state
+        return st.layer_marker_pending if st.layer_marker_mode else z > st.layer_z + 0.005
+
+    def _start_layer(self, z: float, line: int) -> None:
+        st = self.state
+        st.layer += 1
+        st.layer_z = z
+        st.layer_marker_pending = False
+        self._layer_z[st.layer] = z
+        self._layer_first_line[st.layer] = line
 
     def _arc(self, cmd: Command) -> None:
         st = self.state

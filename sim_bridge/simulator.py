@@ -228,8 +228,7 @@ class Simulator:
                 isinstance(program, str) and "\n" not in program and Path(program).is_file())
             reader = GcodeReader(Path(program) if is_path else program, name=name, keep_comments=True)
             if progress is not None and is_path:
-                total = Path(program).stat().st_size
-                return _with_progress(reader, progress, total), reader
+                reader.progress = progress
             return reader, reader
         return program, None
 
@@ -352,33 +351,44 @@ class Simulator:
                         move_d: np.ndarray, width: np.ndarray, extruding: np.ndarray, kinematic: np.ndarray,
                         flow: np.ndarray, delivered: np.ndarray, unsupported: np.ndarray, defects: np.ndarray,
                         xyz: np.ndarray) -> None:
-        if not len(layer):
+        sel = layer >= 0
+        if not sel.any():
             return
-        for k in np.unique(layer):
-            if k < 0:
-                continue
-            sel = layer == k
-            metrics = self.layers.get(int(k))
+        idx = layer[sel]
+        size = int(idx.max()) + 1
+
+        def per_layer(values: np.ndarray) -> np.ndarray:
+            return np.bincount(idx, weights=values[sel], minlength=size)
+
+        under = extruding & (delivered < self.options.under_extrusion_threshold)
+        time_s = per_layer(durations)
+        filament = per_layer(np.where(extruding, de, 0.0))
+        delivered_mm = per_layer(np.where(extruding, de * delivered, 0.0))
+        path = per_layer(np.where(extruding, move_d, 0.0))
+        area = per_layer(np.where(extruding, width * move_d, 0.0))
+        unsupported_mm = per_layer(unsupported)
+        failures = per_layer(((defects != 0) | under).astype(np.float64))
+        max_flow = np.zeros(size)
+        np.maximum.at(max_flow, idx, np.where(extruding, flow, 0.0)[sel])
+        present, first = np.unique(idx, return_index=True)
+        lines = line[sel][first]
+        z_first = xyz[sel][first, 2]
+        for k, first_line, z in zip(present.tolist(), lines.tolist(), z_first.tolist(), strict=True):
+            metrics = self.layers.get(k)
             if metrics is None:
-                first = int(line[np.flatnonzero(sel)[0]])
-                metrics = LayerMetrics(int(k), float(self.layer_z.get(int(k), xyz[sel][0, 2])), first)
-                self.layers[int(k)] = metrics
-            ext = sel & extruding
-            metrics.time_s += float(durations[sel].sum())
-            metrics.filament_mm += float(de[ext].sum())
-            path = float(move_d[ext].sum())
-            commanded = float(de[ext].sum())
-            if commanded > 0:
-                got = float((de[ext] * delivered[ext]).sum())
-                old = metrics.filament_mm - commanded
-                metrics.delivered_fraction = (metrics.delivered_fraction * old + got) / max(metrics.filament_mm, 1e-12)
-            metrics.extruded_path_mm += path
-            metrics.deposited_area_mm2 += float((width[ext] * move_d[ext]).sum())
-            if ext.any():
-                metrics.max_flow_mm3_s = max(metrics.max_flow_mm3_s, float(flow[ext].max()))
-            metrics.unsupported_path_mm += float(unsupported[sel].sum())
-            metrics.failures += int(np.count_nonzero(defects[sel])) + int(
-                np.count_nonzero(ext & (delivered < self.options.under_extrusion_threshold)))
+                metrics = LayerMetrics(k, float(self.layer_z.get(k, z)), int(first_line))
+                self.layers[k] = metrics
+            old_filament = metrics.filament_mm
+            metrics.time_s += float(time_s[k])
+            metrics.filament_mm += float(filament[k])
+            if filament[k] > 0.0:
+                metrics.delivered_fraction = (metrics.delivered_fraction * old_filament + float(delivered_mm[k])) / (
+                    metrics.filament_mm)
+            metrics.extruded_path_mm += float(path[k])
+            metrics.deposited_area_mm2 += float(area[k])
+            metrics.max_flow_mm3_s = max(metrics.max_flow_mm3_s, float(max_flow[k]))
+            metrics.unsupported_path_mm += float(unsupported_mm[k])
+            metrics.failures += int(failures[k])
 
     def _add_traces(self, trace: np.ndarray, starts: np.ndarray, xyz: np.ndarray, start_t: np.ndarray,
                     durations: np.ndarray, flow: np.ndarray, delivered: np.ndarray, de: np.ndarray) -> None:
@@ -451,14 +461,6 @@ class Simulator:
             "flow_mm3_s": flow.tolist(), "x_mm": pos[:, 0].tolist(), "y_mm": pos[:, 1].tolist(),
             "z_mm": pos[:, 2].tolist(), "e_mm": pos[:, 3].tolist(),
         }
-
-
-def _with_progress(reader: GcodeReader, progress: Callable[[int, int], None], total: int) -> Iterable[Command]:
-    for i, cmd in enumerate(reader):
-        if i % 20000 == 0:
-            progress(reader.bytes_read, total)
-        yield cmd
-    progress(total, total)
 
 
 def simulate(program: str | os.PathLike[str] | bytes | Iterable[Command],
