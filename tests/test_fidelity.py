@@ -81,3 +81,33 @@ def test_klipper_mode_stops_where_klipper_stops(ref: dict) -> None:
     assert report.stopped_at_line == ref["error_line"], report.summary()
     fatal = report.failures[-1]
     assert fatal.message.split(" (hotend")[0] == ref["error"].splitlines()[0]
+
+
+@pytest.mark.integration
+def test_fresh_prusaslicer_output_matches_its_own_estimate(tmp_path: Path) -> None:
+    """Slice anew with the real PrusaSlicer (installed by scripts/setup.sh) and compare with its estimate."""
+    import re
+    import shutil
+    import subprocess
+
+    slicer = shutil.which("prusa-slicer")
+    if slicer is None:
+        pytest.skip("prusa-slicer is not installed (scripts/setup.sh installs it)")
+    out = tmp_path / "cylinder.gcode"
+    proc = subprocess.run(
+        [slicer, "--load", str(FIXTURES / "prusaslicer" / "mk3s_marlin.ini"), "--center", "125,105",
+         "--export-gcode", "--output", str(out), str(FIXTURES / "prusaslicer" / "cylinder.stl")],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "HOME": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = out.read_text()
+    match = re.search(r"; estimated printing time \(normal mode\) = (.+)", text)
+    assert match
+    estimate_s = sum(int(n) * {"d": 86400, "h": 3600, "m": 60, "s": 1}[u]
+                     for n, u in re.findall(r"(\d+)([dhms])", match.group(1)))
+    filament = float(re.search(r"; filament used \[mm\] = ([\d.]+)", text).group(1))
+    report = simulate(out, "mk3s-marlin", planner="marlin")
+    assert report.success, report.summary()
+    motion_dwell = report.time_breakdown_s["motion"] + report.time_breakdown_s["dwell"]
+    assert motion_dwell == pytest.approx(estimate_s, rel=0.02)
+    assert sum(layer.filament_mm for layer in report.layers) == pytest.approx(filament, rel=0.001)
+    assert report.layer_count == text.count(";LAYER_CHANGE")
