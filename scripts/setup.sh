@@ -2,6 +2,7 @@
 # One-time (idempotent) set-up: system packages, .venv, torch, and the project with its dev extra.
 # Re-runs only the steps whose inputs changed, so `make run` and `make test` stay quick after the first time.
 set -euo pipefail
+shopt -s inherit_errexit 2>/dev/null || true
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(prusa-slicer)
@@ -22,18 +23,20 @@ fi
 
 [ -x $VENV/bin/python ] || "$PY" -m venv $VENV
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+# pip: quiet, minus the per-package notes about this machine's unused local index folders.
+pip_install() { $VENV/bin/python -m pip install -q "$@" 2>&1 | sed '/^WARNING: Location .* is ignored/d'; }
 if [ "$(cat $STAMP 2>/dev/null)" != "$want" ]; then
     echo "setup: installing Python packages into $VENV (first run takes a few minutes)"
-    $VENV/bin/python -m pip install -q --upgrade pip
+    pip_install --upgrade pip
     if ! $VENV/bin/python -c "import torch" 2>/dev/null; then
         if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-            $VENV/bin/python -m pip install -q torch
+            pip_install torch
         else
             # The CPU build: a plain `torch` requirement would pull a multi-GB CUDA build.
             # (Where no local CPU wheel exists, see README: install the CPU build of torch before this.)
-            $VENV/bin/python -m pip install -q torch==2.13.0
+            pip_install torch==2.13.0
         fi
     fi
-    $VENV/bin/python -m pip install -q -e ".[dev]"
+    pip_install -e ".[dev]"
     echo "$want" > $STAMP
 fi

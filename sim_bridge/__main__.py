@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
-from sim_bridge.config import ConfigError
+from sim_bridge.config import ConfigError, load_yaml
 from sim_bridge.gcode import GcodeError
 from sim_bridge.interpreter import SimOptions
 from sim_bridge.profiles import MATERIALS, bundled_printers, load_material, load_printer
@@ -35,7 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--planner", choices=("klipper", "marlin"), help="corner model (default: the printer's firmware)")
     sim.add_argument("--klipper-batch", action="store_true",
                      help="model Klipper's batch mode (no heater waits, homing runs its full length)")
-    sim.add_argument("--resolution", type=float, default=0.1, help="height-map cell size in mm (default 0.1)")
+    sim.add_argument("--options", type=Path, help="SimOptions YAML (keys as in configs/sim-default.yaml); "
+                     "the flags below override it")
+    sim.add_argument("--resolution", type=float, help="height-map cell size in mm (default 0.1)")
     sim.add_argument("--no-deposition", action="store_true", help="skip the height map (time and errors only)")
     sim.add_argument("--traces", action="store_true", help="include sensor traces in the JSON report")
     sim.add_argument("--json", type=Path, help="write the report as JSON here")
@@ -56,10 +59,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         printer = load_printer(args.printer)
         material = load_material(args.material)
-        if not (0.01 <= args.resolution <= 5.0):
-            raise ConfigError(f"--resolution {args.resolution}: out of range, allowed [0.01, 5.0] mm")
-        options = SimOptions(planner=args.planner or "", klipper_batch_mode=args.klipper_batch,
-                             resolution_mm=args.resolution, deposition=not args.no_deposition, traces=args.traces)
+        options = load_yaml(SimOptions, args.options) if args.options else SimOptions()
+        changes: dict[str, object] = {}
+        if args.planner:
+            changes["planner"] = args.planner
+        if args.klipper_batch:
+            changes["klipper_batch_mode"] = True
+        if args.resolution is not None:
+            changes["resolution_mm"] = args.resolution
+        if args.no_deposition:
+            changes["deposition"] = False
+        if args.traces:
+            changes["traces"] = True
+        try:
+            options = replace(options, **changes)
+        except ConfigError as exc:
+            raise ConfigError(f"command line: {exc}") from None
         sim = Simulator(printer, material, options)
         if not args.file.is_file():
             raise GcodeError(str(args.file), 0, "no such file")

@@ -138,3 +138,18 @@ def test_options_are_plain_dataclass_fields() -> None:
     options = SimOptions(resolution_mm=0.5, deposition=False)
     report = Simulator(options=options).run(START + "G1 Z0.2 X50 Y50 F3000\nG1 X70 E0.665 F1200\n")
     assert report.success and report.layer_count == 1
+
+
+def test_default_options_yaml_maps_one_to_one(tmp_path: Path) -> None:
+    from sim_bridge.config import ConfigError, load_yaml
+
+    assert load_yaml(SimOptions, ROOT / "configs" / "sim-default.yaml") == SimOptions()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("resolution_mm: 0\n")
+    with pytest.raises(ConfigError, match=r"resolution_mm = 0.0: out of range, allowed \[0.01, 5.0\]"):
+        load_yaml(SimOptions, bad)
+    bad.write_text("resolution: 0.2\n")
+    with pytest.raises(ConfigError, match="did you mean 'resolution_mm'"):
+        load_yaml(SimOptions, bad)
+    assert main(["simulate", str(CUBE), "--options", str(bad), "--quiet"]) == 2
+    assert main(["simulate", str(CUBE), "--resolution", "0", "--quiet"]) == 2

@@ -1,0 +1,1 @@
+"""Validation, the deployment gate, the approval console and deployment to printers."""

@@ -1,0 +1,1 @@
+"""Datasets, supervised fine-tuning, reinforcement learning on simulator rewards, evaluation."""
