@@ -677,7 +677,7 @@ class Interpreter:
             return
         value = cmd.get("S", 255.0)
         self.state.fan = min(1.0, max(0.0, (255.0 if value is None else value) / 255.0))
-        self._event(EV_FAN, self.state.fan, cmd.line)
+        self._event(EV_FAN, self.state.fan * self.profile.part_fan_max_rpm_fraction, cmd.line)
 
     def _m107(self, cmd: Command) -> None:
         if (cmd.get("P", 0.0) or 0.0) != 0.0:
@@ -691,7 +691,7 @@ class Interpreter:
         except ValueError:
             self._fail("invalid_command", f"SET_FAN_SPEED SPEED={cmd.args.get('SPEED')!r}: not a number", cmd.line)
         self.state.fan = min(1.0, max(0.0, speed))
-        self._event(EV_FAN, self.state.fan, cmd.line)
+        self._event(EV_FAN, self.state.fan * self.profile.part_fan_max_rpm_fraction, cmd.line)
 
     def _arg_float(self, cmd: Command, key: str, default: float | None = None) -> float | None:
         text = cmd.args.get(key)

@@ -135,8 +135,6 @@ class PrinterProfile:
     """Marlin acceleration of non-extruding moves (``M204 T``)."""
     jerk_mm_s: list[float] = ranged([8.0, 8.0, 0.4, 4.5], 0.0, 1000.0)
     """Marlin instantaneous speed change allowed per axis X, Y, Z, E (``M205``)."""
-    minimum_planner_speed_mm_s: float = ranged(0.05, 0.0, 100.0)
-    """Marlin: speed the planner may always reach at a junction."""
     nozzle_diameter_mm: float = ranged(0.4, 0.05, 3.0)
     """Nozzle bore."""
     filament_diameter_mm: float = ranged(1.75, 0.5, 5.0)
@@ -170,7 +168,8 @@ class PrinterProfile:
     melt_flow_per_c_mm3_s: float = ranged(0.25, 0.0, 10.0)
     """Change of melt capacity per kelvin around the reference temperature."""
     part_fan_max_rpm_fraction: float = ranged(1.0, 0.0, 1.0)
-    """Fraction of commanded fan speed actually delivered (1 for a healthy fan)."""
+    """Fraction of the commanded part-fan airflow actually delivered (1 for a healthy fan); scales the fan's
+    cooling of the hotend and of overhangs."""
     macros: list[MacroProfile] = field(default_factory=list)
     """The printer's own macros (``PRINT_START`` …) and what they do."""
 
