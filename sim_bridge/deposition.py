@@ -62,8 +62,9 @@ SUPPORT_STEP_MM = 0.2
 
 @njit(cache=True)
 def _disk_max2(hm: np.ndarray, cx: float, cy: float, outer: float, inner: float, x0: float, y0: float,
-               res: float) -> tuple[float, float]:
-    """Highest material within ``outer`` and within ``inner`` (<= outer) of a point."""
+               res: float, ceiling: float = 1e30, floor: float = 0.0) -> tuple[float, float]:
+    """Highest support within ``outer`` (material at or above ``ceiling`` counts as ``floor``: a bead of the
+    layer being printed stands on the layer below), and highest material of all within ``inner``."""
     ny, nx = hm.shape
     i0 = max(0, int(math.floor((cx - outer - x0) / res)))
     i1 = min(nx - 1, int(math.ceil((cx + outer - x0) / res)))
@@ -83,15 +84,16 @@ def _disk_max2(hm: np.ndarray, cx: float, cy: float, outer: float, inner: float,
             d2 = dx * dx + dy2
             if d2 <= o2:
                 h = hm[j, i]
-                if h > best_o:
-                    best_o = h
+                support = floor if h >= ceiling else h
+                if support > best_o:
+                    best_o = support
                 if d2 <= n2 and h > best_i:
                     best_i = h
     return best_o, best_i
 
 
 @njit(cache=True)
-def _capsule_raise(hm: np.ndarray, ax: float, ay: float, bx: float, by: float, r: float, z0: float, z1: float,
+def raise_capsule(hm: np.ndarray, ax: float, ay: float, bx: float, by: float, r: float, z0: float, z1: float,
                    x0: float, y0: float, res: float) -> None:
     """Raise every cell within ``r`` of segment AB to the nozzle height there (row by row, exact cover)."""
     ny, nx = hm.shape
@@ -179,7 +181,8 @@ def deposit(hm: np.ndarray, x0: float, y0: float, res: float, starts: np.ndarray
                 for k in range(steps + 1):
                     t = k / steps
                     cx, cy, cz = px + dx * t, py + dy * t, pz + dz * t
-                    base, under = _disk_max2(hm, cx, cy, reach, tip_r, x0, y0, res)
+                    # Support is what lower layers left; beads of this layer beside the path do not count.
+                    base, under = _disk_max2(hm, cx, cy, reach, tip_r, x0, y0, res, cz - 0.5 * h, cz - h)
                     gap = cz - under
                     gap_sum += max(cz - base, 0.0)
                     if under > cz + collision_tol:
@@ -210,7 +213,7 @@ def deposit(hm: np.ndarray, x0: float, y0: float, res: float, starts: np.ndarray
                 bead_h = min(max(gap_sum / (steps + 1), 0.5 * h), 2.0 * h)
                 w = min(max(area / bead_h, 0.5 * nozzle), 3.0 * nozzle)
                 width[i] = w
-                _capsule_raise(hm, px, py, px + dx, py + dy, 0.5 * w, pz, pz + dz, x0, y0, res)
+                raise_capsule(hm, px, py, px + dx, py + dy, 0.5 * w, pz, pz + dz, x0, y0, res)
             else:
                 for k in range(1, steps + 1):
                     t = k / steps

@@ -111,6 +111,12 @@ class Simulator:
         self.totals = _Totals()
         self.e_total = 0.0
         self.e_max = 0.0
+        self.extrusion_scale = 1.0
+        """Hidden physics for environments: true over nominal filament cross-section (a thicker or thinner
+        filament than the printer is configured for); scales the material each move delivers."""
+        self.hotend_offset_c = 0.0
+        """Hidden physics: true hotend temperature minus the thermistor's reading (the PID regulates the
+        reading); shifts melt capacity."""
         self._run_open = 0.0
         self._trace_rows: list[np.ndarray] = []
         self._trace_pos: list[np.ndarray] = []
@@ -276,17 +282,19 @@ class Simulator:
         kinematic = (flags & F_KINEMATIC) != 0
         # Melt capacity: flow above what the hotend melts at its temperature is not delivered.
         with np.errstate(divide="ignore", invalid="ignore"):
-            flow = np.where(extruding, profile[:n, 1] * de * p.filament_area_mm2 / np.maximum(move_d, 1e-12), 0.0)
-        capacity = np.where(hot_t[:n] < p.min_extrude_temp_c, 0.0, np.maximum(
+            flow = np.where(extruding, profile[:n, 1] * de * p.filament_area_mm2 * self.extrusion_scale
+                            / np.maximum(move_d, 1e-12), 0.0)
+        true_t = hot_t[:n] + self.hotend_offset_c
+        capacity = np.where(true_t < p.min_extrude_temp_c, 0.0, np.maximum(
             0.1 * p.max_volumetric_flow_mm3_s,
-            p.max_volumetric_flow_mm3_s + p.melt_flow_per_c_mm3_s * (hot_t[:n] - p.melt_reference_temp_c)))
+            p.max_volumetric_flow_mm3_s + p.melt_flow_per_c_mm3_s * (true_t - p.melt_reference_temp_c)))
         capacity = capacity * self.material.melt_flow_factor
         if self.options.klipper_batch_mode:
             delivered = np.ones(n)
         else:
             with np.errstate(divide="ignore", invalid="ignore"):
                 delivered = np.where(flow > capacity, capacity / np.where(flow > 0, flow, 1.0), 1.0)
-        volume = np.where(extruding, de * p.filament_area_mm2 * delivered, 0.0)
+        volume = np.where(extruding, de * p.filament_area_mm2 * self.extrusion_scale * delivered, 0.0)
         # Layer heights from the layer z table.
         zs = self.layer_z
         layer_h = np.zeros(n)

@@ -1,0 +1,55 @@
+"""The expert policy: the slicer's program, one step at a time.
+
+Steps follow the ``GcodeWriter`` environment: with the job's start/end sequences, step 0 is the start
+sequence, steps ``1 … N`` are the layers and step ``N + 1`` the end; without them, steps ``0 … N − 1`` are
+the layers (the environment runs :attr:`~envs.slicer.SlicedJob.setup` silently before the episode).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from envs.jobs import PrintJob
+from envs.slicer import SlicedJob, slice_job
+
+
+def expert_program(job: PrintJob) -> str:
+    """The expert's whole program for ``job`` (start or setup, layers, end)."""
+    return slice_job(job).text()
+
+
+class ExpertPolicy:
+    """Writes the slicer's G-code for each step of one job (sliced once, on first use)."""
+
+    def __init__(self, job: PrintJob) -> None:
+        self.job = job
+        self._sliced: SlicedJob | None = None
+
+    @property
+    def sliced(self) -> SlicedJob:
+        """The job's sliced program."""
+        if self._sliced is None:
+            self._sliced = slice_job(self.job)
+        return self._sliced
+
+    @property
+    def step_count(self) -> int:
+        """Number of steps in an episode: the layers, plus start and end when the job has them."""
+        return self.job.layer_count + (2 if self.job.start_end else 0)
+
+    def program_for_step(self, step: int) -> str:
+        """The G-code of step ``step`` (see the module docstring)."""
+        if not 0 <= step < self.step_count:
+            raise ValueError(f"step {step}: out of range, job {self.job.job_id!r} has steps 0..{self.step_count - 1}")
+        sliced = self.sliced
+        if not self.job.start_end:
+            return sliced.layers[step]
+        if step == 0:
+            return sliced.start
+        if step == self.step_count - 1:
+            return sliced.end
+        return sliced.layers[step - 1]
+
+    def act(self, observation: dict[str, Any]) -> str:
+        """The action for an observation of the ``GcodeWriter`` environment (its ``step`` index)."""
+        return self.program_for_step(int(observation["step"]))
