@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 from sim_bridge.config import ConfigError, check_ranges, from_dict, load_yaml, ranged
@@ -282,6 +283,12 @@ def printer_from_dict(data: dict[str, object], source: str = "") -> PrinterProfi
     return from_dict(PrinterProfile, dict(data), source)
 
 
+@lru_cache(maxsize=64)
+def _load_bundled(name: str) -> PrinterProfile:
+    # Profiles are frozen: one parsed copy per bundled name can be shared.
+    return load_yaml(PrinterProfile, PROFILE_DIR / f"{name}.yaml")
+
+
 def load_printer(name_or_path: str | Path) -> PrinterProfile:
     """Load a printer: a bundled name, a profile ``.yaml``, a Klipper ``.cfg`` or a PrusaSlicer ``.ini``/``.gcode``."""
     text = str(name_or_path)
@@ -298,6 +305,6 @@ def load_printer(name_or_path: str | Path) -> PrinterProfile:
         return printer_from_prusaslicer(path)
     bundled = PROFILE_DIR / f"{text}.yaml"
     if bundled.is_file():
-        return load_yaml(PrinterProfile, bundled)
+        return _load_bundled(text)
     raise ConfigError(f"printer {text!r}: not a bundled profile ({', '.join(bundled_printers())}) "
                       "nor a .yaml/.cfg/.ini/.gcode file")

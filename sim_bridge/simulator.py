@@ -94,8 +94,6 @@ class Simulator:
             raise ValueError(f"planner {self.planner!r}: must be 'klipper' or 'marlin'")
         p = self.profile
         self.state = new_state(p, self.options)
-        self.hot_params = heater_params(p.hotend)
-        self.bed_params = heater_params(p.bed)
         self.hot = heater_state(p.ambient_temp_c)
         self.bed = heater_state(p.ambient_temp_c)
         self.time_s = 0.0
@@ -122,6 +120,13 @@ class Simulator:
         self._trace_pos: list[np.ndarray] = []
         self._trace_flow: list[np.ndarray] = []
         self._trace_next = np.array([0.0, 0.0])
+        self._derive()
+
+    def _derive(self) -> None:
+        """Values computed from the profile, material and options once rather than per move."""
+        p = self.profile
+        self.hot_params = heater_params(p.hotend)
+        self.bed_params = heater_params(p.bed)
         self._tan_overhang = math.tan(math.radians(self.material.max_overhang_deg))
         first_max = self.options.first_layer_max_gap_mm
         self._first_max = 1.0 * p.nozzle_diameter_mm if first_max is None else first_max
@@ -131,6 +136,27 @@ class Simulator:
             p.max_velocity_mm_s * p.max_cross_section_mm2 / p.filament_area_mm2)
         self._max_e_a = p.max_extrude_only_accel_mm_s2 or (
             p.max_accel_mm_s2 * p.max_cross_section_mm2 / p.filament_area_mm2)
+
+    def set_profile(self, profile: PrinterProfile) -> None:
+        """Swap the printer's profile between runs (hidden physics, domain randomisation).
+
+        Heaters keep their temperatures; velocity limits keep any change a program made
+        (``SET_VELOCITY_LIMIT``, ``M204``) as a ratio to the old profile's.
+        """
+        old, self.profile = self.profile, profile
+        settings = self.state.settings
+        if settings is not None:
+            settings.max_velocity *= profile.max_velocity_mm_s / old.max_velocity_mm_s
+            settings.max_accel *= profile.max_accel_mm_s2 / old.max_accel_mm_s2
+            if old.square_corner_velocity_mm_s > 0:
+                settings.square_corner_velocity *= (profile.square_corner_velocity_mm_s
+                                                    / old.square_corner_velocity_mm_s)
+        self._derive()
+
+    def set_options(self, options: SimOptions) -> None:
+        """Swap the simulator options between runs (the height-map resolution stays as it was)."""
+        self.options = options
+        self._derive()
 
     # -- running ---------------------------------------------------------------------------------------
     def run(self, program: str | os.PathLike[str] | bytes | Iterable[Command], *, name: str | None = None,
