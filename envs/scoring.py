@@ -100,11 +100,12 @@ def score_step(sim: Simulator, job: PrintJob, step: int, text: str) -> StepScore
                  abs(state["hotend_c"] - p.hotend_temp_c) <= READY_TOLERANCE_C,
                  abs(state["bed_c"] - p.bed_temp_c) <= READY_TOLERANCE_C]
         scores.geometry = sum(ready) / len(ready)
-        scores.extrusion = 0.0 if fatal else 1.0
+        # Nothing to extrude in a start sequence: the slot rewards a complete, failure-free start only.
+        scores.extrusion = 1.0 if all(ready) and not fatal else 0.0
         scores.time = time_score(elapsed, ref.step_time_s[step]) if all(ready) else 0.0
     else:
         scores.geometry = end_state_score(sim, job)
-        scores.extrusion = 0.0 if fatal else 1.0
+        scores.extrusion = 1.0 if scores.geometry == 1.0 and not fatal else 0.0
         scores.time = time_score(elapsed, ref.step_time_s[step]) if scores.geometry == 1.0 else 0.0
     return scores
 
