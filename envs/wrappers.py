@@ -243,30 +243,33 @@ class DomainRandomization(gym.Wrapper):
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[Any, dict]:
         obs, info = self.env.reset(seed=seed, options=options)
-        rng = spawn_rng(self.env)
-        sim = self.env.unwrapped.sim
-        r = self.ranges
-        drawn = {f.name: uniform(rng, getattr(r, f.name)) for f in dataclasses.fields(r)}
-        p = sim.profile
-        hot, bed = p.hotend, p.bed
-        replace_profile(
-            sim,
-            max_velocity_mm_s=p.max_velocity_mm_s * drawn["max_velocity_factor"],
-            max_accel_mm_s2=p.max_accel_mm_s2 * drawn["max_accel_factor"],
-            square_corner_velocity_mm_s=p.square_corner_velocity_mm_s * drawn["square_corner_velocity_factor"],
-            hotend=dataclasses.replace(hot, power_w=hot.power_w * drawn["hotend_power_factor"],
-                                       heat_capacity_j_per_k=hot.heat_capacity_j_per_k
-                                       * drawn["hotend_heat_capacity_factor"],
-                                       loss_w_per_k=hot.loss_w_per_k * drawn["hotend_loss_factor"]),
-            bed=dataclasses.replace(bed, power_w=bed.power_w * drawn["bed_power_factor"],
-                                    loss_w_per_k=bed.loss_w_per_k * drawn["bed_loss_factor"]),
-            ambient_temp_c=drawn["ambient_temp_c"],
-            part_fan_max_rpm_fraction=p.part_fan_max_rpm_fraction * drawn["fan_efficacy_factor"])
-        scale_melt_capacity(sim, drawn["melt_capacity_factor"])
-        sim.extrusion_scale *= drawn["filament_diameter_factor"] ** 2
-        sim.material = dataclasses.replace(sim.material,
-                                           max_bridge_mm=sim.material.max_bridge_mm * drawn["max_bridge_factor"])
+        drawn = randomize_simulator(self.env.unwrapped.sim, self.ranges, spawn_rng(self.env))
         return obs, {**info, "randomization": drawn}
+
+
+def randomize_simulator(sim: Simulator, r: PrinterRanges, rng: np.random.Generator) -> dict[str, float]:
+    """Perturb a simulator's printer and material within ``r`` (one uniform draw per field); the draws."""
+    drawn = {f.name: uniform(rng, getattr(r, f.name)) for f in dataclasses.fields(r)}
+    p = sim.profile
+    hot, bed = p.hotend, p.bed
+    replace_profile(
+        sim,
+        max_velocity_mm_s=p.max_velocity_mm_s * drawn["max_velocity_factor"],
+        max_accel_mm_s2=p.max_accel_mm_s2 * drawn["max_accel_factor"],
+        square_corner_velocity_mm_s=p.square_corner_velocity_mm_s * drawn["square_corner_velocity_factor"],
+        hotend=dataclasses.replace(hot, power_w=hot.power_w * drawn["hotend_power_factor"],
+                                   heat_capacity_j_per_k=hot.heat_capacity_j_per_k
+                                   * drawn["hotend_heat_capacity_factor"],
+                                   loss_w_per_k=hot.loss_w_per_k * drawn["hotend_loss_factor"]),
+        bed=dataclasses.replace(bed, power_w=bed.power_w * drawn["bed_power_factor"],
+                                loss_w_per_k=bed.loss_w_per_k * drawn["bed_loss_factor"]),
+        ambient_temp_c=drawn["ambient_temp_c"],
+        part_fan_max_rpm_fraction=p.part_fan_max_rpm_fraction * drawn["fan_efficacy_factor"])
+    scale_melt_capacity(sim, drawn["melt_capacity_factor"])
+    sim.extrusion_scale *= drawn["filament_diameter_factor"] ** 2
+    sim.material = dataclasses.replace(sim.material,
+                                       max_bridge_mm=sim.material.max_bridge_mm * drawn["max_bridge_factor"])
+    return drawn
 
 
 SENSOR_KINDS = ("temperature", "ratio", "length", "flow", "exact")
