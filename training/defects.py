@@ -69,14 +69,14 @@ def missing_retracts(text: str, rng: np.random.Generator) -> str:
 
 
 def wrong_z(text: str, rng: np.random.Generator) -> str:
-    """One layer after the first is printed 1.5 layer heights too low (into the layer below)."""
+    """One layer after the first is printed 0.6 mm too low (into the layers below)."""
     lines = text.split("\n")
     zs = [i for i, line in enumerate(lines) if _Z_RE.match(line) and i - 1 >= 0 and lines[i - 1].startswith(";LAYER")]
     if len(zs) < 2:
         return text
     i = zs[int(rng.integers(1, len(zs)))]
     z = float(_Z_RE.match(lines[i]).group(1))
-    lines[i] = _Z_RE.sub(f"G1 Z{max(0.05, z - 0.3):.3f}", lines[i])
+    lines[i] = _Z_RE.sub(f"G1 Z{max(0.02, z - 0.6):.3f}", lines[i])
     return "\n".join(lines)
 
 
