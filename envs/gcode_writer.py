@@ -12,7 +12,7 @@ from gymnasium import spaces
 from envs.jobs import PrintJob
 from envs.prompts import MAX_PROMPT_CHARS, end_prompt, layer_prompt, program_prompt, start_prompt
 from envs.rewards import MAX_STEP_REWARD, StepScores
-from envs.sampler import load_suite, sample_job
+from envs.sampler import JobSource
 from envs.scoring import episode_steps, new_simulator, reference, score_program, score_step
 from envs.slicer import slice_job
 from sim_bridge.interpreter import SimOptions
@@ -97,9 +97,7 @@ class GcodeWriterEnv(gym.Env):
 
     def __init__(self, job: PrintJob | dict | None = None, suite: str | None = None, difficulty: int = 0,
                  resolution_mm: float = 0.1, render_mode: str | None = None) -> None:
-        self.fixed_job = PrintJob.from_dict(job) if isinstance(job, dict) else job
-        self.suite = load_suite(suite) if suite else None
-        self.difficulty = difficulty
+        self.jobs = JobSource(job, suite, difficulty)
         self.options = SimOptions(resolution_mm=resolution_mm)
         self.render_mode = render_mode
         self.observation_space = spaces.Dict({
@@ -107,7 +105,6 @@ class GcodeWriterEnv(gym.Env):
             "state": spaces.Box(STATE_LOW, STATE_HIGH, dtype=np.float32),
         })
         self.action_space = spaces.Text(MAX_ACTION_CHARS, min_length=0, charset=TEXT_CHARSET)
-        self._suite_index = 0
         self.job: PrintJob | None = None
         self.sim = None
         self.step_index = 0
@@ -115,22 +112,9 @@ class GcodeWriterEnv(gym.Env):
         self.feedback = ""
 
     # -- episode -------------------------------------------------------------------------------------------
-    def _choose_job(self, options: dict | None) -> PrintJob:
-        options = options or {}
-        if "job" in options:
-            job = options["job"]
-            return PrintJob.from_dict(job) if isinstance(job, dict) else job
-        if self.fixed_job is not None:
-            return self.fixed_job
-        if self.suite is not None:
-            index = options.get("job_index", self._suite_index)
-            self._suite_index = (int(index) + 1) % len(self.suite)
-            return self.suite[int(index) % len(self.suite)]
-        return sample_job(self.np_random, int(options.get("difficulty", self.difficulty)))
-
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
         super().reset(seed=seed)
-        self.job = self._choose_job(options)
+        self.job = self.jobs.next(self.np_random, options)
         self.sim = new_simulator(self.job, self.options)
         self.steps = episode_steps(self.job)
         if not self.job.start_end:

@@ -102,6 +102,40 @@ def _sample(rng: np.random.Generator, difficulty: int, job_id: str | None, print
                     difficulty=difficulty, start_end=start_end)
 
 
+class JobSource:
+    """Where an environment's jobs come from: a fixed job, a held-out suite in order (cycling), or the
+    seeded sampler at a difficulty (or one drawn from ``difficulties`` when ``difficulty`` is None).
+
+    ``reset`` options override per episode: ``job`` (a PrintJob or its dict), ``job_index`` (into the
+    suite), ``difficulty``.
+    """
+
+    def __init__(self, job: PrintJob | dict | None, suite: str | None, difficulty: int | None,
+                 difficulties: tuple[int, ...] = (0, 1, 2, 3, 4)) -> None:
+        self.fixed_job = PrintJob.from_dict(job) if isinstance(job, dict) else job
+        self.suite = load_suite(suite) if suite else None
+        self.difficulty = difficulty
+        self.difficulties = difficulties
+        self._cursor = 0
+
+    def next(self, rng: np.random.Generator, options: dict | None = None) -> PrintJob:
+        """The job of the next episode."""
+        options = options or {}
+        if "job" in options:
+            job = options["job"]
+            return PrintJob.from_dict(job) if isinstance(job, dict) else job
+        if self.fixed_job is not None:
+            return self.fixed_job
+        if self.suite is not None:
+            index = int(options.get("job_index", self._cursor))
+            self._cursor = (index + 1) % len(self.suite)
+            return self.suite[index % len(self.suite)]
+        difficulty = options.get("difficulty", self.difficulty)
+        if difficulty is None:
+            difficulty = int(rng.choice(self.difficulties))
+        return sample_job(rng, int(difficulty))
+
+
 def load_suite(name: str) -> list[PrintJob]:
     """A held-out suite by name (``envs/suites/NAME.json``)."""
     path = SUITE_DIR / f"{name}.json"

@@ -20,7 +20,7 @@ from gymnasium import spaces
 
 from envs.jobs import PrintJob
 from envs.rewards import DEFECT_PENALTY, FATAL_PENALTY, defect_count, extrusion_score
-from envs.sampler import load_suite, sample_job
+from envs.sampler import JobSource
 from envs.slicer import SlicedJob, slice_job
 from envs.wrappers import (
     RandomizationConfig,
@@ -470,9 +470,7 @@ class PrintSupervisorEnv(gym.Env):
                  resolution_mm: float = RESOLUTION_MM, render_mode: str | None = None) -> None:
         if difficulty is not None and difficulty not in range(5):
             raise ValueError(f"difficulty {difficulty}: out of range, allowed 0..4")
-        self.fixed_job = PrintJob.from_dict(job) if isinstance(job, dict) else job
-        self.suite = load_suite(suite) if suite else None
-        self.difficulty = difficulty
+        self.jobs = JobSource(job, suite, difficulty, DIFFICULTIES)
         self.ranges = load_randomization(randomization).supervisor
         self.resolution_mm = resolution_mm
         self.render_mode = render_mode
@@ -481,7 +479,6 @@ class PrintSupervisorEnv(gym.Env):
             "telemetry": spaces.Box(TELEMETRY_LOW, TELEMETRY_HIGH, dtype=np.float32),
         })
         self.action_space = spaces.Text(MAX_ACTION_CHARS, min_length=0, charset=TEXT_CHARSET)
-        self._suite_index = 0
         self.job: PrintJob | None = None
         self.sim: Simulator | None = None
         self.sliced: SlicedJob | None = None
@@ -503,25 +500,10 @@ class PrintSupervisorEnv(gym.Env):
         self.clogged = False
 
     # -- episode -------------------------------------------------------------------------------------------
-    def _choose_job(self, options: dict) -> PrintJob:
-        if "job" in options:
-            job = options["job"]
-            return PrintJob.from_dict(job) if isinstance(job, dict) else job
-        if self.fixed_job is not None:
-            return self.fixed_job
-        if self.suite is not None:
-            index = int(options.get("job_index", self._suite_index))
-            self._suite_index = (index + 1) % len(self.suite)
-            return self.suite[index % len(self.suite)]
-        difficulty = options.get("difficulty", self.difficulty)
-        if difficulty is None:
-            difficulty = int(self.np_random.choice(DIFFICULTIES))
-        return sample_job(self.np_random, int(difficulty))
-
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
         super().reset(seed=seed)
         options = options or {}
-        self.job = self._choose_job(options)
+        self.job = self.jobs.next(self.np_random, options)
         self.sliced = sliced(self.job.to_json())
         self.reference = reference_layers(self.job.to_json(), self.resolution_mm)
         self.peak_flow_mm3_s = max(m.peak_flow_mm3_s for m in self.reference)
