@@ -1,0 +1,284 @@
+"""The one adapter between layerloop and its training libraries: TRL (any machine) and Unsloth (NVIDIA GPUs).
+
+Everything that depends on TRL's or Unsloth's API — config field names, trainer signatures, how datasets
+must look, which precision a machine can train in — lives here, so a version bump touches one file.
+TRL is imported inside the functions, after Unsloth when Unsloth is used (Unsloth patches TRL on import).
+
+Contracts the rest of layerloop relies on:
+
+* SFT datasets have ``prompt``/``completion`` text columns or a ``messages`` column ending with the
+  assistant's turn. Both are rendered with the tokenizer's chat template exactly as
+  :func:`training.model.format_prompt` renders a prompt at inference, and the loss covers the completion
+  only (its end-of-turn token included).
+* GRPO datasets have a ``prompt`` text column (plus whatever the reward functions read). Prompts are
+  rendered with :func:`training.model.format_prompt` before TRL sees them, so reward functions and a
+  ``rollout_func`` receive plain strings: ``prompts`` already templated, ``completions`` as decoded text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import datasets
+import torch
+import transformers
+
+from training.model import EMBEDDED, ModelConfig, ensure_embedded, format_prompt, load_model_and_tokenizer
+
+if TYPE_CHECKING:
+    import peft
+    import trl
+
+BACKENDS = ("trl", "unsloth")
+INSTALL_HINT = "pip install 'layerloop[gpu]' on a machine with an NVIDIA GPU and a CUDA build of torch"
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+"""Linear layers LoRA adapts (Qwen2/Llama names; Unsloth needs them listed)."""
+LORA_ALPHA_PER_RANK = 2
+"""``lora_alpha = 2 · r``, the usual scaling."""
+
+
+class BackendError(RuntimeError):
+    """The requested training backend is unknown or cannot run on this machine."""
+
+
+def check_backend(name: str) -> None:
+    """Fail with what is missing and how to get it unless backend ``name`` can run here."""
+    if name not in BACKENDS:
+        raise BackendError(f"backend {name!r}: unknown, choose one of {', '.join(map(repr, BACKENDS))}")
+    if name == "trl":
+        return
+    missing = []
+    if not torch.cuda.is_available():
+        missing.append("a CUDA GPU (torch.cuda.is_available() is False: no NVIDIA GPU, or a CPU-only torch)")
+    if importlib.util.find_spec("unsloth") is None:
+        missing.append("the 'unsloth' package (the gpu extra)")
+    if missing:
+        raise BackendError(f"backend 'unsloth' needs {' and '.join(missing)}; install with {INSTALL_HINT}, "
+                           "or use backend: trl (runs on CPU)")
+
+
+def _checkpointing_field() -> str:
+    # transformers 5.x renamed gradient_checkpointing to activation_checkpointing (the old name warns).
+    names = {f.name for f in dataclasses.fields(transformers.TrainingArguments)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+
+
+def cpu_safe_kwargs(report_to: Sequence[str] = ()) -> dict[str, Any]:
+    """``TrainingArguments`` overrides for this machine, shared by the SFT and GRPO configs.
+
+    TRL defaults to bf16 and gradient checkpointing; on a CPU both are switched off (bf16 autocast on CPU is
+    slow and lossy, checkpointing only trades time for memory a CPU run does not lack) and ``use_cpu`` is
+    set. On a GPU, bf16 is used where the card supports it, else fp16, and checkpointing stays on. Data
+    loading stays in-process, and nothing is reported unless ``report_to`` names a tracker.
+    """
+    common: dict[str, Any] = {"dataloader_num_workers": 0, "report_to": list(report_to)}
+    if not torch.cuda.is_available():
+        return common | {"bf16": False, "fp16": False, _checkpointing_field(): False, "use_cpu": True,
+                         "dataloader_pin_memory": False}
+    bf16 = torch.cuda.is_bf16_supported()
+    return common | {"bf16": bf16, "fp16": not bf16, _checkpointing_field(): True}
+
+
+def lora_config(r: int) -> peft.LoraConfig:
+    """The LoRA adapter layerloop trains: rank ``r`` on every attention and MLP projection (PEFT draws
+    its initial weights from the global RNG, which the trainers seed)."""
+    import peft
+
+    return peft.LoraConfig(r=r, lora_alpha=LORA_ALPHA_PER_RANK * r, lora_dropout=0.0, bias="none",
+                           target_modules=list(LORA_TARGETS), task_type="CAUSAL_LM")
+
+
+# -- loading ----------------------------------------------------------------------------------------------------
+def load_model(config: ModelConfig, backend: str = "trl", *, lora: bool = True, lora_r: int = 16,
+               load_in_4bit: bool = True, seed: int = 0, device: str | None = None
+               ) -> tuple[transformers.PreTrainedModel, transformers.PreTrainedTokenizerBase]:
+    """The model and tokenizer to train with ``backend``.
+
+    ``trl``: :func:`training.model.load_model_and_tokenizer` on ``device`` (CUDA when present); LoRA, if
+    wanted, is added by the trainer. ``unsloth``: ``FastLanguageModel.from_pretrained`` (4-bit when
+    ``load_in_4bit``, else 16-bit) and, with ``lora``, its ``get_peft_model``; the embedded model is passed
+    as its cache folder.
+    """
+    check_backend(backend)
+    if backend == "trl":
+        return load_model_and_tokenizer(config, device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from unsloth import FastLanguageModel  # only on the GPU path, and before anything imports TRL
+
+    source = str(ensure_embedded(config)[0]) if config.name == EMBEDDED else config.name
+    model, tokenizer = FastLanguageModel.from_pretrained(model_name=source, max_seq_length=config.max_length_tokens,
+                                                         load_in_4bit=load_in_4bit, dtype=None)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if lora:
+        model = _unsloth_peft(model, lora_r, seed, config.max_length_tokens)
+    print(f"model: loaded {source} with Unsloth ({'4-bit' if load_in_4bit else '16-bit'}"
+          f"{', LoRA r=' + str(lora_r) if lora else ''})")
+    return model, tokenizer
+
+
+def _unsloth_peft(model: Any, lora_r: int, seed: int, max_length: int) -> Any:
+    from unsloth import FastLanguageModel
+
+    return FastLanguageModel.get_peft_model(
+        model, r=lora_r, target_modules=list(LORA_TARGETS), lora_alpha=LORA_ALPHA_PER_RANK * lora_r,
+        lora_dropout=0.0, bias="none", use_gradient_checkpointing="unsloth", random_state=seed,
+        max_seq_length=max_length)
+
+
+def _is_peft(model: Any) -> bool:
+    return importlib.util.find_spec("peft") is not None and hasattr(model, "peft_config")
+
+
+def _adapter(model: Any, backend: str, lora: bool, lora_r: int, seed: int, max_length: int
+             ) -> tuple[Any, peft.LoraConfig | None]:
+    """The model to hand the trainer and the PEFT config to pass with it (None when nothing to add)."""
+    if not lora or _is_peft(model):
+        return model, None
+    if backend == "unsloth":
+        return _unsloth_peft(model, lora_r, seed, max_length), None
+    return model, lora_config(lora_r)
+
+
+def _import_trl(backend: str) -> Any:
+    check_backend(backend)
+    if backend == "unsloth":
+        import unsloth  # noqa: F401 - patches TRL's trainers, so it must be imported first
+    import trl
+
+    return trl
+
+
+# -- SFT --------------------------------------------------------------------------------------------------------
+def sft_dataset(dataset: datasets.Dataset, tokenizer: transformers.PreTrainedTokenizerBase) -> datasets.Dataset:
+    """``dataset`` as TRL prompt-completion rows rendered the way :func:`format_prompt` renders at inference.
+
+    With a chat template: conversational ``prompt`` (the turns before the answer) and ``completion`` (the
+    assistant's turn). Without one: text, the prompt followed by a newline.
+    """
+    columns = set(dataset.column_names)
+    chat = bool(getattr(tokenizer, "chat_template", None))
+    if "messages" in columns:
+        if not chat:
+            raise ValueError("a 'messages' dataset needs a tokenizer with a chat template; "
+                             "use prompt/completion columns instead")
+
+        def split(row: dict) -> dict:
+            turns = row["messages"]
+            if not turns or turns[-1]["role"] != "assistant":
+                raise ValueError("each 'messages' row must end with the assistant's turn (the completion)")
+            return {"prompt": turns[:-1], "completion": turns[-1:]}
+
+        return dataset.map(split, remove_columns=sorted(columns))
+    if not {"prompt", "completion"} <= columns:
+        raise ValueError(f"SFT dataset columns {sorted(columns)}: need 'prompt' and 'completion', or 'messages'")
+    if chat:
+        def to_chat(row: dict) -> dict:
+            return {"prompt": [{"role": "user", "content": row["prompt"]}],
+                    "completion": [{"role": "assistant", "content": row["completion"]}]}
+    else:
+        def to_chat(row: dict) -> dict:
+            return {"prompt": format_prompt(tokenizer, row["prompt"]), "completion": row["completion"]}
+    return dataset.map(to_chat, remove_columns=sorted(columns))
+
+
+def make_sft_trainer(model: transformers.PreTrainedModel, tokenizer: transformers.PreTrainedTokenizerBase,
+                     train_dataset: datasets.Dataset, eval_dataset: datasets.Dataset | None = None, *,
+                     output_dir: str, learning_rate: float = 2e-4, batch_size: int = 4, epochs: float = 1.0,
+                     max_steps: int = -1, lora: bool = False, lora_r: int = 16, seed: int = 0,
+                     logging_steps: int = 10, eval_steps: int = 0, save_steps: int = 0,
+                     max_length_tokens: int | None = None, gradient_accumulation_steps: int = 1,
+                     backend: str = "trl", report_to: Sequence[str] = ()) -> trl.SFTTrainer:
+    """A TRL ``SFTTrainer`` with completion-only loss (``max_steps`` > 0 overrides ``epochs``).
+
+    ``lora`` adds a LoRA adapter of rank ``lora_r`` (PEFT for TRL, ``get_peft_model`` for Unsloth) unless
+    the model already carries one. ``eval_steps``/``save_steps`` of 0 switch evaluation/saving off.
+    ``max_length_tokens`` defaults to the model's position range; longer rows are truncated at the end.
+    """
+    trl = _import_trl(backend)
+    max_length = max_length_tokens or int(model.config.max_position_embeddings)
+    model, peft_config = _adapter(model, backend, lora, lora_r, seed, max_length)
+    evaluate = eval_dataset is not None and eval_steps > 0
+    args = trl.SFTConfig(
+        output_dir=output_dir, learning_rate=learning_rate, per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=batch_size, gradient_accumulation_steps=gradient_accumulation_steps,
+        num_train_epochs=epochs, max_steps=max_steps, seed=seed, data_seed=seed, logging_steps=logging_steps,
+        eval_strategy="steps" if evaluate else "no", eval_steps=eval_steps if evaluate else None,
+        save_strategy="steps" if save_steps > 0 else "no", save_steps=save_steps if save_steps > 0 else 500,
+        max_length=max_length, completion_only_loss=True, assistant_only_loss=False, packing=False,
+        **cpu_safe_kwargs(report_to))
+    return trl.SFTTrainer(
+        model=model, args=args, train_dataset=sft_dataset(train_dataset, tokenizer),
+        eval_dataset=sft_dataset(eval_dataset, tokenizer) if eval_dataset is not None else None,
+        processing_class=tokenizer, peft_config=peft_config)
+
+
+# -- GRPO -------------------------------------------------------------------------------------------------------
+RewardFunc = Callable[..., list[float | None]]
+RolloutFunc = Callable[[list[str], Any], dict[str, Any]]
+"""TRL 1.16: ``rollout_func(prompts, trainer) -> {"prompt_ids", "completion_ids", "logprobs", ...extra}``;
+extra keys reach the reward functions as keyword arguments (``env_mask`` masks environment tokens)."""
+
+
+def grpo_dataset(dataset: datasets.Dataset, tokenizer: transformers.PreTrainedTokenizerBase) -> datasets.Dataset:
+    """``dataset`` with each ``prompt`` rendered by :func:`format_prompt` (other columns kept for rewards)."""
+    if "prompt" not in dataset.column_names:
+        raise ValueError(f"GRPO dataset columns {dataset.column_names}: need a 'prompt' column")
+    return dataset.map(lambda row: {"prompt": format_prompt(tokenizer, row["prompt"])})
+
+
+REFERENCE_DIR = "reference-model"
+"""Sub-folder of a GRPO run's output holding the KL reference weights (full fine-tuning with beta > 0)."""
+
+
+def _snapshot_reference(model: transformers.PreTrainedModel, path: Path) -> None:
+    """Save the policy's current weights as the KL reference and point the model's config at them.
+
+    TRL 1.16 builds the reference by reloading ``model.config._name_or_path`` from disk: for a model built
+    in memory that path is empty (an error), and for a model fine-tuned in this process (SFT, then GRPO) it
+    is the checkpoint from before fine-tuning — the wrong reference. A snapshot of the weights as they are
+    now is the reference GRPO means.
+    """
+    model.save_pretrained(path)
+    model.config._name_or_path = str(path)
+
+
+def make_grpo_trainer(model: transformers.PreTrainedModel, tokenizer: transformers.PreTrainedTokenizerBase,
+                      train_dataset: datasets.Dataset, reward_funcs: RewardFunc | list[RewardFunc], *,
+                      output_dir: str, learning_rate: float = 1e-5, batch_size: int = 8, num_generations: int = 4,
+                      max_completion_length: int = 1024, beta: float = 0.0, max_steps: int = 100, seed: int = 0,
+                      logging_steps: int = 1, save_steps: int = 0, temperature: float = 1.0,
+                      lora: bool = False, lora_r: int = 16, backend: str = "trl",
+                      rollout_func: RolloutFunc | None = None, reward_weights: list[float] | None = None,
+                      report_to: Sequence[str] = ()) -> trl.GRPOTrainer:
+    """A TRL ``GRPOTrainer`` generating with the model itself (no vLLM).
+
+    ``batch_size`` counts completions per device step: ``batch_size / num_generations`` prompts, each
+    sampled ``num_generations`` times. ``beta`` weighs the KL penalty to the model as it is now (0: no
+    reference is kept; with LoRA the adapter is switched off for it; otherwise the weights are saved under
+    ``output_dir/reference-model`` and reloaded). ``rollout_func`` replaces TRL's generation (see
+    :data:`RolloutFunc`).
+    """
+    if num_generations < 2:
+        raise ValueError(f"num_generations = {num_generations}: GRPO compares completions of one prompt, "
+                         "so it needs at least 2")
+    if batch_size % num_generations:
+        raise ValueError(f"batch_size = {batch_size}: must be a multiple of num_generations ({num_generations}), "
+                         f"e.g. {num_generations * max(1, batch_size // num_generations)}")
+    trl = _import_trl(backend)
+    model, peft_config = _adapter(model, backend, lora, lora_r, seed, int(model.config.max_position_embeddings))
+    if beta > 0 and peft_config is None and not _is_peft(model):
+        _snapshot_reference(model, Path(output_dir) / REFERENCE_DIR)
+    args = trl.GRPOConfig(
+        output_dir=output_dir, learning_rate=learning_rate, per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=1, num_generations=num_generations, max_completion_length=max_completion_length,
+        beta=beta, max_steps=max_steps, seed=seed, data_seed=seed, logging_steps=logging_steps,
+        save_strategy="steps" if save_steps > 0 else "no", save_steps=save_steps if save_steps > 0 else 500,
+        temperature=temperature, use_vllm=False, reward_weights=reward_weights, log_completions=False,
+        **cpu_safe_kwargs(report_to))
+    return trl.GRPOTrainer(
+        model=model, reward_funcs=reward_funcs, args=args, train_dataset=grpo_dataset(train_dataset, tokenizer),
+        processing_class=tokenizer, peft_config=peft_config, rollout_func=rollout_func)
