@@ -122,3 +122,16 @@ def test_interrupted_generation_resumes_without_duplicates(tiny: Path, tmp_path:
     assert _hashes(out) == _hashes(tiny)
     assert pq.read_table(out / "tables" / "jobs-00000.parquet").num_rows == 2
     assert not list(out.rglob("*.tmp"))
+
+
+def test_adaptation_kind_perturbs_the_printers(tmp_path: Path) -> None:
+    nominal = tmp_path / "nominal"
+    adapted = tmp_path / "adapted"
+    base = replace(TINY, jobs=2, difficulties=[2], defects_per_job=0, images=False, traces=False)
+    make_dataset(base, nominal, progress=False)
+    make_dataset(replace(base, kind="adaptation", randomization=str(ROOT / "configs" / "randomization.yaml")),
+                 adapted, progress=False)
+    assert datafmt.read_manifest(adapted).kind == "adaptation"
+    times = [load_table(d, "programs")["print_time_s"] for d in (nominal, adapted)]
+    assert times[0] != times[1], "perturbed printers print the same programs in other times"
+    assert load_table(nominal, "programs")["gcode"] == load_table(adapted, "programs")["gcode"]
