@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -212,6 +213,40 @@ def layer_reward(completions: Sequence[Any], job: Sequence[str] | None = None, l
         raise ValueError("layer_reward needs the 'job' and 'layer' columns in the dataset")
     return [score_layer(_text(c), PrintJob.from_json(j), int(k)).reward / MAX_STEP_REWARD
             for c, j, k in zip(completions, job, layer, strict=True)]
+
+
+@lru_cache(maxsize=4096)
+def _layer_scores(text: str, job_json: str, layer: int) -> StepScores:
+    from envs.scoring import score_layer
+
+    return score_layer(text, PrintJob.from_json(job_json), layer)
+
+
+def _component(name: str) -> Any:
+    def reward(completions: Sequence[Any], job: Sequence[str] | None = None, layer: Sequence[int] | None = None,
+               **_: Any) -> list[float | None]:
+        if job is None or layer is None:
+            raise ValueError(f"{name}_reward needs the 'job' and 'layer' columns in the dataset")
+        out = []
+        for c, j, k in zip(completions, job, layer, strict=True):
+            s = _layer_scores(_text(c), j, int(k))
+            out.append({"geometry": s.geometry, "extrusion": s.extrusion, "time": s.time,
+                        "penalty": -(DEFECT_PENALTY * s.defects + (FATAL_PENALTY if s.fatal else 0.0))}[name])
+        return out
+
+    reward.__name__ = f"{name}_reward"
+    reward.__doc__ = f"The {name} part of :func:`layer_reward` (one simulation shared by all parts)."
+    return reward
+
+
+geometry_reward = _component("geometry")
+extrusion_reward = _component("extrusion")
+time_reward = _component("time")
+penalty_reward = _component("penalty")
+LAYER_REWARD_PARTS = [geometry_reward, extrusion_reward, time_reward, penalty_reward]
+"""``layer_reward`` split into parts for TRL (which logs each): use with ``reward_weights``
+:data:`LAYER_REWARD_WEIGHTS`; the weighted sum equals ``layer_reward`` × ``MAX_STEP_REWARD``."""
+LAYER_REWARD_WEIGHTS = [W_GEOMETRY, W_EXTRUSION, W_TIME, 1.0]
 
 
 def _text(completion: Any) -> str:

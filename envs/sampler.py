@@ -94,8 +94,10 @@ def _sample(rng: np.random.Generator, difficulty: int, job_id: str | None, print
     temps = {"PLA": (210.0, 60.0), "PETG": (235.0, 80.0), "ABS": (245.0, 100.0)}
     material = "PLA" if difficulty < 3 else str(rng.choice(["PLA", "PETG"]))
     hotend, bed = temps[material]
+    # Levels 0 and 1 are perimeters only: no solid layers either.
+    solid = 0 if difficulty <= 1 else (1 if layers <= 3 else 2)
     process = ProcessSettings(perimeters=perimeters, infill_density=density, hotend_temp_c=hotend, bed_temp_c=bed,
-                              solid_layers=1 if layers <= 3 else 2, fan=1.0 if material == "PLA" else 0.5)
+                              solid_layers=solid, fan=1.0 if material == "PLA" else 0.5)
     if job_id is None:
         job_id = f"d{difficulty}-{int(rng.integers(0, 2**31)):010d}"
     return PrintJob(job_id=job_id, part=part, printer=printer, material=material, process=process,

@@ -23,7 +23,9 @@ from envs.rewards import (
     time_score,
 )
 from envs.slicer import slice_job
+from sim_bridge.gcode import GcodeError
 from sim_bridge.interpreter import SimOptions
+from sim_bridge.report import Failure
 from sim_bridge.simulator import Simulator
 
 READY_TOLERANCE_C = 5.0
@@ -85,7 +87,14 @@ def score_step(sim: Simulator, job: PrintJob, step: int, text: str) -> StepScore
     ref = reference(job)
     before = len(sim.failures)
     t0 = sim.time_s
-    report = sim.run(text)
+    try:
+        report = sim.run(text)
+    except GcodeError as exc:
+        # Text that is not G-code at all (binary junk, a runaway line) never reaches a printer: the safety
+        # layer refuses it, as a fatal step.
+        sim.fatal = Failure("invalid_command", f"not G-code: {exc.reason}", exc.line, sim.state.layer, fatal=True)
+        sim.failures.append(sim.fatal)
+        report = sim.report()
     defects, fatal = defect_count(report, before)
     elapsed = sim.time_s - t0
     scores = StepScores(defects=defects, fatal=fatal)
@@ -150,7 +159,10 @@ def score_program(text: str, job: PrintJob) -> ProgramScore:
     if not job.start_end:
         sim.run(slice_job(job).setup)
     t0 = sim.time_s
-    report = sim.run(text)
+    try:
+        report = sim.run(text)
+    except GcodeError:
+        return ProgramScore(fatal=True)
     defects, fatal = defect_count(report)
     score = ProgramScore(defects=defects, fatal=fatal)
     for k in range(job.layer_count):

@@ -37,6 +37,6 @@ if [ "$(cat $STAMP 2>/dev/null)" != "$want" ]; then
             pip_install torch==2.13.0
         fi
     fi
-    pip_install -e ".[dev]"
+    pip_install -e ".[dev,export]"
     echo "$want" > $STAMP
 fi

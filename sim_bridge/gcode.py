@@ -206,7 +206,7 @@ class GcodeReader:
         self.max_line_bytes = max_line_bytes
         # A str is a file name only if it is one line ending in a G-code suffix; text given with a name is text.
         self._is_path = isinstance(source, os.PathLike) or (
-            isinstance(source, str) and "\n" not in source and "\r" not in source
+            isinstance(source, str) and "\n" not in source and "\r" not in source and len(source) < 1024
             and Path(source).suffix.lower() in {".gcode", ".gco", ".g", ".nc", ".txt"})
         if self._is_path:
             self.name = name or str(source)

@@ -251,13 +251,15 @@ class Simulator:
                   progress: Callable[[int, int], None] | None
                   ) -> tuple[Iterable[Command], GcodeReader | None]:
         if isinstance(program, (bytes, str, os.PathLike)):
-            if isinstance(program, str) and "\n" not in program and not Path(program).is_file() and (
-                    Path(program).suffix.lower() in {".gcode", ".gco", ".g"}):
+            # A str is a file name only when it is one short line ending in a G-code suffix; anything else is
+            # program text (a model's completion can be one long line of junk).
+            is_path = isinstance(program, os.PathLike) or (
+                isinstance(program, str) and "\n" not in program and len(program) < 1024
+                and Path(program).suffix.lower() in {".gcode", ".gco", ".g", ".nc"})
+            if is_path and not Path(program).is_file():
                 from sim_bridge.gcode import GcodeError
 
-                raise GcodeError(program, 0, "no such file")
-            is_path = isinstance(program, os.PathLike) or (
-                isinstance(program, str) and "\n" not in program and Path(program).is_file())
+                raise GcodeError(str(program), 0, "no such file")
             reader = GcodeReader(Path(program) if is_path else program, name=name, keep_comments=True)
             if progress is not None and is_path:
                 reader.progress = progress

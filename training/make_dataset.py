@@ -55,6 +55,10 @@ class DatasetConfig:
     """Job ``i`` has difficulty ``difficulties[i % len(difficulties)]``."""
     jobs_per_shard: int = ranged(8, 1, 100_000)
     """Jobs per shard (the unit of parallelism and of resumption)."""
+    part_kinds: list[str] = field(default_factory=list)
+    """Keep only jobs of these part kinds (others are redrawn from the same generator); empty keeps all."""
+    max_polygon_sides: int = ranged(0, 0, 64)
+    """With a positive value, polygon parts have at most this many sides (short programs for small models)."""
     defects: list[str] = field(default_factory=lambda: sorted(DEFECTS))
     """Defects to inject (names from training.defects.DEFECTS)."""
     defects_per_job: int = ranged(2, 0, 8)
@@ -82,6 +86,14 @@ class DatasetConfig:
                               "defects listed")
         if not self.difficulties:
             raise ConfigError("difficulties: give at least one level (0-4)")
+
+
+def job_wanted(config: DatasetConfig, job: Any) -> bool:
+    """Whether a sampled job passes the config's part filters."""
+    if config.part_kinds and job.part.kind not in config.part_kinds:
+        return False
+    return not (config.max_polygon_sides and job.part.kind == "polygon"
+                and job.part.size_mm[1] > config.max_polygon_sides)
 
 
 def part_id(job: Any) -> str:
@@ -125,6 +137,8 @@ def make_job_records(config: DatasetConfig, index: int) -> dict[str, Any]:
     rng = np.random.default_rng([config.seed, index])
     difficulty = config.difficulties[index % len(config.difficulties)]
     job = sample_job(rng, difficulty, job_id=f"{config.name}-{index:07d}")
+    while not job_wanted(config, job):
+        job = sample_job(rng, difficulty, job_id=f"{config.name}-{index:07d}")
     pid = part_id(job)
     job_json = job.to_json()
     out: dict[str, Any] = {"jobs": [{"job_id": job.job_id, "part_id": pid, "difficulty": difficulty, "job": job_json}],

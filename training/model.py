@@ -249,7 +249,12 @@ def load_model_and_tokenizer(config: ModelConfig, device: str = "cpu"
         source, verb = str(path), "built" if built else "loaded"
     else:
         source, verb = config.name, "loaded"
-    tokenizer = transformers.AutoTokenizer.from_pretrained(source)
+    if config.name == EMBEDDED or (Path(source) / MARKER_FILE).is_file():
+        # AutoTokenizer would pick Qwen2Tokenizer from config.json and swap in Qwen2's pre-tokenizer regex;
+        # the fast tokenizer keeps the one the embedded tokenizer was trained with.
+        tokenizer = transformers.PreTrainedTokenizerFast.from_pretrained(source)
+    else:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source)
     model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=_default_dtype(device))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -259,6 +264,18 @@ def load_model_and_tokenizer(config: ModelConfig, device: str = "cpu"
     what = f"embedded model ({path})" if config.name == EMBEDDED else f"model {config.name}"
     print(f"model: {verb} {what}, {parameter_count(model):,} parameters, vocabulary {len(tokenizer):,}")
     return model, tokenizer
+
+
+def save_model(model: transformers.PreTrainedModel, tokenizer: transformers.PreTrainedTokenizerBase,
+               path: str | Path) -> Path:
+    """Save a (fine-tuned) model with its tokenizer; a model of the embedded family keeps its marker, so
+    it reloads with the tokenizer it was trained with."""
+    path = Path(path)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    if isinstance(tokenizer, transformers.PreTrainedTokenizerFast) and type(tokenizer) is transformers.PreTrainedTokenizerFast:
+        (path / MARKER_FILE).write_text(json.dumps({"tokenizer": "PreTrainedTokenizerFast"}) + "\n")
+    return path
 
 
 # -- prompting and decoding -----------------------------------------------------------------------------------

@@ -1,0 +1,403 @@
+"""The closed loop: ``python -m training.sim_loop [--config configs/tiny-cpu.yaml] [--resume RUN_DIR]``.
+
+A language model learns to write G-code: imitation on the reference program, then reinforcement on
+simulated outcomes, evaluated on a held-out suite before and after every phase.
+
+1. **Phase 1, simulation-first** — build or load the model; make the supervised dataset if it is missing
+   (``training.make_dataset``); evaluate ("before"); SFT; evaluate ("sft").
+2. **Phase 2, sim-to-real** — GRPO with the environment's reward function (``envs.rewards.layer_reward``);
+   evaluate ("grpo").
+3. **Phase 3, real-world refinement** — only when ``real_world_dataset`` is set: SFT on human-approved real
+   programs only, at a conservative learning rate; evaluate ("real_world").
+
+Everything lands in a run directory (``runs/TASK-SEED-TIME``): ``config.yaml``, ``state.json`` (finished
+phases), ``metrics.jsonl`` (``train/``, ``eval/``, ``safety/``), TensorBoard logs, checkpoints, the final
+models, plots and ``report.json`` (``{"phases": {"before": …, "sft": …, "grpo": …}}``). A run killed at any
+point (even with SIGKILL) continues with ``--resume RUN_DIR`` from its last checkpoint: finished phases are
+skipped, the phase in progress resumes where its trainer last saved, and the trainer skips the batches it
+had already seen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sim_bridge.config import ConfigError, from_dict, ranged
+from training.model import ModelConfig
+
+PHASES = ("before", "sft", "grpo", "real_world")
+
+
+@dataclass(frozen=True)
+class SimLoopConfig:
+    """The main job's settings (YAML keys map 1:1; see configs/tiny-cpu.yaml)."""
+
+    model: str = "embedded"
+    """``embedded`` (built locally) or any Hugging Face causal LM id or local path."""
+    embedded: ModelConfig = field(default_factory=lambda: ModelConfig(max_length_tokens=2048))
+    """Shape of the embedded model (ignored for other models, except ``max_length_tokens``)."""
+    task: str = ranged("GcodeWriter-v0", choices=("GcodeWriter-v0",))
+    """Environment the model learns (one layer per turn)."""
+    backend: str = ranged("trl", choices=("trl", "unsloth"))
+    """``trl`` (any device) or ``unsloth`` (NVIDIA GPU and the ``gpu`` extra)."""
+    lora: bool = False
+    """Train LoRA adapters instead of all weights."""
+    lora_r: int = ranged(16, 1, 512)
+    """LoRA rank."""
+    dataset_path: str = ""
+    """Supervised dataset folder; made there (or in the run directory when empty) if missing."""
+    train_jobs: int = ranged(256, 1, 10_000_000)
+    """Jobs in the supervised dataset when it has to be made."""
+    train_difficulties: list[int] = ranged([0], 0, 4)
+    """Difficulties of the training jobs."""
+    part_kinds: list[str] = field(default_factory=lambda: ["rectangle", "polygon"])
+    """Part kinds of the training jobs (empty: all)."""
+    max_polygon_sides: int = ranged(6, 0, 64)
+    """Longest polygon of the training jobs (0: any)."""
+    batch_size: int = ranged(4, 1, 4096)
+    """SFT batch size (examples per step)."""
+    learning_rate: float = ranged(2e-3, 1e-8, 1.0)
+    """SFT learning rate."""
+    epochs: float = ranged(8.0, 0.01, 1000.0)
+    """SFT epochs over the training split."""
+    sft_max_steps: int = ranged(-1, -1, 10_000_000)
+    """With a positive value, SFT stops after this many steps (overrides ``epochs``)."""
+    grpo_steps: int = ranged(40, 0, 10_000_000)
+    """GRPO optimisation steps (0 skips phase 2)."""
+    grpo_learning_rate: float = ranged(1e-5, 1e-8, 1.0)
+    """GRPO learning rate."""
+    grpo_batch_size: int = ranged(8, 1, 4096)
+    """Completions per GRPO step (a multiple of ``num_generations``)."""
+    num_generations: int = ranged(4, 2, 256)
+    """Completions per prompt (the group GRPO compares)."""
+    max_completion_length: int = ranged(320, 8, 131072)
+    """Longest completion in tokens (GRPO and evaluation)."""
+    beta: float = ranged(0.1, 0.0, 10.0)
+    """KL coefficient against the reference model (0: no reference model, as TRL's default)."""
+    temperature: float = ranged(0.7, 0.0, 10.0)
+    """GRPO sampling temperature."""
+    eval_suite: str = "tiny-v0"
+    """Held-out suite (envs/suites/NAME.json) for evaluation."""
+    eval_episodes: int = ranged(64, 1, 100_000)
+    """Episodes per phase evaluation (the suite is cycled)."""
+    eval_interval: int = ranged(0, 0, 10_000_000)
+    """Evaluate every this many training steps on ``eval_episodes_during`` episodes (0: only at phase ends)."""
+    eval_episodes_during: int = ranged(8, 1, 100_000)
+    """Episodes of the evaluations during training."""
+    checkpoint_interval: int = ranged(25, 1, 10_000_000)
+    """Save a checkpoint every this many training steps."""
+    output_dir: str = "runs"
+    """Where run directories are made."""
+    log_dir: str = ""
+    """TensorBoard folder (empty: the run directory's ``tensorboard/``)."""
+    real_world_dataset: str = ""
+    """A ``real_world`` dataset for phase 3 (empty: no phase 3)."""
+    real_world_learning_rate: float = ranged(2e-5, 1e-9, 1.0)
+    """Phase 3 learning rate (conservative)."""
+    real_world_epochs: float = ranged(1.0, 0.01, 100.0)
+    """Phase 3 epochs."""
+    seed: int = ranged(0, 0, 2**31 - 1)
+    """Seed of data order, sampling and initial weights."""
+    workers: int = ranged(0, 0, 256)
+    """Processes for dataset generation (0: one per core)."""
+
+    def __post_init__(self) -> None:
+        if self.grpo_batch_size % self.num_generations:
+            raise ConfigError(f"grpo_batch_size = {self.grpo_batch_size} must be a multiple of num_generations = "
+                              f"{self.num_generations} (GRPO compares the completions of one prompt): e.g. "
+                              f"{self.num_generations * max(1, self.grpo_batch_size // self.num_generations)}")
+
+    def model_config(self) -> ModelConfig:
+        return replace(self.embedded, name=self.model, seed=self.seed)
+
+
+def load_config(path: str | Path | None) -> SimLoopConfig:
+    """The config from a YAML file (or the defaults), validated."""
+    if path is None:
+        return SimLoopConfig()
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return from_dict(SimLoopConfig, data, str(path))
+
+
+class RunLogger:
+    """``metrics.jsonl`` plus TensorBoard, namespaced keys (``train/…``, ``eval/…``, ``safety/…``)."""
+
+    def __init__(self, run_dir: Path, log_dir: Path) -> None:
+        self.path = run_dir / "metrics.jsonl"
+        self.tb = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(log_dir))
+        except ImportError:
+            print("warning: tensorboard is not installed; logging to metrics.jsonl only", file=sys.stderr)
+
+    def log(self, phase: str, step: int, metrics: dict[str, float]) -> None:
+        row = {"time": round(time.time(), 3), "phase": phase, "step": step, **metrics}
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            for key, value in metrics.items():
+                if isinstance(value, (int, float)):
+                    self.tb.add_scalar(f"{phase}/{key}", value, step)
+            self.tb.flush()
+
+
+def _eval_metrics(result: Any) -> dict[str, float]:
+    d = result.as_dict()
+    return {"eval/success_rate": d["success_rate"], "eval/mean_reward": d["mean_reward"],
+            "eval/valid_gcode_rate": d["valid_gcode_rate"], "eval/mean_geometry": d["mean_geometry"],
+            "safety/violations_per_1k_lines": d["safety_violations_per_1k_lines"], "eval/episodes": d["episodes"]}
+
+
+def _policy(model: Any, tokenizer: Any, config: SimLoopConfig) -> Any:
+    from training.model import generate
+
+    def act(prompts: list[str]) -> list[str]:
+        was_training = model.training
+        model.eval()
+        try:
+            return generate(model, tokenizer, prompts, max_new_tokens=config.max_completion_length, batch_size=8)
+        finally:
+            if was_training:
+                model.train()
+
+    return act
+
+
+def _evaluate(model: Any, tokenizer: Any, config: SimLoopConfig, episodes: int) -> Any:
+    from training.evaluate import evaluate
+
+    return evaluate(_policy(model, tokenizer, config), config.eval_suite, episodes)
+
+
+def _callbacks(phase: str, logger: RunLogger, model: Any, tokenizer: Any, config: SimLoopConfig) -> list[Any]:
+    import transformers
+
+    class Metrics(transformers.TrainerCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **_: Any) -> None:
+            if logs:
+                logger.log(phase, state.global_step, {f"train/{k}": v for k, v in logs.items()
+                                                      if isinstance(v, (int, float))})
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            if config.eval_interval and state.global_step % config.eval_interval == 0:
+                result = _evaluate(model, tokenizer, config, config.eval_episodes_during)
+                logger.log(phase, state.global_step, _eval_metrics(result))
+
+    return [Metrics()]
+
+
+def last_checkpoint(folder: Path) -> str | None:
+    """The newest complete checkpoint: a kill can leave a half-written one, which has no trainer state yet
+    (the trainer writes it last) and is skipped."""
+    complete = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    complete.sort(key=lambda p: int(p.name.split("-")[-1]))
+    return str(complete[-1]) if complete else None
+
+
+def _save_state(run_dir: Path, state: dict[str, Any]) -> None:
+    tmp = run_dir / "state.json.tmp"
+    tmp.write_text(json.dumps(state, indent=1))
+    os.replace(tmp, run_dir / "state.json")
+
+
+def _dataset(config: SimLoopConfig, run_dir: Path) -> Path:
+    from training.datafmt import DatasetError, read_manifest
+    from training.make_dataset import DatasetConfig, make_dataset
+
+    path = Path(config.dataset_path) if config.dataset_path else run_dir / "data"
+    try:
+        read_manifest(path)
+        return path
+    except DatasetError:
+        pass
+    data_config = DatasetConfig(name="loop", kind="simulation", seed=config.seed, jobs=config.train_jobs,
+                                difficulties=list(config.train_difficulties), part_kinds=list(config.part_kinds),
+                                max_polygon_sides=config.max_polygon_sides, defects_per_job=0, traces=False,
+                                images=False, jobs_per_shard=max(1, config.train_jobs // 8), workers=config.workers)
+    make_dataset(data_config, path)
+    return path
+
+
+def _approved_real_world(path: str) -> Any:
+    """Phase 3 data: real programs a person marked as good (feedback outcome success) only."""
+    from training.data import load_table
+
+    programs = load_table(path, "programs")
+    approved = programs.filter(lambda r: r["success"] is True and "feedback" in (r["note"] or ""))
+    return approved.map(lambda r: {"prompt": f"Task: write the complete G-code program for {r['part_id']} "
+                                             f"on {r['printer'] or 'the printer'}.", "completion": r["gcode"]},
+                        remove_columns=programs.column_names)
+
+
+def run(config: SimLoopConfig, run_dir: Path, progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) the loop in ``run_dir``; returns the report."""
+    import torch
+
+    from training.backend import check_backend, make_grpo_trainer, make_sft_trainer
+    from training.data import load_table, to_grpo, to_sft
+    from training.model import load_model_and_tokenizer, save_model
+
+    check_backend(config.backend)
+    if not torch.cuda.is_available():
+        torch.set_num_threads(1)
+    torch.manual_seed(config.seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state_path = run_dir / "state.json"
+    state = json.loads(state_path.read_text()) if state_path.is_file() else {"done": [], "report": {"phases": {}}}
+    logger = RunLogger(run_dir, Path(config.log_dir) if config.log_dir else run_dir / "tensorboard")
+    report = state["report"]
+
+    def finish(phase: str, model: Any, tokenizer: Any, step: int) -> None:
+        result = _evaluate(model, tokenizer, config, config.eval_episodes)
+        report["phases"][phase] = {"success_rate": result.success_rate, "mean_reward": result.mean_reward,
+                                   "valid_gcode_rate": result.valid_gcode_rate,
+                                   "safety_violations_per_1k_lines": result.safety_violations_per_1k_lines,
+                                   "episodes": result.episodes, "mean_geometry": result.mean_geometry}
+        logger.log(phase, step, _eval_metrics(result))
+        state["done"].append(phase)
+        _save_state(run_dir, state)
+        (run_dir / "report.json").write_text(json.dumps(report, indent=1))
+        print(f"[{phase}] " + ", ".join(f"{k} {v:.3f}" for k, v in report["phases"][phase].items()))
+
+    data = _dataset(config, run_dir)
+    sft_final, grpo_final = run_dir / "sft" / "final", run_dir / "grpo" / "final"
+    model_config = config.model_config()
+    if "grpo" in state["done"] and grpo_final.is_dir():
+        model_config = replace(model_config, name=str(grpo_final))
+    elif "sft" in state["done"] and sft_final.is_dir():
+        model_config = replace(model_config, name=str(sft_final))
+    model, tokenizer = load_model_and_tokenizer(model_config)
+
+    if "before" not in state["done"]:
+        finish("before", model, tokenizer, 0)
+
+    if "sft" not in state["done"]:
+        train = to_sft(load_table(data, "sft", split="train"))
+        trainer = make_sft_trainer(
+            model, tokenizer, train, None, output_dir=str(run_dir / "sft"), learning_rate=config.learning_rate,
+            batch_size=config.batch_size, epochs=config.epochs, max_steps=config.sft_max_steps, lora=config.lora,
+            lora_r=config.lora_r, seed=config.seed, logging_steps=1, save_steps=config.checkpoint_interval,
+            max_length_tokens=config.embedded.max_length_tokens, backend=config.backend)
+        for callback in _callbacks("sft", logger, trainer.model, tokenizer, config):
+            trainer.add_callback(callback)
+        trainer.train(resume_from_checkpoint=last_checkpoint(run_dir / "sft"))
+        model = trainer.model.merge_and_unload() if config.lora and hasattr(trainer.model, "merge_and_unload") \
+            else trainer.model
+        save_model(model, tokenizer, sft_final)
+        finish("sft", model, tokenizer, trainer.state.global_step)
+
+    if config.grpo_steps > 0 and "grpo" not in state["done"]:
+        from envs.rewards import LAYER_REWARD_PARTS, LAYER_REWARD_WEIGHTS
+
+        prompts = to_grpo(load_table(data, "sft", split="train"))
+        trainer = make_grpo_trainer(
+            model, tokenizer, prompts, LAYER_REWARD_PARTS, reward_weights=LAYER_REWARD_WEIGHTS,
+            output_dir=str(run_dir / "grpo"),
+            learning_rate=config.grpo_learning_rate, batch_size=config.grpo_batch_size,
+            num_generations=config.num_generations, max_completion_length=config.max_completion_length,
+            beta=config.beta, max_steps=config.grpo_steps, seed=config.seed, logging_steps=1,
+            save_steps=config.checkpoint_interval, temperature=config.temperature, lora=config.lora,
+            lora_r=config.lora_r, backend=config.backend)
+        for callback in _callbacks("grpo", logger, trainer.model, tokenizer, config):
+            trainer.add_callback(callback)
+        trainer.train(resume_from_checkpoint=last_checkpoint(run_dir / "grpo"))
+        model = trainer.model.merge_and_unload() if config.lora and hasattr(trainer.model, "merge_and_unload") \
+            else trainer.model
+        save_model(model, tokenizer, grpo_final)
+        finish("grpo", model, tokenizer, trainer.state.global_step)
+
+    if config.real_world_dataset and "real_world" not in state["done"]:
+        approved = _approved_real_world(config.real_world_dataset)
+        if len(approved) == 0:
+            print("phase 3: the real-world dataset has no human-approved programs; skipped", file=sys.stderr)
+        else:
+            trainer = make_sft_trainer(
+                model, tokenizer, approved, None, output_dir=str(run_dir / "real_world"),
+                learning_rate=config.real_world_learning_rate, batch_size=1, epochs=config.real_world_epochs,
+                seed=config.seed, logging_steps=1, save_steps=config.checkpoint_interval,
+                max_length_tokens=config.embedded.max_length_tokens, backend=config.backend)
+            trainer.add_callback(_callbacks("real_world", logger, trainer.model, tokenizer, config)[0])
+            trainer.train(resume_from_checkpoint=last_checkpoint(run_dir / "real_world"))
+            model = trainer.model
+            save_model(model, tokenizer, run_dir / "real_world" / "final")
+            finish("real_world", model, tokenizer, trainer.state.global_step)
+
+    _plots(run_dir)
+    return report
+
+
+def _plots(run_dir: Path) -> None:
+    """Loss, reward and success per phase from ``metrics.jsonl``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for phase in ("sft", "grpo", "real_world"):
+        loss = [(r["step"], r["train/loss"]) for r in rows if r["phase"] == phase and "train/loss" in r]
+        if loss:
+            axes[0].plot(*zip(*loss, strict=True), label=phase)
+        reward = [(r["step"], r["train/reward"]) for r in rows if r["phase"] == phase and "train/reward" in r]
+        if reward:
+            axes[1].plot(*zip(*reward, strict=True), label=f"{phase} (train)")
+    report = json.loads((run_dir / "report.json").read_text())["phases"] if (run_dir / "report.json").is_file() else {}
+    names = [p for p in PHASES if p in report]
+    if names:
+        axes[1].bar(names, [report[p]["mean_reward"] for p in names], alpha=0.4, label="eval mean reward")
+        axes[2].bar(names, [report[p]["success_rate"] for p in names], label="success rate")
+        axes[2].bar(names, [report[p]["valid_gcode_rate"] for p in names], alpha=0.4, label="valid G-code rate")
+    axes[0].set_title("loss")
+    axes[1].set_title("reward")
+    axes[2].set_title("held-out success / validity")
+    for ax in axes:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(run_dir / "curves.png")
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.sim_loop", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", type=Path, help="YAML config (default: the embedded default)")
+    parser.add_argument("--resume", type=Path, help="continue the run in this directory")
+    args = parser.parse_args(argv)
+    try:
+        if args.resume:
+            if not (args.resume / "config.yaml").is_file():
+                raise ConfigError(f"{args.resume}: no config.yaml (not a run directory)")
+            config = load_config(args.resume / "config.yaml")
+            run_dir = args.resume
+        else:
+            config = load_config(args.config)
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            run_dir = Path(config.output_dir) / f"{config.task.split('-')[0]}-{config.seed}-{stamp}"
+            run_dir.mkdir(parents=True, exist_ok=False)
+            (run_dir / "config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
+        print(f"run directory: {run_dir}")
+        report = run(config, run_dir)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
