@@ -4,11 +4,12 @@ Scores are in [0, 1]; the per-step reward combines them and subtracts penalties:
 
     reward = 0.6 · geometry + 0.25 · extrusion + 0.15 · time − 1 · (each defect) − 5 · (a fatal failure)
 
-* **geometry** — IoU of the region the layer covers against the region it should cover. The covered region
-  is the layer's deposited cells after a morphological closing that bridges the gaps between sparse infill
-  lines (so a correct 20 % infill covers its outline); the target is the part's outline at that layer, or —
-  for layers printed as perimeters only — the band those perimeters occupy. Printing nothing, or half a
-  layer, scores low: short outputs cannot win.
+* **geometry** — IoU of the region a layer covers against the layer's filled outline. The covered region is
+  the layer's deposited cells after a morphological closing that bridges the gaps between sparse infill
+  lines, with every region they enclose filled in (a closed perimeter loop covers its interior) except the
+  part's own holes. So a correct 20 % infill, or a correct perimeter-only layer, covers its outline; a loop
+  a millimetre off loses a little, not everything; printing nothing, or half a layer, scores low: short
+  outputs cannot win.
 * **extrusion** — ``exp(-|ln(actual/expected)| / 0.15)``: 1 at the expert's volume, 0.51 at ±10 %.
 * **time** — ``min(1, expert_time / time)``.
 
@@ -76,12 +77,8 @@ def layer_is_perimeter_only(job: PrintJob, layer: int) -> bool:
 
 
 def target_region(job: PrintJob, layer: int) -> shapely.Geometry:
-    """What layer ``layer`` must cover: the outline, or the perimeter band for perimeter-only layers."""
-    outline = job.target(layer)
-    if layer_is_perimeter_only(job, layer):
-        band = job.process.perimeters * job.process.line_width_mm
-        return outline.difference(outline.buffer(-band, join_style="mitre"))
-    return outline
+    """What layer ``layer`` must cover: its filled outline (the part's holes stay empty)."""
+    return job.target(layer)
 
 
 def closing_radius_mm(job: PrintJob, layer: int) -> float:
@@ -94,6 +91,13 @@ def closing_radius_mm(job: PrintJob, layer: int) -> float:
     density = 1.0 if solid else max(p.infill_density, 1e-3)
     spacing = w / density if p.infill_pattern == "lines" else 2.0 * w / density
     return 0.5 * spacing + 0.5 * w
+
+
+def _holes(region: shapely.Geometry) -> shapely.Geometry:
+    """The interiors (holes) of a polygon region, as a region."""
+    polygons = getattr(region, "geoms", [region])
+    rings = [shapely.Polygon(ring) for poly in polygons for ring in getattr(poly, "interiors", [])]
+    return shapely.union_all(rings) if rings else shapely.Polygon()
 
 
 def _disk(radius_cells: int) -> np.ndarray:
@@ -161,8 +165,12 @@ def geometry_score(sim: Simulator, job: PrintJob, layer: int, resolution_mm: flo
     radius = int(round(closing_radius_mm(job, layer) / resolution_mm))
     pad = radius + 1
     covered = ndimage.binary_closing(np.pad(covered, pad), structure=_disk(radius))[pad:-pad, pad:-pad]
+    covered = ndimage.binary_fill_holes(covered)
     gx, gy = np.meshgrid(x0 + np.arange(nx) * resolution_mm, y0 + np.arange(ny) * resolution_mm)
     wanted = shapely.contains_xy(target, gx, gy)
+    holes = _holes(target)
+    if not holes.is_empty:
+        covered &= ~shapely.contains_xy(holes, gx, gy)
     union = np.count_nonzero(covered | wanted)
     return float(np.count_nonzero(covered & wanted) / union) if union else 0.0
 

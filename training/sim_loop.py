@@ -349,25 +349,32 @@ def _plots(run_dir: Path) -> None:
     from matplotlib import pyplot as plt
 
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig, axes = plt.subplots(1, 4, figsize=(19, 4))
     for phase in ("sft", "grpo", "real_world"):
         loss = [(r["step"], r["train/loss"]) for r in rows if r["phase"] == phase and "train/loss" in r]
-        if loss:
+        if loss and phase != "grpo":
             axes[0].plot(*zip(*loss, strict=True), label=phase)
         reward = [(r["step"], r["train/reward"]) for r in rows if r["phase"] == phase and "train/reward" in r]
         if reward:
-            axes[1].plot(*zip(*reward, strict=True), label=f"{phase} (train)")
+            axes[1].plot(*zip(*reward, strict=True), label=f"{phase}: mean reward of the sampled group")
     report = json.loads((run_dir / "report.json").read_text())["phases"] if (run_dir / "report.json").is_file() else {}
     names = [p for p in PHASES if p in report]
     if names:
-        axes[1].bar(names, [report[p]["mean_reward"] for p in names], alpha=0.4, label="eval mean reward")
-        axes[2].bar(names, [report[p]["success_rate"] for p in names], label="success rate")
-        axes[2].bar(names, [report[p]["valid_gcode_rate"] for p in names], alpha=0.4, label="valid G-code rate")
-    axes[0].set_title("loss")
-    axes[1].set_title("reward")
-    axes[2].set_title("held-out success / validity")
-    for ax in axes:
-        ax.legend(fontsize=8)
+        axes[2].bar(names, [report[p]["mean_reward"] for p in names], color="tab:green")
+        axes[2].axhline(0.0, color="grey", linewidth=0.5)
+        width = 0.4
+        xs = range(len(names))
+        axes[3].bar([x - width / 2 for x in xs], [report[p]["success_rate"] for p in names], width, label="success rate")
+        axes[3].bar([x + width / 2 for x in xs], [report[p]["valid_gcode_rate"] for p in names], width,
+                    label="valid G-code rate")
+        axes[3].set_xticks(list(xs), names)
+    axes[0].set_title("SFT loss (per step)")
+    axes[1].set_title("GRPO reward (per step)")
+    axes[2].set_title("held-out mean reward (per phase)")
+    axes[3].set_title("held-out success and validity (per phase)")
+    for ax in (axes[0], axes[1], axes[3]):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(run_dir / "curves.png")
     plt.close(fig)
