@@ -67,21 +67,21 @@ class SimLoopConfig:
     """SFT batch size (examples per step)."""
     learning_rate: float = ranged(2e-3, 1e-8, 1.0)
     """SFT learning rate."""
-    epochs: float = ranged(8.0, 0.01, 1000.0)
+    epochs: float = ranged(16.0, 0.01, 1000.0)
     """SFT epochs over the training split."""
     sft_max_steps: int = ranged(-1, -1, 10_000_000)
     """With a positive value, SFT stops after this many steps (overrides ``epochs``)."""
-    grpo_steps: int = ranged(40, 0, 10_000_000)
+    grpo_steps: int = ranged(150, 0, 10_000_000)
     """GRPO optimisation steps (0 skips phase 2)."""
-    grpo_learning_rate: float = ranged(1e-5, 1e-8, 1.0)
+    grpo_learning_rate: float = ranged(3e-5, 1e-8, 1.0)
     """GRPO learning rate."""
-    grpo_batch_size: int = ranged(8, 1, 4096)
+    grpo_batch_size: int = ranged(16, 1, 4096)
     """Completions per GRPO step (a multiple of ``num_generations``)."""
-    num_generations: int = ranged(4, 2, 256)
+    num_generations: int = ranged(8, 2, 256)
     """Completions per prompt (the group GRPO compares)."""
     max_completion_length: int = ranged(320, 8, 131072)
     """Longest completion in tokens (GRPO and evaluation)."""
-    beta: float = ranged(0.1, 0.0, 10.0)
+    beta: float = ranged(0.05, 0.0, 10.0)
     """KL coefficient against the reference model (0: no reference model, as TRL's default)."""
     temperature: float = ranged(0.7, 0.0, 10.0)
     """GRPO sampling temperature."""
