@@ -274,6 +274,18 @@ def run(config: SimLoopConfig, run_dir: Path, progress: bool = True) -> dict[str
         (run_dir / "report.json").write_text(json.dumps(report, indent=1))
         print(f"[{phase}] " + ", ".join(f"{k} {v:.3f}" for k, v in report["phases"][phase].items()))
 
+    def train_phase(phase: str, trainer: Any) -> Any:
+        """Train (resuming from the phase's last complete checkpoint), save the final model, evaluate."""
+        for callback in _callbacks(phase, logger, trainer.model, tokenizer, config):
+            trainer.add_callback(callback)
+        trainer.train(resume_from_checkpoint=last_checkpoint(run_dir / phase))
+        tuned = trainer.model
+        if config.lora and hasattr(tuned, "merge_and_unload"):
+            tuned = tuned.merge_and_unload()
+        save_model(tuned, tokenizer, run_dir / phase / "final")
+        finish(phase, tuned, tokenizer, trainer.state.global_step)
+        return tuned
+
     data = _dataset(config, run_dir)
     sft_final, grpo_final = run_dir / "sft" / "final", run_dir / "grpo" / "final"
     model_config = config.model_config()
@@ -293,13 +305,7 @@ def run(config: SimLoopConfig, run_dir: Path, progress: bool = True) -> dict[str
             batch_size=config.batch_size, epochs=config.epochs, max_steps=config.sft_max_steps, lora=config.lora,
             lora_r=config.lora_r, seed=config.seed, logging_steps=1, save_steps=config.checkpoint_interval,
             max_length_tokens=config.embedded.max_length_tokens, backend=config.backend)
-        for callback in _callbacks("sft", logger, trainer.model, tokenizer, config):
-            trainer.add_callback(callback)
-        trainer.train(resume_from_checkpoint=last_checkpoint(run_dir / "sft"))
-        model = trainer.model.merge_and_unload() if config.lora and hasattr(trainer.model, "merge_and_unload") \
-            else trainer.model
-        save_model(model, tokenizer, sft_final)
-        finish("sft", model, tokenizer, trainer.state.global_step)
+        model = train_phase("sft", trainer)
 
     if config.grpo_steps > 0 and "grpo" not in state["done"]:
         from envs.rewards import LAYER_REWARD_PARTS, LAYER_REWARD_WEIGHTS
@@ -313,13 +319,7 @@ def run(config: SimLoopConfig, run_dir: Path, progress: bool = True) -> dict[str
             beta=config.beta, max_steps=config.grpo_steps, seed=config.seed, logging_steps=1,
             save_steps=config.checkpoint_interval, temperature=config.temperature, lora=config.lora,
             lora_r=config.lora_r, backend=config.backend)
-        for callback in _callbacks("grpo", logger, trainer.model, tokenizer, config):
-            trainer.add_callback(callback)
-        trainer.train(resume_from_checkpoint=last_checkpoint(run_dir / "grpo"))
-        model = trainer.model.merge_and_unload() if config.lora and hasattr(trainer.model, "merge_and_unload") \
-            else trainer.model
-        save_model(model, tokenizer, grpo_final)
-        finish("grpo", model, tokenizer, trainer.state.global_step)
+        model = train_phase("grpo", trainer)
 
     if config.real_world_dataset and "real_world" not in state["done"]:
         approved = _approved_real_world(config.real_world_dataset)
@@ -331,11 +331,7 @@ def run(config: SimLoopConfig, run_dir: Path, progress: bool = True) -> dict[str
                 learning_rate=config.real_world_learning_rate, batch_size=1, epochs=config.real_world_epochs,
                 seed=config.seed, logging_steps=1, save_steps=config.checkpoint_interval,
                 max_length_tokens=config.embedded.max_length_tokens, backend=config.backend)
-            trainer.add_callback(_callbacks("real_world", logger, trainer.model, tokenizer, config)[0])
-            trainer.train(resume_from_checkpoint=last_checkpoint(run_dir / "real_world"))
-            model = trainer.model
-            save_model(model, tokenizer, run_dir / "real_world" / "final")
-            finish("real_world", model, tokenizer, trainer.state.global_step)
+            model = train_phase("real_world", trainer)
 
     _plots(run_dir)
     return report
