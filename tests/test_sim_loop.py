@@ -106,3 +106,26 @@ def test_config_errors_name_key_and_range(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="did you mean 'learning_rate'"):
         load_config(bad)
     assert load_config(ROOT / "configs" / "tiny-cpu.yaml") == load_config(None)
+
+
+def test_sft_runs_on_its_own(tmp_path: Path) -> None:
+    """``python -m training.sft --config`` trains on a dataset folder and saves a model that reloads."""
+    from training.make_dataset import DatasetConfig, make_dataset
+
+    make_dataset(DatasetConfig(name="s", jobs=4, difficulties=[0], defects_per_job=0, traces=False, images=False,
+                               workers=1), tmp_path / "data", progress=False)
+    smoke = yaml.safe_load((ROOT / "configs" / "smoke.yaml").read_text())
+    config = {"model": "embedded", "embedded": {**smoke["embedded"], "cache_dir": str(tmp_path / "models")},
+              "dataset_path": str(tmp_path / "data"), "batch_size": 1, "max_steps": 3, "checkpoint_interval": 2,
+              "output_dir": str(tmp_path / "sft")}
+    path = tmp_path / "sft.yaml"
+    path.write_text(yaml.safe_dump(config))
+    done = subprocess.run([sys.executable, "-m", "training.sft", "--config", str(path)], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "sft" / "final" / "model.safetensors").is_file()
+    assert (tmp_path / "sft" / "checkpoint-2" / "trainer_state.json").is_file()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("batch_size: 0\n")
+    assert subprocess.run([sys.executable, "-m", "training.sft", "--config", str(bad)], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=120).returncode == 2
