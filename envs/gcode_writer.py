@@ -13,7 +13,7 @@ from envs.jobs import PrintJob
 from envs.prompts import MAX_PROMPT_CHARS, end_prompt, layer_prompt, program_prompt, start_prompt
 from envs.rewards import MAX_STEP_REWARD, StepScores
 from envs.sampler import JobSource
-from envs.scoring import episode_steps, new_simulator, reference, score_program, score_step
+from envs.scoring import episode_steps, new_simulator, score_program, score_step
 from envs.slicer import slice_job
 from sim_bridge.interpreter import SimOptions
 
@@ -253,8 +253,3 @@ class GcodeProgramEnv(GcodeWriterEnv):
     def attainable_reward(self) -> float:
         return MAX_STEP_REWARD
 
-
-def reference_reward(job: PrintJob) -> float:
-    """The expert's normalised score on ``job`` (for tests and reports)."""
-    ref = reference(job)
-    return sum(ref.layer_geometry) / max(len(ref.layer_geometry), 1)

@@ -51,9 +51,6 @@ class HeightMap:
         return (self.x0_mm, self.x0_mm + (nx - 1) * self.resolution_mm,
                 self.y0_mm, self.y0_mm + (ny - 1) * self.resolution_mm)
 
-    def covered_area_mm2(self, min_height_mm: float = 1e-6) -> float:
-        """Area of the bed with material on it."""
-        return float(np.count_nonzero(self.heights > min_height_mm)) * self.resolution_mm ** 2
 
 
 SUPPORT_STEP_MM = 0.2

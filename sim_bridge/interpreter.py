@@ -65,6 +65,20 @@ BATCH_TAIL_S = 0.252
 BATCH_HOMING_FLUSH_S = 0.010
 """Klipper batch mode: flush bookkeeping per homed axis (0.002 s + 8 kinematic flush delays)."""
 
+HANDLERS: dict[str, str] = {
+    "G2": "_arc", "G3": "_arc", "G4": "_g4", "G10": "_g10", "G11": "_g11", "G20": "_g20", "G21": "_g21",
+    "G28": "_g28", "G90": "_g90", "G91": "_g91", "G92": "_g92", "M82": "_m82", "M83": "_m83", "M84": "_m84",
+    "M18": "_m84", "M104": "_m104", "M109": "_m109", "M140": "_m140", "M190": "_m190", "M106": "_m106",
+    "M107": "_m107", "M201": "_m201", "M203": "_m203", "M204": "_m204", "M205": "_m205", "M220": "_m220",
+    "M221": "_m221", "M400": "_m400", "T0": "_t", "SET_VELOCITY_LIMIT": "_set_velocity_limit",
+    "SET_HEATER_TEMPERATURE": "_set_heater_temperature", "TEMPERATURE_WAIT": "_temperature_wait",
+    "SET_PRESSURE_ADVANCE": "_noop", "SET_FAN_SPEED": "_set_fan_speed", "G29": "_leveling",
+    "G80": "_leveling", "BED_MESH_CALIBRATE": "_leveling", "Z_TILT_ADJUST": "_leveling",
+    "QUAD_GANTRY_LEVEL": "_leveling", "TURN_OFF_HEATERS": "_turn_off_heaters",
+}
+"""Command code → interpreter method (the commands that change the simulated machine)."""
+
+
 LEVELING_COMMANDS = frozenset({"BED_MESH_CALIBRATE", "Z_TILT_ADJUST", "QUAD_GANTRY_LEVEL", "G29", "G80"})
 
 
@@ -312,19 +326,7 @@ class Interpreter:
             st.layer_marker_pending = True
 
     def _handlers(self) -> dict[str, object]:
-        return {
-            "G2": self._arc, "G3": self._arc, "G4": self._g4, "G10": self._g10, "G11": self._g11,
-            "G20": self._g20, "G21": self._g21, "G28": self._g28, "G90": self._g90, "G91": self._g91,
-            "G92": self._g92, "M82": self._m82, "M83": self._m83, "M84": self._m84, "M18": self._m84,
-            "M104": self._m104, "M109": self._m109, "M140": self._m140, "M190": self._m190,
-            "M106": self._m106, "M107": self._m107, "M201": self._m201, "M203": self._m203,
-            "M204": self._m204, "M205": self._m205, "M220": self._m220, "M221": self._m221,
-            "M400": self._m400, "T0": self._t, "SET_VELOCITY_LIMIT": self._set_velocity_limit,
-            "SET_HEATER_TEMPERATURE": self._set_heater_temperature, "TEMPERATURE_WAIT": self._temperature_wait,
-            "SET_PRESSURE_ADVANCE": self._noop, "SET_FAN_SPEED": self._set_fan_speed, "G29": self._leveling,
-            "G80": self._leveling, "BED_MESH_CALIBRATE": self._leveling, "Z_TILT_ADJUST": self._leveling,
-            "QUAD_GANTRY_LEVEL": self._leveling, "TURN_OFF_HEATERS": self._turn_off_heaters,
-        }
+        return {code: getattr(self, method) for code, method in HANDLERS.items()}
 
     # -- helpers ---------------------------------------------------------------------------------------
     def _fail(self, mode: str, message: str, line: int) -> None:
@@ -896,6 +898,11 @@ class Interpreter:
             self._m84(cmd)
 
 
+def known_codes() -> frozenset[str]:
+    """Every command code the interpreter acts on or accepts without effect (for validity checks)."""
+    return _KNOWN_CODES
+
+
 class _Fatal(Exception):
     def __init__(self, failure: Failure) -> None:
         super().__init__(failure.message)
@@ -936,3 +943,6 @@ def _center_from_radius(x0: float, y0: float, x1: float, y1: float, r: float, cl
     if r < 0.0:
         sign = -sign
     return mx - sign * h * dy / chord, my + sign * h * dx / chord
+
+
+_KNOWN_CODES = frozenset(HANDLERS) | {"G0", "G1"} | KNOWN_IGNORED | KLIPPER_EXTENDED_IGNORED

@@ -64,17 +64,11 @@ def gcode_validity(text: str) -> tuple[bool, int, int]:
 
 
 def _known_commands(commands: list) -> bool:
-    from sim_bridge.interpreter import KLIPPER_EXTENDED_IGNORED, KNOWN_IGNORED, Interpreter
+    from sim_bridge.interpreter import known_codes
 
-    handled = set(Interpreter._handlers(Interpreter.__new__(Interpreter))) | {"G0", "G1"}
-    for cmd in commands:
-        code = cmd.code
-        if not code or code in handled or code in KNOWN_IGNORED or code in KLIPPER_EXTENDED_IGNORED:
-            continue
-        if code.startswith("T") and code[1:].isdigit():
-            continue
-        return False
-    return True
+    known = known_codes()
+    return all(not cmd.code or cmd.code in known or (cmd.code.startswith("T") and cmd.code[1:].isdigit())
+               for cmd in commands)
 
 
 def evaluate(policy: Policy, suite: str | Sequence[PrintJob] = "tiny-v0", episodes: int = 64,
