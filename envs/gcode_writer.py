@@ -13,7 +13,7 @@ from envs.jobs import PrintJob
 from envs.prompts import MAX_PROMPT_CHARS, end_prompt, layer_prompt, program_prompt, start_prompt
 from envs.rewards import MAX_STEP_REWARD, StepScores
 from envs.sampler import JobSource
-from envs.scoring import episode_steps, new_simulator, score_program, score_step
+from envs.scoring import episode_steps, feedback_text, new_simulator, score_program, score_step
 from envs.slicer import slice_job
 from sim_bridge.interpreter import SimOptions
 
@@ -129,25 +129,20 @@ class GcodeWriterEnv(gym.Env):
         assert self.job is not None and self.sim is not None, "call reset() first"
         if self.step_index >= len(self.steps):
             raise RuntimeError("episode is over; call reset()")
+        before = len(self.sim.failures)
         scores = score_step(self.sim, self.job, self.step_index, str(action))
         self.last = scores
         self._geometries.append(scores.geometry)
         self.step_index += 1
         report = self.sim.report()
         terminated = scores.fatal or self.step_index >= len(self.steps)
-        self.feedback = self._feedback(scores, report)
+        self.feedback = feedback_text(scores, report.failures[before:])
         info = {"geometry": scores.geometry, "extrusion": scores.extrusion, "time": scores.time,
                 "defects": scores.defects, "fatal": scores.fatal, "failures": [f.mode for f in report.failures],
                 "success": (self.step_index >= len(self.steps) and not report.failures
                             and min(self._geometries) >= SUCCESS_GEOMETRY),
                 "normalized": scores.reward / MAX_STEP_REWARD}
         return self._observation(), float(scores.reward), bool(terminated), False, info
-
-    def _feedback(self, scores: StepScores, report: Any) -> str:
-        parts = [f"geometry {scores.geometry:.2f}, extrusion {scores.extrusion:.2f}, time {scores.time:.2f}"]
-        for f in report.failures[-3:]:
-            parts.append(f"line {f.line}: {f.message}")
-        return "; ".join(parts)
 
     def _observation(self) -> dict:
         assert self.job is not None and self.sim is not None

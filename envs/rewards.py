@@ -19,10 +19,12 @@ dataset's job columns and return one float per completion, as ``GRPOTrainer`` ex
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
+import multiprocessing as mp
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -215,29 +217,66 @@ def program_reward(completions: Sequence[Any], job: Sequence[str] | None = None,
 def layer_reward(completions: Sequence[Any], job: Sequence[str] | None = None, layer: Sequence[int] | None = None,
                  **_: Any) -> list[float | None]:
     """Reward of one layer written after the expert's program up to it (``GcodeWriter`` data)."""
-    from envs.scoring import score_layer
-
     if job is None or layer is None:
         raise ValueError("layer_reward needs the 'job' and 'layer' columns in the dataset")
-    return [score_layer(_text(c), PrintJob.from_json(j), int(k)).reward / MAX_STEP_REWARD
-            for c, j, k in zip(completions, job, layer, strict=True)]
+    return [s.reward / MAX_STEP_REWARD for s in layer_scores([_text(c) for c in completions], job, layer)]
 
 
-@lru_cache(maxsize=4096)
-def _layer_scores(text: str, job_json: str, layer: int) -> StepScores:
+_SCORES: OrderedDict[tuple[str, str, int], StepScores] = OrderedDict()
+_SCORES_KEPT = 4096
+"""Scores kept for the reward parts of one batch (each part asks for the same simulation)."""
+_pool: concurrent.futures.ProcessPoolExecutor | None = None
+_pool_workers = 0
+
+
+def set_reward_workers(workers: int) -> None:
+    """Simulate rewards in ``workers`` parallel processes (0: in this process). The pool starts on first
+    use (``spawn``: safe beside a threaded trainer) and lives until the next call."""
+    global _pool, _pool_workers
+    if workers < 0:
+        raise ValueError(f"reward workers = {workers}: must be 0 (in process) or more")
+    if _pool is not None and workers != _pool_workers:
+        _pool.shutdown(cancel_futures=True)
+        _pool = None
+    _pool_workers = workers
+
+
+def _score(key: tuple[str, str, int]) -> StepScores:
     from envs.scoring import score_layer
 
+    text, job_json, layer = key
     return score_layer(text, PrintJob.from_json(job_json), layer)
+
+
+def layer_scores(texts: Sequence[str], jobs: Sequence[str], layers: Sequence[int]) -> list[StepScores]:
+    """Scores of a batch of layer answers, simulated once each (in parallel with :func:`set_reward_workers`)
+    and remembered for the other reward parts of the same batch."""
+    global _pool
+    keys = [(t, j, int(k)) for t, j, k in zip(texts, jobs, layers, strict=True)]
+    todo = [k for k in dict.fromkeys(keys) if k not in _SCORES]
+    if _pool_workers and len(todo) > 1:
+        if _pool is None:
+            _pool = concurrent.futures.ProcessPoolExecutor(_pool_workers, mp_context=mp.get_context("spawn"))
+        results = list(_pool.map(_score, todo, chunksize=max(1, len(todo) // (4 * _pool_workers))))
+    else:
+        results = [_score(k) for k in todo]
+    for k, r in zip(todo, results, strict=True):
+        _SCORES[k] = r
+    out = [_SCORES[k] for k in keys]
+    while len(_SCORES) > _SCORES_KEPT:
+        _SCORES.popitem(last=False)
+    return out
 
 
 def _component(name: str) -> Any:
     def reward(completions: Sequence[Any], job: Sequence[str] | None = None, layer: Sequence[int] | None = None,
-               **_: Any) -> list[float | None]:
+               revision: Sequence[str] | None = None, **_: Any) -> list[float | None]:
         if job is None or layer is None:
             raise ValueError(f"{name}_reward needs the 'job' and 'layer' columns in the dataset")
+        # Multi-turn rollouts pass the last revision: that is the answer the episode ends with.
+        texts = list(revision) if revision is not None else [_text(c) for c in completions]
         out = []
-        for c, j, k in zip(completions, job, layer, strict=True):
-            s = _layer_scores(_text(c), j, int(k))
+        for s in layer_scores(texts, job, layer):
             out.append({"geometry": s.geometry, "extrusion": s.extrusion, "time": s.time,
                         "penalty": -(DEFECT_PENALTY * s.defects + (FATAL_PENALTY if s.fatal else 0.0))}[name])
         return out

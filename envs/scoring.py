@@ -179,10 +179,29 @@ def score_program(text: str, job: PrintJob) -> ProgramScore:
 
 def score_layer(text: str, job: PrintJob, layer: int) -> StepScores:
     """Score one layer written after the expert's program up to it (the ``layer_reward`` of TRL)."""
+    return layer_feedback(text, job, layer)[0]
+
+
+def layer_feedback(text: str, job: PrintJob, layer: int) -> tuple[StepScores, str]:
+    """:func:`score_layer` and the simulator's feedback on it, as the environment phrases it: the scores,
+    then each failure with its line number in ``text`` (at most :data:`FEEDBACK_FAILURES`)."""
     sliced = slice_job(job)
     sim = new_simulator(job)
     sim.run(sliced.start if job.start_end else sliced.setup)
     for k in range(layer):
         sim.run(sliced.layers[k])
     step = layer + (1 if job.start_end else 0)
-    return score_step(sim, job, step, text)
+    before = len(sim.failures)
+    scores = score_step(sim, job, step, text)
+    return scores, feedback_text(scores, sim.failures[before:])
+
+
+FEEDBACK_FAILURES = 3
+"""Failures quoted in a step's feedback (the first ones: later failures often follow from them)."""
+
+
+def feedback_text(scores: StepScores, failures: list[Failure]) -> str:
+    """One line of feedback: the scores and the step's failures with their line numbers."""
+    parts = [f"geometry {scores.geometry:.2f}, extrusion {scores.extrusion:.2f}, time {scores.time:.2f}"]
+    parts += [f"line {f.line}: {f.message}" for f in failures[:FEEDBACK_FAILURES]]
+    return "; ".join(parts)

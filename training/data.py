@@ -61,8 +61,9 @@ def load_table(root: str | Path, table: str = "sft", split: str | None = None, s
 
 def to_sft(ds: datasets.Dataset | datasets.IterableDataset, chat: bool = False
            ) -> datasets.Dataset | datasets.IterableDataset:
-    """SFT format: ``prompt``/``completion`` columns, or ``messages`` (user, assistant) with ``chat``."""
-    keep = {"prompt", "completion"}
+    """SFT format: ``prompt``/``completion`` columns, or ``messages`` (user, assistant) with ``chat``; a
+    table that already has ``messages`` (multi-turn conversations) keeps them."""
+    keep = {"prompt", "completion", "messages"}
     if chat:
         return ds.map(lambda row: {"messages": [{"role": "user", "content": row["prompt"]},
                                                 {"role": "assistant", "content": row["completion"]}]},

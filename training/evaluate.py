@@ -14,8 +14,10 @@ Metrics (namespaced ``eval/`` in the logs), over ``episodes`` episodes of ``Gcod
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from envs.gcode_writer import GcodeWriterEnv
 from envs.jobs import PrintJob
@@ -28,8 +30,9 @@ FORBIDDEN_COMMANDS = frozenset({
 })
 """Commands a generated program must never contain (the safety validator's deny list, in brief)."""
 
-Policy = Callable[[Sequence[str]], list[str]]
-"""A batch of prompts in, one G-code completion per prompt out."""
+Policy = Callable[[Sequence[Any]], list[str]]
+"""A batch of prompts in, one G-code completion per prompt out (a prompt is a task text or, for revisions,
+a conversation: a list of ``{"role", "content"}`` turns ending with the user's)."""
 
 
 @dataclass
@@ -72,9 +75,15 @@ def _known_commands(commands: list) -> bool:
 
 
 def evaluate(policy: Policy, suite: str | Sequence[PrintJob] = "tiny-v0", episodes: int = 64,
-             batch_size: int = 16) -> EvalResult:
+             batch_size: int = 16, revisions: int = 0) -> EvalResult:
     """Run ``episodes`` episodes (cycling through the suite's jobs) with ``policy``, steps batched across
-    episodes, and return the metrics."""
+    episodes, and return the metrics.
+
+    With ``revisions`` > 0 (multi-turn mode) each answer is first tried on a copy of the episode's printer;
+    the simulator's feedback on it is appended to the conversation and the policy answers again, that many
+    times, and only the last answer is committed to the episode (and counted in the metrics). The policy then
+    receives conversations (lists of chat turns) for the revisions.
+    """
     jobs = load_suite(suite) if isinstance(suite, str) else list(suite)
     envs = [GcodeWriterEnv(job=jobs[i % len(jobs)]) for i in range(episodes)]
     observations = [env.reset(seed=i)[0] for i, env in enumerate(envs)]
@@ -88,6 +97,9 @@ def evaluate(policy: Policy, suite: str | Sequence[PrintJob] = "tiny-v0", episod
         for start in range(0, len(active), batch_size):
             chunk = active[start:start + batch_size]
             texts = policy([observations[i]["prompt"] for i in chunk])
+            if revisions:
+                texts = _revise(policy, [envs[i] for i in chunk], [observations[i]["prompt"] for i in chunk],
+                                texts, revisions)
             for i, text in zip(chunk, texts, strict=True):
                 ok, n_lines, forbidden = gcode_validity(text)
                 completions += 1
@@ -109,6 +121,24 @@ def evaluate(policy: Policy, suite: str | Sequence[PrintJob] = "tiny-v0", episod
         mean_geometry=sum(geometry) / max(len(geometry), 1))
 
 
+def _revise(policy: Policy, envs: list[GcodeWriterEnv], prompts: list[str], texts: list[str], revisions: int
+            ) -> list[str]:
+    """The answers after ``revisions`` rounds of feedback from trial runs on copies of the episodes."""
+    from training.grpo import conversation
+
+    answers = [[t] for t in texts]
+    feedbacks: list[list[str]] = [[] for _ in texts]
+    for _ in range(revisions):
+        for i, env in enumerate(envs):
+            trial = copy.deepcopy(env)
+            trial.step(answers[i][-1])
+            feedbacks[i].append(trial.feedback)
+        chats = [conversation(p, a, f) for p, a, f in zip(prompts, answers, feedbacks, strict=True)]
+        for i, text in enumerate(policy(chats)):
+            answers[i].append(text)
+    return [a[-1] for a in answers]
+
+
 def expert_policy(suite: str | Sequence[PrintJob] = "tiny-v0") -> Policy:
     """The reference program as a policy (an upper bound for the metrics), matched by prompt."""
     from envs.scoring import episode_steps
@@ -124,4 +154,5 @@ def expert_policy(suite: str | Sequence[PrintJob] = "tiny-v0") -> Policy:
             text = sliced.start if kind == "start" else sliced.end if kind == "end" else sliced.layers[k]
             answers[obs["prompt"]] = text
             obs, *_ = env.step(text)
-    return lambda prompts: [answers.get(p, "") for p in prompts]
+    # A revision request is answered with the same reference layer as its task.
+    return lambda prompts: [answers.get(p if isinstance(p, str) else p[0]["content"], "") for p in prompts]

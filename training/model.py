@@ -279,17 +279,24 @@ def save_model(model: transformers.PreTrainedModel, tokenizer: transformers.PreT
 
 
 # -- prompting and decoding -----------------------------------------------------------------------------------
-def format_prompt(tokenizer: transformers.PreTrainedTokenizerBase, prompt: str) -> str:
+def format_prompt(tokenizer: transformers.PreTrainedTokenizerBase, prompt: str | Sequence[dict[str, str]]) -> str:
     """The text the model continues: the chat template with a generation prompt when the tokenizer has one,
-    else the prompt and a newline."""
-    if getattr(tokenizer, "chat_template", None):
+    else the prompt and a newline. ``prompt`` is a task text (one user turn) or a whole conversation (a list
+    of ``{"role", "content"}`` turns ending with the user's, e.g. a revision request); a conversation needs a
+    chat template."""
+    templated = bool(getattr(tokenizer, "chat_template", None))
+    if not isinstance(prompt, str):
+        if not templated:
+            raise ValueError("a multi-turn conversation needs a tokenizer with a chat template")
+        return tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
+    if templated:
         return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                              add_generation_prompt=True)
     return prompt + "\n"
 
 
 def generate(model: transformers.PreTrainedModel, tokenizer: transformers.PreTrainedTokenizerBase,
-             prompts: Sequence[str], max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+             prompts: Sequence[str | Sequence[dict[str, str]]], max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
              batch_size: int = 8, seed: int | None = None) -> list[str]:
     """Completions of ``prompts`` (raw task text; :func:`format_prompt` is applied here), batched with left
     padding, stopping at eos or ``<|im_end|>``. ``temperature`` 0 is greedy."""

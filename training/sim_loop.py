@@ -45,8 +45,22 @@ class SimLoopConfig:
     """``embedded`` (built locally) or any Hugging Face causal LM id or local path."""
     embedded: ModelConfig = field(default_factory=lambda: ModelConfig(max_length_tokens=2048))
     """Shape of the embedded model (ignored for other models, except ``max_length_tokens``)."""
-    task: str = ranged("GcodeWriter-v0", choices=("GcodeWriter-v0",))
-    """Environment the model learns (one layer per turn)."""
+    task: str = ranged("GcodeWriter-v0", choices=("GcodeWriter-v0", "PrintSupervisor-v0"))
+    """Environment the model learns: ``GcodeWriter-v0`` (one layer of G-code per turn) or
+    ``PrintSupervisor-v0`` (live-tuning commands between layers; see :mod:`training.supervise`)."""
+    multi_turn: bool = False
+    """``GcodeWriter-v0`` only: the simulator's feedback on an answer is appended and the model revises it
+    (GRPO through TRL's ``rollout_func``, revision examples in the SFT data, revisions in evaluation)."""
+    revision_turns: int = ranged(1, 1, 4)
+    """Revisions per answer in multi-turn mode."""
+    revision_fraction: float = ranged(0.5, 0.0, 1.0)
+    """Multi-turn mode: fraction of the SFT layer rows that also get a revision example."""
+    supervisor_episodes: int = ranged(48, 1, 1_000_000)
+    """``PrintSupervisor-v0``: expert-supervised training episodes (one SFT/GRPO row per layer)."""
+    supervisor_difficulties: list[int] = ranged([2], 2, 4)
+    """``PrintSupervisor-v0``: difficulties of the training and evaluation jobs."""
+    reward_workers: int = ranged(0, 0, 256)
+    """Processes that simulate GRPO rewards in parallel (0: in the training process)."""
     backend: str = ranged("trl", choices=("trl", "unsloth"))
     """``trl`` (any device) or ``unsloth`` (NVIDIA GPU and the ``gpu`` extra)."""
     lora: bool = False
@@ -111,6 +125,9 @@ class SimLoopConfig:
     """Processes for dataset generation (0: one per core)."""
 
     def __post_init__(self) -> None:
+        if self.multi_turn and self.task != "GcodeWriter-v0":
+            raise ConfigError(f"multi_turn: true needs task GcodeWriter-v0 (task is {self.task!r}): only a "
+                              "written layer has simulator feedback to revise against")
         if self.grpo_batch_size % self.num_generations:
             raise ConfigError(f"grpo_batch_size = {self.grpo_batch_size} must be a multiple of num_generations = "
                               f"{self.num_generations} (GRPO compares the completions of one prompt): e.g. "
@@ -135,9 +152,12 @@ def load_config(path: str | Path | None) -> SimLoopConfig:
 class RunLogger:
     """``metrics.jsonl`` plus TensorBoard, namespaced keys (``train/…``, ``eval/…``, ``safety/…``)."""
 
-    def __init__(self, run_dir: Path, log_dir: Path) -> None:
+    def __init__(self, run_dir: Path, log_dir: Path, enabled: bool = True) -> None:
         self.path = run_dir / "metrics.jsonl"
         self.tb = None
+        self.enabled = enabled
+        if not enabled:
+            return
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -146,6 +166,8 @@ class RunLogger:
             print("warning: tensorboard is not installed; logging to metrics.jsonl only", file=sys.stderr)
 
     def log(self, phase: str, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
         row = {"time": round(time.time(), 3), "phase": phase, "step": step, **metrics}
         with self.path.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
@@ -166,7 +188,7 @@ def _eval_metrics(result: Any) -> dict[str, float]:
 def _policy(model: Any, tokenizer: Any, config: SimLoopConfig) -> Any:
     from training.model import generate
 
-    def act(prompts: list[str]) -> list[str]:
+    def act(prompts: list[Any]) -> list[str]:
         was_training = model.training
         model.eval()
         try:
@@ -180,8 +202,13 @@ def _policy(model: Any, tokenizer: Any, config: SimLoopConfig) -> Any:
 
 def _evaluate(model: Any, tokenizer: Any, config: SimLoopConfig, episodes: int) -> Any:
     from training.evaluate import evaluate
+    from training.supervise import evaluate_supervisor
 
-    return evaluate(_policy(model, tokenizer, config), config.eval_suite, episodes)
+    if config.task == "PrintSupervisor-v0":
+        return evaluate_supervisor(_policy(model, tokenizer, config), episodes, config.seed,
+                                   config.supervisor_difficulties)
+    return evaluate(_policy(model, tokenizer, config), config.eval_suite, episodes,
+                    revisions=config.revision_turns if config.multi_turn else 0)
 
 
 def _callbacks(phase: str, logger: RunLogger, model: Any, tokenizer: Any, config: SimLoopConfig) -> list[Any]:
@@ -189,16 +216,50 @@ def _callbacks(phase: str, logger: RunLogger, model: Any, tokenizer: Any, config
 
     class Metrics(transformers.TrainerCallback):
         def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **_: Any) -> None:
-            if logs:
+            if logs and _is_main():
                 logger.log(phase, state.global_step, {f"train/{k}": v for k, v in logs.items()
                                                       if isinstance(v, (int, float))})
 
         def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
             if config.eval_interval and state.global_step % config.eval_interval == 0:
-                result = _evaluate(model, tokenizer, config, config.eval_episodes_during)
-                logger.log(phase, state.global_step, _eval_metrics(result))
+                if _is_main():
+                    result = _evaluate(model, tokenizer, config, config.eval_episodes_during)
+                    logger.log(phase, state.global_step, _eval_metrics(result))
+                _wait_for_everyone()
 
     return [Metrics()]
+
+
+# -- several processes (accelerate launch) -------------------------------------------------------------------
+def _processes() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _is_main() -> bool:
+    """True in the process that evaluates and writes the run directory (the only one without accelerate)."""
+    if _processes() == 1:
+        return True
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
+def _wait_for_everyone() -> None:
+    """Barrier between the processes of an ``accelerate launch`` (no-op in one process)."""
+    if _processes() > 1:
+        from accelerate import PartialState
+
+        PartialState().wait_for_everyone()
+
+
+def _shared_stamp() -> str:
+    """The run directory's time stamp, the main process's in every process."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    if _processes() == 1:
+        return stamp
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([stamp])[0]
 
 
 def last_checkpoint(folder: Path) -> str | None:
@@ -233,6 +294,46 @@ def _dataset(config: SimLoopConfig, run_dir: Path) -> Path:
     return path
 
 
+def _sft_rows(config: SimLoopConfig, data: Path, run_dir: Path) -> Any:
+    """The writer's SFT rows; in multi-turn mode as chat ``messages``, with revision examples added (made
+    once per run and kept in the run directory, so a resumed run trains on the same rows)."""
+    import datasets
+
+    from training.data import load_table
+    from training.grpo import revision_examples
+
+    rows = load_table(data, "sft", split="train")
+    if not config.multi_turn:
+        return rows
+    cached = run_dir / "revision-examples.jsonl"
+    if not cached.is_file():
+        examples = revision_examples(list(rows), config.seed, config.revision_fraction)
+        tmp = cached.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(e) + "\n" for e in examples))
+        os.replace(tmp, cached)
+    revisions = datasets.Dataset.from_list([json.loads(line) for line in cached.read_text().splitlines()])
+    chats = rows.map(lambda r: {"messages": [{"role": "user", "content": r["prompt"]},
+                                             {"role": "assistant", "content": r["completion"]}]},
+                     remove_columns=rows.column_names)
+    print(f"multi-turn: {len(revisions)} revision examples beside {len(chats)} layer rows")
+    return datasets.concatenate_datasets([chats, revisions])
+
+
+def _supervisor_table(config: SimLoopConfig, run_dir: Path) -> Any:
+    """``PrintSupervisor-v0`` rows (:func:`training.supervise.supervisor_rows`), made once per run."""
+    import datasets
+
+    from training.supervise import supervisor_rows
+
+    cached = run_dir / "supervisor-rows.jsonl"
+    if not cached.is_file():
+        rows = supervisor_rows(config.supervisor_episodes, config.seed, config.supervisor_difficulties)
+        tmp = cached.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        os.replace(tmp, cached)
+    return datasets.Dataset.from_list([json.loads(line) for line in cached.read_text().splitlines()])
+
+
 def _approved_real_world(path: str) -> Any:
     """Phase 3 data: real programs a person marked as good (feedback outcome success) only."""
     from training.data import load_table
@@ -259,10 +360,15 @@ def run(config: SimLoopConfig, run_dir: Path, progress: bool = True) -> dict[str
     run_dir.mkdir(parents=True, exist_ok=True)
     state_path = run_dir / "state.json"
     state = json.loads(state_path.read_text()) if state_path.is_file() else {"done": [], "report": {"phases": {}}}
-    logger = RunLogger(run_dir, Path(config.log_dir) if config.log_dir else run_dir / "tensorboard")
+    logger = RunLogger(run_dir, Path(config.log_dir) if config.log_dir else run_dir / "tensorboard", _is_main())
     report = state["report"]
 
     def finish(phase: str, model: Any, tokenizer: Any, step: int) -> None:
+        # Under accelerate, the main process evaluates and writes; the others wait, then see the same state.
+        if not _is_main():
+            state["done"].append(phase)
+            _wait_for_everyone()
+            return
         result = _evaluate(model, tokenizer, config, config.eval_episodes)
         report["phases"][phase] = {"success_rate": result.success_rate, "mean_reward": result.mean_reward,
                                    "valid_gcode_rate": result.valid_gcode_rate,
@@ -273,6 +379,7 @@ def run(config: SimLoopConfig, run_dir: Path, progress: bool = True) -> dict[str
         _save_state(run_dir, state)
         (run_dir / "report.json").write_text(json.dumps(report, indent=1))
         print(f"[{phase}] " + ", ".join(f"{k} {v:.3f}" for k, v in report["phases"][phase].items()))
+        _wait_for_everyone()
 
     def train_phase(phase: str, trainer: Any) -> Any:
         """Train (resuming from the phase's last complete checkpoint), save the final model, evaluate."""
@@ -282,11 +389,21 @@ def run(config: SimLoopConfig, run_dir: Path, progress: bool = True) -> dict[str
         tuned = trainer.model
         if config.lora and hasattr(tuned, "merge_and_unload"):
             tuned = tuned.merge_and_unload()
-        save_model(tuned, tokenizer, run_dir / phase / "final")
+        if _is_main():
+            save_model(tuned, tokenizer, run_dir / phase / "final")
         finish(phase, tuned, tokenizer, trainer.state.global_step)
         return tuned
 
-    data = _dataset(config, run_dir)
+    supervising = config.task == "PrintSupervisor-v0"
+    # Data is made once, by the main process; the others read it after the barrier.
+    if _is_main():
+        data = None if supervising else _dataset(config, run_dir)
+        if supervising:
+            _supervisor_table(config, run_dir)
+        elif config.multi_turn:
+            _sft_rows(config, data, run_dir)
+    _wait_for_everyone()
+    data = None if supervising else _dataset(config, run_dir)
     sft_final, grpo_final = run_dir / "sft" / "final", run_dir / "grpo" / "final"
     model_config = config.model_config()
     if "grpo" in state["done"] and grpo_final.is_dir():
@@ -299,26 +416,33 @@ def run(config: SimLoopConfig, run_dir: Path, progress: bool = True) -> dict[str
         finish("before", model, tokenizer, 0)
 
     if "sft" not in state["done"]:
-        train = to_sft(load_table(data, "sft", split="train"))
+        train = _supervisor_table(config, run_dir) if supervising else _sft_rows(config, data, run_dir)
         trainer = make_sft_trainer(
-            model, tokenizer, train, None, output_dir=str(run_dir / "sft"), learning_rate=config.learning_rate,
-            batch_size=config.batch_size, epochs=config.epochs, max_steps=config.sft_max_steps, lora=config.lora,
-            lora_r=config.lora_r, seed=config.seed, logging_steps=1, save_steps=config.checkpoint_interval,
+            model, tokenizer, to_sft(train), None, output_dir=str(run_dir / "sft"),
+            learning_rate=config.learning_rate, batch_size=config.batch_size, epochs=config.epochs,
+            max_steps=config.sft_max_steps, lora=config.lora, lora_r=config.lora_r, seed=config.seed,
+            logging_steps=1, save_steps=config.checkpoint_interval,
             max_length_tokens=config.embedded.max_length_tokens, backend=config.backend)
         model = train_phase("sft", trainer)
 
     if config.grpo_steps > 0 and "grpo" not in state["done"]:
-        from envs.rewards import LAYER_REWARD_PARTS, LAYER_REWARD_WEIGHTS
+        common = dict(output_dir=run_dir / "grpo", learning_rate=config.grpo_learning_rate,
+                      batch_size=config.grpo_batch_size, num_generations=config.num_generations,
+                      max_completion_length=config.max_completion_length, beta=config.beta,
+                      max_steps=config.grpo_steps, seed=config.seed, save_steps=config.checkpoint_interval,
+                      temperature=config.temperature, lora=config.lora, lora_r=config.lora_r, backend=config.backend)
+        if supervising:
+            from training.supervise import supervisor_reward
 
-        prompts = to_grpo(load_table(data, "sft", split="train"))
-        trainer = make_grpo_trainer(
-            model, tokenizer, prompts, LAYER_REWARD_PARTS, reward_weights=LAYER_REWARD_WEIGHTS,
-            output_dir=str(run_dir / "grpo"),
-            learning_rate=config.grpo_learning_rate, batch_size=config.grpo_batch_size,
-            num_generations=config.num_generations, max_completion_length=config.max_completion_length,
-            beta=config.beta, max_steps=config.grpo_steps, seed=config.seed, logging_steps=1,
-            save_steps=config.checkpoint_interval, temperature=config.temperature, lora=config.lora,
-            lora_r=config.lora_r, backend=config.backend)
+            rows = _supervisor_table(config, run_dir).remove_columns(["completion", "step_kind"])
+            trainer = make_grpo_trainer(model, tokenizer, rows, [supervisor_reward], **common | {
+                "output_dir": str(common["output_dir"]), "logging_steps": 1})
+        else:
+            from training.grpo import make_trainer
+
+            trainer = make_trainer(model, tokenizer, to_grpo(load_table(data, "sft", split="train")), **common,
+                                   multi_turn=config.multi_turn, revision_turns=config.revision_turns,
+                                   reward_workers=config.reward_workers)
         model = train_phase("grpo", trainer)
 
     if config.real_world_dataset and "real_world" not in state["done"]:
@@ -333,7 +457,8 @@ def run(config: SimLoopConfig, run_dir: Path, progress: bool = True) -> dict[str
                 max_length_tokens=config.embedded.max_length_tokens, backend=config.backend)
             model = train_phase("real_world", trainer)
 
-    _plots(run_dir)
+    if _is_main():
+        _plots(run_dir)
     return report
 
 
@@ -389,10 +514,12 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = args.resume
         else:
             config = load_config(args.config)
-            stamp = time.strftime("%Y%m%d-%H%M%S")
+            stamp = _shared_stamp()
             run_dir = Path(config.output_dir) / f"{config.task.split('-')[0]}-{config.seed}-{stamp}"
-            run_dir.mkdir(parents=True, exist_ok=False)
-            (run_dir / "config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
+            if _is_main():
+                run_dir.mkdir(parents=True, exist_ok=False)
+                (run_dir / "config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
+            _wait_for_everyone()
         print(f"run directory: {run_dir}")
         report = run(config, run_dir)
     except ConfigError as exc:

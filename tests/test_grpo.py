@@ -1,0 +1,194 @@
+"""GRPO beyond one turn and beyond the writer: multi-turn revision (feedback appended, the model revises),
+parallel reward simulation, ``PrintSupervisor-v0`` as a loop task, and ``python -m training.grpo``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from envs.jobs import PrintJob
+from envs.rewards import layer_reward, layer_scores, set_reward_workers
+from envs.sampler import load_suite
+from envs.scoring import layer_feedback
+from envs.slicer import slice_job
+from training.evaluate import evaluate, expert_policy
+from training.grpo import conversation, feedback_bridge, perturb_layer, revision_examples
+from training.model import ModelConfig, format_prompt, load_model_and_tokenizer
+from training.supervise import (
+    NO_CHANGE,
+    evaluate_supervisor,
+    noop_policy,
+    restore,
+    supervisor_reward,
+    supervisor_rows,
+)
+
+ROOT = Path(__file__).parent.parent
+ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TRL_EXPERIMENTAL_SILENCE": "1"}
+SMOKE_MODEL = ModelConfig(vocab_size=400, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
+                          intermediate_size=64, max_length_tokens=1536, corpus_jobs=4)
+
+
+def _job() -> PrintJob:
+    return load_suite("tiny-v0")[0]
+
+
+def test_feedback_names_the_failing_line_and_scores() -> None:
+    job = _job()
+    good = slice_job(job).layers[0]
+    scores, feedback = layer_feedback(good, job, 0)
+    assert scores.geometry > 0.9 and feedback.startswith("geometry 1.00") or feedback.startswith("geometry 0.9")
+    bad = "G28 X\nG1 X500 Y10 F3000\n"
+    scores, feedback = layer_feedback(bad, job, 0)
+    assert scores.fatal
+    assert "line 2:" in feedback and "out of range" in feedback.lower()
+
+
+def test_perturbed_layers_score_below_the_reference() -> None:
+    job = _job()
+    good = slice_job(job).layers[0]
+    rng = np.random.default_rng(0)
+    kinds = set()
+    for _ in range(12):
+        wrong, kind = perturb_layer(good, rng)
+        kinds.add(kind)
+        assert wrong != good
+        assert layer_reward([wrong], [job.to_json()], [0])[0] < layer_reward([good], [job.to_json()], [0])[0] - 0.05, kind
+    assert kinds == {"under_extrusion", "over_extrusion", "shifted", "truncated"}
+
+
+def test_revision_examples_carry_real_feedback() -> None:
+    job = _job()
+    good = slice_job(job).layers[0]
+    row = {"prompt": "Task: layer 1", "completion": good, "job": job.to_json(), "layer": 0, "step_kind": "layer"}
+    examples = revision_examples([row, {**row, "step_kind": "start"}], seed=1, fraction=1.0)
+    assert len(examples) == 1
+    turns = examples[0]["messages"]
+    assert [t["role"] for t in turns] == ["user", "assistant", "user", "assistant"]
+    assert turns[-1]["content"] == good and turns[1]["content"] != good
+    assert "Simulator feedback" in turns[2]["content"] and "geometry" in turns[2]["content"]
+
+
+def test_rollout_splice_matches_the_chat_template(tmp_path: Path) -> None:
+    """The token stream of a multi-turn rollout (prompt, answer, feedback, revision) is the chat template's
+    rendering of the same conversation — what the revision examples are trained on."""
+    _, tokenizer = load_model_and_tokenizer(ModelConfig(**{**SMOKE_MODEL.__dict__, "cache_dir": str(tmp_path)}))
+    prompt, answer, feedback, revision = "Task: layer 1", "G1 X1 E0.1", "geometry 0.10; line 1: boom", "G1 X2"
+    end_of_answer, feedback_turn = feedback_bridge(tokenizer, prompt, feedback)
+    spliced = format_prompt(tokenizer, prompt) + answer + end_of_answer + feedback_turn + revision
+    chat = conversation(prompt, [answer], [feedback]) + [{"role": "assistant", "content": revision}]
+    rendered = tokenizer.apply_chat_template(chat, tokenize=False)
+    assert rendered.startswith(spliced)
+    assert "boom" in feedback_turn and feedback_turn.endswith("<|im_start|>assistant\n")
+
+
+def test_revision_in_evaluation_commits_the_last_answer() -> None:
+    jobs = load_suite("tiny-v0")[:2]
+    expert = expert_policy(jobs)
+
+    def late(prompts: list) -> list[str]:
+        # Nothing on the first try; the reference layer once the simulator's feedback is in the chat.
+        return ["" if isinstance(p, str) else expert([p])[0] for p in prompts]
+
+    single = evaluate(late, jobs, episodes=2)
+    revised = evaluate(late, jobs, episodes=2, revisions=1)
+    reference = evaluate(expert, jobs, episodes=2)
+    assert single.mean_reward <= 0.05
+    assert revised.mean_reward == pytest.approx(reference.mean_reward, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_parallel_reward_workers_agree_with_in_process() -> None:
+    job = _job()
+    good = slice_job(job).layers[0]
+    texts = [good, good.replace("E", "E1"), "", "G1 X500"]
+    jobs, layers = [job.to_json()] * len(texts), [0] * len(texts)
+    serial = [s.reward for s in layer_scores(texts, jobs, layers)]
+    try:
+        set_reward_workers(2)
+        # Different texts (a trailing comment) so the cache cannot answer.
+        parallel = [s.reward for s in layer_scores([t + "\n; p" for t in texts], jobs, layers)]
+    finally:
+        set_reward_workers(0)
+    assert parallel == pytest.approx(serial)
+
+
+def test_supervisor_rows_restore_their_state() -> None:
+    rows = supervisor_rows(2, seed=5, difficulties=[2])
+    assert rows and any(r["completion"] != NO_CHANGE for r in rows)
+    for r in rows:
+        assert restore(r["job"], r["hidden"], r["history"])._observation()["prompt"] == r["prompt"]
+    cols = [[r[k] for r in rows] for k in ("job", "hidden", "history")]
+    expert = supervisor_reward([r["completion"] for r in rows], *cols)
+    refused = supervisor_reward(["G28\nM221 S200"] * len(rows), *cols)
+    assert all(e > f for e, f in zip(expert, refused, strict=True))
+
+
+def test_expert_supervisor_beats_doing_nothing() -> None:
+    result = evaluate_supervisor(noop_policy, 16, seed=0, difficulties=[2])
+    # mean_geometry holds the expert's mean reward per layer on the same episodes.
+    assert result.mean_geometry > result.mean_reward + 0.05
+    assert result.valid_gcode_rate == 1.0 and result.safety_violations_per_1k_lines == 0.0
+
+
+def _smoke(tmp_path: Path, name: str, **overrides: object) -> Path:
+    data = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
+    data.update(output_dir=str(tmp_path / "runs"), **overrides)
+    data["embedded"]["cache_dir"] = str(tmp_path / "models")
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _run(args: list[str]) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env={**os.environ, **ENV}, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_multi_turn_loop_runs(tmp_path: Path) -> None:
+    done = _run(["-m", "training.sim_loop", "--config",
+                 str(_smoke(tmp_path, "smoke-multiturn", dataset_path=str(tmp_path / "data")))])
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run_dir,) = (tmp_path / "runs").glob("GcodeWriter-*")
+    report = json.loads((run_dir / "report.json").read_text())
+    assert set(report["phases"]) == {"before", "sft", "grpo"}
+    examples = [json.loads(line) for line in (run_dir / "revision-examples.jsonl").read_text().splitlines()]
+    assert examples and all(len(e["messages"]) == 4 for e in examples)
+    grpo = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert any("train/rewards/first_answer_reward/mean" in r for r in grpo if r["phase"] == "grpo")
+    # The standalone trainer on the same data and model, multi-turn.
+    config = {"model": str(run_dir / "sft" / "final"), "dataset_path": str(tmp_path / "data"),
+              "output_dir": str(tmp_path / "grpo"), "batch_size": 4, "num_generations": 2, "max_steps": 1,
+              "max_completion_length": 16, "multi_turn": True, "checkpoint_interval": 1}
+    (tmp_path / "grpo.yaml").write_text(yaml.safe_dump(config))
+    done = _run(["-m", "training.grpo", "--config", str(tmp_path / "grpo.yaml")])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "grpo" / "final" / "config.json").is_file()
+
+
+@pytest.mark.slow
+def test_supervisor_loop_runs(tmp_path: Path) -> None:
+    done = _run(["-m", "training.sim_loop", "--config", str(_smoke(tmp_path, "smoke-supervisor"))])
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run_dir,) = (tmp_path / "runs").glob("PrintSupervisor-*")
+    report = json.loads((run_dir / "report.json").read_text())
+    assert set(report["phases"]) == {"before", "sft", "grpo"}
+    rows = (run_dir / "supervisor-rows.jsonl").read_text().splitlines()
+    assert rows and all({"prompt", "completion", "job", "hidden", "history"} <= set(json.loads(r)) for r in rows)
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert any("train/rewards/supervisor_reward/mean" in r for r in metrics)
+
+
+def test_multi_turn_needs_the_writer(tmp_path: Path) -> None:
+    path = _smoke(tmp_path, "smoke-supervisor", multi_turn=True)
+    done = _run(["-m", "training.sim_loop", "--config", str(path)])
+    assert done.returncode == 2 and "multi_turn" in done.stderr
