@@ -31,28 +31,32 @@ from envs.wrappers import (
     scale_melt_capacity,
     uniform,
 )
+from safety.policy import SafetyPolicy
 from sim_bridge.gcode import Command, GcodeError, format_number, parse_line
 from sim_bridge.interpreter import F_EXTRUDE, SimOptions
 from sim_bridge.profiles import PrinterProfile, load_printer
 from sim_bridge.simulator import Simulator
 
 # -- live-tuning windows (the safety layer's limits for commands sent between layers) -----------------------
-FLOW_PERCENT_MIN = 80.0
+_POLICY = SafetyPolicy()
+# The windows are the safety layer's (safety.policy.SafetyPolicy defaults): the environments train against
+# the limits deployment enforces.
+FLOW_PERCENT_MIN = _POLICY.flow_percent_min
 """Lowest extrusion factor (``M221 S``), percent."""
-FLOW_PERCENT_MAX = 120.0
+FLOW_PERCENT_MAX = _POLICY.flow_percent_max
 """Highest extrusion factor (``M221 S``), percent."""
-SPEED_PERCENT_MIN = 50.0
+SPEED_PERCENT_MIN = _POLICY.speed_percent_min
 """Lowest speed factor (``M220 S``), percent."""
-SPEED_PERCENT_MAX = 150.0
+SPEED_PERCENT_MAX = _POLICY.speed_percent_max
 """Highest speed factor (``M220 S``), percent."""
-HOTEND_TUNE_DELTA_C = 15.0
+HOTEND_TUNE_DELTA_C = _POLICY.tuning_hotend_step_c
 """``M104 S`` may move the hotend target at most this far from the job's temperature (and never above the
 printer's ``max_temp``)."""
-FAN_PWM_MAX = 255.0
+FAN_PWM_MAX = _POLICY.tuning_fan_pwm_max
 """``M106 S`` range is 0 … this."""
-PRESSURE_ADVANCE_MAX_S = 0.2
+PRESSURE_ADVANCE_MAX_S = _POLICY.tuning_pressure_advance_max_s
 """``SET_PRESSURE_ADVANCE ADVANCE=`` range is 0 … this (seconds)."""
-MAX_TUNING_COMMANDS = 8
+MAX_TUNING_COMMANDS = _POLICY.tuning_max_commands
 """Commands accepted per step; later ones are refused."""
 ALLOWED_COMMANDS = ("M221", "M220", "M104", "M106", "M107", "SET_PRESSURE_ADVANCE")
 

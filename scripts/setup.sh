@@ -5,7 +5,7 @@ set -euo pipefail
 shopt -s inherit_errexit 2>/dev/null || true
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(prusa-slicer)
+APT_PACKAGES=(prusa-slicer chromium chromium-driver)
 PY=${PYTHON:-python3}
 VENV=.venv
 STAMP=$VENV/.layerloop-installed

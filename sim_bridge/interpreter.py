@@ -487,7 +487,7 @@ class Interpreter:
         if (i_off is None or i_off != i_off) and (j_off is None or j_off != j_off):
             if r is None or r != r:
                 self._fail("invalid_command", f"{cmd.code} needs I/J or R", cmd.line)
-            cx, cy = _center_from_radius(gx, gy, tx, ty, r * u, clockwise)
+            cx, cy = arc_center_from_radius(gx, gy, tx, ty, r * u, clockwise)
         else:
             cx = gx + (0.0 if i_off is None or i_off != i_off else i_off * u)
             cy = gy + (0.0 if j_off is None or j_off != j_off else j_off * u)
@@ -929,7 +929,7 @@ def _first_arg(cmd: Command, names: list[str]) -> float:
     return 0.0
 
 
-def _center_from_radius(x0: float, y0: float, x1: float, y1: float, r: float, clockwise: bool
+def arc_center_from_radius(x0: float, y0: float, x1: float, y1: float, r: float, clockwise: bool
                         ) -> tuple[float, float]:
     """Arc centre from the R form; a negative R asks for the arc over 180° (RS274NGC)."""
     mx, my = (x0 + x1) / 2.0, (y0 + y1) / 2.0

@@ -129,3 +129,21 @@ def test_sft_runs_on_its_own(tmp_path: Path) -> None:
     bad.write_text("batch_size: 0\n")
     assert subprocess.run([sys.executable, "-m", "training.sft", "--config", str(bad)], cwd=ROOT, env=ENV,
                           capture_output=True, text=True, timeout=120).returncode == 2
+
+
+@pytest.mark.slow
+def test_two_processes_share_one_run_directory(tmp_path: Path) -> None:
+    """Data-parallel training (torchrun on CPU with gloo; ``accelerate launch`` on GPUs runs the same code):
+    one run directory, the main process alone evaluates and writes, every phase finishes."""
+    torchrun = Path(sys.executable).parent / "torchrun"
+    done = subprocess.run([str(torchrun), "--nproc_per_node", "2", "-m", "training.sim_loop", "--config",
+                           str(_config(tmp_path, "ddp"))], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_dir = _run_dir(tmp_path / "ddp")
+    assert done.stdout.count(f"run directory: {run_dir}") == 2, "both processes use the main process's directory"
+    report = json.loads((run_dir / "report.json").read_text())
+    assert set(report["phases"]) == {"before", "sft", "grpo"}
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert sorted(r["step"] for r in rows if r["phase"] == "sft" and "train/loss" in r) == list(range(1, 13)), \
+        "one process logs each step once"

@@ -22,13 +22,8 @@ from typing import Any
 from envs.gcode_writer import GcodeWriterEnv
 from envs.jobs import PrintJob
 from envs.sampler import load_suite
+from safety.validator import FORBIDDEN_COMMANDS
 from sim_bridge.gcode import GcodeError, GcodeReader
-
-FORBIDDEN_COMMANDS = frozenset({
-    "M302", "M211", "M500", "M502", "SAVE_CONFIG", "FIRMWARE_RESTART", "SET_KINEMATIC_POSITION", "FORCE_MOVE",
-    "M92", "M906", "M997", "M303", "PID_CALIBRATE", "M112",
-})
-"""Commands a generated program must never contain (the safety validator's deny list, in brief)."""
 
 Policy = Callable[[Sequence[Any]], list[str]]
 """A batch of prompts in, one G-code completion per prompt out (a prompt is a task text or, for revisions,

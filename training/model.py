@@ -220,6 +220,8 @@ def ensure_embedded(config: ModelConfig) -> tuple[Path, bool]:
                   "corpus_texts": len(texts), "corpus_chars": sum(map(len, texts)),
                   "parameters": parameter_count(model)}
         (tmp / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+        if (target / MARKER_FILE).is_file():
+            return target, False  # another process finished the same build meanwhile; its entry is identical
         if target.exists():  # an incomplete entry (no marker) from an older crash
             shutil.rmtree(target)
         try:

@@ -235,21 +235,26 @@ def _processes() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def _state() -> Any:
+    import torch
+    from accelerate import PartialState
+
+    # On CPUs (torchrun, gloo) accelerate only forms a process group when told the run is on CPU; the
+    # trainers later ask for the same shared state with use_cpu, so both must agree.
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def _is_main() -> bool:
     """True in the process that evaluates and writes the run directory (the only one without accelerate)."""
     if _processes() == 1:
         return True
-    from accelerate import PartialState
-
-    return PartialState().is_main_process
+    return _state().is_main_process
 
 
 def _wait_for_everyone() -> None:
     """Barrier between the processes of an ``accelerate launch`` (no-op in one process)."""
     if _processes() > 1:
-        from accelerate import PartialState
-
-        PartialState().wait_for_everyone()
+        _state().wait_for_everyone()
 
 
 def _shared_stamp() -> str:
@@ -259,6 +264,7 @@ def _shared_stamp() -> str:
         return stamp
     from accelerate.utils import broadcast_object_list
 
+    _state()
     return broadcast_object_list([stamp])[0]
 
 
@@ -410,7 +416,12 @@ def run(config: SimLoopConfig, run_dir: Path, progress: bool = True) -> dict[str
         model_config = replace(model_config, name=str(grpo_final))
     elif "sft" in state["done"] and sft_final.is_dir():
         model_config = replace(model_config, name=str(sft_final))
-    model, tokenizer = load_model_and_tokenizer(model_config)
+    # The main process builds (or loads) the model first, so the others find it complete in the cache.
+    if _is_main():
+        model, tokenizer = load_model_and_tokenizer(model_config)
+    _wait_for_everyone()
+    if not _is_main():
+        model, tokenizer = load_model_and_tokenizer(model_config)
 
     if "before" not in state["done"]:
         finish("before", model, tokenizer, 0)

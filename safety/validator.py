@@ -1,0 +1,698 @@
+"""Static validation of a G-code program against a printer profile, stricter than the firmware.
+
+:func:`validate` reads a program line by line, keeps the machine state a firmware keeps (absolute and
+relative modes, G92 and ``SET_GCODE_OFFSET`` offsets, saved G-code states, homing, heater targets and
+whether the hotend was waited for, speed and flow factors) and checks every command. Unlike the firmware
+(and the simulator's interpreter) it does not stop at the first error: it lists every finding, each with
+its line, the command as written, the rule, the limit and the value. A program with no finding is allowed.
+
+Limits come from the :class:`~sim_bridge.profiles.PrinterProfile` (Klipper's ``position_min/max``,
+``min_extrude_temp``, ``max_extrude_cross_section``, ``max_extrude_only_distance``, heater
+``min_temp/max_temp``, ``max_velocity``/``max_accel``) and from a :class:`SafetyPolicy` (allow-list, tighter
+caps, bed surface, factor windows). The rules, and why each exists, are in ``docs/safety.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from safety import rules
+from safety.disguise import line_findings
+from safety.findings import Verdict, Violation
+from safety.policy import SafetyPolicy, load_policy
+from safety.rules import FORBIDDEN_COMMANDS
+from safety.tuning import TuningState, validate_tuning
+from sim_bridge.gcode import Command, GcodeError, GcodeReader, parse_line
+from sim_bridge.interpreter import arc_center_from_radius
+from sim_bridge.profiles import HeaterProfile, MacroProfile, PrinterProfile
+
+__all__ = ["FORBIDDEN_COMMANDS", "SafetyPolicy", "TuningState", "Verdict", "Violation", "load_policy",
+           "validate", "validate_tuning"]
+
+MAX_PROGRAM_BYTES = 256 * 1024 * 1024
+"""Largest program accepted (a 12-hour print at 0.1 mm layers is about 50 MB)."""
+POSITION_EPS_MM = 1e-6
+"""Slack on range checks for slicers' rounding (Klipper has none; 1 µm is far below a step)."""
+MAX_COMMAND_CHARS = 200
+"""A finding quotes at most this much of its line."""
+_AXES = "XYZ"
+_MOVE_LETTERS = frozenset("XYZEF")
+_ARC_LETTERS = frozenset("XYZEFIJKRP")
+
+
+@dataclass
+class _Snapshot:
+    """What ``SAVE_GCODE_STATE`` keeps (as Klipper's gcode_move does)."""
+
+    absolute_xyz: bool
+    absolute_e: bool
+    offset: list[float]
+    gcode_offset: list[float]
+    pos: list[float]
+    feed_mm_s: float | None
+    speed_percent: float
+    flow_percent: float
+
+
+@dataclass
+class _Machine:
+    """The firmware state the validator tracks; positions are machine coordinates."""
+
+    pos: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    offset: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    """Machine minus program coordinate per axis (G92 and G-code offsets together)."""
+    gcode_offset: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    e_program: float = 0.0
+    homed: list[bool] = field(default_factory=lambda: [False, False, False])
+    absolute_xyz: bool = True
+    absolute_e: bool = True
+    feed_mm_s: float | None = None
+    speed_percent: float = 100.0
+    flow_percent: float = 100.0
+    hotend_target_c: float = 0.0
+    bed_target_c: float = 0.0
+    hotend_ready: bool = False
+    """Waited for at a target at or above ``min_extrude_temp``: extrusion is allowed."""
+    hotend_hot: bool = False
+    """Ready, or turned down from ready (still hot): retraction is allowed, extrusion is not."""
+    saved: dict[str, _Snapshot] = field(default_factory=dict)
+
+
+class _Findings:
+    """Collects findings, listing at most ``per_rule`` of each rule and counting the rest."""
+
+    def __init__(self, per_rule: int) -> None:
+        self.per_rule = per_rule
+        self.items: list[Violation] = []
+        self.counts: dict[str, int] = {}
+        self.first_dropped: dict[str, tuple[int, str]] = {}
+
+    def add(self, line: int, raw: str, rule: str, limit: str, value: str, message: str) -> None:
+        count = self.counts.get(rule, 0) + 1
+        self.counts[rule] = count
+        if count <= self.per_rule:
+            self.items.append(Violation(line, _quote(raw), rule, limit, value, message))
+        elif rule not in self.first_dropped:
+            self.first_dropped[rule] = (line, _quote(raw))
+
+    def result(self) -> tuple[Violation, ...]:
+        items = list(self.items)
+        for rule, (line, raw) in self.first_dropped.items():
+            more = self.counts[rule] - self.per_rule
+            items.append(Violation(line, raw, rule, f"{self.per_rule} findings listed per rule", f"{more} more",
+                                   f"{more} more findings of rule {rule} from this line on (not listed)"))
+        items.sort(key=lambda v: v.line)
+        return tuple(items)
+
+
+def _quote(raw: str) -> str:
+    text = raw.strip()
+    return text if len(text) <= MAX_COMMAND_CHARS else text[:MAX_COMMAND_CHARS] + "…"
+
+
+def _num(value: float) -> str:
+    return f"{value:.3f}".rstrip("0").rstrip(".") if math.isfinite(value) else str(value)
+
+
+class _Checker:
+    """Walks one program: tracks the machine and reports every finding."""
+
+    def __init__(self, profile: PrinterProfile, policy: SafetyPolicy, findings: _Findings) -> None:
+        self.profile = profile
+        self.policy = policy
+        self.findings = findings
+        self.m = _Machine()
+        self.klipper = profile.firmware == "klipper"
+        self.lo = list(profile.position_min_mm)
+        self.hi = list(profile.position_max_mm)
+        self.max_e_ratio = profile.max_cross_section_mm2 / profile.filament_area_mm2
+        self.feed_cap_mm_s = policy.max_feed_mm_s or profile.max_velocity_mm_s
+        self.allow = frozenset(policy.allow_commands)
+        self.raw = ""
+        self.line = 0
+
+    # -- reporting -------------------------------------------------------------------------------------
+    def add(self, rule: str, limit: str, value: str, message: str) -> None:
+        self.findings.add(self.line, self.raw, rule, limit, value, message)
+
+    # -- one command -----------------------------------------------------------------------------------
+    def check(self, cmd: Command) -> None:
+        code = cmd.code
+        reason = rules.forbidden_reason(code)
+        if reason is not None:
+            self.add(rules.FORBIDDEN, "never in a program", code, f"{code} is forbidden: it {reason}")
+            return
+        macro = self.profile.macro(code) if cmd.is_extended else None
+        if code not in rules.ALLOWED_COMMANDS and code not in self.allow and macro is None:
+            self.add(rules.UNKNOWN, "built-in list, the printer's macros and the policy's allow_commands", code,
+                     f"{code} is not a known command for this printer (denied by default; add it to the "
+                     "policy's allow_commands if it is the printer's own)")
+            return
+        handler = self._HANDLERS.get(code)
+        if handler is not None:
+            handler(self, cmd)
+        elif macro is not None:
+            self._macro(cmd, macro)
+
+    # -- motion ----------------------------------------------------------------------------------------
+    def _feed(self, cmd: Command) -> None:
+        f = cmd.get("F")
+        if f is None:
+            return
+        if f <= 0.0:
+            self.add(rules.FEED_RATE, "F > 0", f"F={_num(f)}", f"Invalid speed F{_num(f)}: must be above 0")
+            return
+        speed = f / 60.0
+        self.m.feed_mm_s = speed
+        if speed > self.feed_cap_mm_s + 1e-9:
+            self.add(rules.FEED_RATE, f"F <= {_num(self.feed_cap_mm_s * 60.0)} mm/min "
+                     f"({_num(self.feed_cap_mm_s)} mm/s)", f"{_num(speed)} mm/s",
+                     f"feed rate {_num(speed)} mm/s above the printer's {_num(self.feed_cap_mm_s)} mm/s")
+
+    def _unknown_letters(self, cmd: Command, allowed: frozenset[str]) -> bool:
+        extra = sorted(set(cmd.params) - allowed)
+        if extra or cmd.args:
+            what = ", ".join(extra) or ", ".join(cmd.args)
+            self.add(rules.BAD_ARGUMENT, f"{cmd.code} takes {' '.join(sorted(allowed))}", what,
+                     f"{cmd.code} with unexpected word(s) {what}: an extra axis or a typo moves something "
+                     "the validator does not check")
+            return True
+        return False
+
+    def _targets(self, cmd: Command) -> tuple[list[float], list[bool]]:
+        """New machine position and which axes were written."""
+        m = self.m
+        new = list(m.pos)
+        given = [False, False, False]
+        for i, letter in enumerate(_AXES):
+            v = cmd.get(letter)
+            if v is None:
+                continue
+            given[i] = True
+            new[i] = v + m.offset[i] if m.absolute_xyz else m.pos[i] + v
+        return new, given
+
+    def _extrusion(self, cmd: Command) -> float:
+        """Filament delta of the command (after the flow factor), updating the program's E."""
+        m = self.m
+        e = cmd.get("E")
+        if e is None:
+            return 0.0
+        if m.absolute_e and m.absolute_xyz:
+            de = e - m.e_program
+            m.e_program = e
+        else:
+            de = e
+            m.e_program += e
+        return de * m.flow_percent / 100.0
+
+    def _move(self, cmd: Command) -> None:
+        if self._unknown_letters(cmd, _MOVE_LETTERS):
+            return
+        self._feed(cmd)
+        new, _ = self._targets(cmd)
+        de = self._extrusion(cmd)
+        delta = [n - p for n, p in zip(new, self.m.pos, strict=True)]
+        self._check_position(new, delta, de)
+        if de:
+            xy = math.hypot(delta[0], delta[1])
+            self._check_extrusion(de, xy, math.sqrt(xy * xy + delta[2] * delta[2]))
+        self.m.pos = new
+
+    def _arc(self, cmd: Command) -> None:
+        if self._unknown_letters(cmd, _ARC_LETTERS):
+            return
+        self._feed(cmd)
+        m = self.m
+        new, _ = self._targets(cmd)
+        i_off, j_off, radius_arg = cmd.get("I"), cmd.get("J"), cmd.get("R")
+        x0, y0, x1, y1 = m.pos[0], m.pos[1], new[0], new[1]
+        clockwise = cmd.code == "G2"
+        if i_off is None and j_off is None:
+            if radius_arg is None:
+                self.add(rules.BAD_ARGUMENT, f"{cmd.code} needs I/J or R", "none",
+                         f"{cmd.code} without I, J or R has no centre")
+                return
+            cx, cy = arc_center_from_radius(x0, y0, x1, y1, radius_arg, clockwise)
+        else:
+            cx, cy = x0 + (i_off or 0.0), y0 + (j_off or 0.0)
+        radius = math.hypot(x0 - cx, y0 - cy)
+        a0 = math.atan2(y0 - cy, x0 - cx)
+        sweep = math.atan2(y1 - cy, x1 - cx) - a0
+        if clockwise:
+            if sweep >= -1e-12:
+                sweep -= 2.0 * math.pi
+        elif sweep <= 1e-12:
+            sweep += 2.0 * math.pi
+        de = self._extrusion(cmd)
+        delta = [new[0] - x0, new[1] - y0, new[2] - m.pos[2]]
+        self._check_position(new, delta, de)
+        self._check_arc_extent(cx, cy, radius, a0, sweep)
+        if de:
+            planar = abs(sweep) * radius
+            self._check_extrusion(de, planar, math.hypot(planar, delta[2]))
+        m.pos = new
+
+    def _check_arc_extent(self, cx: float, cy: float, radius: float, a0: float, sweep: float) -> None:
+        """Out-of-range for the axis-aligned extremes the arc passes between its ends."""
+        for k in range(-8, 9):
+            angle = k * math.pi / 2.0
+            if not (0.0 < angle - a0 < sweep or sweep < angle - a0 < 0.0):
+                continue
+            point = (cx + radius * math.cos(angle), cy + radius * math.sin(angle))
+            for i in (0, 1):
+                v = point[i]
+                if self.m.homed[i] and (v < self.lo[i] - POSITION_EPS_MM or v > self.hi[i] + POSITION_EPS_MM):
+                    self.add(rules.OUT_OF_RANGE, f"{_AXES[i]} in [{_num(self.lo[i])}, {_num(self.hi[i])}] mm",
+                             f"{_AXES[i]}={_num(v)} mm", f"Move out of range: the arc bulges to {_AXES[i]} "
+                             f"{_num(v)} mm, outside [{_num(self.lo[i])}, {_num(self.hi[i])}]")
+                    return
+
+    def _check_position(self, new: list[float], delta: list[float], de: float) -> None:
+        m = self.m
+        unhomed = [_AXES[i] for i in range(3) if delta[i] != 0.0 and not m.homed[i]]
+        if unhomed:
+            self.add(rules.NOT_HOMED, f"home {''.join(unhomed)} before moving it", "not homed",
+                     f"Must home axis first: {''.join(unhomed)} moves before it was homed")
+        z_low = False
+        if m.homed[2] and delta[2] != 0.0 and new[2] < self.policy.min_z_mm - POSITION_EPS_MM:
+            z_low = True
+            self.add(rules.Z_INTO_BED, f"Z >= {_num(self.policy.min_z_mm)} mm (bed surface)", f"Z={_num(new[2])} mm",
+                     f"the nozzle would go {_num(self.policy.min_z_mm - new[2])} mm into the bed")
+        elif (m.homed[2] and de > 0.0 and (delta[0] or delta[1])
+              and new[2] <= self.policy.min_z_mm + POSITION_EPS_MM):
+            z_low = True
+            self.add(rules.Z_INTO_BED, f"Z > {_num(self.policy.min_z_mm)} mm while extruding",
+                     f"Z={_num(new[2])} mm", "extrudes with the nozzle on the bed surface")
+        for i in range(3):
+            if delta[i] == 0.0 or not m.homed[i] or (i == 2 and z_low):
+                continue
+            if new[i] < self.lo[i] - POSITION_EPS_MM or new[i] > self.hi[i] + POSITION_EPS_MM:
+                self.add(rules.OUT_OF_RANGE, f"{_AXES[i]} in [{_num(self.lo[i])}, {_num(self.hi[i])}] mm",
+                         f"{_AXES[i]}={_num(new[i])} mm",
+                         f"Move out of range: {_AXES[i]} {_num(new[i])} mm is outside "
+                         f"[{_num(self.lo[i])}, {_num(self.hi[i])}] (machine coordinates, after offsets)")
+
+    def _check_extrusion(self, de: float, xy_mm: float, move_mm: float) -> None:
+        m, prof = self.m, self.profile
+        if de > 0.0 and not m.hotend_ready:
+            self.add(rules.COLD_EXTRUSION, f"hotend waited for at >= {_num(prof.min_extrude_temp_c)} C",
+                     f"target {_num(m.hotend_target_c)} C" + ("" if m.hotend_target_c < prof.min_extrude_temp_c
+                                                              else ", not waited for"),
+                     "Extrude below minimum temp: extrusion before the hotend was heated to "
+                     f"min_extrude_temp ({_num(prof.min_extrude_temp_c)} C) and waited for (M109)")
+        elif de < 0.0 and not m.hotend_hot:
+            self.add(rules.COLD_EXTRUSION, f"hotend hot (>= {_num(prof.min_extrude_temp_c)} C)",
+                     f"target {_num(m.hotend_target_c)} C",
+                     "Extrude below minimum temp: retraction while the hotend was never heated")
+        if xy_mm == 0.0 or de < 0.0:
+            limit = prof.max_extrude_only_distance_mm
+            if abs(de) > limit + POSITION_EPS_MM:
+                self.add(rules.EXTRUDE_ONLY, f"|E| <= {_num(limit)} mm (max_extrude_only_distance)",
+                         f"E={_num(de)} mm", f"Extrude only move too long ({de:.3f}mm vs {limit:.3f}mm)")
+            return
+        ratio = de / move_mm
+        if ratio > self.max_e_ratio and de > prof.nozzle_diameter_mm * self.max_e_ratio:
+            area = ratio * prof.filament_area_mm2
+            limit_area = prof.max_cross_section_mm2
+            self.add(rules.CROSS_SECTION, f"cross-section <= {limit_area:.3f} mm^2 (max_extrude_cross_section)",
+                     f"{area:.3f} mm^2", f"Move exceeds maximum extrusion ({area:.3f}mm^2 vs {limit_area:.3f}mm^2)")
+
+    # -- modes, offsets, homing ------------------------------------------------------------------------
+    def _g28(self, cmd: Command) -> None:
+        m = self.m
+        axes = [i for i, letter in enumerate(_AXES) if letter in cmd.params] or [0, 1, 2]
+        self._home(axes)
+        for i in axes:
+            # Homing drops G92 offsets; the G-code offset stays (Klipper's homing_position).
+            m.offset[i] = m.gcode_offset[i]
+
+    def _home(self, axes: list[int]) -> None:
+        for i in axes:
+            self.m.pos[i] = self.profile.position_endstop_mm[i]
+            self.m.homed[i] = True
+
+    def _g92(self, cmd: Command) -> None:
+        m = self.m
+        given = False
+        for i, letter in enumerate(_AXES):
+            v = cmd.get(letter)
+            if v is not None:
+                m.offset[i] = m.pos[i] - v
+                given = True
+        e = cmd.get("E")
+        if e is not None:
+            m.e_program = e
+            given = True
+        if not given:
+            m.offset = list(m.pos)
+            m.e_program = 0.0
+
+    def _motors_off(self, cmd: Command) -> None:
+        m = self.m
+        named = [i for i, letter in enumerate(_AXES) if letter in cmd.params]
+        if self.klipper or not (named or "E" in cmd.params or "S" in cmd.params):
+            m.homed = [False, False, False]  # Klipper's M84 always switches every motor off
+        for i in named:
+            m.homed[i] = False
+
+    def _set_mode(self, cmd: Command) -> None:
+        m = self.m
+        if cmd.code in ("G90", "G91"):
+            m.absolute_xyz = cmd.code == "G90"
+        else:
+            m.absolute_e = cmd.code == "M82"
+
+    def _gcode_offset(self, cmd: Command) -> None:
+        m = self.m
+        cap = self.policy.max_gcode_offset_mm
+        shift = [0.0, 0.0, 0.0]
+        for i, letter in enumerate(_AXES):
+            absolute = self._arg(cmd, letter)
+            adjust = self._arg(cmd, f"{letter}_ADJUST")
+            if absolute is None and adjust is None:
+                continue
+            value = absolute if absolute is not None else m.gcode_offset[i] + (adjust or 0.0)
+            if abs(value) > cap + POSITION_EPS_MM:
+                self.add(rules.GCODE_OFFSET, f"|{letter} offset| <= {_num(cap)} mm", f"{letter}={_num(value)} mm",
+                         f"G-code offset {letter}={_num(value)} mm is larger than babystepping needs; "
+                         "it shifts the whole print")
+            shift[i] = value - m.gcode_offset[i]
+            m.gcode_offset[i] = value
+            m.offset[i] += shift[i]
+        if self._arg(cmd, "MOVE") and any(shift):
+            # MOVE=1 applies the offset at once: the toolhead moves, the program's position stays.
+            new = [p + d for p, d in zip(m.pos, shift, strict=True)]
+            self._check_position(new, shift, 0.0)
+            m.pos = new
+
+    def _save_state(self, cmd: Command) -> None:
+        m = self.m
+        name = cmd.args.get("NAME", "default").upper()
+        m.saved[name] = _Snapshot(m.absolute_xyz, m.absolute_e, list(m.offset), list(m.gcode_offset), list(m.pos),
+                                  m.feed_mm_s, m.speed_percent, m.flow_percent)
+
+    def _restore_state(self, cmd: Command) -> None:
+        m = self.m
+        name = cmd.args.get("NAME", "default").upper()
+        snap = m.saved.get(name)
+        if snap is None:
+            self.add(rules.BAD_ARGUMENT, "a state saved by SAVE_GCODE_STATE", f"NAME={name}",
+                     f"Unknown g-code state: {name}")
+            return
+        m.absolute_xyz, m.absolute_e = snap.absolute_xyz, snap.absolute_e
+        m.offset, m.gcode_offset = list(snap.offset), list(snap.gcode_offset)
+        m.feed_mm_s, m.speed_percent, m.flow_percent = snap.feed_mm_s, snap.speed_percent, snap.flow_percent
+        if self._arg(cmd, "MOVE"):
+            delta = [s - p for s, p in zip(snap.pos, m.pos, strict=True)]
+            self._check_position(list(snap.pos), delta, 0.0)
+            m.pos = list(snap.pos)
+
+    def _leveling(self, cmd: Command) -> None:
+        if not all(self.m.homed):
+            self.add(rules.NOT_HOMED, "home X, Y and Z before levelling", "not homed",
+                     f"{cmd.code}: Must home axis first")
+
+    # -- heaters ---------------------------------------------------------------------------------------
+    def _heater(self, which: str) -> tuple[HeaterProfile, float]:
+        if which == "extruder":
+            heater, cap = self.profile.hotend, self.policy.max_hotend_temp_c
+        else:
+            heater, cap = self.profile.bed, self.policy.max_bed_temp_c
+        return heater, heater.max_temp_c if cap is None else min(cap, heater.max_temp_c)
+
+    def _temp_ok(self, which: str, target: float) -> bool:
+        """Klipper's heater range check (0 always means off), with the policy's cap."""
+        heater, hi = self._heater(which)
+        if target == 0.0 or (heater.min_temp_c <= target <= hi and math.isfinite(target)):
+            return True
+        self.add(rules.HEATER_RANGE, f"{which} target 0 or in [{_num(heater.min_temp_c)}, {_num(hi)}] C",
+                 f"{_num(target)} C", f"Requested temperature ({target:.1f}) out of range "
+                 f"({heater.min_temp_c:.1f}:{hi:.1f}) for {which}")
+        return False
+
+    def _set_target(self, which: str, target: float, wait: bool) -> None:
+        m = self.m
+        if not self._temp_ok(which, target):
+            return  # the firmware refuses it: the old target stays
+        if which != "extruder":
+            m.bed_target_c = target
+            return
+        if target < self.profile.min_extrude_temp_c:
+            # Turned down: still hot for a while (a retraction is fine), but extruding needs a new wait.
+            m.hotend_hot = m.hotend_ready or m.hotend_hot
+            m.hotend_ready = False
+        elif wait:
+            m.hotend_ready = m.hotend_hot = True
+        # Without a wait, a ready hotend stays ready (it moves between printing temperatures, all above
+        # min_extrude_temp) and a cold one stays unready until something waits for it.
+        m.hotend_target_c = target
+
+    def _tool_ok(self, cmd: Command) -> bool:
+        tool = cmd.get("T")
+        if tool is not None and tool != 0.0:
+            self.add(rules.UNKNOWN_TOOL, "T0 (one extruder)", f"T{_num(tool)}",
+                     f"{cmd.code} T{_num(tool)}: this printer has one extruder")
+            return False
+        return True
+
+    def _m104_m109(self, cmd: Command) -> None:
+        if not self._tool_ok(cmd):
+            return
+        wait = cmd.code == "M109"
+        s, r = cmd.get("S"), cmd.get("R")
+        for extra in (cmd.get("B"),):
+            if extra is not None:
+                self._temp_ok("extruder", extra)
+        if r is not None and (s is not None or self.klipper):
+            self._temp_ok("extruder", r)
+        if s is not None:
+            self._set_target("extruder", s, wait)
+        elif r is not None:
+            # Klipper reads only S: "M109 R215" sets the target to 0.
+            self._set_target("extruder", 0.0 if self.klipper else r, wait)
+        elif self.klipper:
+            self._set_target("extruder", 0.0, wait)
+
+    def _m140_m190(self, cmd: Command) -> None:
+        s, r = cmd.get("S"), cmd.get("R")
+        if r is not None and (s is not None or self.klipper):
+            self._temp_ok("heater_bed", r)
+        if s is not None or self.klipper:
+            self._set_target("heater_bed", s or 0.0, cmd.code == "M190")
+        elif r is not None:
+            self._set_target("heater_bed", r, True)
+
+    def _set_heater_temperature(self, cmd: Command) -> None:
+        heater = cmd.args.get("HEATER", "").lower()
+        target = self._arg(cmd, "TARGET")
+        if heater not in ("extruder", "heater_bed"):
+            self.add(rules.HEATER_RANGE, "HEATER=extruder or HEATER=heater_bed", f"HEATER={heater}",
+                     f"SET_HEATER_TEMPERATURE: unknown heater {heater!r} on this printer")
+            return
+        self._set_target(heater, target or 0.0, wait=False)
+
+    def _temperature_wait(self, cmd: Command) -> None:
+        sensor = cmd.args.get("SENSOR", "").lower()
+        minimum, maximum = self._arg(cmd, "MINIMUM"), self._arg(cmd, "MAXIMUM")
+        if minimum is None and maximum is None:
+            self.add(rules.BAD_ARGUMENT, "MINIMUM= or MAXIMUM=", "none", "TEMPERATURE_WAIT needs MINIMUM or MAXIMUM")
+            return
+        if sensor not in ("extruder", "heater_bed"):
+            return
+        target = self.m.hotend_target_c if sensor == "extruder" else self.m.bed_target_c
+        _, hi = self._heater(sensor)
+        if minimum is not None and (minimum > max(target, 0.0) + 1e-9 or minimum > hi):
+            self.add(rules.HEATER_WAIT, f"MINIMUM <= the {sensor} target ({_num(target)} C)",
+                     f"MINIMUM={_num(minimum)} C", "waits for a temperature the heater is not set to reach: "
+                     "the program would hang with the heater on")
+            return
+        if sensor == "extruder" and minimum is not None and minimum >= self.profile.min_extrude_temp_c:
+            self.m.hotend_ready = self.m.hotend_hot = True
+
+    def _turn_off_heaters(self, cmd: Command) -> None:
+        self._set_target("extruder", 0.0, False)
+        self._set_target("heater_bed", 0.0, False)
+
+    def _autotune(self, cmd: Command) -> None:
+        if cmd.code == "M303":
+            which = "heater_bed" if (cmd.get("E") or 0.0) < 0.0 else "extruder"
+            target = cmd.get("S")
+        else:
+            which = cmd.args.get("HEATER", "").lower()
+            target = self._arg(cmd, "TARGET")
+        if which not in ("extruder", "heater_bed") or target is None or target <= 0.0:
+            self.add(rules.FORBIDDEN, "autotune of extruder or heater_bed with a target", _quote(cmd.text),
+                     f"{cmd.code} without a known heater and target is forbidden")
+            return
+        _, hi = self._heater(which)
+        if target > hi:
+            self.add(rules.FORBIDDEN, f"autotune target <= {_num(hi)} C ({which})", f"{_num(target)} C",
+                     f"{cmd.code}: PID autotune to {_num(target)} C above the {which} limit of {_num(hi)} C")
+
+    def _macro(self, cmd: Command, macro: MacroProfile) -> None:
+        hotend = _first_arg(cmd, macro.hotend_temp_params)
+        bed = _first_arg(cmd, macro.bed_temp_params)
+        hotend = macro.default_hotend_temp_c if hotend is None else hotend
+        bed = macro.default_bed_temp_c if bed is None else bed
+        if bed:
+            self._set_target("heater_bed", bed, macro.waits_for_temperature)
+        if hotend:
+            self._set_target("extruder", hotend, macro.waits_for_temperature)
+        if macro.homes:
+            axes = ["XYZ".index(a) for a in macro.homes]
+            self._home(axes)
+            for i in axes:
+                self.m.offset[i] = self.m.gcode_offset[i]
+        if macro.park_position_mm and all(self.m.homed[:2]):
+            self.m.pos[0], self.m.pos[1] = macro.park_position_mm[0], macro.park_position_mm[1]
+        if macro.ends_print:
+            self._turn_off_heaters(cmd)
+            self.m.homed = [False, False, False]
+
+    # -- limits and factors ----------------------------------------------------------------------------
+    def _factor(self, cmd: Command) -> None:
+        value = cmd.get("S")
+        if value is None:
+            return
+        if cmd.code == "M221":
+            lo, hi, what = self.policy.flow_percent_min, self.policy.flow_percent_max, "flow"
+        else:
+            lo, hi, what = self.policy.speed_percent_min, self.policy.speed_percent_max, "speed"
+        if not lo <= value <= hi:
+            self.add(rules.FACTOR_RANGE, f"{what} factor in [{_num(lo)}, {_num(hi)}] %", f"{_num(value)} %",
+                     f"{cmd.code} S{_num(value)}: {what} factor outside [{_num(lo)}, {_num(hi)}] %")
+            return
+        if cmd.code == "M221":
+            self.m.flow_percent = value
+        else:
+            self.m.speed_percent = value
+
+    def _limit(self, what: str, value: float | None, cap: float, unit: str, rule: str) -> None:
+        if value is not None and value > cap + 1e-9:
+            self.add(rule, f"{what} <= {_num(cap)} {unit} (printer profile)", f"{_num(value)} {unit}",
+                     f"{what} {_num(value)} {unit} above the printer's {_num(cap)} {unit}")
+
+    def _velocity_limit(self, cmd: Command) -> None:
+        prof = self.profile
+        self._limit("VELOCITY", self._arg(cmd, "VELOCITY"), self.feed_cap_mm_s, "mm/s", rules.FEED_RATE)
+        self._limit("ACCEL", self._arg(cmd, "ACCEL"), prof.max_accel_mm_s2, "mm/s^2", rules.ACCELERATION)
+
+    def _m204(self, cmd: Command) -> None:
+        prof = self.profile
+        cap = max(prof.max_accel_mm_s2, prof.print_accel_mm_s2, prof.travel_accel_mm_s2, prof.retract_accel_mm_s2)
+        # Klipper reads S, or P and T (it takes the smaller); Marlin also R (retraction).
+        for letter in "SPT" if self.klipper else "SPTR":
+            self._limit(f"M204 {letter}", cmd.get(letter), cap, "mm/s^2", rules.ACCELERATION)
+
+    def _per_axis(self, cmd: Command) -> None:
+        if self.klipper:
+            return  # Klipper has no M201/M203/M205: it answers "Unknown command" and changes nothing
+        prof = self.profile
+        table = {"M201": (prof.max_axis_accel_mm_s2, "mm/s^2", rules.ACCELERATION),
+                 "M203": (prof.max_feedrate_mm_s, "mm/s", rules.FEED_RATE),
+                 "M205": (prof.jerk_mm_s, "mm/s", rules.ACCELERATION)}
+        caps, unit, rule = table[cmd.code]
+        for letter, cap in zip("XYZE", caps, strict=True):
+            self._limit(f"{cmd.code} {letter}", cmd.get(letter), cap, unit, rule)
+
+    def _retract(self, cmd: Command) -> None:
+        # Firmware retraction moves filament by a configured length: it needs a hot (G10) or ready (G11) hotend.
+        self._check_extrusion(-1e-9 if cmd.code == "G10" else 1e-9, 0.0, 0.0)
+
+    def _arg(self, cmd: Command, key: str) -> float | None:
+        text = cmd.args.get(key)
+        if text is None:
+            return None
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            self.add(rules.BAD_ARGUMENT, f"{key}= a number", f"{key}={text[:40]}",
+                     f"{cmd.code} {key}={text[:40]!r}: not a number")
+            return None
+        return value
+
+    _HANDLERS = {
+        "G0": _move, "G1": _move, "G2": _arc, "G3": _arc, "G28": _g28, "G92": _g92, "G90": _set_mode,
+        "G91": _set_mode, "M82": _set_mode, "M83": _set_mode, "M84": _motors_off, "M18": _motors_off,
+        "G10": _retract, "G11": _retract, "SET_GCODE_OFFSET": _gcode_offset, "SAVE_GCODE_STATE": _save_state,
+        "RESTORE_GCODE_STATE": _restore_state, "G29": _leveling, "G80": _leveling,
+        "BED_MESH_CALIBRATE": _leveling, "Z_TILT_ADJUST": _leveling, "QUAD_GANTRY_LEVEL": _leveling,
+        "M104": _m104_m109, "M109": _m104_m109, "M140": _m140_m190, "M190": _m140_m190,
+        "SET_HEATER_TEMPERATURE": _set_heater_temperature, "TEMPERATURE_WAIT": _temperature_wait,
+        "TURN_OFF_HEATERS": _turn_off_heaters, "M303": _autotune, "PID_CALIBRATE": _autotune,
+        "M220": _factor, "M221": _factor, "SET_VELOCITY_LIMIT": _velocity_limit, "M204": _m204,
+        "M201": _per_axis, "M203": _per_axis, "M205": _per_axis,
+    }
+
+
+def _first_arg(cmd: Command, names: list[str]) -> float | None:
+    for name in names:
+        text = cmd.args.get(name.upper())
+        if text is not None:
+            try:
+                value = float(text)
+            except ValueError:
+                continue
+            if math.isfinite(value):
+                return value
+    return None
+
+
+def _read_source(source: bytes | str | os.PathLike[str], name: str | None) -> tuple[bytes, str]:
+    """The exact bytes to validate and a name for messages."""
+    if isinstance(source, bytes):
+        return source, name or "<bytes>"
+    if isinstance(source, str):
+        return source.encode("utf-8"), name or "<string>"
+    path = Path(source)
+    with path.open("rb") as fh:
+        data = fh.read(MAX_PROGRAM_BYTES + 1)
+    return data, name or str(path)
+
+
+def validate(source: bytes | str | os.PathLike[str], profile: PrinterProfile, policy: SafetyPolicy | None = None,
+             *, name: str | None = None) -> Verdict:
+    """Validate a program: ``str`` is G-code text, ``bytes`` file contents, a path-like a file to read.
+
+    Raises ``OSError`` when a file cannot be read; everything about the contents is a finding.
+
+    >>> from sim_bridge.profiles import load_printer
+    >>> v = validate("G28\\nM302\\nG1 X500", load_printer("ender3-klipper"))
+    >>> v.verdict, [(f.line, f.rule) for f in v.violations]
+    ('block', [(2, 'forbidden-command'), (3, 'out-of-range')])
+    """
+    policy = policy or SafetyPolicy()
+    data, label = _read_source(source, name)
+    digest = hashlib.sha256(data).hexdigest()
+    findings = _Findings(policy.max_findings_per_rule)
+    if len(data) > MAX_PROGRAM_BYTES:
+        findings.add(0, "", rules.UNREADABLE, f"at most {MAX_PROGRAM_BYTES} bytes", f"more than {MAX_PROGRAM_BYTES}",
+                     "the program is too large to validate")
+        return Verdict(findings.result(), 0, digest)
+    checker = _Checker(profile, policy, findings)
+    reader = GcodeReader(data, name=label)
+    warnings = reader.warnings
+    lines = 0
+    try:
+        for line_no, raw in reader.numbered_lines():
+            lines = line_no
+            before = len(warnings)
+            cmd = parse_line(raw, line_no, label, warnings, keep_comments=False)
+            checksum_bad = any("checksum mismatch" in w.message for w in warnings[before:])
+            checker.raw, checker.line = raw, line_no
+            for rule, limit, value, message in line_findings(raw, cmd, checksum_bad):
+                checker.add(rule, limit, value, message)
+            if cmd is not None:
+                checker.check(cmd)
+    except GcodeError as exc:
+        findings.add(exc.line, "", rules.UNREADABLE, "text G-code (no NUL bytes, lines under 256 KiB)",
+                     "binary or over-long line", f"not readable as G-code: {exc.reason}")
+        lines = max(lines, exc.line)
+    return Verdict(findings.result(), lines, digest)

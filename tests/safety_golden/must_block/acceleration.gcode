@@ -1,0 +1,14 @@
+; expect: acceleration at lines 13, 14
+; accelerations above the profile's 3000 mm/s^2
+G90
+M82
+M140 S60
+M104 S210
+G28
+M190 S60
+M109 S210
+G92 E0
+G1 Z0.3 F600
+G1 X10 Y10 F6000
+SET_VELOCITY_LIMIT ACCEL=50000
+M204 S9000

@@ -1,0 +1,15 @@
+; expect: bad-argument at lines 13, 14, 15
+; an extra axis letter and a non-number
+G90
+M82
+M140 S60
+M104 S210
+G28
+M190 S60
+M109 S210
+G92 E0
+G1 Z0.3 F600
+G1 X10 Y10 F6000
+G1 X20 A10
+SET_HEATER_TEMPERATURE HEATER=extruder TARGET=hot
+RESTORE_GCODE_STATE NAME=none

@@ -1,0 +1,15 @@
+; expect: forbidden-command at lines 13, 14, 15
+; N-numbered with valid checksums
+G90
+M82
+M140 S60
+M104 S210
+G28
+M190 S60
+M109 S210
+G92 E0
+G1 Z0.3 F600
+G1 X10 Y10 F6000
+N20 M302 S0*83
+N21 SAVE_CONFIG*57
+N22M500

@@ -1,0 +1,15 @@
+; expect: forbidden-command at lines 13, 14, 15
+; spaces and tabs inside the command
+G90
+M82
+M140 S60
+M104 S210
+G28
+M190 S60
+M109 S210
+G92 E0
+G1 Z0.3 F600
+G1 X10 Y10 F6000
+M 302
+   	M500	
+M	92 E93

@@ -1,0 +1,13 @@
+; expect: extrude-only-distance at lines 13
+; 60 mm purge without motion (limit 50)
+G90
+M82
+M140 S60
+M104 S210
+G28
+M190 S60
+M109 S210
+G92 E0
+G1 Z0.3 F600
+G1 X10 Y10 F6000
+G1 E60 F300

@@ -1,0 +1,14 @@
+; expect: forbidden-command at lines 13
+; M302 allows cold extrusion
+G90
+M82
+M140 S60
+M104 S210
+G28
+M190 S60
+M109 S210
+G92 E0
+G1 Z0.3 F600
+G1 X10 Y10 F6000
+M302 S0
+G1 X20 E1

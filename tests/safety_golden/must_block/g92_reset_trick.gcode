@@ -1,0 +1,14 @@
+; expect: z-into-bed at lines 14
+; G92 Z10 at Z 0.3 makes G1 Z1 go to machine Z -8.7
+G90
+M82
+M140 S60
+M104 S210
+G28
+M190 S60
+M109 S210
+G92 E0
+G1 Z0.3 F600
+G1 X10 Y10 F6000
+G92 Z10
+G1 Z1

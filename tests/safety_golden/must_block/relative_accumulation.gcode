@@ -1,0 +1,18 @@
+; expect: out-of-range at lines 18
+; G91 steps of 50 mm add up past X 235
+G90
+M82
+M140 S60
+M104 S210
+G28
+M190 S60
+M109 S210
+G92 E0
+G1 Z0.3 F600
+G1 X10 Y10 F6000
+G91
+G1 X50
+G1 X50
+G1 X50
+G1 X50
+G1 X50

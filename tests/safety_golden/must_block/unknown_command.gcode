@@ -1,0 +1,16 @@
+; expect: unknown-command at lines 13, 15, 16
+; loops and undeclared macros are denied by default
+G90
+M82
+M140 S60
+M104 S210
+G28
+M190 S60
+M109 S210
+G92 E0
+G1 Z0.3 F600
+G1 X10 Y10 F6000
+M808 L20
+G1 X20 E1
+M808
+MY_SECRET_MACRO SPEED=9

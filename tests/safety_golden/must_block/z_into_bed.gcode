@@ -1,0 +1,15 @@
+; expect: z-into-bed at lines 13, 15
+; Z below the bed surface, and extruding at Z 0
+G90
+M82
+M140 S60
+M104 S210
+G28
+M190 S60
+M109 S210
+G92 E0
+G1 Z0.3 F600
+G1 X10 Y10 F6000
+G1 Z-0.5
+G1 Z0
+G1 X30 E1
