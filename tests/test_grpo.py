@@ -18,7 +18,7 @@ from envs.sampler import load_suite
 from envs.scoring import layer_feedback
 from envs.slicer import slice_job
 from training.evaluate import evaluate, expert_policy
-from training.grpo import conversation, feedback_bridge, perturb_layer, revision_examples
+from training.grpo import PERTURBATIONS, conversation, feedback_bridge, perturb_layer, revision_examples
 from training.model import ModelConfig, format_prompt, load_model_and_tokenizer
 from training.supervise import (
     NO_CHANGE,
@@ -54,25 +54,27 @@ def test_perturbed_layers_score_below_the_reference() -> None:
     job = _job()
     good = slice_job(job).layers[0]
     rng = np.random.default_rng(0)
-    kinds = set()
-    for _ in range(12):
-        wrong, kind = perturb_layer(good, rng)
-        kinds.add(kind)
-        assert wrong != good
-        assert layer_reward([wrong], [job.to_json()], [0])[0] < layer_reward([good], [job.to_json()], [0])[0] - 0.05, kind
-    assert kinds == {"under_extrusion", "over_extrusion", "shifted", "truncated"}
+    best = layer_reward([good], [job.to_json()], [0])[0]
+    for kind in PERTURBATIONS:
+        wrong, done = perturb_layer(good, rng, kind)
+        assert done == kind and wrong != good
+        assert layer_reward([wrong], [job.to_json()], [0])[0] < best - 0.05, kind
 
 
 def test_revision_examples_carry_real_feedback() -> None:
     job = _job()
     good = slice_job(job).layers[0]
     row = {"prompt": "Task: layer 1", "completion": good, "job": job.to_json(), "layer": 0, "step_kind": "layer"}
-    examples = revision_examples([row, {**row, "step_kind": "start"}], seed=1, fraction=1.0)
+    examples = revision_examples([row, {**row, "step_kind": "start"}], seed=1, fraction=1.0, revise="always")
     assert len(examples) == 1
     turns = examples[0]["messages"]
     assert [t["role"] for t in turns] == ["user", "assistant", "user", "assistant"]
     assert turns[-1]["content"] == good and turns[1]["content"] != good
     assert "Simulator feedback" in turns[2]["content"] and "geometry" in turns[2]["content"]
+    # Revising failures only: every example's wrong answer failed, and the feedback says on which line.
+    failing = revision_examples([row] * 12, seed=2, fraction=1.0, revise="failures")
+    assert len(failing) >= 6
+    assert all(" line " in e["messages"][2]["content"] for e in failing)
 
 
 def test_rollout_splice_matches_the_chat_template(tmp_path: Path) -> None:
@@ -91,16 +93,30 @@ def test_rollout_splice_matches_the_chat_template(tmp_path: Path) -> None:
 def test_revision_in_evaluation_commits_the_last_answer() -> None:
     jobs = load_suite("tiny-v0")[:2]
     expert = expert_policy(jobs)
+    asked: list[int] = []
 
     def late(prompts: list) -> list[str]:
-        # Nothing on the first try; the reference layer once the simulator's feedback is in the chat.
-        return ["" if isinstance(p, str) else expert([p])[0] for p in prompts]
+        # A move off the bed on the first try; the reference layer once the simulator's feedback is in.
+        asked.append(sum(not isinstance(p, str) for p in prompts))
+        return ["G1 X900 Y10 E1 F1200" if isinstance(p, str) else expert([p])[0] for p in prompts]
 
-    single = evaluate(late, jobs, episodes=2)
-    revised = evaluate(late, jobs, episodes=2, revisions=1)
     reference = evaluate(expert, jobs, episodes=2)
-    assert single.mean_reward <= 0.05
+    assert evaluate(late, jobs, episodes=2).mean_reward < 0, "a refused move costs the fatal penalty"
+    asked.clear()
+    revised = evaluate(late, jobs, episodes=2, revisions=1)
     assert revised.mean_reward == pytest.approx(reference.mean_reward, abs=1e-6)
+    assert sum(asked) == 2, "each failing answer was sent back once"
+    # A good first answer is not sent back (revise="failures"), unless revise="always".
+    calls: list[int] = []
+
+    def counting(prompts: list) -> list[str]:
+        calls.append(sum(not isinstance(p, str) for p in prompts))
+        return expert(prompts)
+
+    assert evaluate(counting, jobs, episodes=2, revisions=1).mean_reward == pytest.approx(reference.mean_reward)
+    assert sum(calls) == 0
+    evaluate(counting, jobs, episodes=2, revisions=1, revise="always")
+    assert sum(calls) == 2
 
 
 @pytest.mark.slow

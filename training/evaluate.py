@@ -70,12 +70,13 @@ def _known_commands(commands: list) -> bool:
 
 
 def evaluate(policy: Policy, suite: str | Sequence[PrintJob] = "tiny-v0", episodes: int = 64,
-             batch_size: int = 16, revisions: int = 0) -> EvalResult:
+             batch_size: int = 16, revisions: int = 0, revise: str = "failures") -> EvalResult:
     """Run ``episodes`` episodes (cycling through the suite's jobs) with ``policy``, steps batched across
     episodes, and return the metrics.
 
     With ``revisions`` > 0 (multi-turn mode) each answer is first tried on a copy of the episode's printer;
-    the simulator's feedback on it is appended to the conversation and the policy answers again, that many
+    when it needs revising (``revise``: ``"failures"`` — the trial reported a failure — or ``"always"``),
+    the simulator's feedback is appended to the conversation and the policy answers again, up to that many
     times, and only the last answer is committed to the episode (and counted in the metrics). The policy then
     receives conversations (lists of chat turns) for the revisions.
     """
@@ -94,7 +95,7 @@ def evaluate(policy: Policy, suite: str | Sequence[PrintJob] = "tiny-v0", episod
             texts = policy([observations[i]["prompt"] for i in chunk])
             if revisions:
                 texts = _revise(policy, [envs[i] for i in chunk], [observations[i]["prompt"] for i in chunk],
-                                texts, revisions)
+                                texts, revisions, revise)
             for i, text in zip(chunk, texts, strict=True):
                 ok, n_lines, forbidden = gcode_validity(text)
                 completions += 1
@@ -116,20 +117,25 @@ def evaluate(policy: Policy, suite: str | Sequence[PrintJob] = "tiny-v0", episod
         mean_geometry=sum(geometry) / max(len(geometry), 1))
 
 
-def _revise(policy: Policy, envs: list[GcodeWriterEnv], prompts: list[str], texts: list[str], revisions: int
-            ) -> list[str]:
-    """The answers after ``revisions`` rounds of feedback from trial runs on copies of the episodes."""
+def _revise(policy: Policy, envs: list[GcodeWriterEnv], prompts: list[str], texts: list[str], revisions: int,
+            revise: str) -> list[str]:
+    """The answers after up to ``revisions`` rounds of feedback from trial runs on copies of the episodes."""
     from training.grpo import conversation
 
     answers = [[t] for t in texts]
     feedbacks: list[list[str]] = [[] for _ in texts]
     for _ in range(revisions):
+        pending = []
         for i, env in enumerate(envs):
             trial = copy.deepcopy(env)
-            trial.step(answers[i][-1])
-            feedbacks[i].append(trial.feedback)
-        chats = [conversation(p, a, f) for p, a, f in zip(prompts, answers, feedbacks, strict=True)]
-        for i, text in enumerate(policy(chats)):
+            _, _, _, _, info = trial.step(answers[i][-1])
+            if revise == "always" or info["fatal"] or info["defects"]:
+                feedbacks[i].append(trial.feedback)
+                pending.append(i)
+        if not pending:
+            break
+        chats = [conversation(prompts[i], answers[i], feedbacks[i]) for i in pending]
+        for i, text in zip(pending, policy(chats), strict=True):
             answers[i].append(text)
     return [a[-1] for a in answers]
 

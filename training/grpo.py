@@ -72,6 +72,9 @@ class GRPOSettings:
     """Append the simulator's feedback and let the model revise its answer (see the module docstring)."""
     revision_turns: int = ranged(1, 1, 4)
     """Revisions per answer in multi-turn mode."""
+    revise: str = ranged("failures", choices=("failures", "always"))
+    """Multi-turn mode: send an answer back only when the simulator reported a failure (a refused or fatal
+    move, a defect), or always."""
     reward_workers: int = ranged(0, 0, 256)
     """Processes that simulate rewards in parallel (0: in the training process)."""
     checkpoint_interval: int = ranged(25, 1, 10_000_000)
@@ -147,17 +150,25 @@ def feedback_bridge(tokenizer: Any, prompt: str, feedback: str) -> tuple[str, st
     return end_of_answer, full[len(head):]
 
 
+def needs_revision(scores: Any, revise: str) -> bool:
+    """Whether an answer with these :class:`envs.rewards.StepScores` is sent back for revision: always, or
+    (``"failures"``) only when the simulator reported a failure — a refused or fatal move, or a defect."""
+    return revise == "always" or bool(scores.fatal or scores.defects)
+
+
 def make_revision_rollout(tokenizer: Any, rows: Sequence[dict[str, Any]], *, max_completion_length: int,
-                          temperature: float, turns: int) -> Callable[[list[str], Any], dict[str, Any]]:
+                          temperature: float, turns: int, revise: str = "failures"
+                          ) -> Callable[[list[str], Any], dict[str, Any]]:
     """A TRL ``rollout_func`` for multi-turn mode.
 
     ``rows`` are the GRPO dataset's rows (raw ``prompt``, ``job``, ``layer``): TRL passes the rollout only
     the rendered prompts, which are mapped back to their job and layer here. For each prompt the model
-    answers, the simulator scores the answer (:func:`envs.scoring.layer_feedback`), the feedback is appended
-    as a user turn, and the model answers again, ``turns`` times. Returns the prompt's token ids, the whole
-    exchange as the completion, ``env_mask`` (1 on the model's tokens, 0 on the feedback's), and, for the
-    reward functions, ``revision`` (the last answer) and ``first_answer``. No per-token log-probabilities are
-    returned: TRL only uses them to correct for a separate generation engine (vLLM), not used here.
+    answers, the simulator scores the answer (:func:`envs.scoring.layer_feedback`) and, when the answer
+    needs it (:func:`needs_revision`), the feedback is appended as a user turn and the model answers again,
+    up to ``turns`` times. Returns the prompt's token ids, the whole exchange as the completion,
+    ``env_mask`` (1 on the model's tokens, 0 on the feedback's), and, for the reward functions,
+    ``revision`` (the last answer) and ``first_answer``. No per-token log-probabilities are returned: TRL
+    only uses them to correct for a separate generation engine (vLLM), not used here.
     """
     from training.model import format_prompt
 
@@ -176,27 +187,35 @@ def make_revision_rollout(tokenizer: Any, rows: Sequence[dict[str, Any]], *, max
         completion: list[list[int]] = [[] for _ in prompts]
         mask: list[list[int]] = [[] for _ in prompts]
         answers: list[list[str]] = [[] for _ in prompts]
+        active = list(range(len(prompts)))
         for turn in range(turns + 1):
-            new = sample(model, tokenizer, contexts, max_completion_length, temperature)
-            for i, ids in enumerate(new):
+            new = sample(model, tokenizer, [contexts[i] for i in active], max_completion_length, temperature)
+            for i, ids in zip(active, new, strict=True):
                 completion[i] += ids
                 mask[i] += [1] * len(ids)
                 contexts[i] += ids
                 answers[i].append(tokenizer.decode(ids, skip_special_tokens=True))
             if turn == turns:
                 break
-            for i, p in enumerate(prompts):
-                raw, job_json, layer = lookup[p]
-                _, feedback = layer_feedback(answers[i][-1], PrintJob.from_json(job_json), layer)
+            still = []
+            for i, ids in zip(active, new, strict=True):
+                raw, job_json, layer = lookup[prompts[i]]
+                scores, feedback = layer_feedback(answers[i][-1], PrintJob.from_json(job_json), layer)
+                if not needs_revision(scores, revise):
+                    continue
+                still.append(i)
                 end_of_answer, feedback_turn = feedback_bridge(tokenizer, raw, feedback)
-                ended = bool(new[i]) and new[i][-1] in _stop_ids(tokenizer)
-                stop_text = tokenizer.decode(new[i][-1:]) if ended else ""
+                ended = bool(ids) and ids[-1] in _stop_ids(tokenizer)
+                stop_text = tokenizer.decode(ids[-1:]) if ended else ""
                 if stop_text and end_of_answer.startswith(stop_text):
                     end_of_answer = end_of_answer[len(stop_text):]
                 env = tokenizer(end_of_answer + feedback_turn, add_special_tokens=False)["input_ids"]
                 completion[i] += env
                 mask[i] += [0] * len(env)
                 contexts[i] += env
+            active = still
+            if not active:
+                break
         return {"prompt_ids": prompt_ids, "completion_ids": completion, "logprobs": None, "env_mask": mask,
                 "revision": [a[-1] for a in answers], "first_answer": [a[0] for a in answers]}
 
@@ -240,24 +259,46 @@ _E_WORD = re.compile(r"(?<=\sE)(-?\d+(?:\.\d*)?)")
 _X_WORD = re.compile(r"(?<=\sX)(-?\d+(?:\.\d*)?)")
 
 
-def perturb_layer(text: str, rng: np.random.Generator) -> tuple[str, str]:
-    """A plausible wrong version of a layer's G-code and the name of what was done to it: extrusion
-    scaled down or up, the outline shifted in X, or the second half of the moves dropped."""
-    kind = str(rng.choice(["under_extrusion", "over_extrusion", "shifted", "truncated"]))
+PERTURBATIONS = ("under_extrusion", "over_extrusion", "shifted", "truncated", "digit", "extrusion_spike")
+
+
+def perturb_layer(text: str, rng: np.random.Generator, kind: str | None = None) -> tuple[str, str]:
+    """A plausible wrong version of a layer's G-code and the name of what was done to it: extrusion scaled
+    down or up, the outline shifted in X, the second half of the moves dropped, one digit of one coordinate
+    doubled (the slip a small model makes: ``X1557.2`` for ``X157.2``), or one move extruding 10–20 times
+    its share."""
+    kind = kind or str(rng.choice(PERTURBATIONS))
+    lines = text.splitlines()
     if kind == "truncated":
-        lines = text.splitlines()
         return "\n".join(lines[: max(1, len(lines) // 2)]) + "\n", kind
     if kind == "shifted":
         dx = float(rng.choice([-1.0, 1.0]) * rng.uniform(1.0, 3.0))
         return _X_WORD.sub(lambda m: f"{float(m.group(1)) + dx:.3f}", text), kind
+    if kind in ("digit", "extrusion_spike"):
+        pattern = re.compile(r"(?<=\s[XY])\d+" if kind == "digit" else r"(?<=\sE)\d+(?:\.\d*)?")
+        candidates = [i for i, line in enumerate(lines) if line.startswith("G1") and pattern.search(line)]
+        if not candidates:
+            return perturb_layer(text, rng, "truncated")
+        i = int(rng.choice(candidates))
+        m = pattern.search(lines[i])
+        assert m is not None
+        if kind == "digit":
+            k = int(rng.integers(0, len(m.group(0))))
+            new = m.group(0)[: k + 1] + m.group(0)[k:]
+        else:
+            new = f"{float(m.group(0)) * rng.uniform(10.0, 20.0):.5f}"
+        lines[i] = lines[i][: m.start()] + new + lines[i][m.end():]
+        return "\n".join(lines) + "\n", kind
     factor = rng.uniform(0.4, 0.7) if kind == "under_extrusion" else rng.uniform(1.4, 1.9)
     return _E_WORD.sub(lambda m: f"{float(m.group(1)) * factor:.5f}", text), kind
 
 
-def revision_examples(rows: Sequence[dict[str, Any]], seed: int, fraction: float) -> list[dict[str, Any]]:
+def revision_examples(rows: Sequence[dict[str, Any]], seed: int, fraction: float, revise: str = "failures"
+                      ) -> list[dict[str, Any]]:
     """Supervised revision examples (``messages``) from ``fraction`` of the layer rows of an ``sft`` table:
     the task, a perturbed answer (:func:`perturb_layer`), the simulator's real feedback on it, and the
-    reference layer as the revision."""
+    reference layer as the revision. With ``revise="failures"`` only perturbations the simulator reports a
+    failure for are used (a few draws per row), as only those are sent back in that mode."""
     from envs.jobs import PrintJob
     from envs.scoring import layer_feedback
 
@@ -266,10 +307,14 @@ def revision_examples(rows: Sequence[dict[str, Any]], seed: int, fraction: float
     for row in rows:
         if row["step_kind"] != "layer" or rng.random() >= fraction:
             continue
-        wrong, _ = perturb_layer(row["completion"], rng)
-        _, feedback = layer_feedback(wrong, PrintJob.from_json(row["job"]), int(row["layer"]))
-        out.append({"messages": [*conversation(row["prompt"], [wrong], [feedback]),
-                                 {"role": "assistant", "content": row["completion"]}]})
+        job = PrintJob.from_json(row["job"])
+        for _ in range(4):
+            wrong, _ = perturb_layer(row["completion"], rng)
+            scores, feedback = layer_feedback(wrong, job, int(row["layer"]))
+            if needs_revision(scores, revise):
+                out.append({"messages": [*conversation(row["prompt"], [wrong], [feedback]),
+                                         {"role": "assistant", "content": row["completion"]}]})
+                break
     return out
 
 
@@ -277,7 +322,7 @@ def revision_examples(rows: Sequence[dict[str, Any]], seed: int, fraction: float
 def make_trainer(model: Any, tokenizer: Any, rows: Any, *, output_dir: Path, learning_rate: float,
                  batch_size: int, num_generations: int, max_completion_length: int, beta: float, max_steps: int,
                  seed: int, save_steps: int, temperature: float, lora: bool, lora_r: int, backend: str,
-                 multi_turn: bool, revision_turns: int, reward_workers: int = 0,
+                 multi_turn: bool, revision_turns: int, revise: str = "failures", reward_workers: int = 0,
                  report_to: Sequence[str] = ()) -> Any:
     """The GRPO trainer of layerloop on the dataset ``rows`` (a ``datasets.Dataset`` from
     :func:`training.data.to_grpo`), single- or multi-turn."""
@@ -289,7 +334,7 @@ def make_trainer(model: Any, tokenizer: Any, rows: Any, *, output_dir: Path, lea
     rollout = None
     if multi_turn:
         rollout = make_revision_rollout(tokenizer, list(rows), max_completion_length=max_completion_length,
-                                        temperature=temperature, turns=revision_turns)
+                                        temperature=temperature, turns=revision_turns, revise=revise)
     return make_grpo_trainer(
         model, tokenizer, rows, funcs, reward_weights=weights, output_dir=str(output_dir),
         learning_rate=learning_rate, batch_size=batch_size, num_generations=num_generations,
@@ -319,7 +364,8 @@ def train(config: GRPOSettings) -> Path:
         num_generations=config.num_generations, max_completion_length=config.max_completion_length,
         beta=config.beta, max_steps=config.max_steps, seed=config.seed, save_steps=config.checkpoint_interval,
         temperature=config.temperature, lora=config.lora, lora_r=config.lora_r, backend=config.backend,
-        multi_turn=config.multi_turn, revision_turns=config.revision_turns, reward_workers=config.reward_workers,
+        multi_turn=config.multi_turn, revision_turns=config.revision_turns, revise=config.revise,
+        reward_workers=config.reward_workers,
         report_to=["tensorboard"] if config.log_dir else [])
     trainer.train(resume_from_checkpoint=last_checkpoint(out))
     tuned = trainer.model.merge_and_unload() if config.lora and hasattr(trainer.model, "merge_and_unload") \

@@ -53,6 +53,9 @@ class SimLoopConfig:
     (GRPO through TRL's ``rollout_func``, revision examples in the SFT data, revisions in evaluation)."""
     revision_turns: int = ranged(1, 1, 4)
     """Revisions per answer in multi-turn mode."""
+    revise: str = ranged("failures", choices=("failures", "always"))
+    """Multi-turn mode: send an answer back only when the simulator reported a failure (a refused or fatal
+    move, a defect), or always."""
     revision_fraction: float = ranged(0.5, 0.0, 1.0)
     """Multi-turn mode: fraction of the SFT layer rows that also get a revision example."""
     supervisor_episodes: int = ranged(48, 1, 1_000_000)
@@ -208,7 +211,7 @@ def _evaluate(model: Any, tokenizer: Any, config: SimLoopConfig, episodes: int) 
         return evaluate_supervisor(_policy(model, tokenizer, config), episodes, config.seed,
                                    config.supervisor_difficulties)
     return evaluate(_policy(model, tokenizer, config), config.eval_suite, episodes,
-                    revisions=config.revision_turns if config.multi_turn else 0)
+                    revisions=config.revision_turns if config.multi_turn else 0, revise=config.revise)
 
 
 def _callbacks(phase: str, logger: RunLogger, model: Any, tokenizer: Any, config: SimLoopConfig) -> list[Any]:
@@ -313,7 +316,7 @@ def _sft_rows(config: SimLoopConfig, data: Path, run_dir: Path) -> Any:
         return rows
     cached = run_dir / "revision-examples.jsonl"
     if not cached.is_file():
-        examples = revision_examples(list(rows), config.seed, config.revision_fraction)
+        examples = revision_examples(list(rows), config.seed, config.revision_fraction, config.revise)
         tmp = cached.with_suffix(".tmp")
         tmp.write_text("".join(json.dumps(e) + "\n" for e in examples))
         os.replace(tmp, cached)
@@ -453,6 +456,7 @@ def run(config: SimLoopConfig, run_dir: Path, progress: bool = True) -> dict[str
 
             trainer = make_trainer(model, tokenizer, to_grpo(load_table(data, "sft", split="train")), **common,
                                    multi_turn=config.multi_turn, revision_turns=config.revision_turns,
+                                   revise=config.revise,
                                    reward_workers=config.reward_workers)
         model = train_phase("grpo", trainer)
 
