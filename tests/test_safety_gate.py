@@ -180,3 +180,22 @@ def test_cli_exit_codes(tmp_path: Path, program: bytes) -> None:
     missing = subprocess.run([*run, str(tmp_path / "nope.gcode"), "--printer", "ender3-klipper"],
                              capture_output=True, text=True, cwd=ROOT)
     assert missing.returncode == 2 and "no such file" in missing.stderr
+
+
+def test_a_written_program_goes_through_the_dry_run_and_the_queue(tmp_path: Path) -> None:
+    """The path from a policy to the approval queue (``training.write``), with the expert as the policy: the
+    joined program is what the episode ran, passes the validator and the simulation, and lands in the
+    queue with the expert's program for the diff."""
+    from envs.sampler import load_suite
+    from training.evaluate import expert_policy
+    from training.write import write_program
+
+    jobs = load_suite("tiny-v0")[:1]
+    program, reward = write_program(expert_policy(jobs), jobs[0])
+    assert reward > 0.9 * len(jobs[0].layer_zs())
+    assert gate(program.encode(), load_printer(jobs[0].printer), "dry-run").allowed
+    approvals = ApprovalStore(tmp_path / "a.db")
+    pid = approvals.submit(program.encode(), printer=jobs[0].printer, job=jobs[0].job_id,
+                           expert_gcode=program.encode())
+    assert [p.id for p in approvals.pending()] == [pid]
+    assert approvals.program(pid).verdict["verdict"] == "allow"

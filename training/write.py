@@ -1,0 +1,101 @@
+"""A trained model writes a whole program for a job, for a person to review:
+``python -m training.write --model RUN/grpo/final --suite tiny-v0 --job 0 --out part.gcode [--db approvals.db]``.
+
+The model plays a ``GcodeWriter-v0`` episode (one layer per turn, greedy; with ``--revisions`` the
+simulator's feedback on a failing answer goes back to it, as in multi-turn training), and its answers are
+joined into one program: for a job without start/end sequences, the expert's heat-and-home setup comes first
+and the expert's end sequence last (the model never wrote those). The program is written to ``--out`` and,
+with ``--db``, submitted to the approval console's queue with the expert's program for the diff — where the
+validator, the simulation and a person decide; nothing here talks to a printer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+from typing import Any
+
+from envs.gcode_writer import GcodeWriterEnv
+from envs.jobs import PrintJob
+from envs.sampler import load_suite
+from envs.scoring import episode_steps
+from envs.slicer import slice_job
+
+
+def write_program(policy: Any, job: PrintJob, revisions: int = 0) -> tuple[str, float]:
+    """The program ``policy`` writes for ``job`` and the episode's reward."""
+    from training.grpo import conversation
+
+    env = GcodeWriterEnv(job=job)
+    obs, _ = env.reset(seed=0)
+    sliced = slice_job(job)
+    parts = [] if job.start_end else [sliced.setup]
+    total = 0.0
+    for _ in episode_steps(job):
+        answer = policy([obs["prompt"]])[0]
+        answers, feedbacks = [answer], []
+        for _ in range(revisions):
+            trial = copy.deepcopy(env)
+            _, _, _, _, info = trial.step(answers[-1])
+            if not (info["fatal"] or info["defects"]):
+                break
+            feedbacks.append(trial.feedback)
+            answers.append(policy([conversation(obs["prompt"], answers, feedbacks)])[0])
+        parts.append(answers[-1])
+        obs, reward, terminated, truncated, _ = env.step(answers[-1])
+        total += reward
+        if terminated or truncated:
+            break
+    if not job.start_end:
+        parts.append(sliced.end)
+    return "".join(p if p.endswith("\n") else p + "\n" for p in parts), total
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.write", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True, help="a fine-tuned model folder (or a Hugging Face id)")
+    parser.add_argument("--suite", default="tiny-v0", help="held-out suite (envs/suites/NAME.json)")
+    parser.add_argument("--job", type=int, default=0, help="index of the job in the suite")
+    parser.add_argument("--revisions", type=int, default=0, help="revisions of failing answers (multi-turn)")
+    parser.add_argument("--max-new-tokens", type=int, default=320)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--db", type=Path, help="submit to this approval console database")
+    parser.add_argument("--user", default="", help="who submits (with --db)")
+    args = parser.parse_args(argv)
+    try:
+        jobs = load_suite(args.suite)
+        if not 0 <= args.job < len(jobs):
+            raise ValueError(f"--job {args.job}: suite {args.suite} has jobs 0 to {len(jobs) - 1}")
+        if args.revisions < 0:
+            raise ValueError(f"--revisions {args.revisions}: must be 0 or more")
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    import torch
+
+    from training.model import ModelConfig, generate, load_model_and_tokenizer
+
+    torch.set_num_threads(1)
+    model, tokenizer = load_model_and_tokenizer(ModelConfig(name=args.model))
+    job = jobs[args.job]
+    program, reward = write_program(lambda prompts: generate(model, tokenizer, prompts, args.max_new_tokens), job,
+                                    args.revisions)
+    args.out.write_text(program)
+    print(f"{args.out}: {len(program.splitlines())} lines for {job.job_id} ({job.part.kind}) on {job.printer}; "
+          f"episode reward {reward:.3f}")
+    if args.db is not None:
+        from safety.approvals import ApprovalStore
+
+        store = ApprovalStore(args.db)
+        pid = store.submit(program.encode(), printer=job.printer, job=job.job_id,
+                           description=f"written by {args.model} ({job.part.kind}, {job.material})",
+                           expert_gcode=slice_job(job).text().encode(), submitted_by=args.user)
+        print(f"submitted as program {pid}: the validator says {store.program(pid).verdict['verdict']}; "
+              f"review it with python -m safety.console serve --db {args.db}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
