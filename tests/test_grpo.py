@@ -184,7 +184,8 @@ def test_multi_turn_loop_runs(tmp_path: Path) -> None:
     # The standalone trainer on the same data and model, multi-turn.
     config = {"model": str(run_dir / "sft" / "final"), "dataset_path": str(tmp_path / "data"),
               "output_dir": str(tmp_path / "grpo"), "batch_size": 4, "num_generations": 2, "max_steps": 1,
-              "max_completion_length": 16, "multi_turn": True, "checkpoint_interval": 1}
+              "max_completion_length": 16, "multi_turn": True, "revise": "always", "checkpoint_interval": 1,
+              "beta": 0.05, "ref_model_sync_steps": 1}
     (tmp_path / "grpo.yaml").write_text(yaml.safe_dump(config))
     done = _run(["-m", "training.grpo", "--config", str(tmp_path / "grpo.yaml")])
     assert done.returncode == 0, done.stderr[-3000:]

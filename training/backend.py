@@ -253,15 +253,21 @@ def make_grpo_trainer(model: transformers.PreTrainedModel, tokenizer: transforme
                       logging_steps: int = 1, save_steps: int = 0, temperature: float = 1.0,
                       lora: bool = False, lora_r: int = 16, backend: str = "trl",
                       rollout_func: RolloutFunc | None = None, reward_weights: list[float] | None = None,
+                      ref_model_sync_steps: int = 0, ref_model_mixup_alpha: float = 0.6,
                       report_to: Sequence[str] = ()) -> trl.GRPOTrainer:
     """A TRL ``GRPOTrainer`` generating with the model itself (no vLLM).
 
     ``batch_size`` counts completions per device step: ``batch_size / num_generations`` prompts, each
     sampled ``num_generations`` times. ``beta`` weighs the KL penalty to the model as it is now (0: no
     reference is kept; with LoRA the adapter is switched off for it; otherwise the weights are saved under
-    ``output_dir/reference-model`` and reloaded). ``rollout_func`` replaces TRL's generation (see
+    ``output_dir/reference-model`` and reloaded). ``ref_model_sync_steps`` > 0 moves the reference towards
+    the policy every that many steps (``ref = alpha · policy + (1 − alpha) · ref``, TRL's ``sync_ref_model``;
+    full fine-tuning with ``beta`` > 0 only). ``rollout_func`` replaces TRL's generation (see
     :data:`RolloutFunc`).
     """
+    if ref_model_sync_steps > 0 and (beta == 0 or lora):
+        raise ValueError(f"ref_model_sync_steps = {ref_model_sync_steps}: syncing the reference model needs beta > 0 "
+                         f"(beta = {beta}) and full fine-tuning (lora = {lora})")
     if num_generations < 2:
         raise ValueError(f"num_generations = {num_generations}: GRPO compares completions of one prompt, "
                          "so it needs at least 2")
@@ -278,7 +284,8 @@ def make_grpo_trainer(model: transformers.PreTrainedModel, tokenizer: transforme
         beta=beta, max_steps=max_steps, seed=seed, data_seed=seed, logging_steps=logging_steps,
         save_strategy="steps" if save_steps > 0 else "no", save_steps=save_steps if save_steps > 0 else 500,
         temperature=temperature, use_vllm=False, reward_weights=reward_weights, log_completions=False,
-        **cpu_safe_kwargs(report_to))
+        sync_ref_model=ref_model_sync_steps > 0, ref_model_sync_steps=max(1, ref_model_sync_steps),
+        ref_model_mixup_alpha=ref_model_mixup_alpha, **cpu_safe_kwargs(report_to))
     return trl.GRPOTrainer(
         model=model, reward_funcs=reward_funcs, args=args, train_dataset=grpo_dataset(train_dataset, tokenizer),
         processing_class=tokenizer, peft_config=peft_config, rollout_func=rollout_func)

@@ -68,6 +68,11 @@ class GRPOSettings:
     """Sampling temperature."""
     beta: float = ranged(0.05, 0.0, 10.0)
     """KL penalty to the reference model (the model as GRPO starts; 0 keeps no reference)."""
+    ref_model_sync_steps: int = ranged(0, 0, 10_000_000)
+    """Move the reference model towards the policy every this many steps (0: the reference stays the model
+    as GRPO started; needs beta > 0 and full fine-tuning)."""
+    ref_model_mixup_alpha: float = ranged(0.6, 0.0, 1.0)
+    """Weight of the policy when the reference is synced: ``ref = alpha · policy + (1 − alpha) · ref``."""
     multi_turn: bool = False
     """Append the simulator's feedback and let the model revise its answer (see the module docstring)."""
     revision_turns: int = ranged(1, 1, 4)
@@ -323,6 +328,7 @@ def make_trainer(model: Any, tokenizer: Any, rows: Any, *, output_dir: Path, lea
                  batch_size: int, num_generations: int, max_completion_length: int, beta: float, max_steps: int,
                  seed: int, save_steps: int, temperature: float, lora: bool, lora_r: int, backend: str,
                  multi_turn: bool, revision_turns: int, revise: str = "failures", reward_workers: int = 0,
+                 ref_model_sync_steps: int = 0, ref_model_mixup_alpha: float = 0.6,
                  report_to: Sequence[str] = ()) -> Any:
     """The GRPO trainer of layerloop on the dataset ``rows`` (a ``datasets.Dataset`` from
     :func:`training.data.to_grpo`), single- or multi-turn."""
@@ -340,7 +346,8 @@ def make_trainer(model: Any, tokenizer: Any, rows: Any, *, output_dir: Path, lea
         learning_rate=learning_rate, batch_size=batch_size, num_generations=num_generations,
         max_completion_length=max_completion_length * (revision_turns + 1 if multi_turn else 1), beta=beta,
         max_steps=max_steps, seed=seed, logging_steps=1, save_steps=save_steps, temperature=temperature,
-        lora=lora, lora_r=lora_r, backend=backend, rollout_func=rollout, report_to=report_to)
+        lora=lora, lora_r=lora_r, backend=backend, rollout_func=rollout, ref_model_sync_steps=ref_model_sync_steps,
+        ref_model_mixup_alpha=ref_model_mixup_alpha, report_to=report_to)
 
 
 def train(config: GRPOSettings) -> Path:
@@ -365,7 +372,8 @@ def train(config: GRPOSettings) -> Path:
         beta=config.beta, max_steps=config.max_steps, seed=config.seed, save_steps=config.checkpoint_interval,
         temperature=config.temperature, lora=config.lora, lora_r=config.lora_r, backend=config.backend,
         multi_turn=config.multi_turn, revision_turns=config.revision_turns, revise=config.revise,
-        reward_workers=config.reward_workers,
+        reward_workers=config.reward_workers, ref_model_sync_steps=config.ref_model_sync_steps,
+        ref_model_mixup_alpha=config.ref_model_mixup_alpha,
         report_to=["tensorboard"] if config.log_dir else [])
     trainer.train(resume_from_checkpoint=last_checkpoint(out))
     tuned = trainer.model.merge_and_unload() if config.lora and hasattr(trainer.model, "merge_and_unload") \

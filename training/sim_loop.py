@@ -100,6 +100,11 @@ class SimLoopConfig:
     """Longest completion in tokens (GRPO and evaluation)."""
     beta: float = ranged(0.05, 0.0, 10.0)
     """KL coefficient against the reference model (0: no reference model, as TRL's default)."""
+    ref_model_sync_steps: int = ranged(0, 0, 10_000_000)
+    """Move the reference model towards the policy every this many steps (0: the reference stays the model
+    as GRPO started; needs beta > 0 and full fine-tuning)."""
+    ref_model_mixup_alpha: float = ranged(0.6, 0.0, 1.0)
+    """Weight of the policy when the reference is synced: ``ref = alpha · policy + (1 − alpha) · ref``."""
     temperature: float = ranged(0.7, 0.0, 10.0)
     """GRPO sampling temperature."""
     eval_suite: str = "tiny-v0"
@@ -444,7 +449,9 @@ def run(config: SimLoopConfig, run_dir: Path, progress: bool = True) -> dict[str
                       batch_size=config.grpo_batch_size, num_generations=config.num_generations,
                       max_completion_length=config.max_completion_length, beta=config.beta,
                       max_steps=config.grpo_steps, seed=config.seed, save_steps=config.checkpoint_interval,
-                      temperature=config.temperature, lora=config.lora, lora_r=config.lora_r, backend=config.backend)
+                      temperature=config.temperature, lora=config.lora, lora_r=config.lora_r, backend=config.backend,
+                      ref_model_sync_steps=config.ref_model_sync_steps,
+                      ref_model_mixup_alpha=config.ref_model_mixup_alpha)
         if supervising:
             from training.supervise import supervisor_reward
 
