@@ -209,3 +209,12 @@ def test_multi_turn_needs_the_writer(tmp_path: Path) -> None:
     path = _smoke(tmp_path, "smoke-supervisor", multi_turn=True)
     done = _run(["-m", "training.sim_loop", "--config", str(path)])
     assert done.returncode == 2 and "multi_turn" in done.stderr
+
+
+def test_grpo_cli_reports_config_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("batch_size: 6\nnum_generations: 4\n")
+    done = _run(["-m", "training.grpo", "--config", str(bad)])
+    assert done.returncode == 2 and "batch_size = 6 must be a multiple of num_generations = 4" in done.stderr
+    missing = _run(["-m", "training.grpo", "--config", str(tmp_path / "none.yaml")])
+    assert missing.returncode == 2 and "cannot read the config" in missing.stderr

@@ -21,7 +21,6 @@ The closed loop (:mod:`training.sim_loop`) runs the same trainer as its phase 2.
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -31,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from sim_bridge.config import ConfigError, load_yaml, ranged
+from sim_bridge.config import ConfigError, ranged
 from training.model import ModelConfig
 
 REVISION_REQUEST = ("Simulator feedback on your G-code for this layer: {feedback}.\n"
@@ -382,16 +381,9 @@ def train(config: GRPOSettings) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.grpo", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", type=Path, required=True)
-    args = parser.parse_args(argv)
-    try:
-        final = train(load_yaml(GRPOSettings, args.config))
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"final model: {final}")
-    return 0
+    from training.cli import config_main
+
+    return config_main(argv, "python -m training.grpo", __doc__.split("\n")[0], GRPOSettings, train)
 
 
 if __name__ == "__main__":

@@ -7,12 +7,11 @@ LoRA), evaluating the loss on the validation split and checkpointing as configur
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from sim_bridge.config import ConfigError, load_yaml, ranged
+from sim_bridge.config import ranged
 from training.model import ModelConfig
 
 
@@ -83,16 +82,9 @@ def train(config: SFTConfig) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.sft", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", type=Path, required=True)
-    args = parser.parse_args(argv)
-    try:
-        final = train(load_yaml(SFTConfig, args.config))
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"final model: {final}")
-    return 0
+    from training.cli import config_main
+
+    return config_main(argv, "python -m training.sft", __doc__.split("\n")[0], SFTConfig, train)
 
 
 if __name__ == "__main__":
