@@ -20,6 +20,7 @@ dataset's job columns and return one float per completion, as ``GRPOTrainer`` ex
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import math
 import multiprocessing as mp
 from collections import OrderedDict
@@ -215,18 +216,36 @@ def program_reward(completions: Sequence[Any], job: Sequence[str] | None = None,
 
 
 def layer_reward(completions: Sequence[Any], job: Sequence[str] | None = None, layer: Sequence[int] | None = None,
-                 **_: Any) -> list[float | None]:
+                 trainer_state: Any = None, **_: Any) -> list[float | None]:
     """Reward of one layer written after the expert's program up to it (``GcodeWriter`` data)."""
     if job is None or layer is None:
         raise ValueError("layer_reward needs the 'job' and 'layer' columns in the dataset")
-    return [s.reward / MAX_STEP_REWARD for s in layer_scores([_text(c) for c in completions], job, layer)]
+    step = int(getattr(trainer_state, "global_step", 0) or 0)
+    return [s.reward / MAX_STEP_REWARD for s in layer_scores([_text(c) for c in completions], job, layer, step)]
 
 
-_SCORES: OrderedDict[tuple[str, str, int], StepScores] = OrderedDict()
+_SCORES: OrderedDict[tuple[str, str, int, int | None], StepScores] = OrderedDict()
 _SCORES_KEPT = 4096
 """Scores kept for the reward parts of one batch (each part asks for the same simulation)."""
 _pool: concurrent.futures.ProcessPoolExecutor | None = None
 _pool_workers = 0
+_randomize_seed: int | None = None
+
+
+def set_reward_randomization(seed: int | None) -> None:
+    """Score the TRL reward parts on randomised printers (``None``: the nominal printer). The printer of a
+    completion is drawn from ``seed``, its job, its layer and the trainer's step: the completions of one
+    GRPO group meet the same printer, each step and prompt a new one."""
+    global _randomize_seed
+    _randomize_seed = seed
+
+
+def physics_seed(job_json: str, layer: int, step: int) -> int | None:
+    """The seed of the randomised printer a layer answer meets at ``step`` (None: randomisation is off)."""
+    if _randomize_seed is None:
+        return None
+    digest = hashlib.sha256(f"{_randomize_seed}|{step}|{layer}|{job_json}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
 
 
 def set_reward_workers(workers: int) -> None:
@@ -241,18 +260,20 @@ def set_reward_workers(workers: int) -> None:
     _pool_workers = workers
 
 
-def _score(key: tuple[str, str, int]) -> StepScores:
+def _score(key: tuple[str, str, int, int | None]) -> StepScores:
     from envs.scoring import score_layer
 
-    text, job_json, layer = key
-    return score_layer(text, PrintJob.from_json(job_json), layer)
+    text, job_json, layer, physics_seed = key
+    return score_layer(text, PrintJob.from_json(job_json), layer, physics_seed)
 
 
-def layer_scores(texts: Sequence[str], jobs: Sequence[str], layers: Sequence[int]) -> list[StepScores]:
-    """Scores of a batch of layer answers, simulated once each (in parallel with :func:`set_reward_workers`)
-    and remembered for the other reward parts of the same batch."""
+def layer_scores(texts: Sequence[str], jobs: Sequence[str], layers: Sequence[int], step: int = 0
+                 ) -> list[StepScores]:
+    """Scores of a batch of layer answers, simulated once each (in parallel with :func:`set_reward_workers`;
+    on randomised printers with :func:`set_reward_randomization`) and remembered for the other reward parts
+    of the same batch."""
     global _pool
-    keys = [(t, j, int(k)) for t, j, k in zip(texts, jobs, layers, strict=True)]
+    keys = [(t, j, int(k), physics_seed(j, int(k), step)) for t, j, k in zip(texts, jobs, layers, strict=True)]
     todo = [k for k in dict.fromkeys(keys) if k not in _SCORES]
     if _pool_workers and len(todo) > 1:
         if _pool is None:
@@ -270,13 +291,14 @@ def layer_scores(texts: Sequence[str], jobs: Sequence[str], layers: Sequence[int
 
 def _component(name: str) -> Any:
     def reward(completions: Sequence[Any], job: Sequence[str] | None = None, layer: Sequence[int] | None = None,
-               revision: Sequence[str] | None = None, **_: Any) -> list[float | None]:
+               revision: Sequence[str] | None = None, trainer_state: Any = None, **_: Any) -> list[float | None]:
         if job is None or layer is None:
             raise ValueError(f"{name}_reward needs the 'job' and 'layer' columns in the dataset")
         # Multi-turn rollouts pass the last revision: that is the answer the episode ends with.
         texts = list(revision) if revision is not None else [_text(c) for c in completions]
         out = []
-        for s in layer_scores(texts, job, layer):
+        step = int(getattr(trainer_state, "global_step", 0) or 0)
+        for s in layer_scores(texts, job, layer, step):
             out.append({"geometry": s.geometry, "extrusion": s.extrusion, "time": s.time,
                         "penalty": -(DEFECT_PENALTY * s.defects + (FATAL_PENALTY if s.fatal else 0.0))}[name])
         return out

@@ -177,16 +177,30 @@ def score_program(text: str, job: PrintJob) -> ProgramScore:
     return score
 
 
-def score_layer(text: str, job: PrintJob, layer: int) -> StepScores:
-    """Score one layer written after the expert's program up to it (the ``layer_reward`` of TRL)."""
-    return layer_feedback(text, job, layer)[0]
+def score_layer(text: str, job: PrintJob, layer: int, physics_seed: int | None = None) -> StepScores:
+    """Score one layer written after the expert's program up to it (the ``layer_reward`` of TRL); with
+    ``physics_seed``, on a printer randomised as :func:`layer_feedback` says."""
+    return layer_feedback(text, job, layer, physics_seed)[0]
 
 
-def layer_feedback(text: str, job: PrintJob, layer: int) -> tuple[StepScores, str]:
+def layer_feedback(text: str, job: PrintJob, layer: int, physics_seed: int | None = None
+                   ) -> tuple[StepScores, str]:
     """:func:`score_layer` and the simulator's feedback on it, as the environment phrases it: the scores,
-    then each failure with its line number in ``text`` (at most :data:`FEEDBACK_FAILURES`)."""
+    then each failure with its line number in ``text`` (at most :data:`FEEDBACK_FAILURES`).
+
+    With ``physics_seed``, the printer and material are first perturbed within the domain-randomisation
+    ranges of ``configs/randomization.yaml`` (``printer``: speeds, heaters, melt capacity, filament
+    diameter, fan, bridging), drawn from that seed — the sim-to-real setting of GRPO. The expert's figures
+    the scores compare against stay those of the nominal printer.
+    """
     sliced = slice_job(job)
     sim = new_simulator(job)
+    if physics_seed is not None:
+        import numpy as np
+
+        from envs.wrappers import load_randomization, randomize_simulator
+
+        randomize_simulator(sim, load_randomization().printer, np.random.default_rng(physics_seed))
     sim.run(sliced.start if job.start_end else sliced.setup)
     for k in range(layer):
         sim.run(sliced.layers[k])

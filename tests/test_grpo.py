@@ -218,3 +218,30 @@ def test_grpo_cli_reports_config_errors(tmp_path: Path) -> None:
     assert done.returncode == 2 and "batch_size = 6 must be a multiple of num_generations = 4" in done.stderr
     missing = _run(["-m", "training.grpo", "--config", str(tmp_path / "none.yaml")])
     assert missing.returncode == 2 and "cannot read the config" in missing.stderr
+
+
+def test_sim_to_real_rewards_use_one_randomised_printer_per_group() -> None:
+    from types import SimpleNamespace
+
+    from envs.rewards import geometry_reward, physics_seed, set_reward_randomization, time_reward
+
+    job = _job()
+    good = slice_job(job).layers[0]
+    cols = {"job": [job.to_json()] * 2, "layer": [0, 0]}
+    nominal = time_reward([good, good + "\n"], **cols)
+    try:
+        set_reward_randomization(7)
+        assert physics_seed(job.to_json(), 0, 3) == physics_seed(job.to_json(), 0, 3)
+        assert physics_seed(job.to_json(), 0, 3) != physics_seed(job.to_json(), 0, 4)
+        # One step: both completions of the group meet the same printer (same answer, same score).
+        step3 = time_reward([good, good + "\n"], **cols, trainer_state=SimpleNamespace(global_step=3))
+        assert step3[0] == pytest.approx(step3[1])
+        # Over steps the printers differ, and so does the time the same layer takes on them.
+        times = {round(time_reward([good], job=cols["job"][:1], layer=[0],
+                                   trainer_state=SimpleNamespace(global_step=k))[0], 6) for k in range(6)}
+        assert len(times) > 1
+        assert geometry_reward([good], job=cols["job"][:1], layer=[0],
+                               trainer_state=SimpleNamespace(global_step=1))[0] > 0.8
+    finally:
+        set_reward_randomization(None)
+    assert time_reward([good, good + "\n"], **cols) == nominal

@@ -81,6 +81,9 @@ class GRPOSettings:
     move, a defect), or always."""
     reward_workers: int = ranged(0, 0, 256)
     """Processes that simulate rewards in parallel (0: in the training process)."""
+    randomize: bool = True
+    """Sim-to-real: score each group of answers on a printer randomised within ``configs/randomization.yaml``
+    (``printer`` ranges), a new one per prompt and step (False: the nominal printer)."""
     checkpoint_interval: int = ranged(25, 1, 10_000_000)
     """Save a checkpoint every this many steps."""
     log_dir: str = ""
@@ -112,9 +115,9 @@ def reward_functions(multi_turn: bool) -> tuple[list[Callable[..., list[float | 
 
     def first_answer_reward(completions: Sequence[Any], job: Sequence[str] | None = None,
                             layer: Sequence[int] | None = None, first_answer: Sequence[str] | None = None,
-                            **_: Any) -> list[float | None]:
+                            trainer_state: Any = None, **_: Any) -> list[float | None]:
         """:func:`envs.rewards.layer_reward` of the answer before any revision."""
-        return layer_reward(first_answer if first_answer is not None else completions, job, layer)
+        return layer_reward(first_answer if first_answer is not None else completions, job, layer, trainer_state)
 
     return [*LAYER_REWARD_PARTS, first_answer_reward], [*LAYER_REWARD_WEIGHTS, 0.0]
 
@@ -180,6 +183,7 @@ def make_revision_rollout(tokenizer: Any, rows: Sequence[dict[str, Any]], *, max
 
     def rollout(prompts: list[str], trainer: Any) -> dict[str, Any]:
         from envs.jobs import PrintJob
+        from envs.rewards import physics_seed
         from envs.scoring import layer_feedback
 
         missing = [p for p in prompts if p not in lookup]
@@ -204,7 +208,9 @@ def make_revision_rollout(tokenizer: Any, rows: Sequence[dict[str, Any]], *, max
             still = []
             for i, ids in zip(active, new, strict=True):
                 raw, job_json, layer = lookup[prompts[i]]
-                scores, feedback = layer_feedback(answers[i][-1], PrintJob.from_json(job_json), layer)
+                # The printer the reward will use (randomised in sim-to-real training) gives the feedback.
+                seed = physics_seed(job_json, layer, int(trainer.state.global_step))
+                scores, feedback = layer_feedback(answers[i][-1], PrintJob.from_json(job_json), layer, seed)
                 if not needs_revision(scores, revise):
                     continue
                 still.append(i)
@@ -327,14 +333,16 @@ def make_trainer(model: Any, tokenizer: Any, rows: Any, *, output_dir: Path, lea
                  batch_size: int, num_generations: int, max_completion_length: int, beta: float, max_steps: int,
                  seed: int, save_steps: int, temperature: float, lora: bool, lora_r: int, backend: str,
                  multi_turn: bool, revision_turns: int, revise: str = "failures", reward_workers: int = 0,
+                 randomize: bool = True,
                  ref_model_sync_steps: int = 0, ref_model_mixup_alpha: float = 0.6,
                  report_to: Sequence[str] = ()) -> Any:
     """The GRPO trainer of layerloop on the dataset ``rows`` (a ``datasets.Dataset`` from
     :func:`training.data.to_grpo`), single- or multi-turn."""
-    from envs.rewards import set_reward_workers
+    from envs.rewards import set_reward_randomization, set_reward_workers
     from training.backend import make_grpo_trainer
 
     set_reward_workers(reward_workers)
+    set_reward_randomization(seed if randomize else None)
     funcs, weights = reward_functions(multi_turn)
     rollout = None
     if multi_turn:
@@ -371,7 +379,7 @@ def train(config: GRPOSettings) -> Path:
         beta=config.beta, max_steps=config.max_steps, seed=config.seed, save_steps=config.checkpoint_interval,
         temperature=config.temperature, lora=config.lora, lora_r=config.lora_r, backend=config.backend,
         multi_turn=config.multi_turn, revision_turns=config.revision_turns, revise=config.revise,
-        reward_workers=config.reward_workers, ref_model_sync_steps=config.ref_model_sync_steps,
+        reward_workers=config.reward_workers, randomize=config.randomize, ref_model_sync_steps=config.ref_model_sync_steps,
         ref_model_mixup_alpha=config.ref_model_mixup_alpha,
         report_to=["tensorboard"] if config.log_dir else [])
     trainer.train(resume_from_checkpoint=last_checkpoint(out))

@@ -64,6 +64,10 @@ class SimLoopConfig:
     """``PrintSupervisor-v0``: difficulties of the training and evaluation jobs."""
     reward_workers: int = ranged(0, 0, 256)
     """Processes that simulate GRPO rewards in parallel (0: in the training process)."""
+    grpo_randomize: bool = True
+    """Phase 2 is sim-to-real: the writer's GRPO rewards come from printers randomised within
+    ``configs/randomization.yaml`` (``printer`` ranges), a new one per prompt and step; evaluation stays on
+    the nominal printer (False: GRPO on the nominal printer too)."""
     backend: str = ranged("trl", choices=("trl", "unsloth"))
     """``trl`` (any device) or ``unsloth`` (NVIDIA GPU and the ``gpu`` extra)."""
     lora: bool = False
@@ -463,8 +467,8 @@ def run(config: SimLoopConfig, run_dir: Path, progress: bool = True) -> dict[str
 
             trainer = make_trainer(model, tokenizer, to_grpo(load_table(data, "sft", split="train")), **common,
                                    multi_turn=config.multi_turn, revision_turns=config.revision_turns,
-                                   revise=config.revise,
-                                   reward_workers=config.reward_workers)
+                                   revise=config.revise, reward_workers=config.reward_workers,
+                                   randomize=config.grpo_randomize)
         model = train_phase("grpo", trainer)
 
     if config.real_world_dataset and "real_world" not in state["done"]:
