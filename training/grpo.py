@@ -81,7 +81,7 @@ class GRPOSettings:
     move, a defect), or always."""
     reward_workers: int = ranged(0, 0, 256)
     """Processes that simulate rewards in parallel (0: in the training process)."""
-    randomize: bool = True
+    randomize: bool = False
     """Sim-to-real: score each group of answers on a printer randomised within ``configs/randomization.yaml``
     (``printer`` ranges), a new one per prompt and step (False: the nominal printer)."""
     checkpoint_interval: int = ranged(25, 1, 10_000_000)
@@ -333,7 +333,7 @@ def make_trainer(model: Any, tokenizer: Any, rows: Any, *, output_dir: Path, lea
                  batch_size: int, num_generations: int, max_completion_length: int, beta: float, max_steps: int,
                  seed: int, save_steps: int, temperature: float, lora: bool, lora_r: int, backend: str,
                  multi_turn: bool, revision_turns: int, revise: str = "failures", reward_workers: int = 0,
-                 randomize: bool = True,
+                 randomize: bool = False,
                  ref_model_sync_steps: int = 0, ref_model_mixup_alpha: float = 0.6,
                  report_to: Sequence[str] = ()) -> Any:
     """The GRPO trainer of layerloop on the dataset ``rows`` (a ``datasets.Dataset`` from
