@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import re
 import sqlite3
 import sys
 import time
@@ -41,13 +40,13 @@ from safety.policy import SafetyPolicy
 from safety.tuning import TuningState, validate_tuning
 from safety.validator import Verdict, validate
 from sim_bridge.profiles import PrinterProfile, load_printer
+from sim_bridge.report import PrintReport
 
 STAGES = ("dry-run", "first-layer", "full")
 IDLE_PRINT_STATES = ("standby", "complete", "cancelled")
 """Moonraker ``print_stats.state`` values of a printer that is not printing."""
 FIRST_LAYER_STOP = "M104 S0\nM140 S0\nM107\nG91\nG1 Z5 F600\nG90\nM84\n"
 """Appended to a first-layer payload: heaters and fan off, nozzle lifted 5 mm, motors off."""
-LAYER_EPS_MM = 1e-3
 
 
 @dataclass(frozen=True)
@@ -197,8 +196,10 @@ class GateLog:
 
 
 # -- the checks --------------------------------------------------------------------------------------------------
-def simulation_check(program: bytes, profile: PrinterProfile, material: str = "PLA") -> Check:
-    """The embedded simulator runs the whole program on ``profile`` without any failure."""
+def simulation_check(program: bytes, profile: PrinterProfile, material: str = "PLA"
+                     ) -> tuple[Check, PrintReport | None]:
+    """The embedded simulator runs the whole program on ``profile`` without any failure; the check and the
+    report (None when the text is not G-code the simulator can read)."""
     from sim_bridge.gcode import GcodeError
     from sim_bridge.simulator import Simulator
 
@@ -206,53 +207,27 @@ def simulation_check(program: bytes, profile: PrinterProfile, material: str = "P
     try:
         report = sim.run(program.decode("utf-8", errors="replace"))
     except GcodeError as exc:
-        return Check("simulation", False, f"not G-code the simulator can read: {exc}")
+        return Check("simulation", False, f"not G-code the simulator can read: {exc}"), None
     if report.failures:
         first = report.failures[:3]
         return Check("simulation", False, f"{len(report.failures)} failure(s): " +
-                     "; ".join(f"line {f.line}: {f.mode}: {f.message}" for f in first))
-    return Check("simulation", True, f"completes in {report.print_time_s:.0f} s, {report.filament_mm:.0f} mm of filament, "
-                                     f"{report.layer_count} layer(s), no failure")
+                     "; ".join(f"line {f.line}: {f.mode}: {f.message}" for f in first)), report
+    return Check("simulation", True, f"completes in {report.print_time_s:.0f} s, {report.filament_mm:.0f} mm of "
+                                     f"filament, {report.layer_count} layer(s), no failure"), report
 
 
-_Z_WORD = re.compile(r"(?i)(?<![A-Z])Z\s*(-?\d+(?:\.\d*)?|-?\.\d+)")
-_E_WORD = re.compile(r"(?i)(?<![A-Z])E\s*(-?\d+(?:\.\d*)?|-?\.\d+)")
+def first_layer_payload(program: bytes, report: PrintReport) -> bytes:
+    """The program up to the line where its second layer starts, then :data:`FIRST_LAYER_STOP`.
 
-
-def first_layer_payload(program: bytes) -> bytes:
-    """The program up to the end of its first layer, then :data:`FIRST_LAYER_STOP`.
-
-    The first layer is the Z of the first extruding G1/G2/G3 move; the cut falls before the first move after
-    it that goes higher. Absolute Z only (relative Z mode is rare in slicer output; the validator has already
-    checked the whole program, and the payload is validated again).
+    The layers are the simulator's (``report.layers``, from the run of this very program): slicer layer
+    markers where the program has them, else each rise of Z before extruding; the start sequence's purge is
+    not a layer. A program of one layer is sent whole.
     """
-    from sim_bridge.gcode import parse_line
-
-    lines = program.decode("utf-8", errors="replace").splitlines(keepends=True)
-    z = 0.0
-    relative_e = False
-    e_pos = 0.0
-    first_z: float | None = None
-    for i, raw in enumerate(lines):
-        cmd = parse_line(raw, i + 1)
-        if cmd is None or not cmd.code:
-            continue
-        if cmd.code in ("M82", "M83"):
-            relative_e = cmd.code == "M83"
-        elif cmd.code == "G92" and "E" in cmd.params:
-            e_pos = cmd.params["E"]
-        elif cmd.code in ("G0", "G1", "G2", "G3"):
-            new_z = cmd.params.get("Z", z)
-            if first_z is not None and new_z > first_z + LAYER_EPS_MM:
-                return "".join(lines[:i]).encode() + b"\n" + FIRST_LAYER_STOP.encode()
-            extrudes = False
-            if "E" in cmd.params:
-                extrudes = cmd.params["E"] > (0.0 if relative_e else e_pos) + 1e-9
-                e_pos = e_pos + cmd.params["E"] if relative_e else cmd.params["E"]
-            z = new_z
-            if extrudes and first_z is None and cmd.code != "G0":
-                first_z = z
-    return program if program.endswith(b"\n") else program + b"\n"
+    if len(report.layers) < 2:
+        return program if program.endswith(b"\n") else program + b"\n"
+    lines = program.splitlines(keepends=True)
+    head = b"".join(lines[: report.layers[1].first_line - 1])
+    return head + (b"" if head.endswith(b"\n") else b"\n") + FIRST_LAYER_STOP.encode()
 
 
 def gate(program: bytes, profile: PrinterProfile, stage: str, *, approvals: Any = None, log: GateLog | None = None,
@@ -270,7 +245,8 @@ def gate(program: bytes, profile: PrinterProfile, stage: str, *, approvals: Any 
     verdict = validate(program, profile, policy, name=name)
     checks = [Check("validator", verdict.allowed, f"{len(verdict.violations)} violation(s)" if not verdict.allowed
                     else f"{verdict.lines} lines allowed for {profile.name}")]
-    checks.append(simulation_check(program, profile, material))
+    simulated, report = simulation_check(program, profile, material)
+    checks.append(simulated)
     payload: bytes | None = None
     if stage != "dry-run":
         if approvals is None or log is None:
@@ -288,7 +264,7 @@ def gate(program: bytes, profile: PrinterProfile, stage: str, *, approvals: Any 
                                 else "nobody confirmed the first layer yet"))
             payload = program
         else:
-            payload = first_layer_payload(program)
+            payload = first_layer_payload(program, report) if report is not None else b""
             again = validate(payload, profile, policy, name=f"{name} (first layer)")
             checks.append(Check("first-layer-payload", again.allowed, "the cut program passes the validator"
                                 if again.allowed else f"the cut program is blocked: {again.violations[0].message}"))

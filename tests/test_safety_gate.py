@@ -158,9 +158,13 @@ def test_live_tuning_only_during_a_full_print_and_logged(program: bytes, store: 
 
 
 def test_first_layer_cut_of_a_relative_extrusion_program() -> None:
-    text = (b"G28\nM83\nG1 Z0.2 F600\nG1 X10 Y10 E1 F1200\nG1 X20 Y10 E1\nG1 Z0.4\nG1 X10 Y10 E1\n")
-    payload = first_layer_payload(text).decode()
-    assert "G1 X20 Y10 E1" in payload and "G1 Z0.4" not in payload and payload.endswith(FIRST_LAYER_STOP)
+    text = b"M109 S210\nG28\nM83\nG1 Z0.2 F600\nG1 X10 Y10 E1 F1200\nG1 X20 Y10 E1\nG1 Z0.4\nG1 X10 Y10 E1\n"
+    report = Simulator(PROFILE).run(text.decode())
+    assert report.layer_count == 2
+    payload = first_layer_payload(text, report).decode()
+    assert "G1 X20 Y10 E1" in payload and "G1 X10 Y10 E1\nM104" not in payload
+    assert payload.endswith(FIRST_LAYER_STOP)
+    assert Simulator(PROFILE).run(payload).layer_count == 1
 
 
 def test_cli_exit_codes(tmp_path: Path, program: bytes) -> None:
