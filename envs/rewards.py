@@ -267,6 +267,11 @@ def _score(key: tuple[str, str, int, int | None]) -> StepScores:
     return score_layer(text, PrintJob.from_json(job_json), layer, physics_seed)
 
 
+def remember_scores(text: str, job_json: str, layer: int, physics_seed: int | None, scores: StepScores) -> None:
+    """Keep scores simulated elsewhere (a multi-turn rollout's feedback) for the reward parts to reuse."""
+    _SCORES[(text, job_json, int(layer), physics_seed)] = scores
+
+
 def layer_scores(texts: Sequence[str], jobs: Sequence[str], layers: Sequence[int], step: int = 0
                  ) -> list[StepScores]:
     """Scores of a batch of layer answers, simulated once each (in parallel with :func:`set_reward_workers`;

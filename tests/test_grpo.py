@@ -245,3 +245,14 @@ def test_sim_to_real_rewards_use_one_randomised_printer_per_group() -> None:
     finally:
         set_reward_randomization(None)
     assert time_reward([good, good + "\n"], **cols) == nominal
+
+
+def test_rewards_reuse_the_rollouts_simulation() -> None:
+    """A multi-turn rollout already simulated its answers for the feedback; the reward parts take those
+    scores instead of simulating the same answer on the same printer again."""
+    from envs.rewards import StepScores, remember_scores
+
+    job = _job()
+    marked = StepScores(geometry=0.123, extrusion=0.456, time=0.789)
+    remember_scores("G1 X1 ; rollout answer", job.to_json(), 0, None, marked)
+    assert layer_scores(["G1 X1 ; rollout answer"], [job.to_json()], [0])[0] is marked

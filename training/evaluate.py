@@ -94,8 +94,8 @@ def evaluate(policy: Policy, suite: str | Sequence[PrintJob] = "tiny-v0", episod
             chunk = active[start:start + batch_size]
             texts = policy([observations[i]["prompt"] for i in chunk])
             if revisions:
-                texts = _revise(policy, [envs[i] for i in chunk], [observations[i]["prompt"] for i in chunk],
-                                texts, revisions, revise)
+                texts = revise_answers(policy, [envs[i] for i in chunk], [observations[i]["prompt"] for i in chunk],
+                                       texts, revisions, revise)
             for i, text in zip(chunk, texts, strict=True):
                 ok, n_lines, forbidden = gcode_validity(text)
                 completions += 1
@@ -117,10 +117,12 @@ def evaluate(policy: Policy, suite: str | Sequence[PrintJob] = "tiny-v0", episod
         mean_geometry=sum(geometry) / max(len(geometry), 1))
 
 
-def _revise(policy: Policy, envs: list[GcodeWriterEnv], prompts: list[str], texts: list[str], revisions: int,
-            revise: str) -> list[str]:
-    """The answers after up to ``revisions`` rounds of feedback from trial runs on copies of the episodes."""
-    from training.grpo import conversation
+def revise_answers(policy: Policy, envs: list[GcodeWriterEnv], prompts: list[str], texts: list[str],
+                   revisions: int, revise: str = "failures") -> list[str]:
+    """The answers after up to ``revisions`` rounds of feedback: each answer is tried on a copy of its
+    episode and, when it needs it (:func:`training.grpo.needs_revision`), sent back with the simulator's
+    feedback in the conversation. The episodes themselves are not advanced."""
+    from training.grpo import conversation, needs_revision
 
     answers = [[t] for t in texts]
     feedbacks: list[list[str]] = [[] for _ in texts]
@@ -129,7 +131,7 @@ def _revise(policy: Policy, envs: list[GcodeWriterEnv], prompts: list[str], text
         for i, env in enumerate(envs):
             trial = copy.deepcopy(env)
             _, _, _, _, info = trial.step(answers[i][-1])
-            if revise == "always" or info["fatal"] or info["defects"]:
+            if needs_revision(revise, info["fatal"], info["defects"]):
                 feedbacks[i].append(trial.feedback)
                 pending.append(i)
         if not pending:

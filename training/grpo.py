@@ -157,10 +157,10 @@ def feedback_bridge(tokenizer: Any, prompt: str, feedback: str) -> tuple[str, st
     return end_of_answer, full[len(head):]
 
 
-def needs_revision(scores: Any, revise: str) -> bool:
-    """Whether an answer with these :class:`envs.rewards.StepScores` is sent back for revision: always, or
-    (``"failures"``) only when the simulator reported a failure — a refused or fatal move, or a defect."""
-    return revise == "always" or bool(scores.fatal or scores.defects)
+def needs_revision(revise: str, fatal: bool, defects: int) -> bool:
+    """Whether an answer is sent back for revision: always, or (``"failures"``) only when the simulator
+    reported a failure for it — a refused or fatal move, or a defect."""
+    return revise == "always" or bool(fatal or defects)
 
 
 def make_revision_rollout(tokenizer: Any, rows: Sequence[dict[str, Any]], *, max_completion_length: int,
@@ -183,7 +183,7 @@ def make_revision_rollout(tokenizer: Any, rows: Sequence[dict[str, Any]], *, max
 
     def rollout(prompts: list[str], trainer: Any) -> dict[str, Any]:
         from envs.jobs import PrintJob
-        from envs.rewards import physics_seed
+        from envs.rewards import physics_seed, remember_scores
         from envs.scoring import layer_feedback
 
         missing = [p for p in prompts if p not in lookup]
@@ -211,7 +211,9 @@ def make_revision_rollout(tokenizer: Any, rows: Sequence[dict[str, Any]], *, max
                 # The printer the reward will use (randomised in sim-to-real training) gives the feedback.
                 seed = physics_seed(job_json, layer, int(trainer.state.global_step))
                 scores, feedback = layer_feedback(answers[i][-1], PrintJob.from_json(job_json), layer, seed)
-                if not needs_revision(scores, revise):
+                # The reward functions score the same answer on the same printer: hand them this run.
+                remember_scores(answers[i][-1], job_json, layer, seed, scores)
+                if not needs_revision(revise, scores.fatal, scores.defects):
                     continue
                 still.append(i)
                 end_of_answer, feedback_turn = feedback_bridge(tokenizer, raw, feedback)
@@ -321,7 +323,7 @@ def revision_examples(rows: Sequence[dict[str, Any]], seed: int, fraction: float
         for _ in range(4):
             wrong, _ = perturb_layer(row["completion"], rng)
             scores, feedback = layer_feedback(wrong, job, int(row["layer"]))
-            if needs_revision(scores, revise):
+            if needs_revision(revise, scores.fatal, scores.defects):
                 out.append({"messages": [*conversation(row["prompt"], [wrong], [feedback]),
                                          {"role": "assistant", "content": row["completion"]}]})
                 break

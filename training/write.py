@@ -12,7 +12,6 @@ validator, the simulation and a person decide; nothing here talks to a printer.
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,29 +21,20 @@ from envs.jobs import PrintJob
 from envs.sampler import load_suite
 from envs.scoring import episode_steps
 from envs.slicer import slice_job
+from training.evaluate import revise_answers
 
 
 def write_program(policy: Any, job: PrintJob, revisions: int = 0) -> tuple[str, float]:
     """The program ``policy`` writes for ``job`` and the episode's reward."""
-    from training.grpo import conversation
-
     env = GcodeWriterEnv(job=job)
     obs, _ = env.reset(seed=0)
     sliced = slice_job(job)
     parts = [] if job.start_end else [sliced.setup]
     total = 0.0
     for _ in episode_steps(job):
-        answer = policy([obs["prompt"]])[0]
-        answers, feedbacks = [answer], []
-        for _ in range(revisions):
-            trial = copy.deepcopy(env)
-            _, _, _, _, info = trial.step(answers[-1])
-            if not (info["fatal"] or info["defects"]):
-                break
-            feedbacks.append(trial.feedback)
-            answers.append(policy([conversation(obs["prompt"], answers, feedbacks)])[0])
-        parts.append(answers[-1])
-        obs, reward, terminated, truncated, _ = env.step(answers[-1])
+        answer = revise_answers(policy, [env], [obs["prompt"]], policy([obs["prompt"]]), revisions)[0]
+        parts.append(answer)
+        obs, reward, terminated, truncated, _ = env.step(answer)
         total += reward
         if terminated or truncated:
             break
