@@ -32,7 +32,8 @@ from envs.wrappers import (
     uniform,
 )
 from safety.policy import SafetyPolicy
-from sim_bridge.gcode import Command, GcodeError, format_number, parse_line
+from safety.tuning import TuningState, validate_tuning
+from sim_bridge.gcode import format_command, format_number, parse_line
 from sim_bridge.interpreter import F_EXTRUDE, SimOptions
 from sim_bridge.profiles import PrinterProfile, load_printer
 from sim_bridge.simulator import Simulator
@@ -56,9 +57,6 @@ FAN_PWM_MAX = _POLICY.tuning_fan_pwm_max
 """``M106 S`` range is 0 … this."""
 PRESSURE_ADVANCE_MAX_S = _POLICY.tuning_pressure_advance_max_s
 """``SET_PRESSURE_ADVANCE ADVANCE=`` range is 0 … this (seconds)."""
-MAX_TUNING_COMMANDS = _POLICY.tuning_max_commands
-"""Commands accepted per step; later ones are refused."""
-ALLOWED_COMMANDS = ("M221", "M220", "M104", "M106", "M107", "SET_PRESSURE_ADVANCE")
 
 # -- reward ------------------------------------------------------------------------------------------------
 REFUSED_PENALTY = 0.5
@@ -117,79 +115,27 @@ class Tuning:
     """Why each refused line was refused (line, command, rule, limit, value)."""
 
 
-def check_tuning(text: str, job_hotend_c: float, hotend_max_c: float) -> Tuning:
-    """Check each line of ``text``: live-tuning commands within their windows pass, anything else is refused.
+def check_tuning(text: str, job_hotend_c: float, profile: PrinterProfile) -> Tuning:
+    """Check ``text`` with the safety layer's live-tuning validator (:func:`safety.tuning.validate_tuning`):
+    each command with no finding is accepted (in canonical form), each finding refuses its line. Blank and
+    comment lines are ignored.
 
-    Blank and comment lines are ignored.
-
-    >>> t = check_tuning("M221 S95\\n; note\\nM104 S260\\nG28", 210.0, 250.0)
+    >>> t = check_tuning("M221 S95\\n; note\\nM104 S260\\nG28", 210.0, load_printer("ender3-klipper"))
     >>> t.accepted
     ['M221 S95']
     >>> [r.split(":")[0] for r in t.refused]
     ['line 3', 'line 4']
     """
-    accepted: list[str] = []
-    refused: list[str] = []
+    verdict = validate_tuning(text, TuningState(hotend_temp_c=job_hotend_c), profile)
+    refused_lines = {v.line for v in verdict.violations}
+    accepted = []
     for number, raw in enumerate(text.splitlines(), 1):
-        if not raw.strip():
+        if number in refused_lines:
             continue
-        try:
-            cmd = parse_line(raw, number)
-        except (GcodeError, ValueError) as exc:
-            refused.append(f"line {number}: unreadable ({exc})")
-            continue
-        if cmd is None or not cmd.code:
-            continue
-        if len(accepted) >= MAX_TUNING_COMMANDS:
-            refused.append(f"line {number}: {cmd.code}: more than {MAX_TUNING_COMMANDS} commands in one step")
-            continue
-        line, why = _check_command(cmd, job_hotend_c, hotend_max_c)
-        if why:
-            refused.append(f"line {number}: {cmd.code}: {why}")
-        else:
-            accepted.append(line)
-    return Tuning(accepted, refused)
-
-
-def _window(name: str, value: float | None, lo: float, hi: float, unit: str) -> str:
-    if value is None or not math.isfinite(value):
-        return f"{name} needs a value in [{lo:g}, {hi:g}] {unit}"
-    if not lo <= value <= hi:
-        return f"{name} {value:g} {unit} out of the live-tuning window [{lo:g}, {hi:g}]"
-    return ""
-
-
-def _check_command(cmd: Command, job_hotend_c: float, hotend_max_c: float) -> tuple[str, str]:
-    """The command's canonical line and ``""``, or ``""`` and why it is refused."""
-    code = cmd.code
-    if code not in ALLOWED_COMMANDS:
-        return "", f"not a live-tuning command (allowed: {', '.join(ALLOWED_COMMANDS)})"
-    if code == "SET_PRESSURE_ADVANCE":
-        extra = sorted(set(cmd.args) - {"ADVANCE"})
-        if extra or cmd.params:
-            return "", f"only ADVANCE= may be set, got {', '.join(extra) or cmd.text}"
-        try:
-            value = float(cmd.args["ADVANCE"]) if "ADVANCE" in cmd.args else None
-        except ValueError:
-            return "", f"ADVANCE={cmd.args['ADVANCE']!r} is not a number"
-        why = _window("pressure advance", value, 0.0, PRESSURE_ADVANCE_MAX_S, "s")
-        return ("", why) if why else (f"SET_PRESSURE_ADVANCE ADVANCE={format_number(value, 4)}", "")
-    extra = sorted(set(cmd.params) - ({"S"} if code != "M107" else set()))
-    if extra or cmd.args:
-        return "", f"unexpected parameter {', '.join(extra) or ', '.join(cmd.args)}"
-    if code == "M107":
-        return "M107", ""
-    value = cmd.get("S")
-    if code == "M221":
-        why = _window("flow", value, FLOW_PERCENT_MIN, FLOW_PERCENT_MAX, "%")
-    elif code == "M220":
-        why = _window("speed", value, SPEED_PERCENT_MIN, SPEED_PERCENT_MAX, "%")
-    elif code == "M104":
-        hi = min(job_hotend_c + HOTEND_TUNE_DELTA_C, hotend_max_c)
-        why = _window("hotend target", value, job_hotend_c - HOTEND_TUNE_DELTA_C, hi, "C")
-    else:
-        why = _window("fan", value, 0.0, FAN_PWM_MAX, "PWM")
-    return ("", why) if why else (f"{code} S{format_number(float(value), 2)}", "")
+        cmd = parse_line(raw, number)
+        if cmd is not None and cmd.code:
+            accepted.append(format_command(cmd.code, cmd.params, args=cmd.args))
+    return Tuning(accepted, [f"line {v.line}: {v.message}" for v in verdict.violations])
 
 
 def box_to_tuning(action: np.ndarray, job: PrintJob, layer: int, current: dict[str, float],
@@ -538,7 +484,7 @@ class PrintSupervisorEnv(gym.Env):
         if self.layer >= self.job.layer_count or self.sim.fatal is not None:
             raise RuntimeError("episode is over; call reset()")
         sim, job, k = self.sim, self.job, self.layer
-        tuning = check_tuning(str(action), job.process.hotend_temp_c, sim.profile.hotend.max_temp_c)
+        tuning = check_tuning(str(action), job.process.hotend_temp_c, sim.profile)
         if self.hidden.clog_layer == k and not self.clogged:
             clog(sim, self.peak_flow_mm3_s, self.hidden.clog_flow_fraction, job.process.hotend_temp_c)
             self.clogged = True

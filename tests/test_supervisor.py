@@ -29,12 +29,15 @@ from envs.wrappers import (
     load_randomization,
 )
 from sim_bridge.config import ConfigError
+from sim_bridge.profiles import load_printer
 
 SMALL_JOB = PrintJob(job_id="supervisor-test", part=PartSpec(kind="rectangle", size_mm=[12.0, 12.0], height_mm=1.2,
                                                              center_mm=[117.5, 117.5]),
                      process=ProcessSettings(perimeters=2, infill_density=0.2, solid_layers=1))
 """Six layers on the Ender-3 profile: a few milliseconds per step."""
 NOMINAL = HiddenPhysics()
+ENDER3_250 = dataclasses.replace(load_printer("ender3-klipper"), hotend=dataclasses.replace(
+    load_printer("ender3-klipper").hotend, max_temp_c=250.0))
 FIELD = {name: i for i, name in enumerate(TELEMETRY_NAMES)}
 
 
@@ -90,12 +93,16 @@ def test_same_seed_same_episode() -> None:
 def test_tuning_windows_and_refusals() -> None:
     tuning = check_tuning("M221 S80\nM221 S121\nM220 S150\nM220 S49\nM104 S225\nM104 S194\nM106 S255\n"
                           "M106 S256\nSET_PRESSURE_ADVANCE ADVANCE=0.2\nSET_PRESSURE_ADVANCE ADVANCE=0.3\n"
-                          "; a comment\n\nG1 X10\nM109 S210\nM221 S95 T1\n", 210.0, 250.0)
+                          "; a comment\n\nG1 X10\nM109 S210\nM221 S95 T1\n", 210.0, ENDER3_250)
     assert tuning.accepted == ["M221 S80", "M220 S150", "M104 S225", "M106 S255",
                                "SET_PRESSURE_ADVANCE ADVANCE=0.2"]
     assert len(tuning.refused) == 8
     assert "M221: flow 121 % out of the live-tuning window [80, 120]" in tuning.refused[0]
-    assert check_tuning("M104 S255", 245.0, 250.0).refused[0].endswith("window [230, 250]")
+    assert check_tuning("M104 S255", 245.0, ENDER3_250).refused[0].endswith("window [230, 250]")
+    # Disguised forms are read as the deployment gate reads them: the window still applies, comments are not
+    # commands, and what is accepted is sent in canonical form.
+    disguised = check_tuning("m221 s150\nM221 S90 ; M302\nm 221 s95", 210.0, ENDER3_250)
+    assert disguised.accepted == ["M221 S90", "M221 S95"] and len(disguised.refused) == 1, disguised
     env = PrintSupervisorEnv(job=SMALL_JOB)
     env.reset(seed=0, options={"hidden": NOMINAL})
     _, nothing, *_ = env.step("")
