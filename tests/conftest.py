@@ -1,0 +1,55 @@
+"""What the test files share: where the fixtures and the real-world corpus are, and the tiny model config.
+
+The wild G-code corpus (34 real files from 20 slicers) lies in ``../shared/data/wild-gcode`` beside a clone
+(``LAYERLOOP_WILD_GCODE`` overrides). Tests that read it are skipped where it is missing on a developer's
+machine, but under CI (``CI`` set) a missing corpus fails the run before any test: a green run must have
+read the real files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures"
+GOLDEN = ROOT / "tests" / "golden"
+SAFETY_GOLDEN = ROOT / "tests" / "safety_golden"
+
+
+def _wild_dir() -> Path:
+    if os.environ.get("LAYERLOOP_WILD_GCODE"):
+        return Path(os.environ["LAYERLOOP_WILD_GCODE"])
+    for candidate in (ROOT.parent / "shared" / "data" / "wild-gcode", ROOT / "shared" / "data" / "wild-gcode"):
+        if candidate.is_dir():
+            return candidate
+    return ROOT.parent / "shared" / "data" / "wild-gcode"
+
+
+WILD_DIR = _wild_dir()
+WILD_MANIFEST: dict[str, Any] = (json.loads((WILD_DIR / "MANIFEST.json").read_text())
+                                 if (WILD_DIR / "MANIFEST.json").is_file() else {"files": []})
+WILD_FILES: list[str] = [entry["file"] for entry in WILD_MANIFEST["files"]]
+needs_wild = pytest.mark.skipif(not WILD_FILES, reason=f"wild G-code corpus not found at {WILD_DIR} "
+                                "(set LAYERLOOP_WILD_GCODE)")
+
+TINY_MODEL: dict[str, Any] = {"corpus_jobs": 3, "max_length_tokens": 1024, "seed": 0}
+"""The smallest embedded model the model and export tests build (a few seconds on a CPU)."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("CI") and not WILD_FILES:
+        raise pytest.UsageError(f"CI: the wild G-code corpus is missing at {WILD_DIR}; tests of real-world "
+                                "input must not be skipped in CI")
+
+
+@pytest.fixture(scope="module")
+def tiny_model_config(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A tiny embedded-model config with its own model cache (built once per test module)."""
+    from training.model import ModelConfig
+
+    return ModelConfig(cache_dir=str(tmp_path_factory.mktemp("models")), **TINY_MODEL)
