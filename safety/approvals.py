@@ -39,7 +39,8 @@ from safety.validator import validate
 from sim_bridge.config import ConfigError
 from sim_bridge.gcode import GcodeError
 from sim_bridge.interpreter import F_EXTRUDE, F_KINEMATIC, SimOptions
-from sim_bridge.profiles import PrinterProfile, load_printer
+from sim_bridge.printers import load_printer
+from sim_bridge.profiles import PrinterProfile
 from sim_bridge.simulator import Simulator
 
 Decision = Literal["approve", "reject"]
@@ -349,7 +350,7 @@ class ApprovalStore:
                expert_gcode: bytes | None = None, submitted_by: str = "") -> int:
         """Validate and simulate a program on ``printer`` and queue it for a decision; return its id.
 
-        ``printer`` is a bundled profile name or a profile file (see :func:`sim_bridge.profiles.load_printer`).
+        ``printer`` is a bundled profile name or a profile file (see :func:`sim_bridge.printers.load_printer`).
         """
         if not isinstance(gcode, bytes) or not gcode:
             raise ApprovalError("program: expected non-empty G-code bytes")

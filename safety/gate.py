@@ -39,7 +39,8 @@ from typing import Any
 from safety.policy import SafetyPolicy
 from safety.tuning import TuningState, validate_tuning
 from safety.validator import Verdict, validate
-from sim_bridge.profiles import PrinterProfile, load_printer
+from sim_bridge.printers import load_printer
+from sim_bridge.profiles import PrinterProfile
 from sim_bridge.report import PrintReport
 
 STAGES = ("dry-run", "first-layer", "full")

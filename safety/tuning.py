@@ -44,7 +44,7 @@ def validate_tuning(command: str, state: TuningState, profile: PrinterProfile,
                     policy: SafetyPolicy | None = None) -> Verdict:
     """Judge a batch of live-tuning commands (one per line; blank and comment lines are skipped).
 
-    >>> from sim_bridge.profiles import load_printer
+    >>> from sim_bridge.printers import load_printer
     >>> v = validate_tuning("M221 S95\\nM104 S260\\nG28", TuningState(210.0), load_printer("ender3-klipper"))
     >>> [(f.line, f.rule) for f in v.violations]
     [(2, 'tuning-window'), (3, 'not-tuning-command')]

@@ -663,7 +663,7 @@ def validate(source: bytes | str | os.PathLike[str], profile: PrinterProfile, po
 
     Raises ``OSError`` when a file cannot be read; everything about the contents is a finding.
 
-    >>> from sim_bridge.profiles import load_printer
+    >>> from sim_bridge.printers import load_printer
     >>> v = validate("G28\\nM302\\nG1 X500", load_printer("ender3-klipper"))
     >>> v.verdict, [(f.line, f.rule) for f in v.violations]
     ('block', [(2, 'forbidden-command'), (3, 'out-of-range')])

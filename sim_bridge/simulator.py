@@ -31,7 +31,8 @@ from sim_bridge.interpreter import (
     new_state,
 )
 from sim_bridge.planner import plan_klipper, plan_marlin
-from sim_bridge.profiles import Material, PrinterProfile, load_material, load_printer
+from sim_bridge.printers import load_material, load_printer
+from sim_bridge.profiles import Material, PrinterProfile
 from sim_bridge.report import Failure, LayerMetrics, Notice, PrintReport
 from sim_bridge.thermal import (
     FAULT_BED,

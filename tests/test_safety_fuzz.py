@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from safety.rules import FORBIDDEN_COMMANDS
 from safety.validator import TuningState, Verdict, validate, validate_tuning
-from sim_bridge.profiles import PrinterProfile, load_printer
+from sim_bridge.printers import load_printer
+from sim_bridge.profiles import PrinterProfile
 
 FUZZ = settings(max_examples=150, deadline=timedelta(seconds=2), suppress_health_check=[HealthCheck.too_slow],
                 derandomize=True)

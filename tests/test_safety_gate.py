@@ -23,7 +23,7 @@ from safety.gate import (
 )
 from safety.tuning import TuningState
 from safety.validator import validate
-from sim_bridge.profiles import load_printer
+from sim_bridge.printers import load_printer
 from sim_bridge.simulator import Simulator
 
 ROOT = Path(__file__).parent.parent

@@ -27,7 +27,8 @@ from safety.validator import (
     validate_tuning,
 )
 from sim_bridge.config import ConfigError
-from sim_bridge.profiles import PrinterProfile, load_printer
+from sim_bridge.printers import load_printer
+from sim_bridge.profiles import PrinterProfile
 
 HERE = Path(__file__).parent
 GOLDEN = HERE / "safety_golden"

@@ -45,8 +45,8 @@ from pathlib import Path
 from typing import Any
 
 from sim_bridge.gcode import GcodeError, GcodeReader, parse_line
-from sim_bridge.importers import printer_from_prusaslicer
 from sim_bridge.report import DEFECT_MODES, FATAL_MODES
+from sim_bridge.slicer_config import printer_from_prusaslicer
 from training import datafmt
 
 # ---------------------------------------------------------------------------------------------------------

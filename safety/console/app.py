@@ -33,7 +33,7 @@ from safety.console.preview import (
     temperature_svg,
 )
 from safety.console.security import CSRF_FIELD, SESSION_COOKIE, BodyLimit, Session, Sessions, csrf_ok
-from sim_bridge.profiles import bundled_printers
+from sim_bridge.printers import bundled_printers
 
 HERE = Path(__file__).parent
 PUBLIC_PATHS = ("/login", "/static")
