@@ -16,13 +16,13 @@ from safety.gate import (
     FIRST_LAYER_STOP,
     GateLog,
     LiveTuning,
-    PrinterState,
     first_layer_payload,
     gate,
     printer_state_check,
 )
 from safety.tuning import TuningState
 from safety.validator import validate
+from sim_bridge.moonraker import PrinterState, parse_printer_state
 from sim_bridge.printers import load_printer
 from sim_bridge.simulator import Simulator
 
@@ -127,9 +127,13 @@ def test_printer_state_from_moonraker_status() -> None:
     status = {"webhooks": {"state": "ready", "state_message": "Printer is ready"},
               "print_stats": {"state": "standby"}, "extruder": {"temperature": 25.1, "target": 0.0},
               "heater_bed": {"temperature": 24.0, "target": 0.0}}
-    assert PrinterState.from_moonraker(status) == PrinterState("ready", "standby", 25.1, 0.0, 24.0, 0.0)
+    expected = PrinterState("ready", "standby", 25.1, 0.0, 24.0, 0.0)
+    assert parse_printer_state(status) == expected
+    assert parse_printer_state({"result": {"eventtime": 3.5, "status": status}}) == expected, "the HTTP response"
     with pytest.raises(ValueError, match="heater_bed"):
-        PrinterState.from_moonraker({k: v for k, v in status.items() if k != "heater_bed"})
+        parse_printer_state({k: v for k, v in status.items() if k != "heater_bed"})
+    with pytest.raises(ValueError, match="temperature"):
+        parse_printer_state({**status, "extruder": {"target": 0.0}})
 
 
 def test_live_tuning_only_during_a_full_print_and_logged(program: bytes, store: tuple[ApprovalStore, GateLog]) -> None:

@@ -9,7 +9,7 @@ comments, its layer markers counted, and the slicer's own time and filament esti
 from three sources, joined by file name (the base name, as Moonraker stores paths under its ``gcodes`` root):
 
 * **Moonraker job history** — the JSON of ``GET /server/history/list`` (or the JSON-RPC
-  ``server.history.list`` result): each file's latest job (by ``end_time``) gives ``outcome`` and, when it
+  ``server.history.list`` result, read by :mod:`sim_bridge.moonraker`): each file's latest job (by ``end_time``) gives ``outcome`` and, when it
   completed, the measured ``print_time_s`` and ``filament_mm``; every job of the file is listed in ``job``.
 * **Klipper logs** (``klippy.log``, rotated files oldest first) — the errors that ended an SD-card print
   ("Move out of range", "Must home axis first", "Extrude below minimum temp", heater and MCU shutdowns …),
@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from sim_bridge.gcode import GcodeError, GcodeReader, parse_line
+from sim_bridge.moonraker import HISTORY_LIST, HISTORY_STATUSES, HistoryJob, history_jobs, parse_history_job
 from sim_bridge.report import DEFECT_MODES, FATAL_MODES
 from sim_bridge.slicer_config import printer_from_prusaslicer
 from training import datafmt
@@ -64,22 +65,8 @@ LOG_TIME_SLACK_S = 5.0
 Moonraker stamps ``end_time`` after Klipper reports the end."""
 DUMP_MIN_BYTES = 32
 """Shortest file excerpt from a Klipper shutdown dump that may identify a file by content."""
-MOONRAKER_HISTORY_LIST = "/server/history/list"
-"""The Moonraker endpoint whose saved response ``--moonraker-history`` reads (``GET``, JSON)."""
 SOURCES = ("prusaslicer", "cura", "orca", "superslicer", "bambu", "other")
 """Values of the ``source`` column: the slicer family named in the file's header comments."""
-
-HISTORY_STATUSES: dict[str, tuple[str, bool | None]] = {
-    "completed": ("completed", True),
-    "cancelled": ("cancelled", False),
-    "error": ("error", False),
-    "klippy_shutdown": ("error", False),
-    "klippy_disconnect": ("error", False),
-    "interrupted": ("unknown", None),
-    "in_progress": ("unknown", None),
-}
-"""Moonraker job status → (``outcome``, ``success``). ``interrupted`` means Moonraker itself stopped: the
-print may have gone on, so its outcome is unknown."""
 
 REAL_WORLD_MODES = frozenset({
     "layer_shift", "warping", "stringing", "filament_runout", "power_loss", "mcu_shutdown",
@@ -207,26 +194,6 @@ class UsageError(ValueError):
 # ---------------------------------------------------------------------------------------------------------
 # Records and quarantine
 # ---------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class HistoryJob:
-    """One Moonraker history entry (times in unix seconds, filament in mm)."""
-
-    job_id: str
-    filename: str
-    status: str
-    start_time: float
-    end_time: float | None
-    print_duration: float | None
-    total_duration: float | None
-    filament_used: float | None
-    line: int
-
-    @property
-    def sort_key(self) -> tuple[float, float, str]:
-        """Latest last: by ``end_time`` (a job without one, still running or cut off, is the latest)."""
-        return (self.end_time if self.end_time is not None else math.inf, self.start_time, self.job_id)
 
 
 @dataclass
@@ -585,7 +552,7 @@ def _json_with_lines(path: Path) -> tuple[Any, dict[int, int]]:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise UsageError(f"{path}: not UTF-8 text (byte {exc.start}); expected the JSON of "
-                         f"GET {MOONRAKER_HISTORY_LIST}") from None
+                         f"{HISTORY_LIST.http_method} {HISTORY_LIST.path}") from None
     except OSError as exc:
         raise UsageError(f"{path}: cannot read: {exc.strerror}") from None
     starts: dict[int, int] = {}
@@ -609,43 +576,18 @@ def _json_with_lines(path: Path) -> tuple[Any, dict[int, int]]:
     return data, lines
 
 
-def _number(job: dict[str, Any], key: str, required: bool = False) -> float | None:
-    """A finite number >= 0 (unix time, seconds or mm); ``None`` if absent and not required."""
-    value = job.get(key)
-    if value is None and not required:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{key} = {json.dumps(value)}: must be a number >= 0 (seconds or mm)")
-    return float(value)
-
-
 def read_history(path: Path, quarantine: Quarantine) -> list[HistoryJob]:
-    """The jobs of a Moonraker ``/server/history/list`` response; malformed entries go to quarantine."""
+    """The jobs of a saved Moonraker history response; malformed entries go to quarantine."""
     data, lines = _json_with_lines(path)
-    body = data.get("result", data) if isinstance(data, dict) else None
-    jobs = body.get("jobs") if isinstance(body, dict) else None
-    if not isinstance(jobs, list):
-        raise UsageError(f"{path}:1: not a Moonraker history response: expected "
-                         f'{{"result": {{"count": N, "jobs": [...]}}}} (GET {MOONRAKER_HISTORY_LIST})')
+    try:
+        jobs = history_jobs(data)
+    except ValueError as exc:
+        raise UsageError(f"{path}:1: {exc}") from None
     out = []
     for index, job in enumerate(jobs):
         line = lines.get(id(job))
         try:
-            if not isinstance(job, dict):
-                raise ValueError(f"jobs[{index}] is {type(job).__name__}, not an object")
-            filename, status, job_id = job.get("filename"), job.get("status"), job.get("job_id")
-            if not isinstance(filename, str) or not filename.strip():
-                raise ValueError(f"filename = {json.dumps(filename)}: must be a file name")
-            if status not in HISTORY_STATUSES:
-                raise ValueError(f"status = {json.dumps(status)}: must be one of {', '.join(HISTORY_STATUSES)}")
-            if not isinstance(job_id, str) or not job_id:
-                raise ValueError(f"job_id = {json.dumps(job_id)}: must be a non-empty string")
-            entry = HistoryJob(job_id=job_id, filename=filename.strip(), status=status,
-                               start_time=float(_number(job, "start_time", required=True) or 0.0),
-                               end_time=_number(job, "end_time"),
-                               print_duration=_number(job, "print_duration"),
-                               total_duration=_number(job, "total_duration"),
-                               filament_used=_number(job, "filament_used"), line=line or 0)
+            entry = parse_history_job(job, index, line or 0)
         except ValueError as exc:
             quarantine.add_row("history", path, job, f"malformed job: {exc}", line)
             continue
@@ -922,15 +864,9 @@ def join_history(jobs: Sequence[HistoryJob], programs: Sequence[Program], quaran
             continue
         reason = (f"ambiguous: {len(matches)} imported files are named '{name}'" if matches
                   else _missing_reason(name, rejected))
-        quarantine.add_row("history", history_path, _job_json(job), reason, job.line)
+        quarantine.add_row("history", history_path, job.as_dict(), reason, job.line)
     for program in programs:
         program.jobs.sort(key=lambda j: j.sort_key)
-
-
-def _job_json(job: HistoryJob) -> dict[str, Any]:
-    return {"job_id": job.job_id, "filename": job.filename, "status": job.status,
-            "start_time": job.start_time, "end_time": job.end_time, "print_duration": job.print_duration,
-            "total_duration": job.total_duration, "filament_used": job.filament_used}
 
 
 def _job_at(jobs: Sequence[HistoryJob], time_unix: float) -> HistoryJob | None:
@@ -1104,7 +1040,7 @@ def program_row(program: Program, text: str, printer: str) -> dict[str, Any]:
         notes.append("layer_count: no layer markers")
     job = dict(program.facts)
     if program.jobs:
-        job["history"] = [{**_job_json(j), "failures": [f["mode"] for f in program.log_failures.get(j.job_id, [])]}
+        job["history"] = [{**j.as_dict(), "failures": [f["mode"] for f in program.log_failures.get(j.job_id, [])]}
                           for j in program.jobs]
     if program.feedback is not None:
         job["feedback"] = {"outcome": program.feedback.outcome, "failure_mode": program.feedback.text,
@@ -1304,7 +1240,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.import_real", description=__doc__.split("\n")[0])
     parser.add_argument("--gcode", nargs="+", action="extend", required=True, metavar="PATH",
                         help=f"G-code files, or folders (all *{GCODE_SUFFIX} in each, sorted)")
-    parser.add_argument("--moonraker-history", metavar="JSON", help=f"saved GET {MOONRAKER_HISTORY_LIST} response")
+    parser.add_argument("--moonraker-history", metavar="JSON", help=f"saved {HISTORY_LIST.http_method} {HISTORY_LIST.path} response")
     parser.add_argument("--klippy-log", nargs="+", action="extend", default=[], metavar="LOG",
                         help="klippy.log files, rotated ones oldest first")
     parser.add_argument("--feedback", metavar="CSV", help="user labels: file,outcome,failure_mode,note")
