@@ -202,7 +202,8 @@ def first_layer_payload(program: bytes, report: PrintReport) -> bytes:
     return head + (b"" if head.endswith(b"\n") else b"\n") + FIRST_LAYER_STOP.encode()
 
 
-def gate(program: bytes, profile: PrinterProfile, stage: str, *, approvals: Any = None, log: GateLog | None = None,
+def gate(program: bytes, profile: PrinterProfile, stage: str, *, approvals: ApprovalStore | None = None,
+         log: GateLog | None = None,
          printer_state: PrinterState | None = None, policy: SafetyPolicy | None = None, material: str = "PLA",
          name: str = "<program>") -> GateResult:
     """Decide whether ``program`` may go to the printer at ``stage`` (see the module docstring).

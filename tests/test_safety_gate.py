@@ -41,7 +41,7 @@ def program() -> bytes:
 def store(tmp_path: Path) -> tuple[ApprovalStore, GateLog]:
     db = tmp_path / "approvals.db"
     approvals = ApprovalStore(db)
-    approvals.add_user("ada", "correct horse battery staple")
+    approvals.accounts.add_user("ada", "correct horse battery staple")
     return approvals, GateLog(db)
 
 
