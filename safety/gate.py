@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from safety.approvals import ApprovalStore
+from safety.database import open_database
 from safety.policy import SafetyPolicy
 from safety.tuning import TuningState, validate_tuning
 from safety.validator import Verdict, validate
@@ -118,6 +119,8 @@ CREATE TRIGGER IF NOT EXISTS tuning_log_no_update BEFORE UPDATE ON tuning_log
 CREATE TRIGGER IF NOT EXISTS tuning_log_no_delete BEFORE DELETE ON tuning_log
     BEGIN SELECT RAISE(ABORT, 'tuning_log is append-only'); END;
 """
+GATE_LOG_BUSY_TIMEOUT_S = 30.0
+"""How long the gate's log waits for another writer's lock (longer than a reviewer's: a deployment waits)."""
 CONFIRMED = "first-layer-confirmed"
 """The ``stage`` column of a person's confirmation that the first layer printed well."""
 
@@ -130,10 +133,8 @@ class GateLog:
     """The gate's append-only records, in the approvals database (SQLite, WAL)."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.db = sqlite3.connect(self.path, timeout=30.0)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.executescript(_SCHEMA)
+        self.path = open_database(path, _SCHEMA)
+        self.db = sqlite3.connect(self.path, timeout=GATE_LOG_BUSY_TIMEOUT_S)
 
     def record(self, result: GateResult, user: str = "") -> None:
         with self.db:
