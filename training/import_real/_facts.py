@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from sim_bridge.report import DEFECT_MODES, FATAL_MODES
+from sim_bridge.failures import DEFECT_MODES, FATAL_MODES
 
 REAL_WORLD_MODES = frozenset({
     "layer_shift", "warping", "stringing", "filament_runout", "power_loss", "mcu_shutdown",

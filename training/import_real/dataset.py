@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sim_bridge.failures import FATAL_MODES
 from sim_bridge.moonraker import HISTORY_STATUSES, HistoryJob
-from sim_bridge.report import FATAL_MODES
 from training import datafmt
 from training.import_real.feedback import read_feedback
 from training.import_real.gcode_files import analyse_gcode, gcode_files, normalised_text
