@@ -6,7 +6,7 @@ import csv
 import io
 from pathlib import Path
 
-from training.import_real._facts import FEEDBACK_MODES, KNOWN_MODES
+from sim_bridge.failures import FEEDBACK_MODES, KNOWN_MODES
 from training.import_real.records import Feedback, Quarantine, UsageError
 
 FEEDBACK_COLUMNS = ("file", "outcome", "failure_mode", "note")

@@ -11,9 +11,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from sim_bridge.commands import MOTION_COMMANDS
 from sim_bridge.gcode import GcodeError, GcodeReader, parse_line
+from sim_bridge.layers import LAYER_MARKERS, match_line
 from sim_bridge.slicer_config import DUMP_SIGNATURE_KEYS, printer_from_prusaslicer
-from training.import_real._facts import LAYER_MARKERS, MOTION_CODES
 from training.import_real.records import Program, Reject, UsageError
 
 GCODE_SUFFIX = ".gcode"
@@ -138,10 +139,8 @@ def truncation(lines: Sequence[str]) -> tuple[str, int] | None:
             open_blocks.pop("; " + " ".join(stripped.lstrip("; ").split()), None)
         elif match := _LAYER_COUNT_RE.match(stripped):
             declared = (int(match.group(1)), no)
-        elif stripped.startswith(";LAYER:"):
-            match = LAYER_MARKERS[1][1].match(stripped)
-            if match:
-                cura_layers.add(int(match.group(1)))
+        elif (found := match_line(stripped)) is not None and found[0].numbered:
+            cura_layers.add(int(found[1].group(1)))
     if open_blocks:
         end, line = min(open_blocks.items(), key=lambda item: item[1])
         begin = lines[line - 1].strip()
@@ -261,23 +260,22 @@ def analyse_gcode(path: Path, raw: bytes) -> Program:
     motion = 0
     unit = "mm"
     units: set[str] = set()
-    marker_lines: dict[str, list[int]] = {name: [] for name, _ in LAYER_MARKERS}
-    cura_seen: set[int] = set()
+    marker_lines: dict[str, list[int]] = {family.name: [] for family in LAYER_MARKERS}
+    numbers_seen: set[tuple[str, int]] = set()
     flavour = printer_model = ""
     post: list[str] = []
     sink: list[Any] = []
     for no, text in enumerate(lines, 1):
         stripped = text.strip()
         if stripped.startswith((";", "(")):
-            for name, pattern in LAYER_MARKERS:
-                match = pattern.match(stripped)
-                if match:
-                    if name == "cura":
-                        if int(match.group(1)) in cura_seen:
-                            break
-                        cura_seen.add(int(match.group(1)))
-                    marker_lines[name].append(no)
-                    break
+            found = match_line(stripped)
+            if found is not None:
+                family, match = found
+                number = (family.name, int(match.group(1))) if family.numbered else None
+                if number is None or number not in numbers_seen:  # a numbered layer counts once
+                    marker_lines[family.name].append(no)
+                if number is not None:
+                    numbers_seen.add(number)
             else:
                 if not flavour:
                     for pattern in _FLAVOUR_RES:
@@ -292,7 +290,7 @@ def analyse_gcode(path: Path, raw: bytes) -> Program:
         command = parse_line(text, no, str(path), sink)
         if command is None:
             continue
-        if command.code in MOTION_CODES and _MOTION_WORDS.intersection(command.params):
+        if command.code in MOTION_COMMANDS and _MOTION_WORDS.intersection(command.params):
             motion += 1
             units.add(unit)
         elif command.code in ("G20", "G21"):
@@ -304,7 +302,7 @@ def analyse_gcode(path: Path, raw: bytes) -> Program:
     if cut is not None:
         raise Reject(f"truncated: {cut[0]}", cut[1])
     source, slicer, version = detect_slicer(lines)
-    family = max(marker_lines, key=lambda name: len(marker_lines[name]))
+    counted = max(marker_lines, key=lambda name: len(marker_lines[name]))
     time_s, filament_mm = _estimate(lines)
     facts: dict[str, Any] = {"file": path.name}
     if slicer:
@@ -329,7 +327,7 @@ def analyse_gcode(path: Path, raw: bytes) -> Program:
         facts["estimate"] = {k: v for k, v in (("print_time_s", time_s), ("filament_mm", filament_mm))
                              if v is not None}
     return Program(path=path, raw_sha256=hashlib.sha256(raw).hexdigest(), source=source,
-                   layer_lines=marker_lines[family], facts=facts, estimate_time_s=time_s,
+                   layer_lines=marker_lines[counted], facts=facts, estimate_time_s=time_s,
                    estimate_filament_mm=filament_mm, notes=notes)
 
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from training.import_real._facts import classify_klipper_message, klipper_error_text
+from sim_bridge.failures import classify_klipper_message, klipper_error_text
 from training.import_real.records import UsageError
 
 _START_RE = re.compile(r"^Start printer at .*\((\d+(?:\.\d*)?) (\d+(?:\.\d*)?)\)\s*$")
