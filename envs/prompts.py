@@ -14,7 +14,7 @@ import shapely
 from shapely.geometry import MultiPolygon, Polygon
 
 from envs.jobs import PrintJob
-from sim_bridge.profiles import load_printer
+from sim_bridge.printers import load_printer
 
 MAX_PROMPT_CHARS = 16000
 OUTLINE_TOLERANCE_MM = 0.05

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from envs.jobs import PartSpec, PrintJob, ProcessSettings
-from sim_bridge.profiles import load_printer
+from sim_bridge.printers import load_printer
 
 SUITE_DIR = Path(__file__).parent / "suites"
 SIMPLE_KINDS = ("rectangle", "circle", "polygon")

@@ -37,7 +37,8 @@ from shapely.geometry.base import BaseGeometry
 
 from envs.jobs import PrintJob
 from sim_bridge.gcode import format_number
-from sim_bridge.profiles import PrinterProfile, load_printer
+from sim_bridge.printers import load_printer
+from sim_bridge.profiles import PrinterProfile
 
 INFILL_OVERLAP_FRACTION = 0.15
 """How far (in line widths) infill lines reach into the innermost perimeter, so the two bond."""

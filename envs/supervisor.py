@@ -35,7 +35,8 @@ from safety.policy import SafetyPolicy
 from safety.tuning import TuningState, validate_tuning
 from sim_bridge.gcode import format_command, format_number, parse_line
 from sim_bridge.interpreter import F_EXTRUDE, SimOptions
-from sim_bridge.profiles import PrinterProfile, load_printer
+from sim_bridge.printers import load_printer
+from sim_bridge.profiles import PrinterProfile
 from sim_bridge.simulator import Simulator
 
 # -- live-tuning windows (the safety layer's limits for commands sent between layers) -----------------------

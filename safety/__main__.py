@@ -14,7 +14,7 @@ from pathlib import Path
 from safety.policy import load_policy
 from safety.validator import validate
 from sim_bridge.config import ConfigError
-from sim_bridge.profiles import load_printer
+from sim_bridge.printers import load_printer
 
 EXIT_ALLOW = 0
 EXIT_BLOCK = 1

@@ -7,7 +7,7 @@ A program passes only when all of these hold, each recorded as a :class:`Check`:
 3. **approval** — a person approved that exact program: the latest decision recorded for its SHA-256 in the
    approvals store is ``approve`` (a one-byte change is another program, unapproved);
 4. **printer state** — the printer reports ready and idle, with every heater reading inside its range and
-   no target above it (:class:`PrinterState`, from Moonraker's status objects).
+   no target above it (:class:`~sim_bridge.moonraker.PrinterState`, from Moonraker's status objects).
 
 Stages, in order (:data:`STAGES`), each needing the one before it for the same SHA-256:
 
@@ -31,20 +31,23 @@ import json
 import sqlite3
 import sys
 import time
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from safety.approvals import ApprovalStore
+from safety.database import open_database
 from safety.policy import SafetyPolicy
 from safety.tuning import TuningState, validate_tuning
 from safety.validator import Verdict, validate
-from sim_bridge.profiles import PrinterProfile, load_printer
+from sim_bridge.gcode import GcodeError
+from sim_bridge.moonraker import IDLE_PRINT_STATES, KLIPPY_READY, PrinterState, parse_printer_state
+from sim_bridge.printers import load_printer
+from sim_bridge.profiles import PrinterProfile
 from sim_bridge.report import PrintReport
+from sim_bridge.simulator import Simulator
 
 STAGES = ("dry-run", "first-layer", "full")
-IDLE_PRINT_STATES = ("standby", "complete", "cancelled")
-"""Moonraker ``print_stats.state`` values of a printer that is not printing."""
 FIRST_LAYER_STOP = "M104 S0\nM140 S0\nM107\nG91\nG1 Z5 F600\nG90\nM84\n"
 """Appended to a first-layer payload: heaters and fan off, nozzle lifted 5 mm, motors off."""
 
@@ -79,40 +82,13 @@ class GateResult:
 
 
 # -- the printer's state -----------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class PrinterState:
-    """What the printer reports before a deployment (Moonraker's status objects, see :meth:`from_moonraker`)."""
-
-    klippy_state: str
-    """``webhooks.state``: ``ready``, ``startup``, ``shutdown`` or ``error``."""
-    print_state: str
-    """``print_stats.state``: ``standby``, ``printing``, ``paused``, ``complete``, ``cancelled`` or ``error``."""
-    hotend_temp_c: float
-    hotend_target_c: float
-    bed_temp_c: float
-    bed_target_c: float
-
-    @classmethod
-    def from_moonraker(cls, status: Mapping[str, Any]) -> PrinterState:
-        """From the ``status`` of Moonraker's ``printer.objects.query`` for ``webhooks``, ``print_stats``,
-        ``extruder`` and ``heater_bed`` (a missing object is an error: the state is then unknown)."""
-        try:
-            return cls(klippy_state=str(status["webhooks"]["state"]), print_state=str(status["print_stats"]["state"]),
-                       hotend_temp_c=float(status["extruder"]["temperature"]),
-                       hotend_target_c=float(status["extruder"]["target"]),
-                       bed_temp_c=float(status["heater_bed"]["temperature"]),
-                       bed_target_c=float(status["heater_bed"]["target"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"printer status lacks {exc}: query webhooks, print_stats, extruder and heater_bed") from None
-
-
 def printer_state_check(state: PrinterState | None, profile: PrinterProfile) -> Check:
     """Ready, idle, and every heater reading inside its range with no target above it."""
     if state is None:
         return Check("printer-state", False, "no printer state: the printer's status must be read before deploying")
     problems = []
-    if state.klippy_state != "ready":
-        problems.append(f"klippy is {state.klippy_state!r}, not 'ready'")
+    if state.klippy_state != KLIPPY_READY:
+        problems.append(f"klippy is {state.klippy_state!r}, not {KLIPPY_READY!r}")
     if state.print_state not in IDLE_PRINT_STATES:
         problems.append(f"print state is {state.print_state!r}, not idle ({', '.join(IDLE_PRINT_STATES)})")
     for name, heater, temp, target in (("hotend", profile.hotend, state.hotend_temp_c, state.hotend_target_c),
@@ -143,6 +119,8 @@ CREATE TRIGGER IF NOT EXISTS tuning_log_no_update BEFORE UPDATE ON tuning_log
 CREATE TRIGGER IF NOT EXISTS tuning_log_no_delete BEFORE DELETE ON tuning_log
     BEGIN SELECT RAISE(ABORT, 'tuning_log is append-only'); END;
 """
+GATE_LOG_BUSY_TIMEOUT_S = 30.0
+"""How long the gate's log waits for another writer's lock (longer than a reviewer's: a deployment waits)."""
 CONFIRMED = "first-layer-confirmed"
 """The ``stage`` column of a person's confirmation that the first layer printed well."""
 
@@ -155,10 +133,8 @@ class GateLog:
     """The gate's append-only records, in the approvals database (SQLite, WAL)."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.db = sqlite3.connect(self.path, timeout=30.0)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.executescript(_SCHEMA)
+        self.path = open_database(path, _SCHEMA)
+        self.db = sqlite3.connect(self.path, timeout=GATE_LOG_BUSY_TIMEOUT_S)
 
     def record(self, result: GateResult, user: str = "") -> None:
         with self.db:
@@ -200,9 +176,6 @@ def simulation_check(program: bytes, profile: PrinterProfile, material: str = "P
                      ) -> tuple[Check, PrintReport | None]:
     """The embedded simulator runs the whole program on ``profile`` without any failure; the check and the
     report (None when the text is not G-code the simulator can read)."""
-    from sim_bridge.gcode import GcodeError
-    from sim_bridge.simulator import Simulator
-
     sim = Simulator(profile, material)
     try:
         report = sim.run(program.decode("utf-8", errors="replace"))
@@ -230,7 +203,8 @@ def first_layer_payload(program: bytes, report: PrintReport) -> bytes:
     return head + (b"" if head.endswith(b"\n") else b"\n") + FIRST_LAYER_STOP.encode()
 
 
-def gate(program: bytes, profile: PrinterProfile, stage: str, *, approvals: Any = None, log: GateLog | None = None,
+def gate(program: bytes, profile: PrinterProfile, stage: str, *, approvals: ApprovalStore | None = None,
+         log: GateLog | None = None,
          printer_state: PrinterState | None = None, policy: SafetyPolicy | None = None, material: str = "PLA",
          name: str = "<program>") -> GateResult:
     """Decide whether ``program`` may go to the printer at ``stage`` (see the module docstring).
@@ -304,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--printer", required=True, help="bundled printer name, profile YAML or Klipper printer.cfg")
     check.add_argument("--stage", choices=STAGES, default="dry-run")
     check.add_argument("--db", type=Path, help="approvals database (needed from first-layer on)")
-    check.add_argument("--printer-state", type=Path, help="JSON of Moonraker's status objects")
+    check.add_argument("--printer-state", type=Path, help="JSON of Moonraker's objects query (the response or "
+                       "its status)")
     check.add_argument("--material", default="PLA", help="material of the simulation (bundled name)")
     check.add_argument("--out", type=Path, help="write the payload to send here when allowed")
     confirm = sub.add_parser("confirm-first-layer", help="a person confirms the first layer printed well")
@@ -323,12 +298,10 @@ def main(argv: list[str] | None = None) -> int:
         profile = load_printer(args.printer)
         approvals = log = None
         if args.db is not None:
-            from safety.approvals import ApprovalStore
-
             approvals, log = ApprovalStore(args.db), GateLog(args.db)
         state = None
         if args.printer_state is not None:
-            state = PrinterState.from_moonraker(json.loads(args.printer_state.read_text()))
+            state = parse_printer_state(json.loads(args.printer_state.read_text()))
         result = gate(args.file.read_bytes(), profile, args.stage, approvals=approvals, log=log,
                       printer_state=state, material=args.material, name=str(args.file))
     except (ValueError, OSError) as exc:

@@ -17,15 +17,17 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from safety import rules
 from safety.disguise import line_findings
 from safety.findings import Verdict, Violation
 from safety.policy import SafetyPolicy, load_policy
-from safety.rules import FORBIDDEN_COMMANDS
+from safety.rules import code_finding
 from safety.tuning import TuningState, validate_tuning
+from sim_bridge import failures as fail
+from sim_bridge.commands import COMMANDS, FORBIDDEN_COMMANDS, KLIPPER, MARLIN, runs_on
 from sim_bridge.gcode import Command, GcodeError, GcodeReader, parse_line
 from sim_bridge.interpreter import arc_center_from_radius
 from sim_bridge.profiles import HeaterProfile, MacroProfile, PrinterProfile
@@ -132,6 +134,9 @@ class _Checker:
         self.max_e_ratio = profile.max_cross_section_mm2 / profile.filament_area_mm2
         self.feed_cap_mm_s = policy.max_feed_mm_s or profile.max_velocity_mm_s
         self.allow = frozenset(policy.allow_commands)
+        self.firmware = KLIPPER if self.klipper else MARLIN
+        self._handlers: dict[str, Callable[[Command], None]] = {
+            code: getattr(self, spec.check) for code, spec in COMMANDS.items() if spec.check}
         self.raw = ""
         self.line = 0
 
@@ -142,19 +147,14 @@ class _Checker:
     # -- one command -----------------------------------------------------------------------------------
     def check(self, cmd: Command) -> None:
         code = cmd.code
-        reason = rules.forbidden_reason(code)
-        if reason is not None:
-            self.add(rules.FORBIDDEN, "never in a program", code, f"{code} is forbidden: it {reason}")
-            return
         macro = self.profile.macro(code) if cmd.is_extended else None
-        if code not in rules.ALLOWED_COMMANDS and code not in self.allow and macro is None:
-            self.add(rules.UNKNOWN, "built-in list, the printer's macros and the policy's allow_commands", code,
-                     f"{code} is not a known command for this printer (denied by default; add it to the "
-                     "policy's allow_commands if it is the printer's own)")
+        found = code_finding(code, self.allow, macro is not None)
+        if found is not None:
+            self.add(*found)
             return
-        handler = self._HANDLERS.get(code)
+        handler = self._handlers.get(code)
         if handler is not None:
-            handler(self, cmd)
+            handler(cmd)
         elif macro is not None:
             self._macro(cmd, macro)
 
@@ -164,12 +164,12 @@ class _Checker:
         if f is None:
             return
         if f <= 0.0:
-            self.add(rules.FEED_RATE, "F > 0", f"F={_num(f)}", f"Invalid speed F{_num(f)}: must be above 0")
+            self.add(fail.FEED_RATE, "F > 0", f"F={_num(f)}", f"Invalid speed F{_num(f)}: must be above 0")
             return
         speed = f / 60.0
         self.m.feed_mm_s = speed
         if speed > self.feed_cap_mm_s + 1e-9:
-            self.add(rules.FEED_RATE, f"F <= {_num(self.feed_cap_mm_s * 60.0)} mm/min "
+            self.add(fail.FEED_RATE, f"F <= {_num(self.feed_cap_mm_s * 60.0)} mm/min "
                      f"({_num(self.feed_cap_mm_s)} mm/s)", f"{_num(speed)} mm/s",
                      f"feed rate {_num(speed)} mm/s above the printer's {_num(self.feed_cap_mm_s)} mm/s")
 
@@ -177,7 +177,7 @@ class _Checker:
         extra = sorted(set(cmd.params) - allowed)
         if extra or cmd.args:
             what = ", ".join(extra) or ", ".join(cmd.args)
-            self.add(rules.BAD_ARGUMENT, f"{cmd.code} takes {' '.join(sorted(allowed))}", what,
+            self.add(fail.INVALID_COMMAND, f"{cmd.code} takes {' '.join(sorted(allowed))}", what,
                      f"{cmd.code} with unexpected word(s) {what}: an extra axis or a typo moves something "
                      "the validator does not check")
             return True
@@ -234,7 +234,7 @@ class _Checker:
         clockwise = cmd.code == "G2"
         if i_off is None and j_off is None:
             if radius_arg is None:
-                self.add(rules.BAD_ARGUMENT, f"{cmd.code} needs I/J or R", "none",
+                self.add(fail.INVALID_COMMAND, f"{cmd.code} needs I/J or R", "none",
                          f"{cmd.code} without I, J or R has no centre")
                 return
             cx, cy = arc_center_from_radius(x0, y0, x1, y1, radius_arg, clockwise)
@@ -267,7 +267,7 @@ class _Checker:
             for i in (0, 1):
                 v = point[i]
                 if self.m.homed[i] and (v < self.lo[i] - POSITION_EPS_MM or v > self.hi[i] + POSITION_EPS_MM):
-                    self.add(rules.OUT_OF_RANGE, f"{_AXES[i]} in [{_num(self.lo[i])}, {_num(self.hi[i])}] mm",
+                    self.add(fail.MOVE_OUT_OF_RANGE, f"{_AXES[i]} in [{_num(self.lo[i])}, {_num(self.hi[i])}] mm",
                              f"{_AXES[i]}={_num(v)} mm", f"Move out of range: the arc bulges to {_AXES[i]} "
                              f"{_num(v)} mm, outside [{_num(self.lo[i])}, {_num(self.hi[i])}]")
                     return
@@ -276,23 +276,23 @@ class _Checker:
         m = self.m
         unhomed = [_AXES[i] for i in range(3) if delta[i] != 0.0 and not m.homed[i]]
         if unhomed:
-            self.add(rules.NOT_HOMED, f"home {''.join(unhomed)} before moving it", "not homed",
+            self.add(fail.MUST_HOME_FIRST, f"home {''.join(unhomed)} before moving it", "not homed",
                      f"Must home axis first: {''.join(unhomed)} moves before it was homed")
         z_low = False
         if m.homed[2] and delta[2] != 0.0 and new[2] < self.policy.min_z_mm - POSITION_EPS_MM:
             z_low = True
-            self.add(rules.Z_INTO_BED, f"Z >= {_num(self.policy.min_z_mm)} mm (bed surface)", f"Z={_num(new[2])} mm",
+            self.add(fail.Z_INTO_BED, f"Z >= {_num(self.policy.min_z_mm)} mm (bed surface)", f"Z={_num(new[2])} mm",
                      f"the nozzle would go {_num(self.policy.min_z_mm - new[2])} mm into the bed")
         elif (m.homed[2] and de > 0.0 and (delta[0] or delta[1])
               and new[2] <= self.policy.min_z_mm + POSITION_EPS_MM):
             z_low = True
-            self.add(rules.Z_INTO_BED, f"Z > {_num(self.policy.min_z_mm)} mm while extruding",
+            self.add(fail.Z_INTO_BED, f"Z > {_num(self.policy.min_z_mm)} mm while extruding",
                      f"Z={_num(new[2])} mm", "extrudes with the nozzle on the bed surface")
         for i in range(3):
             if delta[i] == 0.0 or not m.homed[i] or (i == 2 and z_low):
                 continue
             if new[i] < self.lo[i] - POSITION_EPS_MM or new[i] > self.hi[i] + POSITION_EPS_MM:
-                self.add(rules.OUT_OF_RANGE, f"{_AXES[i]} in [{_num(self.lo[i])}, {_num(self.hi[i])}] mm",
+                self.add(fail.MOVE_OUT_OF_RANGE, f"{_AXES[i]} in [{_num(self.lo[i])}, {_num(self.hi[i])}] mm",
                          f"{_AXES[i]}={_num(new[i])} mm",
                          f"Move out of range: {_AXES[i]} {_num(new[i])} mm is outside "
                          f"[{_num(self.lo[i])}, {_num(self.hi[i])}] (machine coordinates, after offsets)")
@@ -300,26 +300,26 @@ class _Checker:
     def _check_extrusion(self, de: float, xy_mm: float, move_mm: float) -> None:
         m, prof = self.m, self.profile
         if de > 0.0 and not m.hotend_ready:
-            self.add(rules.COLD_EXTRUSION, f"hotend waited for at >= {_num(prof.min_extrude_temp_c)} C",
+            self.add(fail.COLD_EXTRUSION, f"hotend waited for at >= {_num(prof.min_extrude_temp_c)} C",
                      f"target {_num(m.hotend_target_c)} C" + ("" if m.hotend_target_c < prof.min_extrude_temp_c
                                                               else ", not waited for"),
                      "Extrude below minimum temp: extrusion before the hotend was heated to "
                      f"min_extrude_temp ({_num(prof.min_extrude_temp_c)} C) and waited for (M109)")
         elif de < 0.0 and not m.hotend_hot:
-            self.add(rules.COLD_EXTRUSION, f"hotend hot (>= {_num(prof.min_extrude_temp_c)} C)",
+            self.add(fail.COLD_EXTRUSION, f"hotend hot (>= {_num(prof.min_extrude_temp_c)} C)",
                      f"target {_num(m.hotend_target_c)} C",
                      "Extrude below minimum temp: retraction while the hotend was never heated")
         if xy_mm == 0.0 or de < 0.0:
             limit = prof.max_extrude_only_distance_mm
             if abs(de) > limit + POSITION_EPS_MM:
-                self.add(rules.EXTRUDE_ONLY, f"|E| <= {_num(limit)} mm (max_extrude_only_distance)",
+                self.add(fail.EXTRUDE_ONLY_TOO_LONG, f"|E| <= {_num(limit)} mm (max_extrude_only_distance)",
                          f"E={_num(de)} mm", f"Extrude only move too long ({de:.3f}mm vs {limit:.3f}mm)")
             return
         ratio = de / move_mm
         if ratio > self.max_e_ratio and de > prof.nozzle_diameter_mm * self.max_e_ratio:
             area = ratio * prof.filament_area_mm2
             limit_area = prof.max_cross_section_mm2
-            self.add(rules.CROSS_SECTION, f"cross-section <= {limit_area:.3f} mm^2 (max_extrude_cross_section)",
+            self.add(fail.EXTRUSION_TOO_LARGE, f"extrusion_too_large <= {limit_area:.3f} mm^2 (max_extrude_cross_section)",
                      f"{area:.3f} mm^2", f"Move exceeds maximum extrusion ({area:.3f}mm^2 vs {limit_area:.3f}mm^2)")
 
     # -- modes, offsets, homing ------------------------------------------------------------------------
@@ -378,7 +378,7 @@ class _Checker:
                 continue
             value = absolute if absolute is not None else m.gcode_offset[i] + (adjust or 0.0)
             if abs(value) > cap + POSITION_EPS_MM:
-                self.add(rules.GCODE_OFFSET, f"|{letter} offset| <= {_num(cap)} mm", f"{letter}={_num(value)} mm",
+                self.add(fail.GCODE_OFFSET, f"|{letter} offset| <= {_num(cap)} mm", f"{letter}={_num(value)} mm",
                          f"G-code offset {letter}={_num(value)} mm is larger than babystepping needs; "
                          "it shifts the whole print")
             shift[i] = value - m.gcode_offset[i]
@@ -401,7 +401,7 @@ class _Checker:
         name = cmd.args.get("NAME", "default").upper()
         snap = m.saved.get(name)
         if snap is None:
-            self.add(rules.BAD_ARGUMENT, "a state saved by SAVE_GCODE_STATE", f"NAME={name}",
+            self.add(fail.INVALID_COMMAND, "a state saved by SAVE_GCODE_STATE", f"NAME={name}",
                      f"Unknown g-code state: {name}")
             return
         m.absolute_xyz, m.absolute_e = snap.absolute_xyz, snap.absolute_e
@@ -414,7 +414,7 @@ class _Checker:
 
     def _leveling(self, cmd: Command) -> None:
         if not all(self.m.homed):
-            self.add(rules.NOT_HOMED, "home X, Y and Z before levelling", "not homed",
+            self.add(fail.MUST_HOME_FIRST, "home X, Y and Z before levelling", "not homed",
                      f"{cmd.code}: Must home axis first")
 
     # -- heaters ---------------------------------------------------------------------------------------
@@ -430,7 +430,7 @@ class _Checker:
         heater, hi = self._heater(which)
         if target == 0.0 or (heater.min_temp_c <= target <= hi and math.isfinite(target)):
             return True
-        self.add(rules.HEATER_RANGE, f"{which} target 0 or in [{_num(heater.min_temp_c)}, {_num(hi)}] C",
+        self.add(fail.TEMPERATURE_OUT_OF_RANGE, f"{which} target 0 or in [{_num(heater.min_temp_c)}, {_num(hi)}] C",
                  f"{_num(target)} C", f"Requested temperature ({target:.1f}) out of range "
                  f"({heater.min_temp_c:.1f}:{hi:.1f}) for {which}")
         return False
@@ -455,7 +455,7 @@ class _Checker:
     def _tool_ok(self, cmd: Command) -> bool:
         tool = cmd.get("T")
         if tool is not None and tool != 0.0:
-            self.add(rules.UNKNOWN_TOOL, "T0 (one extruder)", f"T{_num(tool)}",
+            self.add(fail.UNKNOWN_TOOL, "T0 (one extruder)", f"T{_num(tool)}",
                      f"{cmd.code} T{_num(tool)}: this printer has one extruder")
             return False
         return True
@@ -491,7 +491,7 @@ class _Checker:
         heater = cmd.args.get("HEATER", "").lower()
         target = self._arg(cmd, "TARGET")
         if heater not in ("extruder", "heater_bed"):
-            self.add(rules.HEATER_RANGE, "HEATER=extruder or HEATER=heater_bed", f"HEATER={heater}",
+            self.add(fail.TEMPERATURE_OUT_OF_RANGE, "HEATER=extruder or HEATER=heater_bed", f"HEATER={heater}",
                      f"SET_HEATER_TEMPERATURE: unknown heater {heater!r} on this printer")
             return
         self._set_target(heater, target or 0.0, wait=False)
@@ -500,14 +500,14 @@ class _Checker:
         sensor = cmd.args.get("SENSOR", "").lower()
         minimum, maximum = self._arg(cmd, "MINIMUM"), self._arg(cmd, "MAXIMUM")
         if minimum is None and maximum is None:
-            self.add(rules.BAD_ARGUMENT, "MINIMUM= or MAXIMUM=", "none", "TEMPERATURE_WAIT needs MINIMUM or MAXIMUM")
+            self.add(fail.INVALID_COMMAND, "MINIMUM= or MAXIMUM=", "none", "TEMPERATURE_WAIT needs MINIMUM or MAXIMUM")
             return
         if sensor not in ("extruder", "heater_bed"):
             return
         target = self.m.hotend_target_c if sensor == "extruder" else self.m.bed_target_c
         _, hi = self._heater(sensor)
         if minimum is not None and (minimum > max(target, 0.0) + 1e-9 or minimum > hi):
-            self.add(rules.HEATER_WAIT, f"MINIMUM <= the {sensor} target ({_num(target)} C)",
+            self.add(fail.HEATER_TIMEOUT, f"MINIMUM <= the {sensor} target ({_num(target)} C)",
                      f"MINIMUM={_num(minimum)} C", "waits for a temperature the heater is not set to reach: "
                      "the program would hang with the heater on")
             return
@@ -526,12 +526,12 @@ class _Checker:
             which = cmd.args.get("HEATER", "").lower()
             target = self._arg(cmd, "TARGET")
         if which not in ("extruder", "heater_bed") or target is None or target <= 0.0:
-            self.add(rules.FORBIDDEN, "autotune of extruder or heater_bed with a target", _quote(cmd.text),
+            self.add(fail.FORBIDDEN_COMMAND, "autotune of extruder or heater_bed with a target", _quote(cmd.text),
                      f"{cmd.code} without a known heater and target is forbidden")
             return
         _, hi = self._heater(which)
         if target > hi:
-            self.add(rules.FORBIDDEN, f"autotune target <= {_num(hi)} C ({which})", f"{_num(target)} C",
+            self.add(fail.FORBIDDEN_COMMAND, f"autotune target <= {_num(hi)} C ({which})", f"{_num(target)} C",
                      f"{cmd.code}: PID autotune to {_num(target)} C above the {which} limit of {_num(hi)} C")
 
     def _macro(self, cmd: Command, macro: MacroProfile) -> None:
@@ -564,7 +564,7 @@ class _Checker:
         else:
             lo, hi, what = self.policy.speed_percent_min, self.policy.speed_percent_max, "speed"
         if not lo <= value <= hi:
-            self.add(rules.FACTOR_RANGE, f"{what} factor in [{_num(lo)}, {_num(hi)}] %", f"{_num(value)} %",
+            self.add(fail.FACTOR_RANGE, f"{what} factor in [{_num(lo)}, {_num(hi)}] %", f"{_num(value)} %",
                      f"{cmd.code} S{_num(value)}: {what} factor outside [{_num(lo)}, {_num(hi)}] %")
             return
         if cmd.code == "M221":
@@ -579,23 +579,23 @@ class _Checker:
 
     def _velocity_limit(self, cmd: Command) -> None:
         prof = self.profile
-        self._limit("VELOCITY", self._arg(cmd, "VELOCITY"), self.feed_cap_mm_s, "mm/s", rules.FEED_RATE)
-        self._limit("ACCEL", self._arg(cmd, "ACCEL"), prof.max_accel_mm_s2, "mm/s^2", rules.ACCELERATION)
+        self._limit("VELOCITY", self._arg(cmd, "VELOCITY"), self.feed_cap_mm_s, "mm/s", fail.FEED_RATE)
+        self._limit("ACCEL", self._arg(cmd, "ACCEL"), prof.max_accel_mm_s2, "mm/s^2", fail.ACCELERATION)
 
     def _m204(self, cmd: Command) -> None:
         prof = self.profile
         cap = max(prof.max_accel_mm_s2, prof.print_accel_mm_s2, prof.travel_accel_mm_s2, prof.retract_accel_mm_s2)
         # Klipper reads S, or P and T (it takes the smaller); Marlin also R (retraction).
         for letter in "SPT" if self.klipper else "SPTR":
-            self._limit(f"M204 {letter}", cmd.get(letter), cap, "mm/s^2", rules.ACCELERATION)
+            self._limit(f"M204 {letter}", cmd.get(letter), cap, "mm/s^2", fail.ACCELERATION)
 
     def _per_axis(self, cmd: Command) -> None:
-        if self.klipper:
+        if not runs_on(cmd.code, self.firmware):
             return  # Klipper has no M201/M203/M205: it answers "Unknown command" and changes nothing
         prof = self.profile
-        table = {"M201": (prof.max_axis_accel_mm_s2, "mm/s^2", rules.ACCELERATION),
-                 "M203": (prof.max_feedrate_mm_s, "mm/s", rules.FEED_RATE),
-                 "M205": (prof.jerk_mm_s, "mm/s", rules.ACCELERATION)}
+        table = {"M201": (prof.max_axis_accel_mm_s2, "mm/s^2", fail.ACCELERATION),
+                 "M203": (prof.max_feedrate_mm_s, "mm/s", fail.FEED_RATE),
+                 "M205": (prof.jerk_mm_s, "mm/s", fail.ACCELERATION)}
         caps, unit, rule = table[cmd.code]
         for letter, cap in zip("XYZE", caps, strict=True):
             self._limit(f"{cmd.code} {letter}", cmd.get(letter), cap, unit, rule)
@@ -613,23 +613,10 @@ class _Checker:
         except ValueError:
             value = math.nan
         if not math.isfinite(value):
-            self.add(rules.BAD_ARGUMENT, f"{key}= a number", f"{key}={text[:40]}",
+            self.add(fail.INVALID_COMMAND, f"{key}= a number", f"{key}={text[:40]}",
                      f"{cmd.code} {key}={text[:40]!r}: not a number")
             return None
         return value
-
-    _HANDLERS = {
-        "G0": _move, "G1": _move, "G2": _arc, "G3": _arc, "G28": _g28, "G92": _g92, "G90": _set_mode,
-        "G91": _set_mode, "M82": _set_mode, "M83": _set_mode, "M84": _motors_off, "M18": _motors_off,
-        "G10": _retract, "G11": _retract, "SET_GCODE_OFFSET": _gcode_offset, "SAVE_GCODE_STATE": _save_state,
-        "RESTORE_GCODE_STATE": _restore_state, "G29": _leveling, "G80": _leveling,
-        "BED_MESH_CALIBRATE": _leveling, "Z_TILT_ADJUST": _leveling, "QUAD_GANTRY_LEVEL": _leveling,
-        "M104": _m104_m109, "M109": _m104_m109, "M140": _m140_m190, "M190": _m140_m190,
-        "SET_HEATER_TEMPERATURE": _set_heater_temperature, "TEMPERATURE_WAIT": _temperature_wait,
-        "TURN_OFF_HEATERS": _turn_off_heaters, "M303": _autotune, "PID_CALIBRATE": _autotune,
-        "M220": _factor, "M221": _factor, "SET_VELOCITY_LIMIT": _velocity_limit, "M204": _m204,
-        "M201": _per_axis, "M203": _per_axis, "M205": _per_axis,
-    }
 
 
 def _first_arg(cmd: Command, names: list[str]) -> float | None:
@@ -663,17 +650,17 @@ def validate(source: bytes | str | os.PathLike[str], profile: PrinterProfile, po
 
     Raises ``OSError`` when a file cannot be read; everything about the contents is a finding.
 
-    >>> from sim_bridge.profiles import load_printer
+    >>> from sim_bridge.printers import load_printer
     >>> v = validate("G28\\nM302\\nG1 X500", load_printer("ender3-klipper"))
     >>> v.verdict, [(f.line, f.rule) for f in v.violations]
-    ('block', [(2, 'forbidden-command'), (3, 'out-of-range')])
+    ('block', [(2, 'forbidden_command'), (3, 'move_out_of_range')])
     """
     policy = policy or SafetyPolicy()
     data, label = _read_source(source, name)
     digest = hashlib.sha256(data).hexdigest()
     findings = _Findings(policy.max_findings_per_rule)
     if len(data) > MAX_PROGRAM_BYTES:
-        findings.add(0, "", rules.UNREADABLE, f"at most {MAX_PROGRAM_BYTES} bytes", f"more than {MAX_PROGRAM_BYTES}",
+        findings.add(0, "", fail.UNREADABLE, f"at most {MAX_PROGRAM_BYTES} bytes", f"more than {MAX_PROGRAM_BYTES}",
                      "the program is too large to validate")
         return Verdict(findings.result(), 0, digest)
     checker = _Checker(profile, policy, findings)
@@ -692,7 +679,7 @@ def validate(source: bytes | str | os.PathLike[str], profile: PrinterProfile, po
             if cmd is not None:
                 checker.check(cmd)
     except GcodeError as exc:
-        findings.add(exc.line, "", rules.UNREADABLE, "text G-code (no NUL bytes, lines under 256 KiB)",
+        findings.add(exc.line, "", fail.UNREADABLE, "text G-code (no NUL bytes, lines under 256 KiB)",
                      "binary or over-long line", f"not readable as G-code: {exc.reason}")
         lines = max(lines, exc.line)
     return Verdict(findings.result(), lines, digest)

@@ -11,15 +11,18 @@ the planned timeline (:mod:`sim_bridge.simulator`).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from sim_bridge import failures as fail
+from sim_bridge.commands import COMMANDS, IGNORED, KLIPPER, MARLIN
 from sim_bridge.config import check_ranges, ranged
-from sim_bridge.gcode import _WORD_RE, Command, GcodeReader, parse_line
+from sim_bridge.gcode import _WORD_RE, Command, GcodeError, GcodeReader, parse_line
+from sim_bridge.layers import is_layer_marker
 from sim_bridge.profiles import Material, PrinterProfile
-from sim_bridge.report import Failure, Notice
+from sim_bridge.report import Failure, Notice, unreadable_failure
 
 # Event kinds on the timeline (applied before the move with the event's index).
 EV_HOTEND_TARGET = 0
@@ -41,46 +44,12 @@ F_STOP_BEFORE = 2
 F_KINEMATIC = 4
 """The toolhead moves (not an extrude-only move)."""
 
-KNOWN_IGNORED = frozenset({
-    "M105", "M114", "M115", "M117", "M118", "M73", "M300", "M17", "M31", "M75", "M76", "M77", "M80", "M81",
-    "M110", "M111", "M112", "M119", "M155", "M24", "M25", "M27", "M21", "M22", "M20", "M23", "M30", "M32",
-    "M1", "M0", "M108", "M400", "M486", "M900", "M572", "M593", "M204", "M205", "M201", "M203", "M207",
-    "M208", "M209", "M862.1", "M862.3", "M141", "M191", "M142", "M163", "M164",
-})
-"""Commands a firmware accepts without an effect on the simulation (messages, queries, progress, labels)."""
-
-KLIPPER_EXTENDED_IGNORED = frozenset({
-    "EXCLUDE_OBJECT_DEFINE", "EXCLUDE_OBJECT_START", "EXCLUDE_OBJECT_END", "EXCLUDE_OBJECT",
-    "SET_PRINT_STATS_INFO", "GET_POSITION", "STATUS", "HELP", "RESPOND", "SET_DISPLAY_TEXT",
-    "SDCARD_LOOP_BEGIN", "SDCARD_LOOP_END", "SDCARD_LOOP_DESIST", "TIMELAPSE_TAKE_FRAME",
-    "SET_RETRACTION", "SET_INPUT_SHAPER", "SET_GCODE_OFFSET", "SAVE_GCODE_STATE", "RESTORE_GCODE_STATE",
-    "UPDATE_DELAYED_GCODE", "SET_IDLE_TIMEOUT", "SET_FILAMENT_SENSOR", "QUERY_ENDSTOPS", "ACCEPT",
-    "TURN_OFF_HEATERS", "BED_MESH_PROFILE", "BED_MESH_CLEAR", "SET_LED", "M204",
-})
-
 BATCH_START_S = 0.25
 """Klipper batch mode: motion starts 0.25 s into the print (the planner's start buffer)."""
 BATCH_TAIL_S = 0.252
 """Klipper batch mode: time reported after motion that ends in a forced flush (0.25 s + 2 flush delays)."""
 BATCH_HOMING_FLUSH_S = 0.010
 """Klipper batch mode: flush bookkeeping per homed axis (0.002 s + 8 kinematic flush delays)."""
-
-HANDLERS: dict[str, str] = {
-    "G2": "_arc", "G3": "_arc", "G4": "_g4", "G10": "_g10", "G11": "_g11", "G20": "_g20", "G21": "_g21",
-    "G28": "_g28", "G90": "_g90", "G91": "_g91", "G92": "_g92", "M82": "_m82", "M83": "_m83", "M84": "_m84",
-    "M18": "_m84", "M104": "_m104", "M109": "_m109", "M140": "_m140", "M190": "_m190", "M106": "_m106",
-    "M107": "_m107", "M201": "_m201", "M203": "_m203", "M204": "_m204", "M205": "_m205", "M220": "_m220",
-    "M221": "_m221", "M400": "_m400", "T0": "_t", "SET_VELOCITY_LIMIT": "_set_velocity_limit",
-    "SET_HEATER_TEMPERATURE": "_set_heater_temperature", "TEMPERATURE_WAIT": "_temperature_wait",
-    "SET_PRESSURE_ADVANCE": "_noop", "SET_FAN_SPEED": "_set_fan_speed", "G29": "_leveling",
-    "G80": "_leveling", "BED_MESH_CALIBRATE": "_leveling", "Z_TILT_ADJUST": "_leveling",
-    "QUAD_GANTRY_LEVEL": "_leveling", "TURN_OFF_HEATERS": "_turn_off_heaters",
-}
-"""Command code → interpreter method (the commands that change the simulated machine)."""
-
-
-LEVELING_COMMANDS = frozenset({"BED_MESH_CALIBRATE", "Z_TILT_ADJUST", "QUAD_GANTRY_LEVEL", "G29", "G80"})
-
 
 @dataclass
 class SimOptions:
@@ -265,6 +234,10 @@ class Interpreter:
         except _Fatal as exc:
             fatal = exc.failure
             last_line = exc.failure.line
+        except GcodeError as exc:
+            # The firmware runs the lines before one it cannot read, then stops.
+            fatal = unreadable_failure(exc, self.state.layer)
+            last_line = exc.line
         moves = np.array(self._moves, dtype=np.float64).reshape(-1, 12)
         return Program(
             line=moves[:, 0].astype(np.int64), xyz=np.ascontiguousarray(moves[:, 4:7]),
@@ -312,8 +285,8 @@ class Interpreter:
                 self._other(cmd)
 
     def observe_comment(self, comment: str) -> None:
-        """Slicer layer markers (``;LAYER_CHANGE``, ``;LAYER:n``) switch layer counting to the markers."""
-        if comment.startswith("LAYER_CHANGE") or comment.startswith("LAYER:"):
+        """Slicer layer markers (:mod:`sim_bridge.layers`) switch layer counting to the markers."""
+        if is_layer_marker(comment):
             st = self.state
             if not st.layer_marker_mode and st.layer >= 0:
                 # Extrusion before the slicer's first layer is the start sequence (purge lines), not a layer.
@@ -325,8 +298,11 @@ class Interpreter:
             st.layer_marker_mode = True
             st.layer_marker_pending = True
 
-    def _handlers(self) -> dict[str, object]:
-        return {code: getattr(self, method) for code, method in HANDLERS.items()}
+    def _handlers(self) -> dict[str, Callable[[Command], None]]:
+        """Code → bound method, from the command table (a command this firmware lacks is unknown)."""
+        firmware = KLIPPER if self.klipper else MARLIN
+        return {code: getattr(self, spec.effect) if firmware in spec.firmware else self._unknown
+                for code, spec in COMMANDS.items() if spec.effect}
 
     # -- helpers ---------------------------------------------------------------------------------------
     def _fail(self, mode: str, message: str, line: int) -> None:
@@ -352,7 +328,7 @@ class Interpreter:
         f = p.get("F")
         if f is not None and f == f:
             if f <= 0.0:
-                self._fail("invalid_command", f"Invalid speed in 'G1 F{f:g}'", line)
+                self._fail(fail.INVALID_COMMAND, f"Invalid speed in 'G1 F{f:g}'", line)
             st.feed_mm_s = f * u / 60.0
         gx, gy, gz, ge = st.gpos
         target = [gx, gy, gz]
@@ -425,11 +401,11 @@ class Interpreter:
                 continue
             if not st.homed[i]:
                 if self.klipper:
-                    self._fail("must_home_first", "Must home axis first: "
+                    self._fail(fail.MUST_HOME_FIRST, "Must home axis first: "
                                + self._position_text([nx, ny, nz, ne]), line)
                 continue
             if v < self.lo[i] - 1e-9 or v > self.hi[i] + 1e-9:
-                self._fail("move_out_of_range", "Move out of range: "
+                self._fail(fail.MOVE_OUT_OF_RANGE, "Move out of range: "
                            + self._position_text([nx, ny, nz, ne]), line)
 
     def _check_extrusion(self, de: float, dx: float, dy: float, dz: float, kinematic: bool, line: int) -> None:
@@ -438,12 +414,12 @@ class Interpreter:
         ratio = de / move_d
         if not kinematic or ratio < 0.0:
             if abs(de) > self.profile.max_extrude_only_distance_mm:
-                self._fail("extrude_only_too_long",
+                self._fail(fail.EXTRUDE_ONLY_TOO_LONG,
                            f"Extrude only move too long ({de:.3f}mm vs "
                            f"{self.profile.max_extrude_only_distance_mm:.3f}mm)", line)
         elif ratio > self.max_e_ratio and de > self.profile.nozzle_diameter_mm * self.max_e_ratio:
             area = ratio * self.profile.filament_area_mm2
-            self._fail("extrusion_too_large",
+            self._fail(fail.EXTRUSION_TOO_LARGE,
                        f"Move exceeds maximum extrusion ({area:.3f}mm^2 vs "
                        f"{self.max_e_ratio * self.profile.filament_area_mm2:.3f}mm^2)", line)
 
@@ -486,7 +462,7 @@ class Interpreter:
         i_off, j_off, r = p.get("I"), p.get("J"), p.get("R")
         if (i_off is None or i_off != i_off) and (j_off is None or j_off != j_off):
             if r is None or r != r:
-                self._fail("invalid_command", f"{cmd.code} needs I/J or R", cmd.line)
+                self._fail(fail.INVALID_COMMAND, f"{cmd.code} needs I/J or R", cmd.line)
             cx, cy = arc_center_from_radius(gx, gy, tx, ty, r * u, clockwise)
         else:
             cx = gx + (0.0 if i_off is None or i_off != i_off else i_off * u)
@@ -534,7 +510,7 @@ class Interpreter:
         else:
             seconds = ms / 1000.0 if ms is not None else (cmd.get("S", 0.0) or 0.0)
         if seconds < 0.0:
-            self._fail("invalid_command", f"G4 with a negative time ({seconds:g} s)", cmd.line)
+            self._fail(fail.INVALID_COMMAND, f"G4 with a negative time ({seconds:g} s)", cmd.line)
         self._flush()
         self._event(EV_DWELL, seconds, cmd.line)
 
@@ -625,7 +601,7 @@ class Interpreter:
     def _check_temp(self, which: str, target: float, line: int) -> None:
         heater = self.profile.hotend if which == "extruder" else self.profile.bed
         if target != 0.0 and (target < heater.min_temp_c or target > heater.max_temp_c):
-            self._fail("temperature_out_of_range",
+            self._fail(fail.TEMPERATURE_OUT_OF_RANGE,
                        f"Requested temperature ({target:.1f}) out of range "
                        f"({heater.min_temp_c:.1f}:{heater.max_temp_c:.1f})", line)
 
@@ -650,7 +626,7 @@ class Interpreter:
     def _tool_ok(self, cmd: Command) -> bool:
         tool = cmd.get("T")
         if tool is not None and tool != 0:
-            self._notice("unknown_tool", f"T{tool:g}: this printer has one extruder; command ignored", cmd.line)
+            self._notice(fail.UNKNOWN_TOOL, f"T{tool:g}: this printer has one extruder; command ignored", cmd.line)
             return False
         return True
 
@@ -691,7 +667,7 @@ class Interpreter:
         try:
             speed = float(cmd.args.get("SPEED", "0"))
         except ValueError:
-            self._fail("invalid_command", f"SET_FAN_SPEED SPEED={cmd.args.get('SPEED')!r}: not a number", cmd.line)
+            self._fail(fail.INVALID_COMMAND, f"SET_FAN_SPEED SPEED={cmd.args.get('SPEED')!r}: not a number", cmd.line)
         self.state.fan = min(1.0, max(0.0, speed))
         self._event(EV_FAN, self.state.fan * self.profile.part_fan_max_rpm_fraction, cmd.line)
 
@@ -702,7 +678,7 @@ class Interpreter:
         try:
             return float(text)
         except ValueError:
-            self._fail("invalid_command", f"{cmd.code} {key}={text!r}: not a number", cmd.line)
+            self._fail(fail.INVALID_COMMAND, f"{cmd.code} {key}={text!r}: not a number", cmd.line)
         return None
 
     def _set_heater_temperature(self, cmd: Command) -> None:
@@ -713,7 +689,7 @@ class Interpreter:
         elif heater == "heater_bed":
             self._set_bed(target, cmd.line, wait=False)
         else:
-            self._fail("invalid_command", f"SET_HEATER_TEMPERATURE: unknown heater {heater!r} "
+            self._fail(fail.INVALID_COMMAND, f"SET_HEATER_TEMPERATURE: unknown heater {heater!r} "
                        "(this printer has 'extruder' and 'heater_bed')", cmd.line)
 
     def _temperature_wait(self, cmd: Command) -> None:
@@ -742,7 +718,7 @@ class Interpreter:
         a2d = self._arg_float(cmd, "ACCEL_TO_DECEL")
         for key, value in (("VELOCITY", velocity), ("ACCEL", accel)):
             if value is not None and value <= 0.0:
-                self._fail("invalid_command", f"SET_VELOCITY_LIMIT {key}={value:g}: must be above 0", cmd.line)
+                self._fail(fail.INVALID_COMMAND, f"SET_VELOCITY_LIMIT {key}={value:g}: must be above 0", cmd.line)
         if velocity is not None:
             s.max_velocity = velocity
         if accel is not None:
@@ -764,10 +740,10 @@ class Interpreter:
             elif pv is not None and tv is not None:
                 accel = min(pv, tv)
             else:
-                self._notice("invalid_m204", f"Invalid M204 command \"{cmd.code} {cmd.text}\"", cmd.line)
+                self._notice(fail.INVALID_M204, f"Invalid M204 command \"{cmd.code} {cmd.text}\"", cmd.line)
                 return
             if accel <= 0.0:
-                self._notice("invalid_m204", f"Invalid M204 command \"{cmd.code} {cmd.text}\"", cmd.line)
+                self._notice(fail.INVALID_M204, f"Invalid M204 command \"{cmd.code} {cmd.text}\"", cmd.line)
                 return
             s.max_accel = accel
         else:
@@ -790,22 +766,16 @@ class Interpreter:
         return (values[0], values[1], values[2], values[3])
 
     def _m201(self, cmd: Command) -> None:
-        if self.klipper:
-            return self._unknown(cmd)
         s = self.state.settings
         s.max_axis_accel = self._axis_values(cmd, s.max_axis_accel)
         self._settings_changed()
 
     def _m203(self, cmd: Command) -> None:
-        if self.klipper:
-            return self._unknown(cmd)
         s = self.state.settings
         s.max_feedrate = self._axis_values(cmd, s.max_feedrate)
         self._settings_changed()
 
     def _m205(self, cmd: Command) -> None:
-        if self.klipper:
-            return self._unknown(cmd)
         s = self.state.settings
         jerk = list(s.jerk)
         for i, letter in enumerate("XYZE"):
@@ -821,27 +791,25 @@ class Interpreter:
         value = cmd.get("S")
         if value is not None:
             if value <= 0.0:
-                self._fail("invalid_command", f"M220 S{value:g}: speed factor must be above 0", cmd.line)
+                self._fail(fail.INVALID_COMMAND, f"M220 S{value:g}: speed factor must be above 0", cmd.line)
             self.state.speed_factor = value / 100.0
 
     def _m221(self, cmd: Command) -> None:
         value = cmd.get("S")
         if value is not None and (cmd.get("T", 0.0) or 0.0) == 0.0:
             if value <= 0.0:
-                self._fail("invalid_command", f"M221 S{value:g}: extrude factor must be above 0", cmd.line)
+                self._fail(fail.INVALID_COMMAND, f"M221 S{value:g}: extrude factor must be above 0", cmd.line)
             self.state.extrude_factor = value / 100.0
+
+    def _g1(self, cmd: Command) -> None:
+        self._move(cmd.params, cmd.line)
 
     def _t(self, cmd: Command) -> None:
         self.state.tool = 0
 
-    def _noop(self, cmd: Command) -> None:
-        pass
-
     def _leveling(self, cmd: Command) -> None:
-        if cmd.code in {"G29", "G80"} and self.klipper:
-            return self._unknown(cmd)
         if not all(self.state.homed) and self.klipper:
-            self._fail("must_home_first", f"{cmd.code}: Must home axis first", cmd.line)
+            self._fail(fail.MUST_HOME_FIRST, f"{cmd.code}: Must home axis first", cmd.line)
         self._flush()
         self._event(EV_MACRO, self.options.leveling_s, cmd.line)
 
@@ -850,18 +818,19 @@ class Interpreter:
         code = cmd.code
         if code.startswith("T") and code[1:].isdigit():
             if int(code[1:]) != 0:
-                self._notice("unknown_tool", f"{code}: this printer has one extruder; command ignored", cmd.line)
+                self._notice(fail.UNKNOWN_TOOL, f"{code}: this printer has one extruder; command ignored", cmd.line)
             return
         macro = self.profile.macro(code)
         if macro is not None:
             self._macro(cmd, macro)
             return
-        if code in KNOWN_IGNORED or code in KLIPPER_EXTENDED_IGNORED:
+        known = COMMANDS.get(code)
+        if known is not None and known.effect == IGNORED:
             return
         self._unknown(cmd)
 
     def _unknown(self, cmd: Command) -> None:
-        self._notice("unknown_command", f'Unknown command:"{cmd.code}"', cmd.line)
+        self._notice(fail.UNKNOWN_COMMAND, f'Unknown command:"{cmd.code}"', cmd.line)
 
     def _macro(self, cmd: Command, macro: object) -> None:
         from sim_bridge.profiles import MacroProfile
@@ -896,11 +865,6 @@ class Interpreter:
             self.state.fan = 0.0
             self._event(EV_FAN, 0.0, cmd.line)
             self._m84(cmd)
-
-
-def known_codes() -> frozenset[str]:
-    """Every command code the interpreter acts on or accepts without effect (for validity checks)."""
-    return _KNOWN_CODES
 
 
 class _Fatal(Exception):
@@ -944,5 +908,3 @@ def arc_center_from_radius(x0: float, y0: float, x1: float, y1: float, r: float,
         sign = -sign
     return mx - sign * h * dy / chord, my + sign * h * dx / chord
 
-
-_KNOWN_CODES = frozenset(HANDLERS) | {"G0", "G1"} | KNOWN_IGNORED | KLIPPER_EXTENDED_IGNORED

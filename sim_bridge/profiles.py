@@ -1,12 +1,12 @@
-"""Printer profiles and materials.
+"""Printer profiles and materials: the dataclasses.
 
 A :class:`PrinterProfile` describes one machine as the simulator and the validator need it: volume,
 kinematics, motion limits for Klipper's planner (square-corner velocity) and Marlin's (jerk), extruder
 limits in Klipper's terms, heaters with their thermal constants and PID gains, hotend melt capacity, and the
-printer's own macros with what each does. Profiles are YAML files mapped 1:1 onto these dataclasses
-(bundled ones in ``sim_bridge/profiles/``); :func:`load_printer` also imports a Klipper ``printer.cfg`` and a
-PrusaSlicer config (``.ini``, or the config dump at the end of its G-code). Every value is range-checked on
-load; an error names the key, the value and the allowed range.
+printer's own macros with what each does. Profiles are YAML files mapped 1:1 onto these dataclasses; every
+value is range-checked on load, and an error names the key, the value and the allowed range. Loading (a
+bundled name, a profile YAML, a Klipper ``printer.cfg``, a PrusaSlicer config) is
+:func:`sim_bridge.printers.load_printer`.
 
 Sources of the constants are in ``docs/simulator.md``.
 """
@@ -16,14 +16,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from functools import lru_cache
-from pathlib import Path
 
-from sim_bridge.config import ConfigError, check_ranges, from_dict, load_yaml, ranged
+from sim_bridge.config import ConfigError, check_ranges, ranged
 
-PROFILE_DIR = Path(__file__).parent / "profiles"
 KINEMATICS = ("cartesian", "corexy")
+"""Kinematics the simulator models."""
 FIRMWARES = ("klipper", "marlin")
+"""Firmwares whose planners and errors the simulator follows."""
 
 
 @dataclass(frozen=True)
@@ -255,56 +254,3 @@ class Material:
         if self.hotend_temp_min_c > self.hotend_temp_max_c:
             raise ConfigError(f"{self.name}: hotend_temp_min_c {self.hotend_temp_min_c} > "
                               f"hotend_temp_max_c {self.hotend_temp_max_c}")
-
-
-MATERIALS: dict[str, Material] = {
-    "PLA": Material("PLA", 190.0, 230.0, 50.0, 70.0, 1.24, 1.0, 50.0, 15.0, True),
-    "PETG": Material("PETG", 220.0, 250.0, 70.0, 90.0, 1.27, 0.8, 45.0, 10.0, True),
-    "ABS": Material("ABS", 230.0, 260.0, 90.0, 110.0, 1.04, 0.9, 45.0, 8.0, False),
-}
-"""Bundled materials (temperature windows from common vendor datasheets; see docs/simulator.md)."""
-
-
-def bundled_printers() -> list[str]:
-    """Names of the bundled printer profiles."""
-    return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
-
-
-def load_material(name: str) -> Material:
-    """A bundled material by name (case-insensitive)."""
-    try:
-        return MATERIALS[name.upper()]
-    except KeyError:
-        raise ConfigError(f"material {name!r}: unknown, choose one of {', '.join(MATERIALS)}") from None
-
-
-def printer_from_dict(data: dict[str, object], source: str = "") -> PrinterProfile:
-    """Build and validate a profile from a mapping (YAML keys = field names)."""
-    return from_dict(PrinterProfile, dict(data), source)
-
-
-@lru_cache(maxsize=64)
-def _load_bundled(name: str) -> PrinterProfile:
-    # Profiles are frozen: one parsed copy per bundled name can be shared.
-    return load_yaml(PrinterProfile, PROFILE_DIR / f"{name}.yaml")
-
-
-def load_printer(name_or_path: str | Path) -> PrinterProfile:
-    """Load a printer: a bundled name, a profile ``.yaml``, a Klipper ``.cfg`` or a PrusaSlicer ``.ini``/``.gcode``."""
-    text = str(name_or_path)
-    path = Path(text)
-    if path.suffix.lower() in {".yaml", ".yml"}:
-        return load_yaml(PrinterProfile, path)
-    if path.suffix.lower() == ".cfg":
-        from sim_bridge.importers import printer_from_klipper_cfg
-
-        return printer_from_klipper_cfg(path)
-    if path.suffix.lower() in {".ini", ".gcode", ".gco"}:
-        from sim_bridge.importers import printer_from_prusaslicer
-
-        return printer_from_prusaslicer(path)
-    bundled = PROFILE_DIR / f"{text}.yaml"
-    if bundled.is_file():
-        return _load_bundled(text)
-    raise ConfigError(f"printer {text!r}: not a bundled profile ({', '.join(bundled_printers())}) "
-                      "nor a .yaml/.cfg/.ini/.gcode file")

@@ -10,15 +10,10 @@ from pathlib import Path
 import pytest
 
 from sim_bridge.config import ConfigError
-from sim_bridge.importers import printer_from_klipper_cfg, printer_from_prusaslicer
-from sim_bridge.profiles import (
-    HeaterProfile,
-    PrinterProfile,
-    bundled_printers,
-    load_material,
-    load_printer,
-    printer_from_dict,
-)
+from sim_bridge.klipper_cfg import printer_from_klipper_cfg
+from sim_bridge.printers import bundled_printers, load_material, load_printer, printer_from_dict
+from sim_bridge.profiles import HeaterProfile, PrinterProfile
+from sim_bridge.slicer_config import printer_from_prusaslicer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 KLIPPER_CFG = FIXTURES / "klipper_cfg"

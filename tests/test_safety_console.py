@@ -25,6 +25,7 @@ import pytest
 import uvicorn
 from fastapi.routing import APIRoute
 
+from safety.accounts import AccountError
 from safety.approvals import ApprovalError, ApprovalStore, UnknownProgram
 from safety.console.__main__ import main as console_main
 from safety.console.app import PUBLIC_PATHS, create_app
@@ -62,7 +63,7 @@ FORBIDDEN = GOOD.replace(b"G92 E0\n", b"G92 E0\nM42 P13 S255\n")
 @pytest.fixture
 def store(tmp_path: Path) -> ApprovalStore:
     s = ApprovalStore(tmp_path / "approvals.db")
-    s.add_user("alice", PASSWORD)
+    s.accounts.add_user("alice", PASSWORD)
     return s
 
 
@@ -159,16 +160,16 @@ def test_decide_refuses_what_it_must_and_records_nothing(store: ApprovalStore) -
 
 
 def test_passwords_are_salted_hashes_and_checked(store: ApprovalStore) -> None:
-    assert store.check_password("alice", PASSWORD)
-    assert not store.check_password("alice", PASSWORD + "!")
-    assert not store.check_password("nobody", PASSWORD)
-    store.add_user("bob", PASSWORD)
-    with pytest.raises(ApprovalError, match="already exists"):
-        store.add_user("bob", "another password")
-    with pytest.raises(ApprovalError, match="at least 8"):
-        store.add_user("carol", "short")
-    with pytest.raises(ApprovalError, match="user name"):
-        store.add_user("../etc", PASSWORD)
+    assert store.accounts.check_password("alice", PASSWORD)
+    assert not store.accounts.check_password("alice", PASSWORD + "!")
+    assert not store.accounts.check_password("nobody", PASSWORD)
+    store.accounts.add_user("bob", PASSWORD)
+    with pytest.raises(AccountError, match="already exists"):
+        store.accounts.add_user("bob", "another password")
+    with pytest.raises(AccountError, match="at least 8"):
+        store.accounts.add_user("carol", "short")
+    with pytest.raises(AccountError, match="user name"):
+        store.accounts.add_user("../etc", PASSWORD)
     with contextlib.closing(sqlite3.connect(store.path)) as db:
         rows = db.execute("SELECT name, salt, password_hash FROM users ORDER BY name").fetchall()
     (_, salt_a, hash_a), (_, salt_b, hash_b) = rows
@@ -184,7 +185,7 @@ def test_cli_adds_a_user_submits_approves_and_prints_the_audit(tmp_path: Path, c
     gcode.write_bytes(GOOD)
     monkeypatch.setattr(sys, "stdin", __import__("io").StringIO(PASSWORD + "\n"))
     assert console_main(["adduser", "alice", "--password-stdin", "--db", db]) == 0
-    assert ApprovalStore(db).check_password("alice", PASSWORD)
+    assert ApprovalStore(db).accounts.check_password("alice", PASSWORD)
     assert console_main(["submit", str(gcode), "--printer", "ender3-klipper", "--db", db]) == 0
     assert "program 1 sha256 " + hashlib.sha256(GOOD).hexdigest() in capsys.readouterr().out
     assert console_main(["list", "--db", db]) == 0
@@ -246,7 +247,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     folder = tmp_path_factory.mktemp("console")
     config = ConsoleConfig(db=str(folder / "approvals.db"), max_upload_mib=UPLOAD_LIMIT_MIB)
     store = ApprovalStore(config.db)
-    store.add_user("alice", PASSWORD)
+    store.accounts.add_user("alice", PASSWORD)
     programs = {name: store.submit(gcode, printer="ender3-klipper", job=name, expert_gcode=EXPERT)
                 for name, gcode in (("browser", GOOD), ("http", program(shift_mm=5.0)))}
     app = create_app(store, config, load_or_create_secret(config.db))

@@ -16,14 +16,15 @@ from safety.gate import (
     FIRST_LAYER_STOP,
     GateLog,
     LiveTuning,
-    PrinterState,
     first_layer_payload,
     gate,
     printer_state_check,
 )
 from safety.tuning import TuningState
 from safety.validator import validate
-from sim_bridge.profiles import load_printer
+from sim_bridge.failures import TUNING_WINDOW
+from sim_bridge.moonraker import PrinterState, parse_printer_state
+from sim_bridge.printers import load_printer
 from sim_bridge.simulator import Simulator
 
 ROOT = Path(__file__).parent.parent
@@ -41,7 +42,7 @@ def program() -> bytes:
 def store(tmp_path: Path) -> tuple[ApprovalStore, GateLog]:
     db = tmp_path / "approvals.db"
     approvals = ApprovalStore(db)
-    approvals.add_user("ada", "correct horse battery staple")
+    approvals.accounts.add_user("ada", "correct horse battery staple")
     return approvals, GateLog(db)
 
 
@@ -127,9 +128,13 @@ def test_printer_state_from_moonraker_status() -> None:
     status = {"webhooks": {"state": "ready", "state_message": "Printer is ready"},
               "print_stats": {"state": "standby"}, "extruder": {"temperature": 25.1, "target": 0.0},
               "heater_bed": {"temperature": 24.0, "target": 0.0}}
-    assert PrinterState.from_moonraker(status) == PrinterState("ready", "standby", 25.1, 0.0, 24.0, 0.0)
+    expected = PrinterState("ready", "standby", 25.1, 0.0, 24.0, 0.0)
+    assert parse_printer_state(status) == expected
+    assert parse_printer_state({"result": {"eventtime": 3.5, "status": status}}) == expected, "the HTTP response"
     with pytest.raises(ValueError, match="heater_bed"):
-        PrinterState.from_moonraker({k: v for k, v in status.items() if k != "heater_bed"})
+        parse_printer_state({k: v for k, v in status.items() if k != "heater_bed"})
+    with pytest.raises(ValueError, match="temperature"):
+        parse_printer_state({**status, "extruder": {"target": 0.0}})
 
 
 def test_live_tuning_only_during_a_full_print_and_logged(program: bytes, store: tuple[ApprovalStore, GateLog]) -> None:
@@ -145,7 +150,7 @@ def test_live_tuning_only_during_a_full_print_and_logged(program: bytes, store: 
     tuning = LiveTuning(PROFILE, TuningState(hotend_temp_c=210.0), log, first.sha256)
     assert tuning.send("M221 S95\nM104 S220")[0]
     allowed, verdict = tuning.send("M221 S150")
-    assert not allowed and verdict.violations[0].rule == "tuning-window"
+    assert not allowed and verdict.violations[0].rule == TUNING_WINDOW
     assert not tuning.send("M104 S230")[0], "+20 C is beyond the ±15 C step"
     assert not tuning.send("G28")[0]
     rows = log.rows("tuning_log")

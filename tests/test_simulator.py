@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from sim_bridge import GcodeError, SimOptions, Simulator, simulate
+from sim_bridge import SimOptions, Simulator, simulate
 from sim_bridge.__main__ import main
+from sim_bridge.failures import STOPPED, UNREADABLE
 
 ROOT = Path(__file__).parent.parent
 CUBE = ROOT / "sim_bridge" / "data" / "cube20_ender3.gcode"
@@ -129,9 +130,15 @@ def test_cli_runs_as_a_module_and_reports_binary_input(tmp_path: Path) -> None:
     assert "junk.gcode:2" in proc.stderr and "NUL" in proc.stderr
 
 
-def test_missing_file_is_a_gcode_error() -> None:
-    with pytest.raises(GcodeError, match="no such file"):
-        Simulator().run(Path("/nonexistent/part.gcode"))
+def test_unreadable_input_is_a_failure_in_the_report() -> None:
+    missing = Simulator().run(Path("/nonexistent/part.gcode"))
+    assert not missing.success and missing.failure_modes() == {UNREADABLE: 1}
+    assert "no such file" in missing.failures[0].message and missing.stopped_at_line == 0
+    sim = Simulator()
+    binary = sim.run(START + "G1 Z5 X20 Y20 F3000\nG1 X30\x00\nG1 X40\n")
+    assert binary.failure_modes() == {UNREADABLE: 1} and binary.failures[0].fatal
+    assert binary.final_state["position_mm"][0] == 20.0, "the lines before the unreadable one ran"
+    assert sim.run("G1 X50\n").notices[-1].kind == STOPPED
 
 
 def test_options_are_plain_dataclass_fields() -> None:

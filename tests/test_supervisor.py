@@ -29,7 +29,7 @@ from envs.wrappers import (
     load_randomization,
 )
 from sim_bridge.config import ConfigError
-from sim_bridge.profiles import load_printer
+from sim_bridge.printers import load_printer
 
 SMALL_JOB = PrintJob(job_id="supervisor-test", part=PartSpec(kind="rectangle", size_mm=[12.0, 12.0], height_mm=1.2,
                                                              center_mm=[117.5, 117.5]),

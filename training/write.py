@@ -21,6 +21,7 @@ from envs.jobs import PrintJob
 from envs.sampler import load_suite
 from envs.scoring import episode_steps
 from envs.slicer import slice_job
+from safety.approvals import ApprovalStore
 from training.evaluate import revise_answers
 
 
@@ -76,8 +77,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.out}: {len(program.splitlines())} lines for {job.job_id} ({job.part.kind}) on {job.printer}; "
           f"episode reward {reward:.3f}")
     if args.db is not None:
-        from safety.approvals import ApprovalStore
-
         store = ApprovalStore(args.db)
         pid = store.submit(program.encode(), printer=job.printer, job=job.job_id,
                            description=f"written by {args.model} ({job.part.kind}, {job.material})",

@@ -20,9 +20,11 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from safety.accounts import AccountError, Accounts
 from safety.approvals import ApprovalError, ApprovalStore
 from safety.console.config import LOOPBACK_HOSTS, ConsoleConfig
 from safety.console.security import ConsoleError, load_or_create_secret
+from safety.database import StoreError
 from sim_bridge.config import ConfigError
 
 EXIT_BAD_INPUT = 2
@@ -47,7 +49,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = ConsoleConfig(db=args.db, host=args.host, port=args.port, max_upload_mib=args.max_upload_mib,
                            secure_cookie=args.secure_cookie)
     store = ApprovalStore(config.db)
-    if not store.users():
+    if not store.accounts.users():
         print(f"note: no users yet; add one with `python -m safety.console adduser NAME --db {config.db}`",
               file=sys.stderr)
     if config.host not in LOOPBACK_HOSTS:
@@ -65,8 +67,8 @@ def cmd_adduser(args: argparse.Namespace) -> int:
     else:
         password = getpass.getpass(f"password for {args.name}: ")
         if getpass.getpass("again: ") != password:
-            raise ApprovalError("the passwords differ")
-    _store(args).add_user(args.name, password)
+            raise AccountError("the passwords differ")
+    Accounts(args.db).add_user(args.name, password)
     print(f"added user {args.name}")
     return 0
 
@@ -163,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ApprovalError, ConsoleError, ConfigError) as exc:
+    except (StoreError, ConsoleError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

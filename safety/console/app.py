@@ -33,7 +33,7 @@ from safety.console.preview import (
     temperature_svg,
 )
 from safety.console.security import CSRF_FIELD, SESSION_COOKIE, BodyLimit, Session, Sessions, csrf_ok
-from sim_bridge.profiles import bundled_printers
+from sim_bridge.printers import bundled_printers
 
 HERE = Path(__file__).parent
 PUBLIC_PATHS = ("/login", "/static")
@@ -64,7 +64,7 @@ def require_user(request: Request) -> Session:
     session = session_of(request)
     store: ApprovalStore = request.app.state.store
     # A deleted user's cookie stops working at once, not when it expires.
-    if session is None or session.user is None or not store.has_user(session.user):
+    if session is None or session.user is None or not store.accounts.has_user(session.user):
         raise LoginRequired
     return session
 
@@ -134,7 +134,7 @@ def create_app(store: ApprovalStore, config: ConsoleConfig, secret: bytes) -> Fa
     @app.get("/login")
     def login_form(request: Request) -> Response:
         session = session_of(request)
-        if session is not None and session.user is not None and store.has_user(session.user):
+        if session is not None and session.user is not None and store.accounts.has_user(session.user):
             return RedirectResponse("/", status_code=303)
         anonymous, cookie = sessions.new(None)
         response = render("login.html", request, anonymous, error="")
@@ -148,7 +148,7 @@ def create_app(store: ApprovalStore, config: ConsoleConfig, secret: bytes) -> Fa
         if session is None:
             raise HTTPException(403, "Your login form expired: reload the login page.")
         require_csrf(session, csrf_token)
-        if not store.check_password(username, password):
+        if not store.accounts.check_password(username, password):
             return render("login.html", request, session, status_code=401, error="Wrong user name or password.")
         # A new session (and CSRF token) at login, so a token seen before login is worth nothing after.
         _, cookie = sessions.new(username)

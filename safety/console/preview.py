@@ -1,5 +1,7 @@
-"""What the program page shows, rendered on the server: a layer's toolpath as SVG, the numbered listing,
-the diff against the expert's program and the temperature plot. No script and nothing external."""
+"""What a reviewer sees of a program: the simulation made for review at submission (per-layer toolpaths,
+thinned temperature traces), and the program page's parts rendered from it on the server — a layer's
+toolpath as SVG, the numbered listing, the diff against the expert's program and the temperature plot. No
+script and nothing external."""
 
 from __future__ import annotations
 
@@ -8,8 +10,20 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from markupsafe import Markup
 
+from sim_bridge.interpreter import F_EXTRUDE, F_KINEMATIC, SimOptions
+from sim_bridge.profiles import PrinterProfile
+from sim_bridge.simulator import Simulator
+
+PREVIEW_MAX_POINTS_PER_LAYER = 20000
+"""Points kept per layer in the stored toolpath preview; denser layers are thinned evenly (the full program
+is still in the listing)."""
+TRACE_MAX_POINTS = 400
+"""Samples kept of each temperature trace for the report's plot."""
+TRACE_INTERVAL_S = 1.0
+"""Sampling interval of the simulated temperature traces."""
 SVG_SIZE_PX = 560
 MARGIN_MM = 5.0
 """Space around the extruded area in the preview; travel beyond it is cut off."""
@@ -22,6 +36,96 @@ EOL_RE = re.compile(r"\r{0,2}\n|\r")
 """Line endings as :mod:`sim_bridge.gcode` counts them, so listing numbers match findings' line numbers."""
 
 
+# -- the simulation for review ---------------------------------------------------------------------------
+def _thin(n: int, keep: int) -> np.ndarray:
+    """Indices of at most ``keep`` of ``n`` items, evenly spread, first and last kept."""
+    if n <= keep:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, keep).round().astype(np.int64))
+
+
+def _polylines(starts: np.ndarray, ends: np.ndarray) -> list[list[float]]:
+    """Chain segments into polylines (a new one wherever a segment does not start where the last ended);
+    each polyline is flat ``[x0, y0, x1, y1, …]`` rounded to 0.01 mm."""
+    lines: list[list[float]] = []
+    current: list[float] = []
+    last: tuple[float, float] | None = None
+    for (sx, sy), (ex, ey) in zip(starts.round(2).tolist(), ends.round(2).tolist(), strict=True):
+        if last != (sx, sy):
+            if len(current) >= 4:
+                lines.append(current)
+            current = [sx, sy]
+        current += [ex, ey]
+        last = (ex, ey)
+    if len(current) >= 4:
+        lines.append(current)
+    return lines
+
+
+def _toolpaths(sim: Simulator) -> dict[str, Any]:
+    """Per-layer extrusion and travel polylines (XY, machine coordinates) of the moves that ran, for the
+    layers that extrude."""
+    if not sim.executed:
+        return {"layers": [], "bbox_mm": None, "thinned": False}
+    starts = np.concatenate([m.starts[:, :2] for m in sim.executed])
+    ends = np.concatenate([m.xyz[:, :2] for m in sim.executed])
+    z = np.concatenate([m.xyz[:, 2] for m in sim.executed])
+    flags = np.concatenate([m.flags for m in sim.executed])
+    layer = np.concatenate([m.layer for m in sim.executed])
+    line = np.concatenate([m.line for m in sim.executed])
+    extruding = (flags & F_EXTRUDE) != 0
+    moving = ((flags & F_KINEMATIC) != 0) & (np.abs(ends - starts).sum(axis=1) > 0)
+    # Layers with extrusion only: the homing and travel before the first layer would be a layer of its own.
+    shown = np.unique(layer[moving & extruding]) if (moving & extruding).any() else np.unique(layer[moving])
+    layers, thinned = [], False
+    for index in shown.tolist():
+        sel = np.flatnonzero((layer == index) & moving)
+        keep = _thin(len(sel), PREVIEW_MAX_POINTS_PER_LAYER)
+        thinned |= len(keep) < len(sel)
+        sel = sel[keep]
+        ext, trav = sel[extruding[sel]], sel[~extruding[sel]]
+        z_mm = float(np.median(z[ext])) if len(ext) else float(np.median(z[sel]))
+        layers.append({
+            "index": int(index), "z_mm": round(z_mm, 3),
+            "first_line": int(line[sel].min()), "last_line": int(line[sel].max()),
+            "extrude": _polylines(starts[ext], ends[ext]), "travel": _polylines(starts[trav], ends[trav]),
+        })
+    # Framed on the part: travel to the home corner or a park position would shrink it to a speck.
+    framed = moving & extruding if (moving & extruding).any() else moving
+    pts = np.concatenate([starts[framed], ends[framed]]) if framed.any() else np.zeros((1, 2))
+    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    return {"layers": layers, "bbox_mm": [float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])],
+            "thinned": bool(thinned)}
+
+
+def _thin_traces(traces: dict[str, list[float]] | None) -> dict[str, list[float]]:
+    if not traces or not traces.get("t_s"):
+        return {}
+    keep = _thin(len(traces["t_s"]), TRACE_MAX_POINTS).tolist()
+    return {k: [round(float(traces[k][i]), 2) for i in keep]
+            for k in ("t_s", "hotend_c", "hotend_target_c", "bed_c", "bed_target_c")}
+
+
+def simulate_for_review(gcode: bytes, printer: PrinterProfile | str, name: str = "") -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run the embedded simulator on a program; return (report without traces, preview).
+
+    The preview holds per-layer toolpaths (``layers``: index, z, line range, ``extrude`` and ``travel``
+    polylines) and thinned temperature ``traces``; the report gains ``temperatures``: peak readings and
+    targets (°C).
+    """
+    sim = Simulator(printer, options=SimOptions(traces=True, trace_interval_s=TRACE_INTERVAL_S))
+    report = sim.run(gcode, name=name or None).to_dict()
+    traces = report.pop("traces") or {}
+    report["temperatures"] = {
+        key: (max(traces[key]) if traces.get(key) else None)
+        for key in ("hotend_c", "hotend_target_c", "bed_c", "bed_target_c")
+    }
+    preview = _toolpaths(sim)
+    preview["traces"] = _thin_traces(traces)
+    return report, preview
+
+
+# -- the page's parts -------------------------------------------------------------------------------------
 def gcode_lines(gcode: bytes) -> list[str]:
     """A program's lines, numbered as the simulator and validator number them (line 1 is index 0)."""
     lines = EOL_RE.split(gcode.decode("utf-8", errors="replace"))
