@@ -96,10 +96,11 @@ def test_smoke_run_kill_and_resume(tmp_path: Path) -> None:
     state = json.loads((killed_dir / "state.json").read_text())
     assert state["done"] == ["before", "sft", "grpo"]
 
-    # The final models reload, GRPO changed the weights SFT left, and the reloaded model generates.
+    # The final model reloads, carries the training (it is not the untrained model), and generates.
     grpo_model, tokenizer = load_model_and_tokenizer(ModelConfig(name=str(killed_dir / "grpo" / "final")))
-    sft_model, _ = load_model_and_tokenizer(ModelConfig(name=str(killed_dir / "sft" / "final")))
-    assert any(not torch.equal(a, b) for a, b in zip(grpo_model.parameters(), sft_model.parameters(), strict=True))
+    smoke = yaml.safe_load((ROOT / "configs" / "smoke.yaml").read_text())["embedded"]
+    untrained, _ = load_model_and_tokenizer(ModelConfig(**smoke, cache_dir=str(tmp_path / "models")))
+    assert any(not torch.equal(a, b) for a, b in zip(grpo_model.parameters(), untrained.parameters(), strict=True))
     prompt = ["Task: write the G-code for layer 1 of 1 at Z=0.200 mm."]
     text = generate(grpo_model, tokenizer, prompt, max_new_tokens=8)
     assert len(tokenizer(text[0], add_special_tokens=False)["input_ids"]) <= 8
