@@ -1,4 +1,4 @@
-"""The expert policy: the slicer's program, one step at a time.
+"""The expert policy: the slicer's program, one step at a time (an upper bound for every metric).
 
 Steps follow the ``GcodeWriter`` environment: with the job's start/end sequences, step 0 is the start
 sequence, steps ``1 … N`` are the layers and step ``N + 1`` the end; without them, steps ``0 … N − 1`` are
@@ -7,9 +7,14 @@ the layers (the environment runs :attr:`~envs.slicer.SlicedJob.setup` silently b
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+from agent.policy import Policy, Prompt
+from envs.gcode_writer import GcodeWriterEnv
 from envs.jobs import PrintJob
+from envs.sampler import load_suite
+from envs.scoring import episode_steps
 from envs.slicer import SlicedJob, slice_job
 
 
@@ -53,3 +58,23 @@ class ExpertPolicy:
     def act(self, observation: dict[str, Any]) -> str:
         """The action for an observation of the ``GcodeWriter`` environment (its ``step`` index)."""
         return self.program_for_step(int(observation["step"]))
+
+
+def expert_policy(suite: str | Sequence[PrintJob] = "tiny-v0") -> Policy:
+    """The reference program as a :class:`~agent.policy.Policy` over a suite's ``GcodeWriter-v0`` prompts,
+    matched by prompt; a revision request is answered with the same reference step as its task."""
+    jobs = load_suite(suite) if isinstance(suite, str) else list(suite)
+    answers: dict[str, str] = {}
+    for job in jobs:
+        env = GcodeWriterEnv(job=job)
+        obs, _ = env.reset(seed=0)
+        sliced = slice_job(job)
+        for kind, k in episode_steps(job):
+            text = sliced.start if kind == "start" else sliced.end if kind == "end" else sliced.layers[k]
+            answers[obs["prompt"]] = text
+            obs, *_ = env.step(text)
+
+    def act(prompts: Sequence[Prompt]) -> list[str]:
+        return [answers.get(p if isinstance(p, str) else p[0]["content"], "") for p in prompts]
+
+    return act

@@ -50,8 +50,8 @@ def bench(backend: str, model_name: str, data: Path, steps: int, out: Path) -> d
 
     from training.backend import BackendError, check_backend, load_model, make_grpo_trainer, make_sft_trainer
     from training.data import load_table, to_grpo, to_sft
-    from training.grpo import reward_functions
     from training.model import ModelConfig
+    from training.rewards import layer_reward_functions as reward_functions
 
     try:
         check_backend(backend)

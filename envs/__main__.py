@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
-import string
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,27 +19,28 @@ import gymnasium as gym
 import numpy as np
 
 import envs  # noqa: F401  (registers the environments)
+from agent.baselines import RandomTextPolicy, noop_policy, zero_action
 from sim_bridge.config import ConfigError
 
 SUITES = {"heldout": "heldout-v0"}
-RANDOM_TEXT_MAX_CHARS = 400
+POLICIES = ("expert", "random", "noop")
 
 
-def _policy(name: str, env: gym.Env, rng: random.Random) -> Any:
+def _policy(name: str, env: gym.Env, seed: int) -> Callable[[Any], Any]:
+    """An observation → action function: the env's reference program, or a baseline of :mod:`agent.baselines`
+    (text actions get text baselines; a ``Box`` gets its zero or a sample of its space)."""
     base = env.unwrapped
+    text = isinstance(env.action_space, gym.spaces.Text)
     if name == "expert":
         return lambda obs: base.expert_action()
     if name == "noop":
-        if isinstance(env.action_space, gym.spaces.Text):
-            return lambda obs: ""
-        return lambda obs: base.noop_action() if hasattr(base, "noop_action") else np.zeros(
-            env.action_space.shape, dtype=env.action_space.dtype)
+        return (lambda obs: noop_policy([obs["prompt"]])[0]) if text else (lambda obs: zero_action(env.action_space))
     if name == "random":
-        if isinstance(env.action_space, gym.spaces.Text):
-            alphabet = string.ascii_uppercase + string.digits + " .-\n"
-            return lambda obs: "".join(rng.choice(alphabet) for _ in range(rng.randint(0, RANDOM_TEXT_MAX_CHARS)))
+        if text:
+            random_text = RandomTextPolicy(seed)
+            return lambda obs: random_text([obs["prompt"]])[0]
         return lambda obs: env.action_space.sample()
-    raise ValueError(f"policy {name!r}: choose expert, random or noop")
+    raise ValueError(f"policy {name!r}: choose {', '.join(POLICIES)}")
 
 
 def rollout(env_id: str, policy: str, episodes: int, suite: str | None = None, seed: int = 0,
@@ -50,7 +50,7 @@ def rollout(env_id: str, policy: str, episodes: int, suite: str | None = None, s
         env_kwargs["suite"] = SUITES.get(suite, suite)
     env = gym.make(env_id, render_mode="rgb_array" if render_dir else None, **env_kwargs)
     env.action_space.seed(seed)
-    act = _policy(policy, env, random.Random(seed))
+    act = _policy(policy, env, seed)
     results = []
     failure_modes: Counter[str] = Counter()
     for episode in range(episodes):
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     roll = sub.add_parser("rollout", help="run whole episodes with a built-in policy")
     roll.add_argument("--env", default="layerloop/GcodeWriter-v0", help="registered environment id")
-    roll.add_argument("--policy", choices=("expert", "random", "noop"), default="expert")
+    roll.add_argument("--policy", choices=POLICIES, default="expert")
     roll.add_argument("--suite", help="held-out suite (heldout = envs/suites/heldout-v0.json)")
     roll.add_argument("--difficulty", type=int, help="sampled jobs of this difficulty (0-4) when no suite")
     roll.add_argument("--episodes", type=int, default=5)

@@ -19,11 +19,7 @@ dataset's job columns and return one float per completion, as ``GRPOTrainer`` ex
 
 from __future__ import annotations
 
-import concurrent.futures
-import hashlib
 import math
-import multiprocessing as mp
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -212,119 +208,29 @@ def program_reward(completions: Sequence[Any], job: Sequence[str] | None = None,
 
     if job is None:
         raise ValueError("program_reward needs the 'job' column (PrintJob.to_json) in the dataset")
-    return [score_program(_text(c), PrintJob.from_json(j)).normalized for c, j in zip(completions, job, strict=True)]
+    return [score_program(completion_text(c), PrintJob.from_json(j)).normalized
+            for c, j in zip(completions, job, strict=True)]
 
 
 def layer_reward(completions: Sequence[Any], job: Sequence[str] | None = None, layer: Sequence[int] | None = None,
-                 trainer_state: Any = None, **_: Any) -> list[float | None]:
-    """Reward of one layer written after the expert's program up to it (``GcodeWriter`` data)."""
-    if job is None or layer is None:
-        raise ValueError("layer_reward needs the 'job' and 'layer' columns in the dataset")
-    step = int(getattr(trainer_state, "global_step", 0) or 0)
-    return [s.reward / MAX_STEP_REWARD for s in layer_scores([_text(c) for c in completions], job, layer, step)]
-
-
-_SCORES: OrderedDict[tuple[str, str, int, int | None], StepScores] = OrderedDict()
-_SCORES_KEPT = 4096
-"""Scores kept for the reward parts of one batch (each part asks for the same simulation)."""
-_pool: concurrent.futures.ProcessPoolExecutor | None = None
-_pool_workers = 0
-_randomize_seed: int | None = None
-
-
-def set_reward_randomization(seed: int | None) -> None:
-    """Score the TRL reward parts on randomised printers (``None``: the nominal printer). The printer of a
-    completion is drawn from ``seed``, its job, its layer and the trainer's step: the completions of one
-    GRPO group meet the same printer, each step and prompt a new one."""
-    global _randomize_seed
-    _randomize_seed = seed
-
-
-def physics_seed(job_json: str, layer: int, step: int) -> int | None:
-    """The seed of the randomised printer a layer answer meets at ``step`` (None: randomisation is off)."""
-    if _randomize_seed is None:
-        return None
-    digest = hashlib.sha256(f"{_randomize_seed}|{step}|{layer}|{job_json}".encode()).digest()
-    return int.from_bytes(digest[:8], "little")
-
-
-def set_reward_workers(workers: int) -> None:
-    """Simulate rewards in ``workers`` parallel processes (0: in this process). The pool starts on first
-    use (``spawn``: safe beside a threaded trainer) and lives until the next call."""
-    global _pool, _pool_workers
-    if workers < 0:
-        raise ValueError(f"reward workers = {workers}: must be 0 (in process) or more")
-    if _pool is not None and workers != _pool_workers:
-        _pool.shutdown(cancel_futures=True)
-        _pool = None
-    _pool_workers = workers
-
-
-def _score(key: tuple[str, str, int, int | None]) -> StepScores:
+                 **_: Any) -> list[float | None]:
+    """Reward of one layer written after the expert's program up to it (``GcodeWriter`` data), on the
+    nominal printer, normalised to 1. (GRPO uses its parts, cached and optionally randomised:
+    ``training.rewards``.)"""
     from envs.scoring import score_layer
 
-    text, job_json, layer, physics_seed = key
-    return score_layer(text, PrintJob.from_json(job_json), layer, physics_seed)
+    if job is None or layer is None:
+        raise ValueError("layer_reward needs the 'job' and 'layer' columns in the dataset")
+    return [score_layer(completion_text(c), PrintJob.from_json(j), int(k)).reward / MAX_STEP_REWARD
+            for c, j, k in zip(completions, job, layer, strict=True)]
 
 
-def remember_scores(text: str, job_json: str, layer: int, physics_seed: int | None, scores: StepScores) -> None:
-    """Keep scores simulated elsewhere (a multi-turn rollout's feedback) for the reward parts to reuse."""
-    _SCORES[(text, job_json, int(layer), physics_seed)] = scores
+def completion_text(completion: Any) -> str:
+    """A completion as text: plain strings, or chat messages (the last message's content).
 
-
-def layer_scores(texts: Sequence[str], jobs: Sequence[str], layers: Sequence[int], step: int = 0
-                 ) -> list[StepScores]:
-    """Scores of a batch of layer answers, simulated once each (in parallel with :func:`set_reward_workers`;
-    on randomised printers with :func:`set_reward_randomization`) and remembered for the other reward parts
-    of the same batch."""
-    global _pool
-    keys = [(t, j, int(k), physics_seed(j, int(k), step)) for t, j, k in zip(texts, jobs, layers, strict=True)]
-    todo = [k for k in dict.fromkeys(keys) if k not in _SCORES]
-    if _pool_workers and len(todo) > 1:
-        if _pool is None:
-            _pool = concurrent.futures.ProcessPoolExecutor(_pool_workers, mp_context=mp.get_context("spawn"))
-        results = list(_pool.map(_score, todo, chunksize=max(1, len(todo) // (4 * _pool_workers))))
-    else:
-        results = [_score(k) for k in todo]
-    for k, r in zip(todo, results, strict=True):
-        _SCORES[k] = r
-    out = [_SCORES[k] for k in keys]
-    while len(_SCORES) > _SCORES_KEPT:
-        _SCORES.popitem(last=False)
-    return out
-
-
-def _component(name: str) -> Any:
-    def reward(completions: Sequence[Any], job: Sequence[str] | None = None, layer: Sequence[int] | None = None,
-               revision: Sequence[str] | None = None, trainer_state: Any = None, **_: Any) -> list[float | None]:
-        if job is None or layer is None:
-            raise ValueError(f"{name}_reward needs the 'job' and 'layer' columns in the dataset")
-        # Multi-turn rollouts pass the last revision: that is the answer the episode ends with.
-        texts = list(revision) if revision is not None else [_text(c) for c in completions]
-        out = []
-        step = int(getattr(trainer_state, "global_step", 0) or 0)
-        for s in layer_scores(texts, job, layer, step):
-            out.append({"geometry": s.geometry, "extrusion": s.extrusion, "time": s.time,
-                        "penalty": -(DEFECT_PENALTY * s.defects + (FATAL_PENALTY if s.fatal else 0.0))}[name])
-        return out
-
-    reward.__name__ = f"{name}_reward"
-    reward.__doc__ = f"The {name} part of :func:`layer_reward` (one simulation shared by all parts)."
-    return reward
-
-
-geometry_reward = _component("geometry")
-extrusion_reward = _component("extrusion")
-time_reward = _component("time")
-penalty_reward = _component("penalty")
-LAYER_REWARD_PARTS = [geometry_reward, extrusion_reward, time_reward, penalty_reward]
-"""``layer_reward`` split into parts for TRL (which logs each): use with ``reward_weights``
-:data:`LAYER_REWARD_WEIGHTS`; the weighted sum equals ``layer_reward`` × ``MAX_STEP_REWARD``."""
-LAYER_REWARD_WEIGHTS = [W_GEOMETRY, W_EXTRUSION, W_TIME, 1.0]
-
-
-def _text(completion: Any) -> str:
-    """A completion as text: plain strings, or chat messages (the last message's content)."""
+    >>> completion_text("G28"), completion_text([{"role": "assistant", "content": "G28"}])
+    ('G28', 'G28')
+    """
     if isinstance(completion, str):
         return completion
     if isinstance(completion, list) and completion and isinstance(completion[-1], dict):

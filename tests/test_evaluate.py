@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from training.evaluate import evaluate, expert_policy, gcode_validity
+from agent.expert import expert_policy
+from training.evaluate import eval_metrics, evaluate, gcode_validity
 
 EPISODES = 8
 
@@ -30,3 +31,11 @@ def test_validity_of_single_completions() -> None:
     assert gcode_validity("FROBNICATE X=1\n")[0] is False
     assert gcode_validity("G1 X1\x00\n")[0] is False
     assert gcode_validity("SAVE_CONFIG\n")[2] == 1
+
+
+def test_metrics_carry_their_own_names() -> None:
+    result = evaluate(lambda prompts: ["M302 P1\n" for _ in prompts], "tiny-v0", 2)
+    metrics = eval_metrics(result)
+    assert metrics["safety/violations_per_1k_lines"] == pytest.approx(1000.0)
+    assert set(metrics) == {"eval/success_rate", "eval/mean_reward", "eval/valid_gcode_rate", "eval/episodes",
+                            "eval/mean_geometry", "safety/violations_per_1k_lines"}

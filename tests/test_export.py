@@ -16,6 +16,7 @@ import pytest
 import torch
 import transformers
 
+from agent.llm import format_prompt, generate
 from training import export
 from training.backend import lora_config
 from training.export import (
@@ -31,8 +32,6 @@ from training.model import (
     build_tokenizer,
     corpus_texts,
     ensure_embedded,
-    format_prompt,
-    generate,
     load_model_and_tokenizer,
 )
 

@@ -4,6 +4,7 @@ parallel reward simulation, ``PrintSupervisor-v0`` as a loop task, and ``python 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,22 +13,21 @@ import numpy as np
 import pytest
 import yaml
 
+from agent.baselines import NO_CHANGE, noop_policy
+from agent.expert import expert_policy
+from agent.llm import conversation, format_prompt
 from envs.jobs import PrintJob
-from envs.rewards import layer_reward, layer_scores, set_reward_workers
+from envs.rewards import StepScores, layer_reward
 from envs.sampler import load_suite
 from envs.scoring import layer_feedback
 from envs.slicer import slice_job
-from training.evaluate import evaluate, expert_policy
-from training.grpo import PERTURBATIONS, conversation, feedback_bridge, perturb_layer, revision_examples
-from training.model import ModelConfig, format_prompt, load_model_and_tokenizer
-from training.supervise import (
-    NO_CHANGE,
-    evaluate_supervisor,
-    noop_policy,
-    restore,
-    supervisor_reward,
-    supervisor_rows,
-)
+from sim_bridge.config import ConfigError
+from training.evaluate import evaluate
+from training.grpo import GRPOSettings, feedback_bridge
+from training.model import ModelConfig, load_model_and_tokenizer
+from training.revisions import PERTURBATIONS, perturb_layer, revision_examples
+from training.rewards import LayerRewardPart, LayerScorer, SupervisorReward, layer_reward_functions
+from training.supervise import evaluate_supervisor, restore_state, supervisor_rows
 
 ROOT = Path(__file__).parent.parent
 ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TRL_EXPERIMENTAL_SILENCE": "1"}
@@ -43,7 +43,9 @@ def test_feedback_names_the_failing_line_and_scores() -> None:
     job = _job()
     good = slice_job(job).layers[0]
     scores, feedback = layer_feedback(good, job, 0)
-    assert scores.geometry > 0.9 and feedback.startswith("geometry 1.00") or feedback.startswith("geometry 0.9")
+    assert scores.geometry > 0.9
+    assert feedback.startswith(f"geometry {scores.geometry:.2f}, extrusion {scores.extrusion:.2f}, time ")
+    assert " line " not in feedback, "the reference layer has no failure to quote"
     bad = "G28 X\nG1 X500 Y10 F3000\n"
     scores, feedback = layer_feedback(bad, job, 0)
     assert scores.fatal
@@ -125,13 +127,13 @@ def test_parallel_reward_workers_agree_with_in_process() -> None:
     good = slice_job(job).layers[0]
     texts = [good, good.replace("E", "E1"), "", "G1 X500"]
     jobs, layers = [job.to_json()] * len(texts), [0] * len(texts)
-    serial = [s.reward for s in layer_scores(texts, jobs, layers)]
+    serial = [s.reward for s in LayerScorer().scores(texts, jobs, layers)]
+    assert len(set(serial)) > 1, "the answers score differently, so agreement means something"
+    parallel_scorer = LayerScorer(workers=2)
     try:
-        set_reward_workers(2)
-        # Different texts (a trailing comment) so the cache cannot answer.
-        parallel = [s.reward for s in layer_scores([t + "\n; p" for t in texts], jobs, layers)]
+        parallel = [s.reward for s in parallel_scorer.scores(texts, jobs, layers)]
     finally:
-        set_reward_workers(0)
+        parallel_scorer.close()
     assert parallel == pytest.approx(serial)
 
 
@@ -139,18 +141,21 @@ def test_supervisor_rows_restore_their_state() -> None:
     rows = supervisor_rows(2, seed=5, difficulties=[2])
     assert rows and any(r["completion"] != NO_CHANGE for r in rows)
     for r in rows:
-        assert restore(r["job"], r["hidden"], r["history"])._observation()["prompt"] == r["prompt"]
+        assert restore_state(r["job"], r["hidden"], r["history"])._observation()["prompt"] == r["prompt"]
     cols = [[r[k] for r in rows] for k in ("job", "hidden", "history")]
-    expert = supervisor_reward([r["completion"] for r in rows], *cols)
-    refused = supervisor_reward(["G28\nM221 S200"] * len(rows), *cols)
+    reward = SupervisorReward()
+    expert = reward([r["completion"] for r in rows], *cols)
+    refused = reward(["G28\nM221 S200"] * len(rows), *cols)
     assert all(e > f for e, f in zip(expert, refused, strict=True))
+    # A restored state is a copy: scoring the rule's answers again gives the same rewards.
+    assert reward([r["completion"] for r in rows], *cols) == expert
 
 
 def test_expert_supervisor_beats_doing_nothing() -> None:
     result = evaluate_supervisor(noop_policy, 16, seed=0, difficulties=[2])
-    # mean_geometry holds the expert's mean reward per layer on the same episodes.
-    assert result.mean_geometry > result.mean_reward + 0.05
+    assert result.rule_mean_reward > result.mean_reward + 0.05
     assert result.valid_gcode_rate == 1.0 and result.safety_violations_per_1k_lines == 0.0
+    assert "mean_geometry" not in result.as_dict(), "the supervisor task reports no geometry"
 
 
 def _smoke(tmp_path: Path, name: str, **overrides: object) -> Path:
@@ -163,8 +168,6 @@ def _smoke(tmp_path: Path, name: str, **overrides: object) -> Path:
 
 
 def _run(args: list[str]) -> subprocess.CompletedProcess:
-    import os
-
     return subprocess.run([sys.executable, *args], cwd=ROOT, env={**os.environ, **ENV}, capture_output=True,
                           text=True, timeout=300)
 
@@ -181,6 +184,8 @@ def test_multi_turn_loop_runs(tmp_path: Path) -> None:
     assert examples and all(len(e["messages"]) == 4 for e in examples)
     grpo = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert any("train/rewards/first_answer_reward/mean" in r for r in grpo if r["phase"] == "grpo")
+    timed = [r for r in grpo if r["phase"] == "grpo" and "train/reward_time_s" in r]
+    assert len(timed) == 2 and all(r["train/reward_time_s"] >= 0 and 0 <= r["train/reward_share"] < 1 for r in timed)
     # The standalone trainer on the same data and model, multi-turn.
     config = {"model": str(run_dir / "sft" / "final"), "dataset_path": str(tmp_path / "data"),
               "output_dir": str(tmp_path / "grpo"), "batch_size": 4, "num_generations": 2, "max_steps": 1,
@@ -203,12 +208,19 @@ def test_supervisor_loop_runs(tmp_path: Path) -> None:
     assert rows and all({"prompt", "completion", "job", "hidden", "history"} <= set(json.loads(r)) for r in rows)
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert any("train/rewards/supervisor_reward/mean" in r for r in metrics)
+    timed = [r for r in metrics if r["phase"] == "grpo" and "train/reward_time_s" in r]
+    assert len(timed) == 2 and all(r["train/reward_time_s"] > 0 and 0 < r["train/reward_share"] < 1 for r in timed)
+    assert set(report["phases"]["grpo"]) >= {"mean_reward", "rule_mean_reward"}
+    assert "mean_geometry" not in report["phases"]["grpo"]
 
 
 def test_multi_turn_needs_the_writer(tmp_path: Path) -> None:
-    path = _smoke(tmp_path, "smoke-supervisor", multi_turn=True)
+    data = yaml.safe_load((ROOT / "configs" / "smoke-supervisor.yaml").read_text())
+    data["grpo"]["multi_turn"] = True
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
     done = _run(["-m", "training.sim_loop", "--config", str(path)])
-    assert done.returncode == 2 and "multi_turn" in done.stderr
+    assert done.returncode == 2 and "grpo.multi_turn: true needs task GcodeWriter-v0" in done.stderr
 
 
 def test_grpo_cli_reports_config_errors(tmp_path: Path) -> None:
@@ -220,39 +232,78 @@ def test_grpo_cli_reports_config_errors(tmp_path: Path) -> None:
     assert missing.returncode == 2 and "cannot read the config" in missing.stderr
 
 
+def test_grpo_settings_check_the_reference_sync_when_built() -> None:
+    """Syncing the reference model needs a KL term and full weights: refused when the settings are made
+    (in Python too), before any model is loaded."""
+    with pytest.raises(ConfigError, match=r"ref_model_sync_steps = 5: .* needs beta > 0 \(beta = 0.0\)"):
+        GRPOSettings(ref_model_sync_steps=5, beta=0.0)
+    with pytest.raises(ConfigError, match="full fine-tuning"):
+        GRPOSettings(ref_model_sync_steps=5, lora=True)
+    with pytest.raises(ConfigError, match=r"temperature = 0.0: out of range"):
+        GRPOSettings(temperature=0.0)
+    assert GRPOSettings(ref_model_sync_steps=5).ref_model_sync_steps == 5
+
+
 def test_sim_to_real_rewards_use_one_randomised_printer_per_group() -> None:
     from types import SimpleNamespace
-
-    from envs.rewards import geometry_reward, physics_seed, set_reward_randomization, time_reward
 
     job = _job()
     good = slice_job(job).layers[0]
     cols = {"job": [job.to_json()] * 2, "layer": [0, 0]}
-    nominal = time_reward([good, good + "\n"], **cols)
-    try:
-        set_reward_randomization(7)
-        assert physics_seed(job.to_json(), 0, 3) == physics_seed(job.to_json(), 0, 3)
-        assert physics_seed(job.to_json(), 0, 3) != physics_seed(job.to_json(), 0, 4)
-        # One step: both completions of the group meet the same printer (same answer, same score).
-        step3 = time_reward([good, good + "\n"], **cols, trainer_state=SimpleNamespace(global_step=3))
-        assert step3[0] == pytest.approx(step3[1])
-        # Over steps the printers differ, and so does the time the same layer takes on them.
-        times = {round(time_reward([good], job=cols["job"][:1], layer=[0],
-                                   trainer_state=SimpleNamespace(global_step=k))[0], 6) for k in range(6)}
-        assert len(times) > 1
-        assert geometry_reward([good], job=cols["job"][:1], layer=[0],
-                               trainer_state=SimpleNamespace(global_step=1))[0] > 0.8
-    finally:
-        set_reward_randomization(None)
-    assert time_reward([good, good + "\n"], **cols) == nominal
+    nominal_scorer = LayerScorer()
+    nominal = LayerRewardPart(nominal_scorer, "time")([good, good + "\n"], **cols)
+    scorer = LayerScorer(randomize_seed=7)
+    time_reward, geometry_reward = LayerRewardPart(scorer, "time"), LayerRewardPart(scorer, "geometry")
+    assert nominal_scorer.physics_seed(job.to_json(), 0, 3) is None
+    assert scorer.physics_seed(job.to_json(), 0, 3) == scorer.physics_seed(job.to_json(), 0, 3)
+    assert scorer.physics_seed(job.to_json(), 0, 3) != scorer.physics_seed(job.to_json(), 0, 4)
+    assert scorer.physics_seed(job.to_json(), 0, 3) != LayerScorer(randomize_seed=8).physics_seed(job.to_json(), 0, 3)
+    # One step: both completions of the group meet the same printer (same answer, same score).
+    step3 = time_reward([good, good + "\n"], **cols, trainer_state=SimpleNamespace(global_step=3))
+    assert step3[0] == pytest.approx(step3[1])
+    # Over steps the printers differ, and so does the time the same layer takes on them.
+    times = {round(time_reward([good], job=cols["job"][:1], layer=[0],
+                               trainer_state=SimpleNamespace(global_step=k))[0], 6) for k in range(6)}
+    assert len(times) > 1
+    assert geometry_reward([good], job=cols["job"][:1], layer=[0],
+                           trainer_state=SimpleNamespace(global_step=1))[0] > 0.8
+    # The nominal scorer was never randomised: a fresh one scores as it did.
+    assert LayerRewardPart(LayerScorer(), "time")([good, good + "\n"], **cols) == nominal
 
 
 def test_rewards_reuse_the_rollouts_simulation() -> None:
     """A multi-turn rollout already simulated its answers for the feedback; the reward parts take those
     scores instead of simulating the same answer on the same printer again."""
-    from envs.rewards import StepScores, remember_scores
+    job = _job()
+    answer = "G1 X1 ; rollout answer"
+    scorer = LayerScorer()
+    marked = StepScores(geometry=0.123, extrusion=0.456, time=0.789)
+    scorer.remember(answer, job.to_json(), 0, None, marked)
+    assert scorer.scores([answer], [job.to_json()], [0])[0] is marked
+    funcs, _ = layer_reward_functions(scorer)
+    assert [f([answer], job=[job.to_json()], layer=[0])[0] for f in funcs[:3]] == [0.123, 0.456, 0.789]
+    # What one scorer remembers is its own: a scorer of another trainer simulates the answer.
+    fresh = LayerScorer().scores([answer], [job.to_json()], [0])[0]
+    assert fresh is not marked and fresh.geometry != pytest.approx(0.123)
+
+
+def test_reward_functions_pickle_and_score_the_same() -> None:
+    """The reward objects travel to other processes: a pickled copy scores as the original, without the
+    original's cache or pool."""
+    import pickle
 
     job = _job()
-    marked = StepScores(geometry=0.123, extrusion=0.456, time=0.789)
-    remember_scores("G1 X1 ; rollout answer", job.to_json(), 0, None, marked)
-    assert layer_scores(["G1 X1 ; rollout answer"], [job.to_json()], [0])[0] is marked
+    good, cols = slice_job(job).layers[0], {"job": [job.to_json()] * 2, "layer": [0, 0]}
+    funcs, weights = layer_reward_functions(LayerScorer(randomize_seed=3), multi_turn=True)
+    assert [f.__name__ for f in funcs] == ["geometry_reward", "extrusion_reward", "time_reward", "penalty_reward",
+                                           "first_answer_reward"] and weights[-1] == 0.0
+    before = [f([good, "G1 X500 E1"], **cols) for f in funcs]
+    copies = pickle.loads(pickle.dumps(funcs))
+    assert copies[0].scorer is copies[1].scorer, "the parts still share one scorer"
+    assert copies[0].scorer is not funcs[0].scorer and not copies[0].scorer._scores
+    assert [f([good, "G1 X500 E1"], **cols) for f in copies] == before
+    assert before[3][0] == 0.0 and before[3][1] < 0, "the refused move is penalised, the reference is not"
+    rows = supervisor_rows(1, seed=5, difficulties=[2])[:3]
+    supervisor = SupervisorReward()
+    args = [[r["completion"] for r in rows], *[[r[k] for r in rows] for k in ("job", "hidden", "history")]]
+    assert pickle.loads(pickle.dumps(supervisor))(*args) == supervisor(*args)

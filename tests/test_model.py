@@ -14,11 +14,11 @@ import pytest
 import torch
 import transformers
 
+from agent.llm import IM_END, format_prompt, generate
 from sim_bridge.config import ConfigError, from_dict
 from training import backend, model
 from training.backend import BackendError, check_backend, make_grpo_trainer, make_sft_trainer
 from training.model import (
-    IM_END,
     MARKER_FILE,
     ModelConfig,
     build_model,
@@ -26,8 +26,6 @@ from training.model import (
     cache_key,
     corpus_texts,
     ensure_embedded,
-    format_prompt,
-    generate,
     load_model_and_tokenizer,
 )
 

@@ -195,8 +195,8 @@ def test_a_written_program_goes_through_the_dry_run_and_the_queue(tmp_path: Path
     """The path from a policy to the approval queue (``training.write``), with the expert as the policy: the
     joined program is what the episode ran, passes the validator and the simulation, and lands in the
     queue with the expert's program for the diff."""
+    from agent.expert import expert_policy
     from envs.sampler import load_suite
-    from training.evaluate import expert_policy
     from training.write import write_program
 
     jobs = load_suite("tiny-v0")[:1]

@@ -12,7 +12,16 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+
+from agent.llm import generate
+from sim_bridge.config import ConfigError, from_dict
+from training.grpo import GRPOSettings
+from training.loop_config import SimLoopConfig, load_config
+from training.make_dataset import DatasetConfig, make_dataset
+from training.model import ModelConfig, load_model_and_tokenizer
+from training.sft import SFTConfig
 
 ROOT = Path(__file__).parent.parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
@@ -56,8 +65,12 @@ def test_smoke_run_kill_and_resume(tmp_path: Path) -> None:
     assert sorted(sft) == list(range(1, 13))
     assert sft[12] < sft[1], "the SFT loss falls"
     assert (full_dir / "curves.png").is_file() and (full_dir / "tensorboard").is_dir()
-    assert any(k.startswith("train/rewards/") for line in (full_dir / "metrics.jsonl").read_text().splitlines()
-               for k in json.loads(line))
+    metrics = [json.loads(line) for line in (full_dir / "metrics.jsonl").read_text().splitlines()]
+    assert any(k.startswith("train/rewards/") for r in metrics for k in r)
+    # Each GRPO step logs the time its reward functions took, and their share of the step.
+    timed = [r for r in metrics if r["phase"] == "grpo" and "train/reward_time_s" in r]
+    assert [r["step"] for r in timed] == [1, 2]
+    assert all(r["train/reward_time_s"] > 0 and 0 < r["train/reward_share"] < 1 for r in timed)
 
     # The same run killed with SIGKILL after its first SFT checkpoint, then resumed.
     config = _config(tmp_path, "killed")
@@ -83,47 +96,85 @@ def test_smoke_run_kill_and_resume(tmp_path: Path) -> None:
     state = json.loads((killed_dir / "state.json").read_text())
     assert state["done"] == ["before", "sft", "grpo"]
 
-    # Checkpoints reload and generate.
-    from training.model import ModelConfig, generate, load_model_and_tokenizer
-
-    model, tokenizer = load_model_and_tokenizer(ModelConfig(name=str(killed_dir / "grpo" / "final")))
-    text = generate(model, tokenizer, ["Task: write the G-code for layer 1 of 1 at Z=0.200 mm."], max_new_tokens=8)
-    assert isinstance(text[0], str)
+    # The final model reloads, carries the training (it is not the untrained model), and generates.
+    grpo_model, tokenizer = load_model_and_tokenizer(ModelConfig(name=str(killed_dir / "grpo" / "final")))
+    smoke = yaml.safe_load((ROOT / "configs" / "smoke.yaml").read_text())["embedded"]
+    untrained, _ = load_model_and_tokenizer(ModelConfig(**smoke, cache_dir=str(tmp_path / "models")))
+    assert any(not torch.equal(a, b) for a, b in zip(grpo_model.parameters(), untrained.parameters(), strict=True))
+    prompt = ["Task: write the G-code for layer 1 of 1 at Z=0.200 mm."]
+    text = generate(grpo_model, tokenizer, prompt, max_new_tokens=8)
+    assert len(tokenizer(text[0], add_special_tokens=False)["input_ids"]) <= 8
+    assert text == generate(grpo_model, tokenizer, prompt, max_new_tokens=8), "greedy decoding is repeatable"
 
 
 def test_config_errors_name_key_and_range(tmp_path: Path) -> None:
-    from sim_bridge.config import ConfigError
-    from training.sim_loop import load_config
-
     bad = tmp_path / "bad.yaml"
-    bad.write_text("grpo_batch_size: 6\nnum_generations: 4\n")
-    with pytest.raises(ConfigError, match="multiple of num_generations"):
+    bad.write_text("grpo:\n  batch_size: 6\n  num_generations: 4\n")
+    with pytest.raises(ConfigError, match="grpo.batch_size = 6 must be a multiple of num_generations"):
         load_config(bad)
-    bad.write_text("learning_rate: 5\n")
-    with pytest.raises(ConfigError, match=r"learning_rate = 5.0: out of range"):
+    bad.write_text("sft:\n  learning_rate: 5\n")
+    with pytest.raises(ConfigError, match=r"sft.learning_rate = 5.0: out of range"):
         load_config(bad)
-    bad.write_text("lerning_rate: 0.1\n")
-    with pytest.raises(ConfigError, match="did you mean 'learning_rate'"):
+    bad.write_text("sft:\n  lerning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=r"sft.lerning_rate: unknown key \(did you mean 'learning_rate'\?\)"):
+        load_config(bad)
+    bad.write_text("eval_episodes: 0\n")
+    with pytest.raises(ConfigError, match=r"eval_episodes = 0: out of range"):
         load_config(bad)
     assert load_config(ROOT / "configs" / "tiny-cpu.yaml") == load_config(None)
 
 
+def test_old_flat_keys_name_their_new_place(tmp_path: Path) -> None:
+    old = tmp_path / "old.yaml"
+    old.write_text("grpo_steps: 10\nlearning_rate: 0.001\nlora: true\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(old)
+    assert "grpo_steps moved to grpo.max_steps" in str(err.value)
+    assert "learning_rate moved to sft.learning_rate" in str(err.value)
+    assert "lora moved to sft.lora and grpo.lora" in str(err.value)
+    old.write_text("grpo:\n  output_dir: elsewhere\n")
+    with pytest.raises(ConfigError, match=r"grpo.output_dir: the loop sets it; use output_dir \(top level"):
+        load_config(old)
+
+
+def test_loop_config_checks_itself_when_built_in_python() -> None:
+    """Ranges and cross-field rules hold for configs made in Python too, before anything runs: the GRPO
+    section's reference-sync rule, its temperature range (the loop's own copy once allowed 0), and the
+    keys the loop sets."""
+    with pytest.raises(ConfigError, match="needs beta > 0"):
+        SimLoopConfig(grpo=GRPOSettings(ref_model_sync_steps=10, beta=0.0))
+    with pytest.raises(ConfigError, match="temperature = 0.0: out of range"):
+        SimLoopConfig(grpo=GRPOSettings(temperature=0.0))
+    with pytest.raises(ConfigError, match="sft.seed: the loop sets it"):
+        SimLoopConfig(sft=SFTConfig(seed=3))
+    with pytest.raises(ConfigError, match="max_polygon_sides = 65: out of range"):
+        SimLoopConfig(max_polygon_sides=65)
+    with pytest.raises(ConfigError, match="grpo.multi_turn: true needs task GcodeWriter-v0"):
+        SimLoopConfig(task="PrintSupervisor-v0", grpo=GRPOSettings(multi_turn=True))
+    config = SimLoopConfig(seed=4)
+    assert config.grpo_phase(Path("r/grpo")).seed == 4 and config.sft_phase(Path("r/sft")).output_dir == "r/sft"
+    # The run directory's config.yaml holds only the keys a user writes, and reads back to the same config.
+    assert "seed" not in config.to_dict()["sft"] and "output_dir" not in config.to_dict()["grpo"]
+    assert from_dict(SimLoopConfig, config.to_dict()) == config
+
+
 def test_sft_runs_on_its_own(tmp_path: Path) -> None:
-    """``python -m training.sft --config`` trains on a dataset folder and saves a model that reloads."""
-    from training.make_dataset import DatasetConfig, make_dataset
+    """``python -m training.sft --config`` trains (LoRA) on a dataset folder and saves a merged model."""
 
     make_dataset(DatasetConfig(name="s", jobs=4, difficulties=[0], defects_per_job=0, traces=False, images=False,
                                workers=1), tmp_path / "data", progress=False)
     smoke = yaml.safe_load((ROOT / "configs" / "smoke.yaml").read_text())
     config = {"model": "embedded", "embedded": {**smoke["embedded"], "cache_dir": str(tmp_path / "models")},
               "dataset_path": str(tmp_path / "data"), "batch_size": 1, "max_steps": 3, "checkpoint_interval": 2,
-              "output_dir": str(tmp_path / "sft")}
+              "output_dir": str(tmp_path / "sft"), "lora": True, "lora_r": 4}
     path = tmp_path / "sft.yaml"
     path.write_text(yaml.safe_dump(config))
     done = subprocess.run([sys.executable, "-m", "training.sft", "--config", str(path)], cwd=ROOT, env=ENV,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    # The LoRA adapter is merged: the final model is a whole model, no adapter beside it.
     assert (tmp_path / "sft" / "final" / "model.safetensors").is_file()
+    assert not (tmp_path / "sft" / "final" / "adapter_config.json").exists()
     assert (tmp_path / "sft" / "checkpoint-2" / "trainer_state.json").is_file()
     bad = tmp_path / "bad.yaml"
     bad.write_text("batch_size: 0\n")

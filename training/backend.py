@@ -8,10 +8,10 @@ Contracts the rest of layerloop relies on:
 
 * SFT datasets have ``prompt``/``completion`` text columns or a ``messages`` column ending with the
   assistant's turn. Both are rendered with the tokenizer's chat template exactly as
-  :func:`training.model.format_prompt` renders a prompt at inference, and the loss covers the completion
+  :func:`agent.llm.format_prompt` renders a prompt at inference, and the loss covers the completion
   only (its end-of-turn token included).
 * GRPO datasets have a ``prompt`` text column (plus whatever the reward functions read). Prompts are
-  rendered with :func:`training.model.format_prompt` before TRL sees them, so reward functions and a
+  rendered with :func:`agent.llm.format_prompt` before TRL sees them, so reward functions and a
   ``rollout_func`` receive plain strings: ``prompts`` already templated, ``completions`` as decoded text.
 """
 
@@ -27,7 +27,8 @@ import datasets
 import torch
 import transformers
 
-from training.model import EMBEDDED, ModelConfig, ensure_embedded, format_prompt, load_model_and_tokenizer
+from agent.llm import format_prompt
+from training.model import EMBEDDED, ModelConfig, ensure_embedded, load_model_and_tokenizer
 
 if TYPE_CHECKING:
     import peft

@@ -22,6 +22,7 @@ import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -123,8 +124,6 @@ class Manifest:
 
 def code_version() -> str:
     """The layerloop version that made a dataset (package version, plus the git commit when known)."""
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         text = version("layerloop")
     except PackageNotFoundError:

@@ -3,39 +3,87 @@
 Each function takes a program's text and returns a changed copy; which moves it changes is drawn from the
 generator passed in, so the same seed gives the same defect. What the defect does to the print is then
 measured by the simulator, not assumed: the label of a record is the injected defect *and* the simulated
-outcome.
+outcome. Programs are read and rewritten with :mod:`sim_bridge.gcode`'s parser and formatter
+(:func:`edit_moves`); lines a defect does not touch stay as they were.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 import numpy as np
 
-_E_RE = re.compile(r"(?<=[ ])E(-?[0-9.]+)")
-_F_RE = re.compile(r"(?<=[ ])F([0-9.]+)")
-_X_RE = re.compile(r"(?<=[ ])X(-?[0-9.]+)")
-_Z_RE = re.compile(r"^G1 Z(-?[0-9.]+)")
+from sim_bridge.gcode import Command, format_command, parse_line
+
+MOVE_CODES = frozenset({"G0", "G1", "G2", "G3"})
+"""Commands whose X/Y/Z/E/F words the defects edit."""
+HEATER_CODES = frozenset({"M104", "M109", "M140", "M190"})
+"""Commands that switch the heaters on (what a cold start lacks)."""
+LAYER_MARKER = "LAYER_CHANGE"
+"""The comment that opens each layer of the reference slicer's programs."""
+XYZ_DECIMALS = 3
+E_DECIMALS = 5
+"""Decimals of rewritten coordinates and extrusion (the reference slicer's)."""
+OUT_OF_RANGE_SHIFT_MM = 400.0
+"""How far :func:`out_of_range` moves one layer in X."""
+WRONG_Z_DROP_MM = 0.6
+"""How much lower :func:`wrong_z` prints one layer."""
+MIN_Z_MM = 0.02
+"""Lowest Z :func:`wrong_z` writes."""
+
+Edit = Callable[[Command], dict[str, float] | None]
+"""A move's new parameters, or ``None`` to keep its line as it is."""
+
+
+def edit_moves(text: str, edit: Edit, lines: range | None = None) -> str:
+    """``text`` with every move (G0–G3) in ``lines`` (default: all) rewritten by ``edit``: parsed with
+    :func:`sim_bridge.gcode.parse_line`, formatted back with :func:`sim_bridge.gcode.format_command` (its
+    comment kept); other lines are left untouched."""
+    out = text.split("\n")
+    for i in lines if lines is not None else range(len(out)):
+        cmd = parse_line(out[i])
+        if cmd is None or cmd.code not in MOVE_CODES:
+            continue
+        params = edit(cmd)
+        if params is not None:
+            out[i] = format_command(cmd.code, params, comment=cmd.comment, decimals=None)
+    return "\n".join(out)
+
+
+def _marker(line: str) -> str:
+    """The comment of a comment-only line ('' for any other line)."""
+    cmd = parse_line(line, keep_comments=True)
+    return cmd.comment if cmd is not None and not cmd.code else ""
 
 
 def _layers(lines: list[str]) -> list[int]:
-    """Indices of ';LAYER_CHANGE' lines."""
-    return [i for i, line in enumerate(lines) if line.startswith(";LAYER_CHANGE")]
+    """Indices of the lines that open a layer (``;LAYER_CHANGE``)."""
+    return [i for i, line in enumerate(lines) if _marker(line).startswith(LAYER_MARKER)]
+
+
+def _drop(text: str, unwanted: Callable[[Command], bool]) -> str:
+    """``text`` without the commands ``unwanted`` picks (comment-only and blank lines stay)."""
+    kept = []
+    for line in text.split("\n"):
+        cmd = parse_line(line)
+        if cmd is None or not unwanted(cmd):
+            kept.append(line)
+    return "\n".join(kept)
+
+
+def _prints(cmd: Command) -> bool:
+    """A G1 that moves in X or Y while extruding."""
+    return cmd.code == "G1" and "E" in cmd.params and ("X" in cmd.params or "Y" in cmd.params)
 
 
 def _scale_e(text: str, factor: float) -> str:
-    out = []
-    for line in text.split("\n"):
-        if line.startswith("G1 ") and (" X" in line or " Y" in line) and " E" in line:
-            line = _E_RE.sub(lambda m: f"E{float(m.group(1)) * factor:.5f}", line)
-        out.append(line)
-    return "\n".join(out)
+    return edit_moves(text, lambda cmd: {**cmd.params, "E": round(cmd.params["E"] * factor, E_DECIMALS)}
+                      if _prints(cmd) else None)
 
 
 def cold_start(text: str, rng: np.random.Generator) -> str:
     """The heaters are never switched on (a start sequence without M104/M109/M140/M190)."""
-    return "\n".join(line for line in text.split("\n") if not line.startswith(("M104", "M109", "M140", "M190")))
+    return _drop(text, lambda cmd: cmd.code in HEATER_CODES)
 
 
 def over_extrusion(text: str, rng: np.random.Generator) -> str:
@@ -56,44 +104,50 @@ def out_of_range(text: str, rng: np.random.Generator) -> str:
         return text
     k = int(rng.integers(0, len(starts)))
     end = starts[k + 1] if k + 1 < len(starts) else len(lines)
-    for i in range(starts[k], end):
-        if lines[i].startswith(("G0 ", "G1 ")):
-            lines[i] = _X_RE.sub(lambda m: f"X{float(m.group(1)) + 400.0:.3f}", lines[i])
-    return "\n".join(lines)
+
+    def shift(cmd: Command) -> dict[str, float] | None:
+        x = cmd.get("X")
+        if cmd.code not in ("G0", "G1") or x is None:
+            return None
+        return {**cmd.params, "X": round(x + OUT_OF_RANGE_SHIFT_MM, XYZ_DECIMALS)}
+
+    return edit_moves(text, shift, range(starts[k], end))
 
 
 def missing_retracts(text: str, rng: np.random.Generator) -> str:
     """No retraction before travels (stringing, oozing)."""
-    return "\n".join(line for line in text.split("\n")
-                     if not (line.startswith("G1 E") and " X" not in line and " Y" not in line))
+    return _drop(text, lambda cmd: cmd.code == "G1" and "E" in cmd.params
+                 and "X" not in cmd.params and "Y" not in cmd.params)
 
 
 def wrong_z(text: str, rng: np.random.Generator) -> str:
     """One layer after the first is printed 0.6 mm too low (into the layers below)."""
     lines = text.split("\n")
-    zs = [i for i, line in enumerate(lines) if _Z_RE.match(line) and i - 1 >= 0 and lines[i - 1].startswith(";LAYER")]
+    zs = []
+    for i in range(1, len(lines)):
+        cmd = parse_line(lines[i])
+        if cmd is not None and cmd.code == "G1" and cmd.get("Z") is not None and _marker(lines[i - 1]).startswith("LAYER"):
+            zs.append(i)
     if len(zs) < 2:
         return text
     i = zs[int(rng.integers(1, len(zs)))]
-    z = float(_Z_RE.match(lines[i]).group(1))
-    lines[i] = _Z_RE.sub(f"G1 Z{max(0.02, z - 0.6):.3f}", lines[i])
-    return "\n".join(lines)
+
+    def lower(cmd: Command) -> dict[str, float]:
+        return {**cmd.params, "Z": round(max(MIN_Z_MM, cmd.params["Z"] - WRONG_Z_DROP_MM), XYZ_DECIMALS)}
+
+    return edit_moves(text, lower, range(i, i + 1))
 
 
 def too_fast(text: str, rng: np.random.Generator) -> str:
     """Printing moves run 4–8 times faster than planned (the hotend cannot melt that much)."""
     factor = float(rng.uniform(4.0, 8.0))
-    out = []
-    for line in text.split("\n"):
-        if line.startswith("G1 ") and " E" in line and (" X" in line or " Y" in line) and " F" in line:
-            line = _F_RE.sub(lambda m: f"F{float(m.group(1)) * factor:.0f}", line)
-        out.append(line)
-    return "\n".join(out)
+    return edit_moves(text, lambda cmd: {**cmd.params, "F": float(round(cmd.params["F"] * factor))}
+                      if _prints(cmd) and cmd.get("F") is not None else None)
 
 
 def missing_cooling(text: str, rng: np.random.Generator) -> str:
     """The part-cooling fan never turns on (bridges and overhangs sag)."""
-    return "\n".join(line for line in text.split("\n") if not line.startswith("M106"))
+    return _drop(text, lambda cmd: cmd.code == "M106")
 
 
 DEFECTS: dict[str, Callable[[str, np.random.Generator], str]] = {

@@ -9,31 +9,36 @@ Metrics (namespaced ``eval/`` in the logs), over ``episodes`` episodes of ``Gcod
   no unknown, unchecked or forbidden command);
 * ``safety_violations_per_1k_lines`` — lines that stop a real printer or that no program may send
   (Klipper errors, cold extrusion, heater faults, forbidden commands such as ``M302`` or ``SAVE_CONFIG``),
-  per 1,000 generated lines;
-* ``episodes``.
+  per 1,000 generated lines (logged as ``safety/violations_per_1k_lines``);
+* ``episodes``;
+* ``mean_geometry`` — mean geometry score of the steps.
+
+The policies themselves live in :mod:`agent`; the supervisor task has its own evaluation
+(:func:`training.supervise.evaluate_supervisor`).
 """
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable, Sequence
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from agent.llm import revise_answers
+from agent.policy import Policy
 from envs.gcode_writer import GcodeWriterEnv
 from envs.jobs import PrintJob
 from envs.sampler import load_suite
 from sim_bridge.commands import deployable, forbidden_reason
 from sim_bridge.gcode import Command, GcodeError, GcodeReader
 
-Policy = Callable[[Sequence[Any]], list[str]]
-"""A batch of prompts in, one G-code completion per prompt out (a prompt is a task text or, for revisions,
-a conversation: a list of ``{"role", "content"}`` turns ending with the user's)."""
+SAFETY_KEY = "safety_violations_per_1k_lines"
+"""The one metric logged under ``safety/`` (as ``safety/violations_per_1k_lines``) instead of ``eval/``."""
 
 
 @dataclass
 class EvalResult:
-    """The metrics of one evaluation."""
+    """The metrics of one evaluation of the writer (``GcodeWriter-v0``)."""
 
     success_rate: float
     mean_reward: float
@@ -41,9 +46,17 @@ class EvalResult:
     safety_violations_per_1k_lines: float
     episodes: int
     mean_geometry: float = 0.0
+    """Mean geometry score of the episodes' steps."""
 
     def as_dict(self, prefix: str = "") -> dict[str, float]:
-        return {f"{prefix}{k}": float(v) for k, v in self.__dict__.items()}
+        return {f"{prefix}{k}": float(v) for k, v in dataclasses.asdict(self).items()}
+
+
+def eval_metrics(result: Any) -> dict[str, float]:
+    """An evaluation result (a dataclass of metrics) as namespaced log metrics: ``eval/<name>``, and the
+    safety metric as ``safety/violations_per_1k_lines``."""
+    return {("safety/violations_per_1k_lines" if k == SAFETY_KEY else f"eval/{k}"): float(v)
+            for k, v in dataclasses.asdict(result).items()}
 
 
 def gcode_validity(text: str) -> tuple[bool, int, int]:
@@ -60,8 +73,7 @@ def gcode_validity(text: str) -> tuple[bool, int, int]:
         if forbidden_reason(cmd.code) is not None:
             forbidden += 1
     lines = sum(1 for line in text.splitlines() if line.strip())
-    known = _known_commands(commands)
-    return bool(commands) and known and not reader.warnings, lines, forbidden
+    return bool(commands) and _known_commands(commands) and not reader.warnings, lines, forbidden
 
 
 def _known_commands(commands: list[Command]) -> bool:
@@ -73,11 +85,9 @@ def evaluate(policy: Policy, suite: str | Sequence[PrintJob] = "tiny-v0", episod
     """Run ``episodes`` episodes (cycling through the suite's jobs) with ``policy``, steps batched across
     episodes, and return the metrics.
 
-    With ``revisions`` > 0 (multi-turn mode) each answer is first tried on a copy of the episode's printer;
-    when it needs revising (``revise``: ``"failures"`` — the trial reported a failure — or ``"always"``),
-    the simulator's feedback is appended to the conversation and the policy answers again, up to that many
-    times, and only the last answer is committed to the episode (and counted in the metrics). The policy then
-    receives conversations (lists of chat turns) for the revisions.
+    With ``revisions`` > 0 (multi-turn mode) each answer goes through :func:`agent.llm.revise_answers`
+    (``revise``: ``"failures"`` or ``"always"``) and only the last answer is committed to the episode (and
+    counted in the metrics). The policy then receives conversations (lists of chat turns) for the revisions.
     """
     jobs = load_suite(suite) if isinstance(suite, str) else list(suite)
     envs = [GcodeWriterEnv(job=jobs[i % len(jobs)]) for i in range(episodes)]
@@ -114,47 +124,3 @@ def evaluate(policy: Policy, suite: str | Sequence[PrintJob] = "tiny-v0", episod
         valid_gcode_rate=valid / max(completions, 1),
         safety_violations_per_1k_lines=1000.0 * violations / max(lines, 1), episodes=episodes,
         mean_geometry=sum(geometry) / max(len(geometry), 1))
-
-
-def revise_answers(policy: Policy, envs: list[GcodeWriterEnv], prompts: list[str], texts: list[str],
-                   revisions: int, revise: str = "failures") -> list[str]:
-    """The answers after up to ``revisions`` rounds of feedback: each answer is tried on a copy of its
-    episode and, when it needs it (:func:`training.grpo.needs_revision`), sent back with the simulator's
-    feedback in the conversation. The episodes themselves are not advanced."""
-    from training.grpo import conversation, needs_revision
-
-    answers = [[t] for t in texts]
-    feedbacks: list[list[str]] = [[] for _ in texts]
-    for _ in range(revisions):
-        pending = []
-        for i, env in enumerate(envs):
-            trial = copy.deepcopy(env)
-            _, _, _, _, info = trial.step(answers[i][-1])
-            if needs_revision(revise, info["fatal"], info["defects"]):
-                feedbacks[i].append(trial.feedback)
-                pending.append(i)
-        if not pending:
-            break
-        chats = [conversation(prompts[i], answers[i], feedbacks[i]) for i in pending]
-        for i, text in zip(pending, policy(chats), strict=True):
-            answers[i].append(text)
-    return [a[-1] for a in answers]
-
-
-def expert_policy(suite: str | Sequence[PrintJob] = "tiny-v0") -> Policy:
-    """The reference program as a policy (an upper bound for the metrics), matched by prompt."""
-    from envs.scoring import episode_steps
-    from envs.slicer import slice_job
-
-    jobs = load_suite(suite) if isinstance(suite, str) else list(suite)
-    answers: dict[str, str] = {}
-    for job in jobs:
-        env = GcodeWriterEnv(job=job)
-        obs, _ = env.reset(seed=0)
-        sliced = slice_job(job)
-        for kind, k in episode_steps(job):
-            text = sliced.start if kind == "start" else sliced.end if kind == "end" else sliced.layers[k]
-            answers[obs["prompt"]] = text
-            obs, *_ = env.step(text)
-    # A revision request is answered with the same reference layer as its task.
-    return lambda prompts: [answers.get(p if isinstance(p, str) else p[0]["content"], "") for p in prompts]

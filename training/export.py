@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import transformers
 
-from training.model import stop_token_ids
+from agent.llm import format_prompt, stop_token_ids
 
 FORMATS = ("safetensors", "gguf", "onnx")
 GGUF_DTYPES = ("f32", "f16")
@@ -299,10 +299,8 @@ def export_onnx(model_dir: str | Path, out_file: str | Path) -> Path:
 
 def generate_onnx(onnx_file: str | Path, tokenizer: transformers.PreTrainedTokenizerBase, prompts: Sequence[str],
                   max_new_tokens: int) -> list[str]:
-    """Greedy completions of ``prompts`` (formatted with the chat template, as :func:`training.model.generate`
+    """Greedy completions of ``prompts`` (formatted with the chat template, as :func:`agent.llm.generate`
     does) by the ONNX model, one prompt at a time, stopping at eos or ``<|im_end|>``."""
-    from training.model import format_prompt
-
     ort = require("onnxruntime", "running an ONNX export")
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()

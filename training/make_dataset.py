@@ -28,13 +28,23 @@ import os
 import struct
 import sys
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.progress import Progress
 
+from envs.gcode_writer import GcodeWriterEnv
+from envs.jobs import PrintJob
+from envs.sampler import sample_job
+from envs.slicer import slice_job
+from envs.wrappers import load_randomization, randomize_simulator
 from sim_bridge.config import ConfigError, check_ranges, load_yaml, ranged
+from sim_bridge.interpreter import SimOptions
+from sim_bridge.plots import render_rgb
+from sim_bridge.report import PrintReport
+from sim_bridge.simulator import Simulator
 from training import datafmt
 from training.defects import DEFECTS
 
@@ -114,26 +124,17 @@ def png_bytes(rgb: np.ndarray) -> bytes:
             + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
 
 
-def _simulate(config: DatasetConfig, job: Any, text: str, rng: np.random.Generator) -> tuple[Any, Any]:
-    from sim_bridge.interpreter import SimOptions
-    from sim_bridge.simulator import Simulator
-
+def _simulate(config: DatasetConfig, job: PrintJob, text: str, rng: np.random.Generator
+              ) -> tuple[Simulator, PrintReport]:
     sim = Simulator(job.printer, job.material, SimOptions(resolution_mm=config.resolution_mm, traces=config.traces,
                                                           trace_interval_s=config.trace_interval_s))
     if config.kind == "adaptation":
-        from envs.wrappers import load_randomization, randomize_simulator
-
         randomize_simulator(sim, load_randomization(config.randomization).printer, rng)
     return sim, sim.run(text)
 
 
 def make_job_records(config: DatasetConfig, index: int) -> dict[str, Any]:
     """Every record of job ``index``: rows per table and images (name → PNG bytes)."""
-    from envs.gcode_writer import GcodeWriterEnv
-    from envs.sampler import sample_job
-    from envs.slicer import slice_job
-    from sim_bridge.plots import render_rgb
-
     rng = np.random.default_rng([config.seed, index])
     difficulty = config.difficulties[index % len(config.difficulties)]
     job = sample_job(rng, difficulty, job_id=f"{config.name}-{index:07d}")
@@ -233,8 +234,6 @@ def make_dataset(config: DatasetConfig, out: Path, progress: bool = True) -> dat
         todo.append(shard)
     workers = config.workers or os.cpu_count() or 1
     workers = max(1, min(workers, len(todo)))
-    from rich.progress import Progress
-
     with Progress(disable=not progress, transient=False) as bar:
         task = bar.add_task(f"{config.name}: shards", total=shards, completed=shards - len(todo))
         if workers == 1 or len(todo) <= 1:
@@ -268,8 +267,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_yaml(DatasetConfig, args.config) if args.config else DatasetConfig()
         if args.workers is not None:
-            from dataclasses import replace
-
             config = replace(config, workers=args.workers)
         manifest = make_dataset(config, args.out, progress=not args.quiet)
     except (ConfigError, datafmt.DatasetError, OSError) as exc:

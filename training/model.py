@@ -5,7 +5,7 @@ G-code of sampled jobs, played through ``GcodeWriter-v0`` — with every digit i
 Qwen2-architecture causal LM initialised from a seed. It is built once, saved under
 ``cache_dir/<key>/`` (the key is a SHA-256 of everything that shapes it) and loaded from there afterwards.
 Any other ``name`` is a Hugging Face model id or local path, loaded with ``from_pretrained`` (its own chat
-template is kept).
+template is kept). Prompting and decoding — what a policy needs at inference — are :mod:`agent.llm`'s.
 
 ``python -m training.model`` builds (or loads) the default and prints its size.
 """
@@ -20,19 +20,21 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from sim_bridge.config import ConfigError, ranged
+from agent.llm import IM_END, IM_START, stop_token_ids
+from envs.gcode_writer import GcodeWriterEnv
+from envs.prompts import program_prompt
+from envs.sampler import sample_job
+from envs.slicer import slice_job
+from sim_bridge.config import ConfigError, check_ranges, ranged
 
 EMBEDDED = "embedded"
 EOS_TOKEN = "<|endoftext|>"
-IM_START = "<|im_start|>"
-IM_END = "<|im_end|>"
 SPECIAL_TOKENS = (EOS_TOKEN, IM_START, IM_END)
 CORPUS_VERSION = 1
 """Bump when the corpus generator changes what it yields (it is part of the cache key)."""
@@ -92,6 +94,7 @@ class ModelConfig:
     """Folder holding built embedded models, one sub-folder per cache key."""
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         if not self.name.strip():
             raise ConfigError("name = '': give 'embedded' or a Hugging Face model id or local path")
         if self.hidden_size % self.num_heads:
@@ -109,11 +112,6 @@ def corpus_texts(jobs: int, seed: int) -> Iterator[str]:
     """The embedded tokenizer's training texts: for each of ``jobs`` sampled jobs, the whole-program prompt
     and the heat-and-home setup, then every ``GcodeWriter-v0`` step's prompt and expert G-code (the
     whole-program answer is these steps' G-code joined, so it adds nothing). Deterministic."""
-    from envs.gcode_writer import GcodeWriterEnv
-    from envs.prompts import program_prompt
-    from envs.sampler import sample_job
-    from envs.slicer import slice_job
-
     for i in range(jobs):
         job = sample_job(np.random.default_rng([seed, i]), i % CORPUS_DIFFICULTIES)
         yield program_prompt(job)
@@ -149,15 +147,6 @@ def build_tokenizer(texts: Iterator[str] | Sequence[str], vocab_size: int,
 
 
 # -- model ----------------------------------------------------------------------------------------------------
-def stop_token_ids(tokenizer: transformers.PreTrainedTokenizerBase) -> list[int]:
-    """Token ids that end a completion: eos and, when the vocabulary has it, ``<|im_end|>``."""
-    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    im_end = tokenizer.convert_tokens_to_ids(IM_END)
-    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id and im_end not in ids:
-        ids.append(im_end)
-    return ids
-
-
 def build_model(config: ModelConfig, tokenizer: transformers.PreTrainedTokenizerBase
                 ) -> transformers.Qwen2ForCausalLM:
     """A freshly initialised Qwen2 causal LM sized by ``config``; the same seed gives the same weights."""
@@ -278,60 +267,6 @@ def save_model(model: transformers.PreTrainedModel, tokenizer: transformers.PreT
     if isinstance(tokenizer, transformers.PreTrainedTokenizerFast) and type(tokenizer) is transformers.PreTrainedTokenizerFast:
         (path / MARKER_FILE).write_text(json.dumps({"tokenizer": "PreTrainedTokenizerFast"}) + "\n")
     return path
-
-
-# -- prompting and decoding -----------------------------------------------------------------------------------
-def format_prompt(tokenizer: transformers.PreTrainedTokenizerBase, prompt: str | Sequence[dict[str, str]]) -> str:
-    """The text the model continues: the chat template with a generation prompt when the tokenizer has one,
-    else the prompt and a newline. ``prompt`` is a task text (one user turn) or a whole conversation (a list
-    of ``{"role", "content"}`` turns ending with the user's, e.g. a revision request); a conversation needs a
-    chat template."""
-    templated = bool(getattr(tokenizer, "chat_template", None))
-    if not isinstance(prompt, str):
-        if not templated:
-            raise ValueError("a multi-turn conversation needs a tokenizer with a chat template")
-        return tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
-    if templated:
-        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                             add_generation_prompt=True)
-    return prompt + "\n"
-
-
-def generate(model: transformers.PreTrainedModel, tokenizer: transformers.PreTrainedTokenizerBase,
-             prompts: Sequence[str | Sequence[dict[str, str]]], max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
-             batch_size: int = 8, seed: int | None = None) -> list[str]:
-    """Completions of ``prompts`` (raw task text; :func:`format_prompt` is applied here), batched with left
-    padding, stopping at eos or ``<|im_end|>``. ``temperature`` 0 is greedy."""
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens = {max_new_tokens}: must be at least 1")
-    if temperature < 0:
-        raise ValueError(f"temperature = {temperature}: must be 0 (greedy) or positive")
-    if seed is not None:
-        torch.manual_seed(seed)
-    texts = [format_prompt(tokenizer, p) for p in prompts]
-    templated = bool(getattr(tokenizer, "chat_template", None))
-    gen_kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "eos_token_id": stop_token_ids(tokenizer),
-                                  "pad_token_id": tokenizer.pad_token_id}
-    if temperature > 0:
-        gen_kwargs |= {"do_sample": True, "temperature": temperature, "top_p": top_p}
-    else:
-        gen_kwargs |= {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-    was_training, side = model.training, tokenizer.padding_side
-    model.eval()
-    tokenizer.padding_side = "left"
-    out: list[str] = []
-    try:
-        for start in range(0, len(texts), batch_size):
-            batch = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
-                              add_special_tokens=not templated).to(model.device)
-            with torch.no_grad():
-                ids = model.generate(**batch, **gen_kwargs)
-            new = ids[:, batch["input_ids"].shape[1]:]
-            out.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
-    finally:
-        tokenizer.padding_side = side
-        model.train(was_training)
-    return out
 
 
 def main() -> None:

@@ -4,88 +4,73 @@ The model reads a print's telemetry between layers (``PrintSupervisorEnv``'s tex
 with live-tuning commands. It is trained the same way as the writer:
 
 * **data** — episodes on randomised printers (hidden filament diameter, melt capacity, thermistor offset,
-  adhesion, fan, clogs: ``configs/randomization.yaml``), supervised by :func:`expert_tuning`, a rule that
-  sees only the telemetry; every step is a row: the prompt, the expert's commands, and what it takes to put
-  a fresh environment back in that state (job, hidden physics, the commands sent before);
-* **SFT** on those rows, then **GRPO** with :func:`supervisor_reward`: each sampled answer is sent to a
-  copy of the environment in the row's state, and its reward is the environment's reward for that layer
-  (quality, defects, refused commands, time);
+  adhesion, fan, clogs: ``configs/randomization.yaml``), supervised by the rule supervisor
+  (:func:`agent.baselines.expert_tuning`), which sees only the telemetry; every step is a row: the prompt,
+  the rule's commands, and what it takes to put a fresh environment back in that state (job, hidden
+  physics, the commands sent before: :func:`restore_state`);
+* **SFT** on those rows, then **GRPO** with :class:`training.rewards.SupervisorReward`: each sampled answer
+  is sent to a copy of the environment in the row's state, and its reward is the environment's reward for
+  that layer (quality, defects, refused commands, time);
 * **evaluation** (:func:`evaluate_supervisor`) on seeded episodes the training never saw.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-from training.evaluate import EvalResult
+from agent.baselines import rule_supervisor_action
+from agent.policy import Policy
+from envs.jobs import PrintJob
+from envs.supervisor import PrintSupervisorEnv
+from training.evaluate import gcode_validity
 
-NO_CHANGE = "; no change"
-"""The expert's answer when nothing needs tuning (a comment: sent nowhere, refused by nothing)."""
 EVAL_SEED_OFFSET = 1_000_003
 """Evaluation episodes are seeded apart from the training episodes."""
 SUCCESS_MEAN_REWARD = 0.8
 """An evaluation episode succeeds when it completes without a fatal failure or a refused command and its
 mean reward per layer reaches this."""
-MELT_LIMIT_FRACTION = 0.97
-"""Delivered fraction below which the expert treats the hotend as melt-limited (slows down)."""
-VOLUME_TOLERANCE = 0.03
-"""Relative volume error the expert leaves alone."""
 
 
-def expert_tuning(telemetry: dict[str, float], job_hotend_c: float) -> str:
-    """The expert supervisor's commands for the next layer, from the telemetry alone.
+@dataclass
+class SupervisorEvalResult:
+    """The metrics of one evaluation of a supervisor (``PrintSupervisor-v0``)."""
 
-    A melt-limited hotend (delivered fraction below 97 %) is slowed in proportion, with 5 % margin, and
-    heated 10 °C above the job's temperature; otherwise a volume error beyond 3 % is corrected with the
-    flow factor. Every value is kept inside the live-tuning windows.
-    """
-    from envs.supervisor import FLOW_PERCENT_MAX, FLOW_PERCENT_MIN, SPEED_PERCENT_MAX, SPEED_PERCENT_MIN
+    success_rate: float
+    """Episodes completed without a fatal failure or a refused command, with mean reward per layer ≥ 0.8."""
+    mean_reward: float
+    """Mean reward per layer (attainable 1)."""
+    valid_gcode_rate: float
+    """Answers with no refused line (saying nothing is valid)."""
+    safety_violations_per_1k_lines: float
+    """Refused lines (what the live-tuning gate would block) and fatal failures per 1,000 answer lines."""
+    episodes: int
+    rule_mean_reward: float
+    """The rule supervisor's mean reward per layer on the same episodes: the bar to reach."""
 
-    if telemetry["layers_done_fraction"] <= 0.0:
-        return NO_CHANGE
-    commands = []
-    speed = 100.0 * telemetry["speed_factor"]
-    flow = 100.0 * telemetry["flow_factor"]
-    if telemetry["delivered_fraction"] < MELT_LIMIT_FRACTION:
-        new_speed = float(np.clip(speed * telemetry["delivered_fraction"] * 0.95, SPEED_PERCENT_MIN, SPEED_PERCENT_MAX))
-        commands.append(f"M220 S{new_speed:.0f}")
-        if telemetry["hotend_target_offset_c"] < 10.0:
-            commands.append(f"M104 S{job_hotend_c + 10.0:.0f}")
-    elif abs(telemetry["volume_ratio"] - 1.0) > VOLUME_TOLERANCE:
-        new_flow = float(np.clip(flow / telemetry["volume_ratio"], FLOW_PERCENT_MIN, FLOW_PERCENT_MAX))
-        if abs(new_flow - flow) >= 1.0:
-            commands.append(f"M221 S{new_flow:.0f}")
-    return "\n".join(commands) if commands else NO_CHANGE
+    def as_dict(self, prefix: str = "") -> dict[str, float]:
+        return {f"{prefix}{k}": float(v) for k, v in dataclasses.asdict(self).items()}
 
 
-def _telemetry(env: Any) -> dict[str, float]:
-    from envs.supervisor import TELEMETRY_NAMES
-
-    return dict(zip(TELEMETRY_NAMES, (float(v) for v in env.telemetry()), strict=True))
-
-
-def _env(difficulties: Sequence[int]) -> Any:
-    from envs.supervisor import PrintSupervisorEnv
-
+def _env(difficulties: Sequence[int]) -> PrintSupervisorEnv:
     return PrintSupervisorEnv(difficulty=None if len(difficulties) != 1 else difficulties[0])
 
 
-def _reset(env: Any, seed: int, difficulties: Sequence[int]) -> tuple[dict, dict]:
+def _reset(env: PrintSupervisorEnv, seed: int, difficulties: Sequence[int]) -> tuple[dict, dict]:
     # With several difficulties, the episode's difficulty is drawn from its seed.
     options = {"difficulty": int(difficulties[seed % len(difficulties)])} if len(difficulties) > 1 else None
     return env.reset(seed=seed, options=options)
 
 
 def supervisor_rows(episodes: int, seed: int, difficulties: Sequence[int]) -> list[dict[str, Any]]:
-    """One row per layer of ``episodes`` expert-supervised episodes: ``prompt``, ``completion`` (the
-    expert's commands), and ``job``, ``hidden``, ``history`` (JSON) to restore the state for rewards."""
+    """One row per layer of ``episodes`` rule-supervised episodes: ``prompt``, ``completion`` (the rule's
+    commands), and ``job``, ``hidden``, ``history`` (JSON) to restore the state for rewards."""
     rows = []
     env = _env(difficulties)
     for e in range(episodes):
@@ -94,7 +79,7 @@ def supervisor_rows(episodes: int, seed: int, difficulties: Sequence[int]) -> li
         history: list[str] = []
         done = False
         while not done:
-            action = expert_tuning(_telemetry(env), env.job.process.hotend_temp_c)
+            action = rule_supervisor_action(env)
             rows.append({"prompt": obs["prompt"], "completion": action, "job": job_json, "hidden": hidden,
                          "history": json.dumps(history), "step_kind": "tuning"})
             obs, _, terminated, truncated, _ = env.step(action)
@@ -103,56 +88,23 @@ def supervisor_rows(episodes: int, seed: int, difficulties: Sequence[int]) -> li
     return rows
 
 
-_STATES: OrderedDict[tuple[str, str, str], Any] = OrderedDict()
-_STATES_KEPT = 256
+def restore_state(job_json: str, hidden_json: str, history_json: str) -> PrintSupervisorEnv:
+    """A fresh environment in the state of a dataset row: the job, its hidden physics, the commands sent
+    before replayed."""
+    env = PrintSupervisorEnv(job=PrintJob.from_json(job_json))
+    env.reset(seed=0, options={"hidden": json.loads(hidden_json)})
+    for action in json.loads(history_json):
+        env.step(action)
+    return env
 
 
-def restore(job_json: str, hidden_json: str, history_json: str) -> Any:
-    """A fresh environment in the state of a dataset row (replayed once, then copied from a cache)."""
-    from envs.jobs import PrintJob
-    from envs.supervisor import PrintSupervisorEnv
-
-    key = (job_json, hidden_json, history_json)
-    if key not in _STATES:
-        env = PrintSupervisorEnv(job=PrintJob.from_json(job_json))
-        env.reset(seed=0, options={"hidden": json.loads(hidden_json)})
-        for action in json.loads(history_json):
-            env.step(action)
-        _STATES[key] = env
-        while len(_STATES) > _STATES_KEPT:
-            _STATES.popitem(last=False)
-    return copy.deepcopy(_STATES[key])
-
-
-def supervisor_reward(completions: Sequence[Any], job: Sequence[str] | None = None,
-                      hidden: Sequence[str] | None = None, history: Sequence[str] | None = None,
-                      **_: Any) -> list[float | None]:
-    """TRL reward: the environment's reward for sending each completion in its row's state (≤ 1)."""
-    from envs.rewards import _text
-
-    if job is None or hidden is None or history is None:
-        raise ValueError("supervisor_reward needs the 'job', 'hidden' and 'history' columns in the dataset")
-    out: list[float | None] = []
-    for c, j, h, past in zip(completions, job, hidden, history, strict=True):
-        _, reward, *_ = restore(j, h, past).step(_text(c))
-        out.append(float(reward))
-    return out
-
-
-def evaluate_supervisor(policy: Callable[[Sequence[str]], list[str]], episodes: int, seed: int = 0,
-                        difficulties: Sequence[int] = (2,), batch_size: int = 16) -> EvalResult:
-    """``episodes`` seeded episodes (apart from the training seeds) supervised by ``policy``.
-
-    ``mean_reward`` is the mean reward per layer (attainable 1); ``valid_gcode_rate`` the fraction of
-    answers with no refused line; ``safety_violations_per_1k_lines`` counts refused lines (commands the
-    live-tuning gate would block) and fatal failures per 1,000 answer lines; ``mean_geometry`` holds the
-    expert's mean reward per layer on the same episodes, for comparison.
-    """
-    from training.evaluate import gcode_validity
-
+def evaluate_supervisor(policy: Policy, episodes: int, seed: int = 0, difficulties: Sequence[int] = (2,),
+                        batch_size: int = 16) -> SupervisorEvalResult:
+    """``episodes`` seeded episodes (apart from the training seeds) supervised by ``policy``, and the rule
+    supervisor's mean reward on the same episodes (see :class:`SupervisorEvalResult`)."""
     envs = [_env(difficulties) for _ in range(episodes)]
     obs = [_reset(env, EVAL_SEED_OFFSET + seed + i, difficulties)[0] for i, env in enumerate(envs)]
-    expert = [copy.deepcopy(env) for env in envs]
+    rule = [copy.deepcopy(env) for env in envs]
     returns, layers, refused_any = [0.0] * episodes, [0] * episodes, [False] * episodes
     done, success = [False] * episodes, [False] * episodes
     answers = valid = lines = violations = 0
@@ -176,21 +128,17 @@ def evaluate_supervisor(policy: Callable[[Sequence[str]], list[str]], episodes: 
                     done[i] = True
                     success[i] = (bool(info.get("success")) and not refused_any[i]
                                   and returns[i] / layers[i] >= SUCCESS_MEAN_REWARD)
-    expert_mean = float(np.mean([_expert_return(env) for env in expert]))
-    return EvalResult(
-        success_rate=sum(success) / episodes, mean_reward=float(np.mean([r / n for r, n in zip(returns, layers, strict=True)])),
+    return SupervisorEvalResult(
+        success_rate=sum(success) / episodes,
+        mean_reward=float(np.mean([r / n for r, n in zip(returns, layers, strict=True)])),
         valid_gcode_rate=valid / max(answers, 1), safety_violations_per_1k_lines=1000.0 * violations / max(lines, 1),
-        episodes=episodes, mean_geometry=expert_mean)
+        episodes=episodes, rule_mean_reward=float(np.mean([_rule_return(env) for env in rule])))
 
 
-def _expert_return(env: Any) -> float:
+def _rule_return(env: PrintSupervisorEnv) -> float:
+    """The rule supervisor's mean reward per layer over the rest of ``env``'s episode."""
     total, n, done = 0.0, 0, False
     while not done:
-        _, reward, terminated, truncated, _ = env.step(expert_tuning(_telemetry(env), env.job.process.hotend_temp_c))
+        _, reward, terminated, truncated, _ = env.step(rule_supervisor_action(env))
         total, n, done = total + reward, n + 1, terminated or truncated
     return total / n
-
-
-def noop_policy(prompts: Sequence[str]) -> list[str]:
-    """Never tunes anything (the baseline a supervisor must beat)."""
-    return [NO_CHANGE for _ in prompts]

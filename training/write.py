@@ -14,18 +14,21 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
+import torch
+
+from agent.llm import LLMPolicy, revise_answers
+from agent.policy import Policy
 from envs.gcode_writer import GcodeWriterEnv
 from envs.jobs import PrintJob
 from envs.sampler import load_suite
 from envs.scoring import episode_steps
 from envs.slicer import slice_job
 from safety.approvals import ApprovalStore
-from training.evaluate import revise_answers
+from training.model import ModelConfig, load_model_and_tokenizer
 
 
-def write_program(policy: Any, job: PrintJob, revisions: int = 0) -> tuple[str, float]:
+def write_program(policy: Policy, job: PrintJob, revisions: int = 0) -> tuple[str, float]:
     """The program ``policy`` writes for ``job`` and the episode's reward."""
     env = GcodeWriterEnv(job=job)
     obs, _ = env.reset(seed=0)
@@ -64,15 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    import torch
-
-    from training.model import ModelConfig, generate, load_model_and_tokenizer
-
     torch.set_num_threads(1)
     model, tokenizer = load_model_and_tokenizer(ModelConfig(name=args.model))
     job = jobs[args.job]
-    program, reward = write_program(lambda prompts: generate(model, tokenizer, prompts, args.max_new_tokens), job,
-                                    args.revisions)
+    program, reward = write_program(LLMPolicy(model, tokenizer, args.max_new_tokens), job, args.revisions)
     args.out.write_text(program)
     print(f"{args.out}: {len(program.splitlines())} lines for {job.job_id} ({job.part.kind}) on {job.printer}; "
           f"episode reward {reward:.3f}")

@@ -1,0 +1,122 @@
+"""Baselines a trained policy must beat: random text, doing nothing, the rule supervisor, an SB3 model.
+
+Text policies follow :class:`~agent.policy.Policy` (prompts in, texts out). The rule supervisor reads the
+``PrintSupervisor`` telemetry rather than its prompt text; :func:`rule_supervisor_action` applies it to an
+environment. :class:`SB3Policy` acts on the numeric observations of ``PrintSupervisorBox-v0``.
+"""
+
+from __future__ import annotations
+
+import random
+import string
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import gymnasium as gym
+import numpy as np
+
+from agent.policy import Prompt
+from envs.supervisor import (
+    FLOW_PERCENT_MAX,
+    FLOW_PERCENT_MIN,
+    SPEED_PERCENT_MAX,
+    SPEED_PERCENT_MIN,
+    TELEMETRY_NAMES,
+    PrintSupervisorEnv,
+)
+
+NO_CHANGE = "; no change"
+"""The answer that changes nothing (a comment: sent nowhere, refused by nothing)."""
+RANDOM_TEXT_MAX_CHARS = 400
+"""Longest answer of :class:`RandomTextPolicy`."""
+RANDOM_TEXT_ALPHABET = string.ascii_uppercase + string.digits + " .-\n"
+"""Characters :class:`RandomTextPolicy` draws from (what G-code is written in)."""
+MELT_LIMIT_FRACTION = 0.97
+"""Delivered fraction below which the rule supervisor treats the hotend as melt-limited (slows down)."""
+MELT_LIMIT_SPEED_MARGIN = 0.95
+"""A melt-limited print is slowed to this fraction of the speed the hotend keeps up with."""
+MELT_LIMIT_HEAT_C = 10.0
+"""A melt-limited hotend is heated this much above the job's temperature."""
+VOLUME_TOLERANCE = 0.03
+"""Relative volume error the rule supervisor leaves alone."""
+FLOW_STEP_PERCENT = 1.0
+"""Smallest flow change the rule supervisor sends."""
+
+
+def noop_policy(prompts: Sequence[Prompt]) -> list[str]:
+    """Never does anything (:data:`NO_CHANGE` for every prompt): the baseline any policy must beat."""
+    return [NO_CHANGE for _ in prompts]
+
+
+class RandomTextPolicy:
+    """Random characters of G-code's alphabet, 0 to ``max_chars`` of them per answer, from a seeded
+    generator (the same seed gives the same answers)."""
+
+    def __init__(self, seed: int = 0, max_chars: int = RANDOM_TEXT_MAX_CHARS) -> None:
+        self.rng = random.Random(seed)
+        self.max_chars = max_chars
+
+    def __call__(self, prompts: Sequence[Prompt]) -> list[str]:
+        return ["".join(self.rng.choice(RANDOM_TEXT_ALPHABET) for _ in range(self.rng.randint(0, self.max_chars)))
+                for _ in prompts]
+
+
+def zero_action(space: gym.spaces.Box) -> np.ndarray:
+    """Doing nothing in a ``Box`` action space (``PrintSupervisorBox-v0``: the reference program)."""
+    return np.zeros(space.shape, dtype=space.dtype)
+
+
+# -- the rule supervisor -----------------------------------------------------------------------------------------
+def expert_tuning(telemetry: dict[str, float], job_hotend_c: float) -> str:
+    """The rule supervisor's commands for the next layer, from the telemetry alone.
+
+    A melt-limited hotend (delivered fraction below 97 %) is slowed in proportion, with 5 % margin, and
+    heated 10 °C above the job's temperature; otherwise a volume error beyond 3 % is corrected with the
+    flow factor. Every value is kept inside the live-tuning windows.
+    """
+    if telemetry["layers_done_fraction"] <= 0.0:
+        return NO_CHANGE
+    commands = []
+    speed = 100.0 * telemetry["speed_factor"]
+    flow = 100.0 * telemetry["flow_factor"]
+    if telemetry["delivered_fraction"] < MELT_LIMIT_FRACTION:
+        new_speed = float(np.clip(speed * telemetry["delivered_fraction"] * MELT_LIMIT_SPEED_MARGIN,
+                                  SPEED_PERCENT_MIN, SPEED_PERCENT_MAX))
+        commands.append(f"M220 S{new_speed:.0f}")
+        if telemetry["hotend_target_offset_c"] < MELT_LIMIT_HEAT_C:
+            commands.append(f"M104 S{job_hotend_c + MELT_LIMIT_HEAT_C:.0f}")
+    elif abs(telemetry["volume_ratio"] - 1.0) > VOLUME_TOLERANCE:
+        new_flow = float(np.clip(flow / telemetry["volume_ratio"], FLOW_PERCENT_MIN, FLOW_PERCENT_MAX))
+        if abs(new_flow - flow) >= FLOW_STEP_PERCENT:
+            commands.append(f"M221 S{new_flow:.0f}")
+    return "\n".join(commands) if commands else NO_CHANGE
+
+
+def telemetry_of(env: PrintSupervisorEnv) -> dict[str, float]:
+    """A supervisor environment's telemetry by name."""
+    return dict(zip(TELEMETRY_NAMES, (float(v) for v in env.telemetry()), strict=True))
+
+
+def rule_supervisor_action(env: PrintSupervisorEnv) -> str:
+    """The rule supervisor's answer in ``env``'s current state."""
+    assert env.job is not None, "call reset() first"
+    return expert_tuning(telemetry_of(env), env.job.process.hotend_temp_c)
+
+
+# -- Stable-Baselines3 -------------------------------------------------------------------------------------------
+class _Predictor(Protocol):
+    def predict(self, observation: Any, deterministic: bool = ...) -> tuple[Any, Any]: ...
+
+
+class SB3Policy:
+    """A trained Stable-Baselines3 model (e.g. PPO on ``PrintSupervisorBox-v0``) as an observation → action
+    policy, deterministic; ``normalize`` is applied to the observation first (``VecNormalize.normalize_obs``
+    of the training run, when it normalised observations)."""
+
+    def __init__(self, model: _Predictor, normalize: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+        self.model = model
+        self.normalize = normalize
+
+    def __call__(self, observation: np.ndarray) -> np.ndarray:
+        obs = self.normalize(observation) if self.normalize is not None else observation
+        return np.asarray(self.model.predict(obs, deterministic=True)[0])

@@ -1,0 +1,180 @@
+"""The closed loop's config (``python -m training.sim_loop --config FILE``; YAML keys map 1:1).
+
+The loop-wide settings sit at the top; the two training phases have their own sections, ``sft:`` and
+``grpo:``, which are :class:`training.sft.SFTConfig` and :class:`training.grpo.GRPOSettings` — the same
+classes (same keys, same ranges, same defaults) as the standalone trainers'. What a section would say about
+the model, the data, the output folders, the backend and the seed the loop sets itself (:data:`LOOP_OWNED`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sim_bridge.config import ConfigError, check_ranges, from_dict, ranged
+from training.grpo import GRPOSettings
+from training.model import ModelConfig
+from training.sft import SFTConfig
+
+TASKS = ("GcodeWriter-v0", "PrintSupervisor-v0")
+"""The environments the loop trains a model for."""
+LOOP_OWNED = {
+    "sft": ("model", "embedded", "dataset_path", "output_dir", "log_dir", "backend", "seed", "eval_interval"),
+    "grpo": ("model", "embedded", "dataset_path", "output_dir", "log_dir", "backend", "seed"),
+}
+"""Keys of the ``sft:`` and ``grpo:`` sections the loop fills in (from its top-level keys and the run
+directory); a section leaves them out."""
+MOVED_KEYS = {
+    "batch_size": "sft.batch_size", "learning_rate": "sft.learning_rate", "epochs": "sft.epochs",
+    "sft_max_steps": "sft.max_steps", "grpo_steps": "grpo.max_steps", "grpo_learning_rate": "grpo.learning_rate",
+    "grpo_batch_size": "grpo.batch_size", "num_generations": "grpo.num_generations",
+    "max_completion_length": "grpo.max_completion_length", "beta": "grpo.beta",
+    "ref_model_sync_steps": "grpo.ref_model_sync_steps", "ref_model_mixup_alpha": "grpo.ref_model_mixup_alpha",
+    "temperature": "grpo.temperature", "multi_turn": "grpo.multi_turn", "revision_turns": "grpo.revision_turns",
+    "revise": "grpo.revise", "reward_workers": "grpo.reward_workers", "grpo_randomize": "grpo.randomize",
+    "lora": "sft.lora and grpo.lora", "lora_r": "sft.lora_r and grpo.lora_r",
+    "checkpoint_interval": "sft.checkpoint_interval and grpo.checkpoint_interval",
+}
+"""Flat keys of loop configs before the ``sft:``/``grpo:`` sections, and where each went."""
+
+
+@dataclass(frozen=True)
+class SimLoopConfig:
+    """The main job's settings (YAML keys map 1:1; see configs/tiny-cpu.yaml)."""
+
+    model: str = "embedded"
+    """``embedded`` (built locally) or any Hugging Face causal LM id or local path."""
+    embedded: ModelConfig = field(default_factory=lambda: ModelConfig(max_length_tokens=2048))
+    """Shape of the embedded model (ignored for other models, except ``max_length_tokens``)."""
+    task: str = ranged("GcodeWriter-v0", choices=TASKS)
+    """Environment the model learns: ``GcodeWriter-v0`` (one layer of G-code per turn) or
+    ``PrintSupervisor-v0`` (live-tuning commands between layers; see :mod:`training.supervise`)."""
+    backend: str = ranged("trl", choices=("trl", "unsloth"))
+    """``trl`` (any device) or ``unsloth`` (NVIDIA GPU and the ``gpu`` extra), for every phase."""
+    seed: int = ranged(0, 0, 2**31 - 1)
+    """Seed of data order, sampling and initial weights, for every phase."""
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    """Phase 1 (and the settings phase 3 does not set itself: batch size 1, its own learning rate and
+    epochs): supervised fine-tuning; without ``model``, ``embedded``, ``dataset_path``, ``output_dir``,
+    ``log_dir``, ``backend``, ``seed``, ``eval_interval``."""
+    grpo: GRPOSettings = field(default_factory=GRPOSettings)
+    """Phase 2: GRPO (``max_steps: 0`` skips it); ``multi_turn`` and ``revise`` also shape the SFT data and
+    the evaluations; ``max_completion_length`` is also the evaluations' budget. Without ``model``,
+    ``embedded``, ``dataset_path``, ``output_dir``, ``log_dir``, ``backend``, ``seed``."""
+    revision_fraction: float = ranged(0.5, 0.0, 1.0)
+    """Multi-turn mode (``grpo.multi_turn``): fraction of the SFT layer rows that also get a revision example."""
+    supervisor_episodes: int = ranged(48, 1, 1_000_000)
+    """``PrintSupervisor-v0``: rule-supervised training episodes (one SFT/GRPO row per layer)."""
+    supervisor_difficulties: list[int] = ranged([2], 2, 4)
+    """``PrintSupervisor-v0``: difficulties of the training and evaluation jobs."""
+    dataset_path: str = ""
+    """Supervised dataset folder; made there (or in the run directory when empty) if missing."""
+    train_jobs: int = ranged(256, 1, 10_000_000)
+    """Jobs in the supervised dataset when it has to be made."""
+    train_difficulties: list[int] = ranged([0], 0, 4)
+    """Difficulties of the training jobs."""
+    part_kinds: list[str] = field(default_factory=lambda: ["rectangle", "polygon"])
+    """Part kinds of the training jobs (empty: all)."""
+    max_polygon_sides: int = ranged(6, 0, 64)
+    """Longest polygon of the training jobs (0: any)."""
+    workers: int = ranged(0, 0, 256)
+    """Processes for dataset generation (0: one per core)."""
+    eval_suite: str = "tiny-v0"
+    """Held-out suite (envs/suites/NAME.json) for evaluation."""
+    eval_episodes: int = ranged(64, 1, 100_000)
+    """Episodes per phase evaluation (the suite is cycled)."""
+    eval_interval: int = ranged(0, 0, 10_000_000)
+    """Evaluate every this many training steps on ``eval_episodes_during`` episodes (0: only at phase ends)."""
+    eval_episodes_during: int = ranged(8, 1, 100_000)
+    """Episodes of the evaluations during training."""
+    output_dir: str = "runs"
+    """Where run directories are made."""
+    log_dir: str = ""
+    """TensorBoard folder (empty: the run directory's ``tensorboard/``)."""
+    real_world_dataset: str = ""
+    """A ``real_world`` dataset for phase 3 (empty: no phase 3)."""
+    real_world_learning_rate: float = ranged(2e-5, 1e-9, 1.0)
+    """Phase 3 learning rate (conservative)."""
+    real_world_epochs: float = ranged(1.0, 0.01, 100.0)
+    """Phase 3 epochs."""
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+        for section, owned in LOOP_OWNED.items():
+            given = getattr(self, section)
+            default = type(given)()
+            for key in owned:
+                if getattr(given, key) != getattr(default, key):
+                    raise ConfigError(_owned_message(section, key))
+        if self.grpo.multi_turn and self.task != "GcodeWriter-v0":
+            raise ConfigError(f"grpo.multi_turn: true needs task GcodeWriter-v0 (task is {self.task!r}): only a "
+                              "written layer has simulator feedback to revise against")
+
+    @property
+    def supervising(self) -> bool:
+        return self.task == "PrintSupervisor-v0"
+
+    def model_config(self) -> ModelConfig:
+        """The model the loop starts from."""
+        return replace(self.embedded, name=self.model, seed=self.seed)
+
+    def sft_phase(self, output_dir: Path, **changes: Any) -> SFTConfig:
+        """Phase 1's (or, with ``changes``, phase 3's) complete SFT config: the section plus what the loop
+        sets."""
+        return replace(self.sft, embedded=self.embedded, output_dir=str(output_dir), backend=self.backend,
+                       seed=self.seed, **changes)
+
+    def grpo_phase(self, output_dir: Path) -> GRPOSettings:
+        """Phase 2's complete GRPO settings: the section plus what the loop sets."""
+        return replace(self.grpo, embedded=self.embedded, output_dir=str(output_dir), backend=self.backend,
+                       seed=self.seed)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as YAML keys (the sections without the keys the loop sets), as ``config.yaml`` of a
+        run directory holds it."""
+        data = dataclasses.asdict(self)
+        for section, owned in LOOP_OWNED.items():
+            data[section] = {k: v for k, v in data[section].items() if k not in owned}
+        return data
+
+
+def _owned_message(section: str, key: str) -> str:
+    where = {"model": "model (top level; each phase continues from the last)", "embedded": "embedded (top level)",
+             "backend": "backend (top level)", "seed": "seed (top level)", "dataset_path": "dataset_path (top level)",
+             "log_dir": "log_dir (top level)", "output_dir": "output_dir (top level; each phase writes RUN_DIR/PHASE)",
+             "eval_interval": "eval_interval (top level: held-out evaluations during training)"}[key]
+    return f"{section}.{key}: the loop sets it; use {where}"
+
+
+def load_config(path: str | Path | None) -> SimLoopConfig:
+    """The config from a YAML file (or the defaults), validated; a key of the flat layout before the
+    ``sft:``/``grpo:`` sections fails naming its new place."""
+    if path is None:
+        return SimLoopConfig()
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    moved = [f"{key} moved to {MOVED_KEYS[key]}" for key in data if key in MOVED_KEYS]
+    if moved:
+        raise ConfigError(f"{path}: " + "; ".join(moved) + " (the loop config has sft: and grpo: sections)")
+    for section, cls in (("sft", SFTConfig), ("grpo", GRPOSettings)):
+        given = data.get(section)
+        if not isinstance(given, dict):
+            continue
+        for key in given:
+            if key in LOOP_OWNED[section]:
+                raise ConfigError(f"{path}: {_owned_message(section, key)}")
+        # Built here so that an error raised by the section's own checks names the section.
+        try:
+            data[section] = from_dict(cls, given)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {section}.{exc}") from None
+    return from_dict(SimLoopConfig, data, str(path))
