@@ -26,10 +26,12 @@ import multiprocessing as mp
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from functools import lru_cache
+from typing import Any, NamedTuple
 
 import numpy as np
 import shapely
+from numba import njit
 from scipy import ndimage
 
 from envs.jobs import PrintJob
@@ -49,6 +51,10 @@ GRID_PHASE = 0.3719
 """Offset of the scoring grid, in cells, from round coordinates."""
 WINDOW_MARGIN_MM = 5.0
 """Margin around the part's footprint in which material counts for geometry."""
+GEOMETRY_RESOLUTION_MM = 0.1
+"""Cell of the geometry score's grid."""
+RASTERS_KEPT = 1024
+"""Layer rasters kept (one per job, layer and resolution: the targets of a dataset's prompts)."""
 
 
 @dataclass
@@ -103,12 +109,6 @@ def _holes(region: shapely.Geometry) -> shapely.Geometry:
     return shapely.union_all(rings) if rings else shapely.Polygon()
 
 
-def _disk(radius_cells: int) -> np.ndarray:
-    r = max(1, radius_cells)
-    y, x = np.ogrid[-r:r + 1, -r:r + 1]
-    return x * x + y * y <= r * r
-
-
 def layer_band(job: PrintJob, layer: int) -> tuple[float, float]:
     """Nozzle heights that count as printing layer ``layer``: its Z ± half a layer height."""
     zs = job.layer_zs()
@@ -117,9 +117,26 @@ def layer_band(job: PrintJob, layer: int) -> tuple[float, float]:
     return z - 0.5 * h, z + 0.5 * h
 
 
-def layer_moves(sim: Simulator, job: PrintJob, layer: int) -> tuple[np.ndarray, np.ndarray, np.ndarray,
-                                                                      np.ndarray]:
-    """Extruding moves the simulator ran at layer ``layer``'s height: starts, ends, bead widths, volumes."""
+class LayerMoves(NamedTuple):
+    """The extruding moves a simulator ran at one layer's height."""
+
+    starts: np.ndarray
+    """Start points (n, 3), mm."""
+    ends: np.ndarray
+    """End points (n, 3), mm."""
+    widths_mm: np.ndarray
+    """Bead widths (n,)."""
+    volumes_mm3: np.ndarray
+    """Material delivered on each move (n,)."""
+
+    @property
+    def volume_mm3(self) -> float:
+        """Material delivered on all of them."""
+        return float(self.volumes_mm3.sum())
+
+
+def layer_moves(sim: Simulator, job: PrintJob, layer: int) -> LayerMoves:
+    """Extruding moves the simulator ran at layer ``layer``'s height."""
     lo, hi = layer_band(job, layer)
     starts, ends, widths, volumes = [], [], [], []
     area = sim.profile.filament_area_mm2 * sim.extrusion_scale
@@ -132,25 +149,34 @@ def layer_moves(sim: Simulator, job: PrintJob, layer: int) -> tuple[np.ndarray, 
             volumes.append(moves.de[sel] * moves.delivered[sel] * area)
     if not starts:
         empty = np.zeros((0, 3))
-        return empty, empty, np.zeros(0), np.zeros(0)
-    return np.vstack(starts), np.vstack(ends), np.concatenate(widths), np.concatenate(volumes)
+        return LayerMoves(empty, empty, np.zeros(0), np.zeros(0))
+    return LayerMoves(np.vstack(starts), np.vstack(ends), np.concatenate(widths), np.concatenate(volumes))
 
 
 def layer_volume_mm3(sim: Simulator, job: PrintJob, layer: int) -> float:
     """Material delivered at layer ``layer``'s height."""
-    return float(layer_moves(sim, job, layer)[3].sum())
+    return layer_moves(sim, job, layer).volume_mm3
 
 
-def geometry_score(sim: Simulator, job: PrintJob, layer: int, resolution_mm: float = 0.1) -> float:
-    """IoU of the region layer ``layer`` covers against :func:`target_region`.
+@dataclass(frozen=True)
+class LayerRaster:
+    """The scoring grid of one layer and what it must cover, cell by cell (arrays read-only)."""
 
-    The covered region is rasterised from the beads the simulator laid at the layer's height (so later
-    layers do not hide it), closed over infill gaps, and compared cell by cell with the target.
-    """
-    target = target_region(job, layer)
+    x0_mm: float
+    """Centre of cell (0, 0)."""
+    y0_mm: float
+    resolution_mm: float
+    wanted: np.ndarray
+    """Cells inside the target region, (ny, nx)."""
+    holes: np.ndarray | None
+    """Cells inside the part's holes (None: the layer has none)."""
+
+
+@lru_cache(maxsize=RASTERS_KEPT)
+def _layer_raster(job_json: str, layer: int, resolution_mm: float) -> LayerRaster | None:
+    target = target_region(PrintJob.from_json(job_json), layer)
     if target.is_empty:
-        return 0.0
-    starts, ends, widths, _ = layer_moves(sim, job, layer)
+        return None
     # The window is the part's footprint plus a margin: material far from the part (a purge line) is not
     # geometry, and the extrusion score already counts its volume.
     x0, y0, x1, y1 = target.bounds
@@ -161,21 +187,78 @@ def geometry_score(sim: Simulator, job: PrintJob, layer: int, resolution_mm: flo
     y0 = math.floor((y0 - WINDOW_MARGIN_MM) / resolution_mm) * resolution_mm + GRID_PHASE * resolution_mm
     nx = int(math.ceil((x1 + WINDOW_MARGIN_MM - x0) / resolution_mm)) + 1
     ny = int(math.ceil((y1 + WINDOW_MARGIN_MM - y0) / resolution_mm)) + 1
-    grid = np.zeros((ny, nx), dtype=np.float32)
-    for (ax, ay, _), (bx, by, _), w in zip(starts, ends, widths, strict=True):
-        raise_capsule(grid, ax, ay, bx, by, 0.5 * w, 1.0, 1.0, x0, y0, resolution_mm)
-    covered = grid > 0.5
-    radius = int(round(closing_radius_mm(job, layer) / resolution_mm))
-    pad = radius + 1
-    covered = ndimage.binary_closing(np.pad(covered, pad), structure=_disk(radius))[pad:-pad, pad:-pad]
-    covered = ndimage.binary_fill_holes(covered)
     gx, gy = np.meshgrid(x0 + np.arange(nx) * resolution_mm, y0 + np.arange(ny) * resolution_mm)
     wanted = shapely.contains_xy(target, gx, gy)
-    holes = _holes(target)
-    if not holes.is_empty:
-        covered &= ~shapely.contains_xy(holes, gx, gy)
-    union = np.count_nonzero(covered | wanted)
-    return float(np.count_nonzero(covered & wanted) / union) if union else 0.0
+    wanted.setflags(write=False)
+    region = _holes(target)
+    holes = None
+    if not region.is_empty:
+        holes = shapely.contains_xy(region, gx, gy)
+        holes.setflags(write=False)
+    return LayerRaster(x0, y0, resolution_mm, wanted, holes)
+
+
+def layer_raster(job: PrintJob, layer: int, resolution_mm: float = GEOMETRY_RESOLUTION_MM) -> LayerRaster | None:
+    """The scoring grid of layer ``layer`` (None when the layer has nothing to cover); computed once per job,
+    layer and resolution, then kept (:data:`RASTERS_KEPT`)."""
+    return _layer_raster(job.to_json(), layer, resolution_mm)
+
+
+@njit(cache=True)
+def _raise_beads(grid: np.ndarray, starts: np.ndarray, ends: np.ndarray, widths_mm: np.ndarray, x0_mm: float,
+                 y0_mm: float, resolution_mm: float) -> None:
+    """Mark every cell a bead covers (one compiled loop over the moves)."""
+    for i in range(widths_mm.shape[0]):
+        raise_capsule(grid, starts[i, 0], starts[i, 1], ends[i, 0], ends[i, 1], 0.5 * widths_mm[i], 1.0, 1.0,
+                      x0_mm, y0_mm, resolution_mm)
+
+
+def close_disk(mask: np.ndarray, radius_cells: int) -> np.ndarray:
+    """Morphological closing of ``mask`` by a disk of ``radius_cells`` (at least 1), cells outside the mask
+    counting as empty: the same cells as ``ndimage.binary_closing`` with that disk on a mask padded by
+    ``radius_cells + 1``, from two exact Euclidean distance transforms (cost independent of the radius).
+
+    >>> m = np.zeros((9, 9), bool); m[4, 2] = m[4, 6] = True
+    >>> close_disk(m, 2)[4].astype(int).tolist()
+    [0, 0, 1, 1, 1, 1, 1, 0, 0]
+    """
+    r = max(1, radius_cells)
+    pad = radius_cells + 1
+    padded = np.pad(mask, pad)
+    if not padded.any():
+        return np.zeros_like(mask)
+    # Dilation: cells within r of a marked cell. Erosion of that: cells farther than r from every unmarked
+    # cell, a ring of unmarked cells standing for everything outside (the disk is convex and symmetric, so
+    # the nearest outside cell is never nearer than the ring).
+    dilated = ndimage.distance_transform_edt(~padded) <= r
+    closed = ndimage.distance_transform_edt(np.pad(dilated, 1))[1:-1, 1:-1] > r
+    return closed[pad:-pad, pad:-pad]
+
+
+def moves_geometry_score(job: PrintJob, layer: int, moves: LayerMoves,
+                         resolution_mm: float = GEOMETRY_RESOLUTION_MM) -> float:
+    """IoU of the region ``moves`` cover against :func:`target_region` (see :func:`geometry_score`)."""
+    raster = layer_raster(job, layer, resolution_mm)
+    if raster is None:
+        return 0.0
+    grid = np.zeros(raster.wanted.shape, dtype=np.float32)
+    _raise_beads(grid, moves.starts, moves.ends, moves.widths_mm, raster.x0_mm, raster.y0_mm, resolution_mm)
+    covered = close_disk(grid > 0.5, int(round(closing_radius_mm(job, layer) / resolution_mm)))
+    covered = ndimage.binary_fill_holes(covered)
+    if raster.holes is not None:
+        covered &= ~raster.holes
+    union = np.count_nonzero(covered | raster.wanted)
+    return float(np.count_nonzero(covered & raster.wanted) / union) if union else 0.0
+
+
+def geometry_score(sim: Simulator, job: PrintJob, layer: int,
+                   resolution_mm: float = GEOMETRY_RESOLUTION_MM) -> float:
+    """IoU of the region layer ``layer`` covers against :func:`target_region`.
+
+    The covered region is rasterised from the beads the simulator laid at the layer's height (so later
+    layers do not hide it), closed over infill gaps, and compared cell by cell with the target.
+    """
+    return moves_geometry_score(job, layer, layer_moves(sim, job, layer), resolution_mm)
 
 
 def extrusion_score(actual_mm3: float, expected_mm3: float) -> float:
