@@ -1,30 +1,26 @@
 """Scoring steps and programs on the simulator, against the reference (expert) program of the job.
 
-Shared by the environments and by the TRL reward functions in :mod:`envs.rewards`.
+Shared by the environments and by the TRL reward functions. The score maths is :mod:`envs.rewards`'s, the
+geometry :mod:`envs.geometry`'s; this module runs the simulations. What is the same for every answer to one
+prompt is done once and kept: the job's slice (:func:`envs.slicer.cached_slice`), the expert's figures
+(:func:`reference`) and the printer the expert's program leaves before a layer (:func:`state_before_layer`).
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
+from envs.geometry import layer_moves, moves_geometry_score
 from envs.jobs import PrintJob
 from envs.rewards import (
-    FATAL_PENALTY,
-    MAX_STEP_REWARD,
-    W_EXTRUSION,
-    W_GEOMETRY,
-    W_TIME,
+    ProgramScore,
     StepScores,
     defect_count,
     extrusion_score,
-    geometry_score,
-    layer_moves,
-    layer_volume_mm3,
-    moves_geometry_score,
     time_score,
 )
 from envs.slicer import cached_slice
@@ -80,9 +76,9 @@ def _reference(job_json: str) -> Reference:
     if sim.fatal is not None:
         raise RuntimeError(f"the reference program of {job.job_id} fails: {sim.fatal.message} "
                            f"(line {sim.fatal.line})")
-    volumes = tuple(layer_volume_mm3(sim, job, k) for k in range(job.layer_count))
-    geometry = tuple(geometry_score(sim, job, k) for k in range(job.layer_count))
-    return Reference(tuple(times), volumes, geometry, sim.time_s - start_time)
+    moves = [layer_moves(sim, job, k) for k in range(job.layer_count)]
+    return Reference(tuple(times), tuple(m.volume_mm3 for m in moves),
+                     tuple(moves_geometry_score(job, k, m) for k, m in enumerate(moves)), sim.time_s - start_time)
 
 
 def reference(job: PrintJob) -> Reference:
@@ -104,7 +100,7 @@ def score_step(sim: Simulator, job: PrintJob, step: int, text: str) -> StepScore
         sim.fatal = Failure("invalid_command", f"not G-code: {exc.reason}", exc.line, sim.state.layer, fatal=True)
         sim.failures.append(sim.fatal)
         report = sim.report()
-    defects, fatal = defect_count(report, before)
+    defects, fatal = defect_count(report.failures[before:])
     elapsed = sim.time_s - t0
     scores = StepScores(defects=defects, fatal=fatal)
     if kind == "layer":
@@ -137,31 +133,6 @@ def end_state_score(sim: Simulator, job: PrintJob) -> float:
     return sum(conditions) / len(conditions)
 
 
-@dataclass
-class ProgramScore:
-    """The score of a whole program."""
-
-    layers: list[StepScores] = field(default_factory=list)
-    time: float = 0.0
-    end: float = 1.0
-    defects: int = 0
-    fatal: bool = False
-
-    @property
-    def reward(self) -> float:
-        """Mean layer score (geometry, extrusion) plus time, minus penalties; at most ``MAX_STEP_REWARD``."""
-        if not self.layers:
-            return -(FATAL_PENALTY if self.fatal else 0.0)
-        shape = sum(W_GEOMETRY * s.geometry + W_EXTRUSION * s.extrusion for s in self.layers) / len(self.layers)
-        return (shape * self.end + W_TIME * self.time - self.defects * 1.0
-                - (FATAL_PENALTY if self.fatal else 0.0))
-
-    @property
-    def normalized(self) -> float:
-        """``reward / MAX_STEP_REWARD``: 1 for the expert's quality, ≤ 0 for nothing or failures."""
-        return self.reward / MAX_STEP_REWARD
-
-
 def score_program(text: str, job: PrintJob) -> ProgramScore:
     """Run a whole program for ``job`` on a fresh printer and score it layer by layer."""
     ref = reference(job)
@@ -173,7 +144,7 @@ def score_program(text: str, job: PrintJob) -> ProgramScore:
         report = sim.run(text)
     except GcodeError:
         return ProgramScore(fatal=True)
-    defects, fatal = defect_count(report)
+    defects, fatal = defect_count(report.failures)
     score = ProgramScore(defects=defects, fatal=fatal)
     for k in range(job.layer_count):
         moves = layer_moves(sim, job, k)

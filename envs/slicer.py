@@ -374,7 +374,7 @@ def _infill_segments(job: PrintJob, layer: int, island: Polygon, below: BaseGeom
     solid = _layer_is_solid(job, layer)
     if not solid and p.infill_density <= 0.0:
         # A perimeter-only layer stays one, over a gap too: its loops are the bridges (and the target the
-        # geometry reward compares it with is the perimeter band, envs.rewards.layer_is_perimeter_only).
+        # geometry reward compares it with is the perimeter band, envs.geometry.layer_is_perimeter_only).
         return []
     bridge_angle = _bridge_angle(area, below, lw)
     if bridge_angle is not None:

@@ -493,7 +493,7 @@ class PrintSupervisorEnv(gym.Env):
         commands = "".join(line + "\n" for line in tuning.accepted)
         report = sim.run(commands + self.layer_text(k))
         measure = measure_runs(sim, first_run, t0)
-        defects, fatal = defect_count(report, first_failure)
+        defects, fatal = defect_count(report.failures[first_failure:])
         reward = supervisor_reward(measure, self.reference[k], defects, len(tuning.refused), fatal)
         self.last, self.last_defects, self.refused = measure, defects, tuning.refused
         self.warnings = [f"line {f.line}: {f.mode}: {f.message}" for f in report.failures[first_failure:]]

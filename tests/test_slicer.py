@@ -14,9 +14,9 @@ import shapely
 from scipy import ndimage
 
 from agent.expert import ExpertPolicy, expert_program
-from envs import rewards
+from envs import geometry
+from envs.geometry import geometry_score
 from envs.jobs import PartSpec, PrintJob, ProcessSettings
-from envs.rewards import geometry_score
 from envs.slicer import layer_gcode, slice_job
 from sim_bridge import PrintReport, Simulator, simulate
 from sim_bridge.deposition import raise_capsule
@@ -67,10 +67,10 @@ def _layered(kind: str) -> tuple[list[float], PrintReport]:
 def _per_move_geometry_score(sim: Simulator, job: PrintJob, layer: int, res: float = 0.1) -> float:
     """The geometry score as first written: one kernel call per move, scipy's closing by a disk, the target
     rasterised on every call (the reference the batched implementation must reproduce)."""
-    target = rewards.target_region(job, layer)
-    starts, ends, widths, _ = rewards.layer_moves(sim, job, layer)
+    target = geometry.target_region(job, layer)
+    starts, ends, widths, _ = geometry.layer_moves(sim, job, layer)
     x0, y0, x1, y1 = target.bounds
-    margin, phase = rewards.WINDOW_MARGIN_MM, rewards.GRID_PHASE
+    margin, phase = geometry.WINDOW_MARGIN_MM, geometry.GRID_PHASE
     x0 = math.floor((x0 - margin) / res) * res + phase * res
     y0 = math.floor((y0 - margin) / res) * res + phase * res
     nx = int(math.ceil((x1 + margin - x0) / res)) + 1
@@ -78,7 +78,7 @@ def _per_move_geometry_score(sim: Simulator, job: PrintJob, layer: int, res: flo
     grid = np.zeros((ny, nx), dtype=np.float32)
     for (ax, ay, _), (bx, by, _), w in zip(starts, ends, widths, strict=True):
         raise_capsule(grid, ax, ay, bx, by, 0.5 * w, 1.0, 1.0, x0, y0, res)
-    radius = int(round(rewards.closing_radius_mm(job, layer) / res))
+    radius = int(round(geometry.closing_radius_mm(job, layer) / res))
     r = max(1, radius)
     yy, xx = np.ogrid[-r:r + 1, -r:r + 1]
     pad = radius + 1
@@ -86,7 +86,7 @@ def _per_move_geometry_score(sim: Simulator, job: PrintJob, layer: int, res: flo
     covered = ndimage.binary_fill_holes(covered[pad:-pad, pad:-pad])
     gx, gy = np.meshgrid(x0 + np.arange(nx) * res, y0 + np.arange(ny) * res)
     wanted = shapely.contains_xy(target, gx, gy)
-    holes = rewards._holes(target)
+    holes = geometry._holes(target)
     if not holes.is_empty:
         covered &= ~shapely.contains_xy(holes, gx, gy)
     union = np.count_nonzero(covered | wanted)
@@ -117,8 +117,8 @@ def test_disk_closing_equals_scipys() -> None:
         yy, xx = np.ogrid[-r:r + 1, -r:r + 1]
         pad = radius + 1
         expected = ndimage.binary_closing(np.pad(mask, pad), structure=xx * xx + yy * yy <= r * r)[pad:-pad, pad:-pad]
-        assert (rewards.close_disk(mask, radius) == expected).all(), radius
-    assert not rewards.close_disk(np.zeros((5, 5), bool), 2).any()
+        assert (geometry.close_disk(mask, radius) == expected).all(), radius
+    assert not geometry.close_disk(np.zeros((5, 5), bool), 2).any()
 
 
 def _commands(text: str) -> list:
