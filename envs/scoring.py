@@ -16,6 +16,7 @@ import numpy as np
 
 from envs.geometry import layer_moves, moves_geometry_score
 from envs.jobs import PrintJob
+from envs.randomization import load_randomization, randomize_simulator
 from envs.rewards import (
     ProgramScore,
     StepScores,
@@ -24,7 +25,6 @@ from envs.rewards import (
     time_score,
 )
 from envs.slicer import cached_slice
-from envs.wrappers import load_randomization, randomize_simulator
 from sim_bridge.gcode import GcodeError
 from sim_bridge.interpreter import SimOptions
 from sim_bridge.report import Failure

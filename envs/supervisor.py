@@ -19,10 +19,7 @@ import numpy as np
 from gymnasium import spaces
 
 from envs.jobs import PrintJob
-from envs.rewards import DEFECT_PENALTY, FATAL_PENALTY, defect_count, extrusion_score
-from envs.sampler import JobSource
-from envs.slicer import SlicedJob, slice_job
-from envs.wrappers import (
+from envs.randomization import (
     RandomizationConfig,
     SupervisorPhysicsRanges,
     clog,
@@ -31,6 +28,9 @@ from envs.wrappers import (
     scale_melt_capacity,
     uniform,
 )
+from envs.rewards import DEFECT_PENALTY, FATAL_PENALTY, defect_count, extrusion_score
+from envs.sampler import JobSource
+from envs.slicer import SlicedJob, slice_job
 from safety.policy import SafetyPolicy
 from safety.tuning import TuningState, validate_tuning
 from sim_bridge.gcode import format_command, format_number, parse_line
@@ -319,7 +319,7 @@ def reference_layers(job_json: str, resolution_mm: float = RESOLUTION_MM) -> tup
 # -- hidden physics ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class HiddenPhysics:
-    """The hidden parameters of one episode (see :class:`envs.wrappers.SupervisorPhysicsRanges`)."""
+    """The hidden parameters of one episode (see :class:`envs.randomization.SupervisorPhysicsRanges`)."""
 
     filament_diameter_factor: float = 1.0
     melt_capacity_factor: float = 1.0
@@ -404,7 +404,7 @@ class PrintSupervisorEnv(gym.Env):
 
     ## Arguments
     ``job`` (PrintJob or JSON dict), ``suite`` (held-out suite name), ``difficulty`` (2–4, default random),
-    ``randomization`` (a :class:`~envs.wrappers.RandomizationConfig` or YAML path; default
+    ``randomization`` (a :class:`~envs.randomization.RandomizationConfig` or YAML path; default
     ``configs/randomization.yaml``), ``resolution_mm`` (height-map cell, default 0.2), ``render_mode``
     (``"rgb_array"``).
 

@@ -11,6 +11,7 @@ from gymnasium.utils.env_checker import check_env
 
 import envs  # noqa: F401  (registers the environments)
 from envs.jobs import PartSpec, PrintJob, ProcessSettings
+from envs.randomization import FaultRanges, RandomizationConfig, SensorRanges, load_randomization
 from envs.supervisor import (
     TELEMETRY_NAMES,
     HiddenPhysics,
@@ -19,15 +20,7 @@ from envs.supervisor import (
     check_tuning,
     override_fan,
 )
-from envs.wrappers import (
-    DomainRandomization,
-    FaultRanges,
-    RandomizationConfig,
-    RareFaults,
-    SensorNoise,
-    SensorRanges,
-    load_randomization,
-)
+from envs.wrappers import DomainRandomization, RareFaults, SensorNoise
 from sim_bridge.config import ConfigError
 from sim_bridge.profiles import load_printer
 

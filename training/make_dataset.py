@@ -121,7 +121,7 @@ def _simulate(config: DatasetConfig, job: Any, text: str, rng: np.random.Generat
     sim = Simulator(job.printer, job.material, SimOptions(resolution_mm=config.resolution_mm, traces=config.traces,
                                                           trace_interval_s=config.trace_interval_s))
     if config.kind == "adaptation":
-        from envs.wrappers import load_randomization, randomize_simulator
+        from envs.randomization import load_randomization, randomize_simulator
 
         randomize_simulator(sim, load_randomization(config.randomization).printer, rng)
     return sim, sim.run(text)
