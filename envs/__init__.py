@@ -13,8 +13,8 @@ from gymnasium.envs.registration import register, registry
 _ENVS = {
     "layerloop/GcodeWriter-v0": ("envs.gcode_writer:GcodeWriterEnv", 64),
     "layerloop/GcodeProgram-v0": ("envs.gcode_writer:GcodeProgramEnv", 1),
-    "layerloop/PrintSupervisor-v0": ("envs.supervisor:PrintSupervisorEnv", 200),
-    "layerloop/PrintSupervisorBox-v0": ("envs.supervisor:PrintSupervisorBoxEnv", 200),
+    "layerloop/PrintSupervisor-v0": ("envs.supervisor.env:PrintSupervisorEnv", 200),
+    "layerloop/PrintSupervisorBox-v0": ("envs.supervisor.box_env:PrintSupervisorBoxEnv", 200),
 }
 for _env_id, (_entry_point, _max_steps) in _ENVS.items():
     if _env_id not in registry:

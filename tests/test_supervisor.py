@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import doctest
 
 import gymnasium as gym
 import numpy as np
@@ -17,8 +18,13 @@ from envs.supervisor import (
     HiddenPhysics,
     PrintSupervisorBoxEnv,
     PrintSupervisorEnv,
+    box_env,
     check_tuning,
+    edits,
+    measure,
     override_fan,
+    shift_xy,
+    tuning,
 )
 from envs.wrappers import DomainRandomization, RareFaults, SensorNoise
 from sim_bridge.config import ConfigError
@@ -229,3 +235,19 @@ def test_ppo_beats_doing_nothing() -> None:
     learned = mean_return(lambda o, k: model.predict(venv.normalize_obs(o), deterministic=True)[0])
     nothing = mean_return(lambda o, k: np.zeros(5, np.float32))
     assert learned > nothing + 0.5, (learned, nothing)
+
+
+@pytest.mark.parametrize("module", [tuning, edits, measure, box_env])
+def test_doctests(module: object) -> None:
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_program_edits_keep_untouched_lines_and_shift_only_moves() -> None:
+    layer = ";LAYER_CHANGE\nG1 Z0.4 F300\nM106 S255\nG0 X100.225 Y100.225 F9000\r\ng1 x100.5 e0.2 ; wall\nM107"
+    shifted = shift_xy(layer, 1.3, -0.5)
+    assert shifted.splitlines(keepends=True)[:3] == layer.splitlines(keepends=True)[:3]
+    assert "G0 X101.525 Y99.725 F9000\r\n" in shifted and "G1 X101.8 E0.2 ; wall\n" in shifted
+    assert shifted.endswith("M107")
+    assert override_fan(layer, 80).count("M106 S80") == 2 and "M107" not in override_fan(layer, 80)
+    assert override_fan("N5 M106 S3\n", 0) == "M106 S0\n"
