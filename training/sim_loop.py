@@ -45,9 +45,9 @@ class SimLoopConfig:
     """``embedded`` (built locally) or any Hugging Face causal LM id or local path."""
     embedded: ModelConfig = field(default_factory=lambda: ModelConfig(max_length_tokens=2048))
     """Shape of the embedded model (ignored for other models, except ``max_length_tokens``)."""
-    task: str = ranged("GcodeWriter-v0", choices=("GcodeWriter-v0", "PrintSupervisor-v0"))
+    task: str = ranged("GcodeWriter-v0", choices=("GcodeWriter-v0", "PrintSupervisor-v1"))
     """Environment the model learns: ``GcodeWriter-v0`` (one layer of G-code per turn) or
-    ``PrintSupervisor-v0`` (live-tuning commands between layers; see :mod:`training.supervise`)."""
+    ``PrintSupervisor-v1`` (live-tuning commands between layers; see :mod:`training.supervise`)."""
     multi_turn: bool = False
     """``GcodeWriter-v0`` only: the simulator's feedback on an answer is appended and the model revises it
     (GRPO through TRL's ``rollout_func``, revision examples in the SFT data, revisions in evaluation)."""
@@ -59,9 +59,9 @@ class SimLoopConfig:
     revision_fraction: float = ranged(0.5, 0.0, 1.0)
     """Multi-turn mode: fraction of the SFT layer rows that also get a revision example."""
     supervisor_episodes: int = ranged(48, 1, 1_000_000)
-    """``PrintSupervisor-v0``: expert-supervised training episodes (one SFT/GRPO row per layer)."""
+    """``PrintSupervisor-v1``: expert-supervised training episodes (one SFT/GRPO row per layer)."""
     supervisor_difficulties: list[int] = ranged([2], 2, 4)
-    """``PrintSupervisor-v0``: difficulties of the training and evaluation jobs."""
+    """``PrintSupervisor-v1``: difficulties of the training and evaluation jobs."""
     reward_workers: int = ranged(0, 0, 256)
     """Processes that simulate GRPO rewards in parallel (0: in the training process)."""
     grpo_randomize: bool = False
@@ -217,7 +217,7 @@ def _evaluate(model: Any, tokenizer: Any, config: SimLoopConfig, episodes: int) 
     from training.evaluate import evaluate
     from training.supervise import evaluate_supervisor
 
-    if config.task == "PrintSupervisor-v0":
+    if config.task == "PrintSupervisor-v1":
         return evaluate_supervisor(_policy(model, tokenizer, config), episodes, config.seed,
                                    config.supervisor_difficulties)
     return evaluate(_policy(model, tokenizer, config), config.eval_suite, episodes,
@@ -339,7 +339,7 @@ def _sft_rows(config: SimLoopConfig, data: Path, run_dir: Path) -> Any:
 
 
 def _supervisor_table(config: SimLoopConfig, run_dir: Path) -> Any:
-    """``PrintSupervisor-v0`` rows (:func:`training.supervise.supervisor_rows`), made once per run."""
+    """``PrintSupervisor-v1`` rows (:func:`training.supervise.supervisor_rows`), made once per run."""
     import datasets
 
     from training.supervise import supervisor_rows
@@ -413,7 +413,7 @@ def run(config: SimLoopConfig, run_dir: Path, progress: bool = True) -> dict[str
         finish(phase, tuned, tokenizer, trainer.state.global_step)
         return tuned
 
-    supervising = config.task == "PrintSupervisor-v0"
+    supervising = config.task == "PrintSupervisor-v1"
     # Data is made once, by the main process; the others read it after the barrier.
     if _is_main():
         data = None if supervising else _dataset(config, run_dir)

@@ -1,4 +1,4 @@
-"""``PrintSupervisor-v0`` as a training task of the closed loop (``task: PrintSupervisor-v0``).
+"""``PrintSupervisor-v1`` as a training task of the closed loop (``task: PrintSupervisor-v1``).
 
 The model reads a print's telemetry between layers (``PrintSupervisorEnv``'s text observation) and answers
 with live-tuning commands. It is trained the same way as the writer:

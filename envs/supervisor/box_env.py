@@ -1,4 +1,4 @@
-"""``layerloop/PrintSupervisorBox-v0``: the supervisor's dynamics with a ``Box`` action, for numeric policies."""
+"""``layerloop/PrintSupervisorBox-v1``: the supervisor's dynamics with a ``Box`` action, for numeric policies."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ BOX_PRESSURE_ADVANCE_MAX_S = 0.1
 
 def box_to_tuning(action: np.ndarray, job: PrintJob, layer: int, current: dict[str, float],
                   hotend_max_c: float = math.inf) -> str:
-    """The text commands a ``Box`` action stands for (see ``PrintSupervisorBox-v0``); only settings that
+    """The text commands a ``Box`` action stands for (see ``PrintSupervisorBox-v1``); only settings that
     change are sent.
 
     ``current`` holds ``flow_percent``, ``speed_percent``, ``hotend_target_c``, ``fan_pwm`` and
@@ -63,11 +63,11 @@ def reference_fan(job: PrintJob, layer: int) -> float:
 
 
 class PrintSupervisorBoxEnv(PrintSupervisorEnv):
-    """``PrintSupervisor-v0`` with a ``Box`` action and observation, for numeric policies (SB3).
+    """``PrintSupervisor-v1`` with a ``Box`` action and observation, for numeric policies (SB3).
 
     ## Description
     The same dynamics: each action is converted to the text commands it stands for
-    (:func:`box_to_tuning`; only changed settings are sent) and run exactly as in ``PrintSupervisor-v0``.
+    (:func:`box_to_tuning`; only changed settings are sent) and run exactly as in ``PrintSupervisor-v1``.
     The zero action reproduces the reference program (doing nothing).
 
     ## Action space
@@ -77,12 +77,13 @@ class PrintSupervisorBoxEnv(PrintSupervisorEnv):
     s (0–0.1). Every value lies inside the live-tuning windows, so nothing is refused.
 
     ## Observation space
-    ``spaces.Box(18,)``: the ``telemetry`` of ``PrintSupervisor-v0``.
+    ``spaces.Box(18,)``: the ``telemetry`` of ``PrintSupervisor-v1``.
 
     ## Rewards, starting state, episode end, arguments
-    As ``PrintSupervisor-v0``.
+    As ``PrintSupervisor-v1``.
 
     ## Version history
+    * v1: as ``PrintSupervisor-v1`` (the same reward code; the actions stay inside the windows).
     * v0: first version.
     """
 

@@ -1,4 +1,4 @@
-"""``layerloop/PrintSupervisor-v0``: tuning a print between layers, against hidden faults (text actions)."""
+"""``layerloop/PrintSupervisor-v1``: tuning a print between layers, against hidden faults (text actions)."""
 
 from __future__ import annotations
 
@@ -68,11 +68,12 @@ class PrintSupervisorEnv(gym.Env):
 
     ## Action space
     ``spaces.Text(2000)`` over printable ASCII: tuning commands, one per line, or nothing. Accepted
-    commands and their live-tuning windows (module constants): ``M221 S80..120`` (flow %), ``M220 S50..150``
-    (speed %), ``M104 S`` within ±15 °C of the job's temperature and at most the printer's ``max_temp``,
-    ``M106 S0..255``, ``M107``, ``SET_PRESSURE_ADVANCE ADVANCE=0..0.2``; at most 8 per step, no other
-    parameters. Any other line (motion, homing, ``M109``, a value outside its window) is refused: not
-    sent, counted and penalised. Blank and comment lines are ignored.
+    commands and their live-tuning windows (the safety layer's, :mod:`envs.supervisor.tuning`):
+    ``M221 S80..120`` (flow %), ``M220 S50..150`` (speed %), ``M104 S`` within ±15 °C of the job's
+    temperature and at most the printer's ``max_temp``, ``M106 S0..255``, ``M107``,
+    ``SET_PRESSURE_ADVANCE ADVANCE=0..0.2``; at most 8 per step, no other parameters. Any other line
+    (motion, homing, ``M109``, a value outside its window) is refused: not sent, and penalised per finding
+    of the safety layer's live-tuning validator. Blank and comment lines are ignored.
 
     ## Observation space
     ``spaces.Dict``:
@@ -89,13 +90,15 @@ class PrintSupervisorEnv(gym.Env):
       rest of the layer figures 0.
 
     ## Rewards
-    Per layer (:func:`supervisor_reward`): ``quality − 1 per defect − 0.5 per refused command
-    − 0.1·max(0, time / reference time − 1) − 5 if fatal``, where ``quality = extrusion · delivered ·
-    dimension``: extrusion is :func:`envs.rewards.extrusion_score` of the delivered volume against the
-    reference program's on the nominal printer, delivered is the delivered fraction of the commanded
-    filament, and dimension is ``exp(−edge error / 1 mm)`` of the layer's outer extent against the
-    reference's. Defects are the simulator's non-fatal failures of the layer (under-extrusion, a first layer
-    that does not stick, unsupported or uncooled overhangs, collisions). Attainable: 1 per layer. Doing
+    Per layer (:func:`supervisor_reward`): ``quality − 1 per defect − 0.5 per refusal
+    − 0.1·max(0, time / reference time − 1) − 5 if fatal``; a refusal is one finding of
+    :func:`safety.tuning.validate_tuning` (one refused line may have several). Here
+    ``quality = extrusion · delivered · dimension``: extrusion is :func:`envs.rewards.extrusion_score` of
+    the delivered volume against the reference program's on the nominal printer, delivered is the
+    delivered fraction of the commanded filament, and dimension is ``exp(−edge error / 1 mm)`` of the
+    layer's outer extent against the reference's. Defects are the simulator's non-fatal failures of the
+    layer (under-extrusion, a first layer that does not stick, unsupported or uncooled overhangs,
+    collisions). Attainable: 1 per layer. Doing
     nothing loses to a good supervisor when the physics are off: a thicker filament over-extrudes unless
     ``M221`` compensates; a clog under-extrudes unless the speed drops or the temperature rises.
 
@@ -117,6 +120,9 @@ class PrintSupervisorEnv(gym.Env):
     (``"rgb_array"``).
 
     ## Version history
+    * v1: refusals are the safety layer's (:func:`safety.tuning.validate_tuning`, the check deployment
+      runs, disguised forms read as deployment reads them) and the penalty counts each finding, where v0
+      checked its own copy of the windows and counted refused lines.
     * v0: first version.
     """
 

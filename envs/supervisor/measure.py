@@ -114,7 +114,7 @@ def bbox_error_mm(a: tuple[float, ...], b: tuple[float, ...]) -> float:
 
 def supervisor_reward(measure: LayerMeasure, reference: LayerMeasure, defects: int, refused: int,
                       fatal: bool) -> float:
-    """One layer's reward: quality minus penalties (see ``PrintSupervisor-v0``'s Rewards).
+    """One layer's reward: quality minus penalties (see ``PrintSupervisor-v1``'s Rewards).
 
     >>> ref = LayerMeasure(time_s=30.0, volume_mm3=100.0, bbox_mm=(0, 0, 10, 10))
     >>> supervisor_reward(ref, ref, 0, 0, False)
