@@ -14,7 +14,7 @@ from envs.prompts import MAX_PROMPT_CHARS, end_prompt, layer_prompt, program_pro
 from envs.rewards import MAX_STEP_REWARD, StepScores
 from envs.sampler import JobSource
 from envs.scoring import episode_steps, feedback_text, new_simulator, score_program, score_step
-from envs.slicer import slice_job
+from envs.slicer import cached_slice
 from sim_bridge.interpreter import SimOptions
 
 MAX_ACTION_CHARS = 200_000
@@ -118,7 +118,7 @@ class GcodeWriterEnv(gym.Env):
         self.sim = new_simulator(self.job, self.options)
         self.steps = episode_steps(self.job)
         if not self.job.start_end:
-            self.sim.run(slice_job(self.job).setup)
+            self.sim.run(cached_slice(self.job).setup)
         self.step_index = 0
         self.last = StepScores()
         self.feedback = ""
@@ -172,7 +172,7 @@ class GcodeWriterEnv(gym.Env):
     def expert_action(self) -> str:
         """The reference program's G-code for the current step (what the expert policy writes)."""
         assert self.job is not None
-        sliced = slice_job(self.job)
+        sliced = cached_slice(self.job)
         kind, k = self.steps[min(self.step_index, len(self.steps) - 1)]
         return sliced.start if kind == "start" else sliced.end if kind == "end" else sliced.layers[k]
 
@@ -241,7 +241,7 @@ class GcodeProgramEnv(GcodeWriterEnv):
 
     def expert_action(self) -> str:
         assert self.job is not None
-        sliced = slice_job(self.job)
+        sliced = cached_slice(self.job)
         body = "".join(sliced.layers)
         return sliced.start + body + sliced.end if self.job.start_end else body
 
