@@ -28,7 +28,7 @@ STATE_HIGH = np.array([256, 256, 1000, 500, 500, 200, 200, 2000, 2000, 2000, 1, 
 
 def _render_views(sim: Any) -> np.ndarray:
     """Top view (height map) beside a side view (highest material along Y), as one RGB image."""
-    from sim_bridge.plots import render_rgb
+    from sim_bridge.plots import render_rgb  # matplotlib loads only when a frame is rendered
 
     top = render_rgb(sim, 192)
     heights = sim.heightmap.heights

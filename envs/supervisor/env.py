@@ -321,6 +321,6 @@ class PrintSupervisorEnv(gym.Env):
     def render(self) -> np.ndarray | None:
         if self.render_mode != "rgb_array" or self.sim is None:
             return None
-        from sim_bridge.plots import render_rgb
+        from sim_bridge.plots import render_rgb  # matplotlib loads only when a frame is rendered
 
         return render_rgb(self.sim, 192)
