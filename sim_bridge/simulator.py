@@ -43,6 +43,7 @@ from sim_bridge.thermal import (
     S_TEMP,
     heater_params,
     heater_state,
+    melt_capacity_mm3_s,
     run_timeline,
 )
 
@@ -317,10 +318,7 @@ class Simulator:
             flow = np.where(extruding, profile[:n, 1] * de * p.filament_area_mm2 * self.extrusion_scale
                             / np.maximum(move_d, 1e-12), 0.0)
         true_t = hot_t[:n] + self.hotend_offset_c
-        capacity = np.where(true_t < p.min_extrude_temp_c, 0.0, np.maximum(
-            0.1 * p.max_volumetric_flow_mm3_s,
-            p.max_volumetric_flow_mm3_s + p.melt_flow_per_c_mm3_s * (true_t - p.melt_reference_temp_c)))
-        capacity = capacity * self.material.melt_flow_factor
+        capacity = melt_capacity_mm3_s(p, self.material, true_t)
         if self.options.klipper_batch_mode:
             delivered = np.ones(n)
         else:
