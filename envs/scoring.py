@@ -24,7 +24,7 @@ from envs.rewards import (
 )
 from envs.slicer import slice_job
 from sim_bridge.gcode import GcodeError
-from sim_bridge.interpreter import SimOptions
+from sim_bridge.options import SimOptions
 from sim_bridge.report import Failure
 from sim_bridge.simulator import Simulator
 

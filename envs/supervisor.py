@@ -33,8 +33,9 @@ from envs.wrappers import (
 )
 from safety.policy import SafetyPolicy
 from safety.tuning import TuningState, validate_tuning
+from sim_bridge.events import F_EXTRUDE
 from sim_bridge.gcode import format_command, format_number, parse_line
-from sim_bridge.interpreter import F_EXTRUDE, SimOptions
+from sim_bridge.options import SimOptions
 from sim_bridge.profiles import PrinterProfile, load_printer
 from sim_bridge.simulator import Simulator
 

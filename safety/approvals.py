@@ -37,8 +37,9 @@ import numpy as np
 
 from safety.validator import validate
 from sim_bridge.config import ConfigError
+from sim_bridge.events import F_EXTRUDE, F_KINEMATIC
 from sim_bridge.gcode import GcodeError
-from sim_bridge.interpreter import F_EXTRUDE, F_KINEMATIC, SimOptions
+from sim_bridge.options import SimOptions
 from sim_bridge.profiles import PrinterProfile, load_printer
 from sim_bridge.simulator import Simulator
 

@@ -20,17 +20,11 @@ import numpy as np
 
 from sim_bridge import deposition as dep
 from sim_bridge import failures as fail
+from sim_bridge.events import F_EXTRUDE, F_KINEMATIC, F_STOP_BEFORE
 from sim_bridge.gcode import Command, GcodeError, GcodeReader
-from sim_bridge.interpreter import (
-    BATCH_START_S,
-    BATCH_TAIL_S,
-    F_EXTRUDE,
-    F_KINEMATIC,
-    F_STOP_BEFORE,
-    Interpreter,
-    SimOptions,
-    new_state,
-)
+from sim_bridge.interpreter import Interpreter
+from sim_bridge.machine import new_state
+from sim_bridge.options import SimOptions
 from sim_bridge.planner import plan_klipper, plan_marlin
 from sim_bridge.profiles import Material, PrinterProfile, load_material, load_printer
 from sim_bridge.report import Failure, LayerMetrics, Notice, PrintReport, unreadable_failure
@@ -55,6 +49,10 @@ DEFECT_MESSAGES = (
     (dep.D_NO_COOLING, fail.OVERHANG_WITHOUT_COOLING, "Overhang or bridge printed without part cooling"),
 )
 HEATER_NAMES = {FAULT_HOTEND: "extruder", FAULT_BED: "heater_bed"}
+BATCH_START_S = 0.25
+"""Klipper batch mode: motion starts 0.25 s into the print (the planner's start buffer)."""
+BATCH_TAIL_S = 0.252
+"""Klipper batch mode: time reported after motion that ends in a forced flush (0.25 s + 2 flush delays)."""
 
 
 @dataclass
