@@ -39,6 +39,7 @@ from sim_bridge.commands import (
     runs_on,
 )
 from sim_bridge.gcode import Command, GcodeError, GcodeReader, parse_line
+from sim_bridge.machine import TrackedState
 from sim_bridge.profiles import HeaterProfile, MacroProfile, PrinterProfile
 
 __all__ = ["FORBIDDEN_COMMANDS", "SafetyPolicy", "TuningState", "Verdict", "Violation", "load_policy",
@@ -224,6 +225,7 @@ class _Checker:
 
     def _move(self, cmd: Command) -> None:
         if self._unknown_letters(cmd, _MOVE_LETTERS):
+            self._follow(cmd)
             return
         self._feed(cmd)
         new, _ = self._targets(cmd)
@@ -235,8 +237,14 @@ class _Checker:
             self._check_extrusion(de, xy, math.sqrt(xy * xy + delta[2] * delta[2]))
         self.m.pos = new
 
+    def _follow(self, cmd: Command) -> None:
+        """Track a move already blocked, unchecked, so later lines are judged from where the toolhead is."""
+        self.m.pos = self._targets(cmd)[0]
+        self._extrusion(cmd)
+
     def _arc(self, cmd: Command) -> None:
         if self._unknown_letters(cmd, _ARC_LETTERS):
+            self._follow(cmd)
             return
         self._feed(cmd)
         m = self.m
@@ -633,10 +641,11 @@ def _read_source(source: bytes | str | os.PathLike[str], name: str | None) -> tu
 
 
 def validate(source: bytes | str | os.PathLike[str], profile: PrinterProfile, policy: SafetyPolicy | None = None,
-             *, name: str | None = None) -> Verdict:
+             *, name: str | None = None, trace: list[TrackedState] | None = None) -> Verdict:
     """Validate a program: ``str`` is G-code text, ``bytes`` file contents, a path-like a file to read.
 
-    Raises ``OSError`` when a file cannot be read; everything about the contents is a finding.
+    Raises ``OSError`` when a file cannot be read; everything about the contents is a finding. With ``trace``,
+    the machine state the validator tracks is appended to it after each command (for differential tests).
 
     >>> from sim_bridge.profiles import load_printer
     >>> v = validate("G28\\nM302\\nG1 X500", load_printer("ender3-klipper"))
@@ -666,6 +675,11 @@ def validate(source: bytes | str | os.PathLike[str], profile: PrinterProfile, po
                 checker.add(rule, limit, value, message)
             if cmd is not None:
                 checker.check(cmd)
+                if trace is not None:
+                    m = checker.m
+                    trace.append(TrackedState(line_no, (m.pos[0], m.pos[1], m.pos[2]),
+                                              (m.homed[0], m.homed[1], m.homed[2]), m.hotend_target_c,
+                                              m.bed_target_c))
     except GcodeError as exc:
         findings.add(exc.line, "", fail.UNREADABLE, "text G-code (no NUL bytes, lines under 256 KiB)",
                      "binary or over-long line", f"not readable as G-code: {exc.reason}")

@@ -11,7 +11,7 @@ the planned timeline (:mod:`sim_bridge.simulator`).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -39,7 +39,7 @@ from sim_bridge.gcode import _WORD_RE, Command, GcodeError, GcodeReader, parse_l
 from sim_bridge.heater_commands import HeaterCommands
 from sim_bridge.homing import homing_time_s
 from sim_bridge.layers import is_layer_marker
-from sim_bridge.machine import MachineState, Program, SavedGcodeState
+from sim_bridge.machine import MachineState, Program, SavedGcodeState, TrackedState
 from sim_bridge.options import SimOptions
 from sim_bridge.profiles import MacroProfile, Material, PrinterProfile
 from sim_bridge.report import Failure, Notice, unreadable_failure
@@ -63,16 +63,7 @@ class Interpreter(HeaterCommands):
     # -- the main loop ---------------------------------------------------------------------------------
     def run(self, commands: Iterable[Command] | GcodeReader) -> Program:
         """Interpret ``commands`` (or a reader's lines, taking a fast path for slicers' plain G0/G1 lines)."""
-        st = self.state
-        self._moves: list[tuple] = []
-        self._events: list[tuple[int, int, float, float, int]] = []
-        self._notices: list[Notice] = []
-        self._table: list[tuple[float, ...]] = [st.settings.row()]
-        self._sid_now = 0
-        self._stop_pending = True
-        self._flushed_after_last_move = False
-        self._layer_z: dict[int, float] = {}
-        self._layer_first_line: dict[int, int] = {}
+        self._begin()
         fatal: Failure | None = None
         count = 0
         last_line = 0
@@ -101,6 +92,30 @@ class Interpreter(HeaterCommands):
             events=self._events, fatal=fatal, notices=self._notices, lines=last_line, commands=count,
             layer_z=self._layer_z, layer_first_line=self._layer_first_line,
             ends_with_stop=self._stop_pending and self._flushed_after_last_move)
+
+    def trace(self, commands: Iterable[Command]) -> Iterator[TrackedState]:
+        """Interpret ``commands`` one at a time, yielding the state after each, until the first fatal error or
+        unreadable line (for differential tests against the validator; slower than :meth:`run`)."""
+        self._begin()
+        st = self.state
+        try:
+            for cmd in commands:
+                self.execute(cmd)
+                yield TrackedState(cmd.line, (st.pos[0], st.pos[1], st.pos[2]), (st.homed[0], st.homed[1], st.homed[2]),
+                                   st.hotend_target_c, st.bed_target_c)
+        except (_Fatal, GcodeError):
+            return
+
+    def _begin(self) -> None:
+        self._moves: list[tuple] = []
+        self._events: list[tuple[int, int, float, float, int]] = []
+        self._notices: list[Notice] = []
+        self._table: list[tuple[float, ...]] = [self.state.settings.row()]
+        self._sid_now = 0
+        self._stop_pending = True
+        self._flushed_after_last_move = False
+        self._layer_z: dict[int, float] = {}
+        self._layer_first_line: dict[int, int] = {}
 
     def _run_reader(self, reader: GcodeReader) -> tuple[int, int]:
         name, warnings = reader.name, reader.warnings

@@ -29,6 +29,18 @@ class SavedGcodeState:
     extrude_factor: float
 
 
+@dataclass(frozen=True)
+class TrackedState:
+    """The machine after one line, as both the interpreter and the validator track it (for comparing them)."""
+
+    line: int
+    position_mm: tuple[float, float, float]
+    """Toolhead X, Y, Z in machine coordinates."""
+    homed: tuple[bool, bool, bool]
+    hotend_target_c: float
+    bed_target_c: float
+
+
 @dataclass
 class MachineState:
     """What the firmware remembers between commands (and between chunks of a session)."""
