@@ -332,7 +332,7 @@ class _Checker:
         if ratio > self.max_e_ratio and de > prof.nozzle_diameter_mm * self.max_e_ratio:
             area = ratio * prof.filament_area_mm2
             limit_area = prof.max_cross_section_mm2
-            self.add(fail.EXTRUSION_TOO_LARGE, f"extrusion_too_large <= {limit_area:.3f} mm^2 (max_extrude_cross_section)",
+            self.add(fail.EXTRUSION_TOO_LARGE, f"cross-section <= {limit_area:.3f} mm^2 (max_extrude_cross_section)",
                      f"{area:.3f} mm^2", f"Move exceeds maximum extrusion ({area:.3f}mm^2 vs {limit_area:.3f}mm^2)")
 
     # -- modes, offsets, homing ------------------------------------------------------------------------
