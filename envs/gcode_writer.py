@@ -15,7 +15,7 @@ from envs.rewards import MAX_STEP_REWARD, StepScores
 from envs.sampler import JobSource
 from envs.scoring import episode_steps, feedback_text, new_simulator, score_program, score_step
 from envs.slicer import cached_slice
-from sim_bridge.interpreter import SimOptions
+from sim_bridge.options import SimOptions
 
 MAX_ACTION_CHARS = 200_000
 TEXT_CHARSET = string.printable

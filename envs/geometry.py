@@ -26,7 +26,7 @@ from scipy import ndimage
 
 from envs.jobs import PrintJob
 from sim_bridge.deposition import raise_capsule
-from sim_bridge.interpreter import F_EXTRUDE
+from sim_bridge.events import F_EXTRUDE
 from sim_bridge.simulator import Simulator
 
 GRID_PHASE = 0.3719

@@ -19,6 +19,7 @@ import numpy as np
 
 from sim_bridge.config import ConfigError, check_ranges, load_yaml, ranged
 from sim_bridge.simulator import Simulator
+from sim_bridge.thermal import melt_capacity_mm3_s
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[1] / "configs" / "randomization.yaml"
 
@@ -178,15 +179,6 @@ def replace_profile(sim: Simulator, **changes: Any) -> None:
     sim.set_profile(sim.profile.replace(**changes))
 
 
-def melt_capacity_mm3_s(sim: Simulator, hotend_temp_c: float) -> float:
-    """What the hotend melts at a thermistor reading of ``hotend_temp_c`` (thermistor offset included).
-
-    The capacity curve is the profile's (``PrinterProfile.melt_capacity_mm3_s``); the simulator's own
-    derate of a move's flow computes the same figure inline, so this is the one copy outside it."""
-    true_c = hotend_temp_c + sim.hotend_offset_c
-    return sim.profile.melt_capacity_mm3_s(true_c) * sim.material.melt_flow_factor
-
-
 def scale_melt_capacity(sim: Simulator, factor: float) -> None:
     """Scale the melt capacity curve (capacity and its gain per kelvin), as a worn or clogged nozzle does."""
     p = sim.profile
@@ -197,7 +189,8 @@ def scale_melt_capacity(sim: Simulator, factor: float) -> None:
 def clog(sim: Simulator, demand_mm3_s: float, flow_fraction: float, hotend_temp_c: float) -> float:
     """Start a partial clog: at ``hotend_temp_c`` the hotend then melts only ``flow_fraction`` of
     ``demand_mm3_s``; returns the factor the capacity curve was scaled by (1 if it already melts less)."""
-    capacity = melt_capacity_mm3_s(sim, hotend_temp_c)
+    # The hotend melts at its true temperature: the reading plus the hidden thermistor offset.
+    capacity = melt_capacity_mm3_s(sim.profile, sim.material, hotend_temp_c + sim.hotend_offset_c)
     factor = min(1.0, flow_fraction * demand_mm3_s / capacity) if capacity > 0 else 1.0
     if factor < 1.0:
         scale_melt_capacity(sim, factor)

@@ -25,8 +25,8 @@ from envs.rewards import (
     time_score,
 )
 from envs.slicer import cached_slice
-from sim_bridge.gcode import GcodeError
-from sim_bridge.interpreter import SimOptions
+from sim_bridge.failures import UNREADABLE
+from sim_bridge.options import SimOptions
 from sim_bridge.report import Failure
 from sim_bridge.simulator import Simulator
 
@@ -92,14 +92,8 @@ def score_step(sim: Simulator, job: PrintJob, step: int, text: str) -> StepScore
     ref = reference(job)
     before = len(sim.failures)
     t0 = sim.time_s
-    try:
-        report = sim.run(text)
-    except GcodeError as exc:
-        # Text that is not G-code at all (binary junk, a runaway line) never reaches a printer: the safety
-        # layer refuses it, as a fatal step.
-        sim.fatal = Failure("invalid_command", f"not G-code: {exc.reason}", exc.line, sim.state.layer, fatal=True)
-        sim.failures.append(sim.fatal)
-        report = sim.report()
+    # Text that is not G-code at all (binary junk, a runaway line) is an 'unreadable' failure: a fatal step.
+    report = sim.run(text)
     defects, fatal = defect_count(report.failures[before:])
     elapsed = sim.time_s - t0
     scores = StepScores(defects=defects, fatal=fatal)
@@ -140,9 +134,8 @@ def score_program(text: str, job: PrintJob) -> ProgramScore:
     if not job.start_end:
         sim.run(cached_slice(job).setup)
     t0 = sim.time_s
-    try:
-        report = sim.run(text)
-    except GcodeError:
+    report = sim.run(text)
+    if any(f.mode == UNREADABLE for f in report.failures):
         return ProgramScore(fatal=True)
     defects, fatal = defect_count(report.failures)
     score = ProgramScore(defects=defects, fatal=fatal)

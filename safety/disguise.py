@@ -12,21 +12,20 @@ from __future__ import annotations
 
 import re
 
-from safety import rules
+from safety.rules import Finding
+from sim_bridge import failures as fail
 from sim_bridge.gcode import _TEXT_COMMANDS, _WORD_RE, Command
 
 _HIDDEN_WORD_RE = re.compile(r"[A-Za-z][ \t]*[-+]?\.?[0-9]")
 """A G-code word (letter then number) inside a parenthesised comment."""
 
-Finding = tuple[str, str, str, str]
-"""(rule, limit, value, message) of a finding not yet tied to a line."""
 
 
 def line_findings(raw: str, cmd: Command | None, checksum_bad: bool) -> list[Finding]:
     """Disguise findings for one raw line and the command the reader made of it."""
     found: list[Finding] = []
     if checksum_bad:
-        found.append((rules.CHECKSUM, "checksum = XOR of the bytes before '*'", "mismatch",
+        found.append((fail.CHECKSUM_MISMATCH, "checksum = XOR of the bytes before '*'", "mismatch",
                       "the line's checksum does not match its text: it was changed after it was numbered"))
     if cmd is None or not cmd.code:
         return found
@@ -35,17 +34,17 @@ def line_findings(raw: str, cmd: Command | None, checksum_bad: bool) -> list[Fin
     if "(" in body:
         hidden, unclosed = _paren_text(body)
         if unclosed:
-            found.append((rules.HIDDEN_IN_COMMENT, "parentheses closed on the same line", "unclosed '('",
+            found.append((fail.HIDDEN_IN_COMMENT, "parentheses closed on the same line", "unclosed '('",
                           "an unclosed '(' hides the rest of the line from the validator; a firmware without "
                           "parenthesis comments would run it"))
         elif _HIDDEN_WORD_RE.search(hidden):
-            found.append((rules.HIDDEN_IN_COMMENT, "no G-code words inside ( )", f"({hidden.strip()[:60]})",
+            found.append((fail.HIDDEN_IN_COMMENT, "no G-code words inside ( )", f"({hidden.strip()[:60]})",
                           "G-code words inside a parenthesised comment: a firmware without parenthesis "
                           "comments would run them"))
     if cmd.is_extended or cmd.code in _TEXT_COMMANDS:
         return found
     if not body.isascii():
-        found.append((rules.AMBIGUOUS_LINE, "ASCII only in commands", "non-ASCII character",
+        found.append((fail.AMBIGUOUS_LINE, "ASCII only in commands", "non-ASCII character",
                       "a character outside ASCII in a command: firmwares read it differently"))
     text = cmd.text
     if '"' in text or "=" in text:
@@ -55,10 +54,10 @@ def line_findings(raw: str, cmd: Command | None, checksum_bad: bool) -> list[Fin
         if not number:
             continue
         if letter in "GMN":
-            found.append((rules.AMBIGUOUS_LINE, "one command per line", f"{letter}{number}",
+            found.append((fail.AMBIGUOUS_LINE, "one command per line", f"{letter}{number}",
                           f"a second command word {letter}{number} on the line: some firmwares run both"))
         elif letter in seen:
-            found.append((rules.AMBIGUOUS_LINE, "each word once per line", f"{letter} repeated",
+            found.append((fail.AMBIGUOUS_LINE, "each word once per line", f"{letter} repeated",
                           f"the word {letter} appears twice: firmwares disagree on which value counts"))
         seen.add(letter)
     return found

@@ -15,7 +15,7 @@ class Violation:
     command: str
     """The line as written, stripped (cut to 200 characters)."""
     rule: str
-    """Short rule id, e.g. ``forbidden-command``, ``out-of-range`` (see :mod:`safety.rules`)."""
+    """Rule id, e.g. ``forbidden_command``, ``move_out_of_range`` (see :mod:`sim_bridge.failures`)."""
     limit: str
     """The limit in words with its unit, e.g. ``X in [0, 235] mm``."""
     value: str

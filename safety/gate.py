@@ -39,6 +39,7 @@ from typing import Any
 from safety.policy import SafetyPolicy
 from safety.tuning import TuningState, validate_tuning
 from safety.validator import Verdict, validate
+from sim_bridge.failures import UNREADABLE
 from sim_bridge.profiles import PrinterProfile, load_printer
 from sim_bridge.report import PrintReport
 
@@ -200,14 +201,13 @@ def simulation_check(program: bytes, profile: PrinterProfile, material: str = "P
                      ) -> tuple[Check, PrintReport | None]:
     """The embedded simulator runs the whole program on ``profile`` without any failure; the check and the
     report (None when the text is not G-code the simulator can read)."""
-    from sim_bridge.gcode import GcodeError
     from sim_bridge.simulator import Simulator
 
     sim = Simulator(profile, material)
-    try:
-        report = sim.run(program.decode("utf-8", errors="replace"))
-    except GcodeError as exc:
-        return Check("simulation", False, f"not G-code the simulator can read: {exc}"), None
+    report = sim.run(program.decode("utf-8", errors="replace"))
+    unreadable = next((f for f in report.failures if f.mode == UNREADABLE), None)
+    if unreadable is not None:
+        return Check("simulation", False, f"not G-code the simulator can read: {unreadable.message}"), None
     if report.failures:
         first = report.failures[:3]
         return Check("simulation", False, f"{len(report.failures)} failure(s): " +

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from safety.rules import forbidden_reason
+from sim_bridge.commands import forbidden_reason
 from sim_bridge.config import ConfigError, load_yaml, ranged
 
 DEFAULT_TUNING_COMMANDS = ("M221", "M220", "M104", "M106", "M107", "SET_PRESSURE_ADVANCE")

@@ -14,10 +14,11 @@ import hashlib
 import math
 from dataclasses import dataclass
 
-from safety import rules
 from safety.disguise import line_findings
 from safety.findings import Verdict, Violation
 from safety.policy import SafetyPolicy
+from safety.rules import forbidden_finding
+from sim_bridge import failures as fail
 from sim_bridge.gcode import GcodeError, GcodeReader, parse_line
 from sim_bridge.profiles import PrinterProfile
 
@@ -47,7 +48,7 @@ def validate_tuning(command: str, state: TuningState, profile: PrinterProfile,
     >>> from sim_bridge.profiles import load_printer
     >>> v = validate_tuning("M221 S95\\nM104 S260\\nG28", TuningState(210.0), load_printer("ender3-klipper"))
     >>> [(f.line, f.rule) for f in v.violations]
-    [(2, 'tuning-window'), (3, 'not-tuning-command')]
+    [(2, 'tuning_window'), (3, 'not_tuning_command')]
     """
     policy = policy or SafetyPolicy()
     data = command.encode("utf-8")
@@ -66,7 +67,7 @@ def validate_tuning(command: str, state: TuningState, profile: PrinterProfile,
             problems = list(line_findings(raw, cmd, checksum_bad))
             if cmd is not None and cmd.code and not problems:
                 if accepted >= policy.tuning_max_commands:
-                    problems.append((rules.NOT_TUNING, f"at most {policy.tuning_max_commands} commands per batch",
+                    problems.append((fail.NOT_TUNING_COMMAND, f"at most {policy.tuning_max_commands} commands per batch",
                                      f"command {accepted + 1}", "too many commands in one tuning step"))
                 else:
                     problem = _check(cmd.code, cmd.params, cmd.args, cmd.text, state, profile, policy)
@@ -76,7 +77,7 @@ def validate_tuning(command: str, state: TuningState, profile: PrinterProfile,
                         problems.append(problem)
             found.extend(Violation(line_no, quoted, *p) for p in problems)
     except GcodeError as exc:
-        found.append(Violation(exc.line, "", rules.UNREADABLE, "printable text", "binary", exc.reason))
+        found.append(Violation(exc.line, "", fail.UNREADABLE, "printable text", "binary", exc.reason))
     return Verdict(tuple(found), lines, hashlib.sha256(data).hexdigest())
 
 
@@ -84,9 +85,9 @@ def _window(what: str, code: str, value: float | None, lo: float, hi: float, uni
             ) -> tuple[str, str, str, str] | None:
     limit = f"{what} in [{_fmt(lo)}, {_fmt(hi)}] {unit}"
     if value is None or not math.isfinite(value):
-        return rules.BAD_ARGUMENT, limit, "no value", f"{code} needs a {what} value in [{_fmt(lo)}, {_fmt(hi)}] {unit}"
+        return fail.INVALID_COMMAND, limit, "no value", f"{code} needs a {what} value in [{_fmt(lo)}, {_fmt(hi)}] {unit}"
     if not lo <= value <= hi:
-        return (rules.TUNING_WINDOW, limit, f"{_fmt(value)} {unit}",
+        return (fail.TUNING_WINDOW, limit, f"{_fmt(value)} {unit}",
                 f"{code}: {what} {_fmt(value)} {unit} out of the live-tuning window [{_fmt(lo)}, {_fmt(hi)}]")
     return None
 
@@ -94,17 +95,17 @@ def _window(what: str, code: str, value: float | None, lo: float, hi: float, uni
 def _check(code: str, params: dict[str, float], args: dict[str, str], text: str, state: TuningState,
            profile: PrinterProfile, policy: SafetyPolicy) -> tuple[str, str, str, str] | None:
     """The finding for one tuning command, or ``None`` when it is inside its window."""
-    reason = rules.forbidden_reason(code)
-    if reason is not None:
-        return rules.FORBIDDEN, "never sent to a printer", code, f"{code} is forbidden: it {reason}"
+    forbidden = forbidden_finding(code, "never sent to a printer")
+    if forbidden is not None:
+        return forbidden
     if code not in policy.tuning_commands:
-        return (rules.NOT_TUNING, ", ".join(policy.tuning_commands), code,
+        return (fail.NOT_TUNING_COMMAND, ", ".join(policy.tuning_commands), code,
                 f"{code} is not a live-tuning command (allowed: {', '.join(policy.tuning_commands)})")
     if code == "SET_PRESSURE_ADVANCE":
         extra = sorted(set(args) - {"ADVANCE"})
         if extra or params:
             what = ", ".join(extra) or text
-            return rules.BAD_ARGUMENT, "ADVANCE= only", what, f"{code}: only ADVANCE= may be set, got {what}"
+            return fail.INVALID_COMMAND, "ADVANCE= only", what, f"{code}: only ADVANCE= may be set, got {what}"
         try:
             value = float(args["ADVANCE"]) if "ADVANCE" in args else None
         except ValueError:
@@ -113,7 +114,7 @@ def _check(code: str, params: dict[str, float], args: dict[str, str], text: str,
     extra = sorted(set(params) - ({"S"} if code != "M107" else set()))
     if extra or args:
         what = ", ".join(extra) or ", ".join(args)
-        return rules.BAD_ARGUMENT, f"{code} {'S' if code != 'M107' else 'alone'}", what, \
+        return fail.INVALID_COMMAND, f"{code} {'S' if code != 'M107' else 'alone'}", what, \
             f"{code}: unexpected parameter {what}"
     if code == "M107":
         return None

@@ -17,17 +17,29 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from safety import rules
 from safety.disguise import line_findings
 from safety.findings import Verdict, Violation
 from safety.policy import SafetyPolicy, load_policy
-from safety.rules import FORBIDDEN_COMMANDS
+from safety.rules import code_finding
 from safety.tuning import TuningState, validate_tuning
+from sim_bridge import failures as fail
+from sim_bridge.arcs import arc_center_from_radius, arc_sweep
+from sim_bridge.commands import (
+    COMMANDS,
+    FORBIDDEN_COMMANDS,
+    KLIPPER,
+    MARLIN,
+    heater_m_code_target,
+    macro_temperatures_c,
+    motors_off_axes,
+    runs_on,
+)
 from sim_bridge.gcode import Command, GcodeError, GcodeReader, parse_line
-from sim_bridge.interpreter import arc_center_from_radius
+from sim_bridge.machine import TrackedState
 from sim_bridge.profiles import HeaterProfile, MacroProfile, PrinterProfile
 
 __all__ = ["FORBIDDEN_COMMANDS", "SafetyPolicy", "TuningState", "Verdict", "Violation", "load_policy",
@@ -53,6 +65,8 @@ class _Snapshot:
     offset: list[float]
     gcode_offset: list[float]
     pos: list[float]
+    e_program: float
+    """The program's E when saved: ``RESTORE_GCODE_STATE`` brings it back (Klipper keeps E continuous)."""
     feed_mm_s: float | None
     speed_percent: float
     flow_percent: float
@@ -65,7 +79,8 @@ class _Machine:
     pos: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     offset: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     """Machine minus program coordinate per axis (G92 and G-code offsets together)."""
-    gcode_offset: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    gcode_offset: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])
+    """``SET_GCODE_OFFSET`` in force, X Y Z E."""
     e_program: float = 0.0
     homed: list[bool] = field(default_factory=lambda: [False, False, False])
     absolute_xyz: bool = True
@@ -132,6 +147,9 @@ class _Checker:
         self.max_e_ratio = profile.max_cross_section_mm2 / profile.filament_area_mm2
         self.feed_cap_mm_s = policy.max_feed_mm_s or profile.max_velocity_mm_s
         self.allow = frozenset(policy.allow_commands)
+        self.firmware = KLIPPER if self.klipper else MARLIN
+        self._handlers: dict[str, Callable[[Command], None]] = {
+            code: getattr(self, spec.check) for code, spec in COMMANDS.items() if spec.check}
         self.raw = ""
         self.line = 0
 
@@ -142,19 +160,14 @@ class _Checker:
     # -- one command -----------------------------------------------------------------------------------
     def check(self, cmd: Command) -> None:
         code = cmd.code
-        reason = rules.forbidden_reason(code)
-        if reason is not None:
-            self.add(rules.FORBIDDEN, "never in a program", code, f"{code} is forbidden: it {reason}")
-            return
         macro = self.profile.macro(code) if cmd.is_extended else None
-        if code not in rules.ALLOWED_COMMANDS and code not in self.allow and macro is None:
-            self.add(rules.UNKNOWN, "built-in list, the printer's macros and the policy's allow_commands", code,
-                     f"{code} is not a known command for this printer (denied by default; add it to the "
-                     "policy's allow_commands if it is the printer's own)")
+        found = code_finding(code, self.allow, macro is not None)
+        if found is not None:
+            self.add(*found)
             return
-        handler = self._HANDLERS.get(code)
+        handler = self._handlers.get(code)
         if handler is not None:
-            handler(self, cmd)
+            handler(cmd)
         elif macro is not None:
             self._macro(cmd, macro)
 
@@ -164,12 +177,12 @@ class _Checker:
         if f is None:
             return
         if f <= 0.0:
-            self.add(rules.FEED_RATE, "F > 0", f"F={_num(f)}", f"Invalid speed F{_num(f)}: must be above 0")
+            self.add(fail.FEED_RATE, "F > 0", f"F={_num(f)}", f"Invalid speed F{_num(f)}: must be above 0")
             return
         speed = f / 60.0
         self.m.feed_mm_s = speed
         if speed > self.feed_cap_mm_s + 1e-9:
-            self.add(rules.FEED_RATE, f"F <= {_num(self.feed_cap_mm_s * 60.0)} mm/min "
+            self.add(fail.FEED_RATE, f"F <= {_num(self.feed_cap_mm_s * 60.0)} mm/min "
                      f"({_num(self.feed_cap_mm_s)} mm/s)", f"{_num(speed)} mm/s",
                      f"feed rate {_num(speed)} mm/s above the printer's {_num(self.feed_cap_mm_s)} mm/s")
 
@@ -177,7 +190,7 @@ class _Checker:
         extra = sorted(set(cmd.params) - allowed)
         if extra or cmd.args:
             what = ", ".join(extra) or ", ".join(cmd.args)
-            self.add(rules.BAD_ARGUMENT, f"{cmd.code} takes {' '.join(sorted(allowed))}", what,
+            self.add(fail.INVALID_COMMAND, f"{cmd.code} takes {' '.join(sorted(allowed))}", what,
                      f"{cmd.code} with unexpected word(s) {what}: an extra axis or a typo moves something "
                      "the validator does not check")
             return True
@@ -212,6 +225,7 @@ class _Checker:
 
     def _move(self, cmd: Command) -> None:
         if self._unknown_letters(cmd, _MOVE_LETTERS):
+            self._follow(cmd)
             return
         self._feed(cmd)
         new, _ = self._targets(cmd)
@@ -223,8 +237,14 @@ class _Checker:
             self._check_extrusion(de, xy, math.sqrt(xy * xy + delta[2] * delta[2]))
         self.m.pos = new
 
+    def _follow(self, cmd: Command) -> None:
+        """Track a move already blocked, unchecked, so later lines are judged from where the toolhead is."""
+        self.m.pos = self._targets(cmd)[0]
+        self._extrusion(cmd)
+
     def _arc(self, cmd: Command) -> None:
         if self._unknown_letters(cmd, _ARC_LETTERS):
+            self._follow(cmd)
             return
         self._feed(cmd)
         m = self.m
@@ -234,20 +254,13 @@ class _Checker:
         clockwise = cmd.code == "G2"
         if i_off is None and j_off is None:
             if radius_arg is None:
-                self.add(rules.BAD_ARGUMENT, f"{cmd.code} needs I/J or R", "none",
+                self.add(fail.INVALID_COMMAND, f"{cmd.code} needs I/J or R", "none",
                          f"{cmd.code} without I, J or R has no centre")
                 return
             cx, cy = arc_center_from_radius(x0, y0, x1, y1, radius_arg, clockwise)
         else:
             cx, cy = x0 + (i_off or 0.0), y0 + (j_off or 0.0)
-        radius = math.hypot(x0 - cx, y0 - cy)
-        a0 = math.atan2(y0 - cy, x0 - cx)
-        sweep = math.atan2(y1 - cy, x1 - cx) - a0
-        if clockwise:
-            if sweep >= -1e-12:
-                sweep -= 2.0 * math.pi
-        elif sweep <= 1e-12:
-            sweep += 2.0 * math.pi
+        radius, a0, sweep = arc_sweep(x0, y0, x1, y1, cx, cy, clockwise)
         de = self._extrusion(cmd)
         delta = [new[0] - x0, new[1] - y0, new[2] - m.pos[2]]
         self._check_position(new, delta, de)
@@ -267,7 +280,7 @@ class _Checker:
             for i in (0, 1):
                 v = point[i]
                 if self.m.homed[i] and (v < self.lo[i] - POSITION_EPS_MM or v > self.hi[i] + POSITION_EPS_MM):
-                    self.add(rules.OUT_OF_RANGE, f"{_AXES[i]} in [{_num(self.lo[i])}, {_num(self.hi[i])}] mm",
+                    self.add(fail.MOVE_OUT_OF_RANGE, f"{_AXES[i]} in [{_num(self.lo[i])}, {_num(self.hi[i])}] mm",
                              f"{_AXES[i]}={_num(v)} mm", f"Move out of range: the arc bulges to {_AXES[i]} "
                              f"{_num(v)} mm, outside [{_num(self.lo[i])}, {_num(self.hi[i])}]")
                     return
@@ -276,23 +289,23 @@ class _Checker:
         m = self.m
         unhomed = [_AXES[i] for i in range(3) if delta[i] != 0.0 and not m.homed[i]]
         if unhomed:
-            self.add(rules.NOT_HOMED, f"home {''.join(unhomed)} before moving it", "not homed",
+            self.add(fail.MUST_HOME_FIRST, f"home {''.join(unhomed)} before moving it", "not homed",
                      f"Must home axis first: {''.join(unhomed)} moves before it was homed")
         z_low = False
         if m.homed[2] and delta[2] != 0.0 and new[2] < self.policy.min_z_mm - POSITION_EPS_MM:
             z_low = True
-            self.add(rules.Z_INTO_BED, f"Z >= {_num(self.policy.min_z_mm)} mm (bed surface)", f"Z={_num(new[2])} mm",
+            self.add(fail.Z_INTO_BED, f"Z >= {_num(self.policy.min_z_mm)} mm (bed surface)", f"Z={_num(new[2])} mm",
                      f"the nozzle would go {_num(self.policy.min_z_mm - new[2])} mm into the bed")
         elif (m.homed[2] and de > 0.0 and (delta[0] or delta[1])
               and new[2] <= self.policy.min_z_mm + POSITION_EPS_MM):
             z_low = True
-            self.add(rules.Z_INTO_BED, f"Z > {_num(self.policy.min_z_mm)} mm while extruding",
+            self.add(fail.Z_INTO_BED, f"Z > {_num(self.policy.min_z_mm)} mm while extruding",
                      f"Z={_num(new[2])} mm", "extrudes with the nozzle on the bed surface")
         for i in range(3):
             if delta[i] == 0.0 or not m.homed[i] or (i == 2 and z_low):
                 continue
             if new[i] < self.lo[i] - POSITION_EPS_MM or new[i] > self.hi[i] + POSITION_EPS_MM:
-                self.add(rules.OUT_OF_RANGE, f"{_AXES[i]} in [{_num(self.lo[i])}, {_num(self.hi[i])}] mm",
+                self.add(fail.MOVE_OUT_OF_RANGE, f"{_AXES[i]} in [{_num(self.lo[i])}, {_num(self.hi[i])}] mm",
                          f"{_AXES[i]}={_num(new[i])} mm",
                          f"Move out of range: {_AXES[i]} {_num(new[i])} mm is outside "
                          f"[{_num(self.lo[i])}, {_num(self.hi[i])}] (machine coordinates, after offsets)")
@@ -300,26 +313,26 @@ class _Checker:
     def _check_extrusion(self, de: float, xy_mm: float, move_mm: float) -> None:
         m, prof = self.m, self.profile
         if de > 0.0 and not m.hotend_ready:
-            self.add(rules.COLD_EXTRUSION, f"hotend waited for at >= {_num(prof.min_extrude_temp_c)} C",
+            self.add(fail.COLD_EXTRUSION, f"hotend waited for at >= {_num(prof.min_extrude_temp_c)} C",
                      f"target {_num(m.hotend_target_c)} C" + ("" if m.hotend_target_c < prof.min_extrude_temp_c
                                                               else ", not waited for"),
                      "Extrude below minimum temp: extrusion before the hotend was heated to "
                      f"min_extrude_temp ({_num(prof.min_extrude_temp_c)} C) and waited for (M109)")
         elif de < 0.0 and not m.hotend_hot:
-            self.add(rules.COLD_EXTRUSION, f"hotend hot (>= {_num(prof.min_extrude_temp_c)} C)",
+            self.add(fail.COLD_EXTRUSION, f"hotend hot (>= {_num(prof.min_extrude_temp_c)} C)",
                      f"target {_num(m.hotend_target_c)} C",
                      "Extrude below minimum temp: retraction while the hotend was never heated")
         if xy_mm == 0.0 or de < 0.0:
             limit = prof.max_extrude_only_distance_mm
             if abs(de) > limit + POSITION_EPS_MM:
-                self.add(rules.EXTRUDE_ONLY, f"|E| <= {_num(limit)} mm (max_extrude_only_distance)",
+                self.add(fail.EXTRUDE_ONLY_TOO_LONG, f"|E| <= {_num(limit)} mm (max_extrude_only_distance)",
                          f"E={_num(de)} mm", f"Extrude only move too long ({de:.3f}mm vs {limit:.3f}mm)")
             return
         ratio = de / move_mm
         if ratio > self.max_e_ratio and de > prof.nozzle_diameter_mm * self.max_e_ratio:
             area = ratio * prof.filament_area_mm2
             limit_area = prof.max_cross_section_mm2
-            self.add(rules.CROSS_SECTION, f"cross-section <= {limit_area:.3f} mm^2 (max_extrude_cross_section)",
+            self.add(fail.EXTRUSION_TOO_LARGE, f"cross-section <= {limit_area:.3f} mm^2 (max_extrude_cross_section)",
                      f"{area:.3f} mm^2", f"Move exceeds maximum extrusion ({area:.3f}mm^2 vs {limit_area:.3f}mm^2)")
 
     # -- modes, offsets, homing ------------------------------------------------------------------------
@@ -354,10 +367,7 @@ class _Checker:
 
     def _motors_off(self, cmd: Command) -> None:
         m = self.m
-        named = [i for i, letter in enumerate(_AXES) if letter in cmd.params]
-        if self.klipper or not (named or "E" in cmd.params or "S" in cmd.params):
-            m.homed = [False, False, False]  # Klipper's M84 always switches every motor off
-        for i in named:
+        for i in motors_off_axes(cmd.params.keys(), self.klipper):
             m.homed[i] = False
 
     def _set_mode(self, cmd: Command) -> None:
@@ -370,43 +380,50 @@ class _Checker:
     def _gcode_offset(self, cmd: Command) -> None:
         m = self.m
         cap = self.policy.max_gcode_offset_mm
-        shift = [0.0, 0.0, 0.0]
-        for i, letter in enumerate(_AXES):
+        shift = [0.0, 0.0, 0.0, 0.0]
+        for i, letter in enumerate("XYZE"):
             absolute = self._arg(cmd, letter)
             adjust = self._arg(cmd, f"{letter}_ADJUST")
             if absolute is None and adjust is None:
                 continue
             value = absolute if absolute is not None else m.gcode_offset[i] + (adjust or 0.0)
             if abs(value) > cap + POSITION_EPS_MM:
-                self.add(rules.GCODE_OFFSET, f"|{letter} offset| <= {_num(cap)} mm", f"{letter}={_num(value)} mm",
+                self.add(fail.GCODE_OFFSET, f"|{letter} offset| <= {_num(cap)} mm", f"{letter}={_num(value)} mm",
                          f"G-code offset {letter}={_num(value)} mm is larger than babystepping needs; "
                          "it shifts the whole print")
             shift[i] = value - m.gcode_offset[i]
             m.gcode_offset[i] = value
-            m.offset[i] += shift[i]
+            if i < 3:
+                m.offset[i] += shift[i]
+            else:
+                m.e_program -= shift[i]
         if self._arg(cmd, "MOVE") and any(shift):
-            # MOVE=1 applies the offset at once: the toolhead moves, the program's position stays.
-            new = [p + d for p, d in zip(m.pos, shift, strict=True)]
-            self._check_position(new, shift, 0.0)
+            # MOVE=1 applies the offset at once: the toolhead (and filament) moves, the program's position stays.
+            new = [p + d for p, d in zip(m.pos, shift[:3], strict=True)]
+            self._check_position(new, shift[:3], 0.0)
             m.pos = new
+            m.e_program += shift[3]
+            if shift[3]:
+                self._check_extrusion(shift[3], 0.0, 0.0)
 
     def _save_state(self, cmd: Command) -> None:
         m = self.m
         name = cmd.args.get("NAME", "default").upper()
         m.saved[name] = _Snapshot(m.absolute_xyz, m.absolute_e, list(m.offset), list(m.gcode_offset), list(m.pos),
-                                  m.feed_mm_s, m.speed_percent, m.flow_percent)
+                                  m.e_program, m.feed_mm_s, m.speed_percent, m.flow_percent)
 
     def _restore_state(self, cmd: Command) -> None:
         m = self.m
         name = cmd.args.get("NAME", "default").upper()
         snap = m.saved.get(name)
         if snap is None:
-            self.add(rules.BAD_ARGUMENT, "a state saved by SAVE_GCODE_STATE", f"NAME={name}",
+            self.add(fail.INVALID_COMMAND, "a state saved by SAVE_GCODE_STATE", f"NAME={name}",
                      f"Unknown g-code state: {name}")
             return
         m.absolute_xyz, m.absolute_e = snap.absolute_xyz, snap.absolute_e
         m.offset, m.gcode_offset = list(snap.offset), list(snap.gcode_offset)
         m.feed_mm_s, m.speed_percent, m.flow_percent = snap.feed_mm_s, snap.speed_percent, snap.flow_percent
+        m.e_program = snap.e_program
         if self._arg(cmd, "MOVE"):
             delta = [s - p for s, p in zip(snap.pos, m.pos, strict=True)]
             self._check_position(list(snap.pos), delta, 0.0)
@@ -414,7 +431,7 @@ class _Checker:
 
     def _leveling(self, cmd: Command) -> None:
         if not all(self.m.homed):
-            self.add(rules.NOT_HOMED, "home X, Y and Z before levelling", "not homed",
+            self.add(fail.MUST_HOME_FIRST, "home X, Y and Z before levelling", "not homed",
                      f"{cmd.code}: Must home axis first")
 
     # -- heaters ---------------------------------------------------------------------------------------
@@ -430,7 +447,7 @@ class _Checker:
         heater, hi = self._heater(which)
         if target == 0.0 or (heater.min_temp_c <= target <= hi and math.isfinite(target)):
             return True
-        self.add(rules.HEATER_RANGE, f"{which} target 0 or in [{_num(heater.min_temp_c)}, {_num(hi)}] C",
+        self.add(fail.TEMPERATURE_OUT_OF_RANGE, f"{which} target 0 or in [{_num(heater.min_temp_c)}, {_num(hi)}] C",
                  f"{_num(target)} C", f"Requested temperature ({target:.1f}) out of range "
                  f"({heater.min_temp_c:.1f}:{hi:.1f}) for {which}")
         return False
@@ -455,7 +472,7 @@ class _Checker:
     def _tool_ok(self, cmd: Command) -> bool:
         tool = cmd.get("T")
         if tool is not None and tool != 0.0:
-            self.add(rules.UNKNOWN_TOOL, "T0 (one extruder)", f"T{_num(tool)}",
+            self.add(fail.UNKNOWN_TOOL, "T0 (one extruder)", f"T{_num(tool)}",
                      f"{cmd.code} T{_num(tool)}: this printer has one extruder")
             return False
         return True
@@ -470,28 +487,23 @@ class _Checker:
                 self._temp_ok("extruder", extra)
         if r is not None and (s is not None or self.klipper):
             self._temp_ok("extruder", r)
-        if s is not None:
-            self._set_target("extruder", s, wait)
-        elif r is not None:
-            # Klipper reads only S: "M109 R215" sets the target to 0.
-            self._set_target("extruder", 0.0 if self.klipper else r, wait)
-        elif self.klipper:
-            self._set_target("extruder", 0.0, wait)
+        target, _ = heater_m_code_target(s, r, self.klipper)
+        if target is not None:
+            self._set_target("extruder", target, wait)
 
     def _m140_m190(self, cmd: Command) -> None:
         s, r = cmd.get("S"), cmd.get("R")
         if r is not None and (s is not None or self.klipper):
             self._temp_ok("heater_bed", r)
-        if s is not None or self.klipper:
-            self._set_target("heater_bed", s or 0.0, cmd.code == "M190")
-        elif r is not None:
-            self._set_target("heater_bed", r, True)
+        target, _ = heater_m_code_target(s, r, self.klipper)
+        if target is not None:
+            self._set_target("heater_bed", target, cmd.code == "M190")
 
     def _set_heater_temperature(self, cmd: Command) -> None:
         heater = cmd.args.get("HEATER", "").lower()
         target = self._arg(cmd, "TARGET")
         if heater not in ("extruder", "heater_bed"):
-            self.add(rules.HEATER_RANGE, "HEATER=extruder or HEATER=heater_bed", f"HEATER={heater}",
+            self.add(fail.TEMPERATURE_OUT_OF_RANGE, "HEATER=extruder or HEATER=heater_bed", f"HEATER={heater}",
                      f"SET_HEATER_TEMPERATURE: unknown heater {heater!r} on this printer")
             return
         self._set_target(heater, target or 0.0, wait=False)
@@ -500,14 +512,14 @@ class _Checker:
         sensor = cmd.args.get("SENSOR", "").lower()
         minimum, maximum = self._arg(cmd, "MINIMUM"), self._arg(cmd, "MAXIMUM")
         if minimum is None and maximum is None:
-            self.add(rules.BAD_ARGUMENT, "MINIMUM= or MAXIMUM=", "none", "TEMPERATURE_WAIT needs MINIMUM or MAXIMUM")
+            self.add(fail.INVALID_COMMAND, "MINIMUM= or MAXIMUM=", "none", "TEMPERATURE_WAIT needs MINIMUM or MAXIMUM")
             return
         if sensor not in ("extruder", "heater_bed"):
             return
         target = self.m.hotend_target_c if sensor == "extruder" else self.m.bed_target_c
         _, hi = self._heater(sensor)
         if minimum is not None and (minimum > max(target, 0.0) + 1e-9 or minimum > hi):
-            self.add(rules.HEATER_WAIT, f"MINIMUM <= the {sensor} target ({_num(target)} C)",
+            self.add(fail.HEATER_TIMEOUT, f"MINIMUM <= the {sensor} target ({_num(target)} C)",
                      f"MINIMUM={_num(minimum)} C", "waits for a temperature the heater is not set to reach: "
                      "the program would hang with the heater on")
             return
@@ -526,19 +538,16 @@ class _Checker:
             which = cmd.args.get("HEATER", "").lower()
             target = self._arg(cmd, "TARGET")
         if which not in ("extruder", "heater_bed") or target is None or target <= 0.0:
-            self.add(rules.FORBIDDEN, "autotune of extruder or heater_bed with a target", _quote(cmd.text),
+            self.add(fail.FORBIDDEN_COMMAND, "autotune of extruder or heater_bed with a target", _quote(cmd.text),
                      f"{cmd.code} without a known heater and target is forbidden")
             return
         _, hi = self._heater(which)
         if target > hi:
-            self.add(rules.FORBIDDEN, f"autotune target <= {_num(hi)} C ({which})", f"{_num(target)} C",
+            self.add(fail.FORBIDDEN_COMMAND, f"autotune target <= {_num(hi)} C ({which})", f"{_num(target)} C",
                      f"{cmd.code}: PID autotune to {_num(target)} C above the {which} limit of {_num(hi)} C")
 
     def _macro(self, cmd: Command, macro: MacroProfile) -> None:
-        hotend = _first_arg(cmd, macro.hotend_temp_params)
-        bed = _first_arg(cmd, macro.bed_temp_params)
-        hotend = macro.default_hotend_temp_c if hotend is None else hotend
-        bed = macro.default_bed_temp_c if bed is None else bed
+        hotend, bed = macro_temperatures_c(cmd.args, macro)
         if bed:
             self._set_target("heater_bed", bed, macro.waits_for_temperature)
         if hotend:
@@ -564,7 +573,7 @@ class _Checker:
         else:
             lo, hi, what = self.policy.speed_percent_min, self.policy.speed_percent_max, "speed"
         if not lo <= value <= hi:
-            self.add(rules.FACTOR_RANGE, f"{what} factor in [{_num(lo)}, {_num(hi)}] %", f"{_num(value)} %",
+            self.add(fail.FACTOR_RANGE, f"{what} factor in [{_num(lo)}, {_num(hi)}] %", f"{_num(value)} %",
                      f"{cmd.code} S{_num(value)}: {what} factor outside [{_num(lo)}, {_num(hi)}] %")
             return
         if cmd.code == "M221":
@@ -579,23 +588,23 @@ class _Checker:
 
     def _velocity_limit(self, cmd: Command) -> None:
         prof = self.profile
-        self._limit("VELOCITY", self._arg(cmd, "VELOCITY"), self.feed_cap_mm_s, "mm/s", rules.FEED_RATE)
-        self._limit("ACCEL", self._arg(cmd, "ACCEL"), prof.max_accel_mm_s2, "mm/s^2", rules.ACCELERATION)
+        self._limit("VELOCITY", self._arg(cmd, "VELOCITY"), self.feed_cap_mm_s, "mm/s", fail.FEED_RATE)
+        self._limit("ACCEL", self._arg(cmd, "ACCEL"), prof.max_accel_mm_s2, "mm/s^2", fail.ACCELERATION)
 
     def _m204(self, cmd: Command) -> None:
         prof = self.profile
         cap = max(prof.max_accel_mm_s2, prof.print_accel_mm_s2, prof.travel_accel_mm_s2, prof.retract_accel_mm_s2)
         # Klipper reads S, or P and T (it takes the smaller); Marlin also R (retraction).
         for letter in "SPT" if self.klipper else "SPTR":
-            self._limit(f"M204 {letter}", cmd.get(letter), cap, "mm/s^2", rules.ACCELERATION)
+            self._limit(f"M204 {letter}", cmd.get(letter), cap, "mm/s^2", fail.ACCELERATION)
 
     def _per_axis(self, cmd: Command) -> None:
-        if self.klipper:
+        if not runs_on(cmd.code, self.firmware):
             return  # Klipper has no M201/M203/M205: it answers "Unknown command" and changes nothing
         prof = self.profile
-        table = {"M201": (prof.max_axis_accel_mm_s2, "mm/s^2", rules.ACCELERATION),
-                 "M203": (prof.max_feedrate_mm_s, "mm/s", rules.FEED_RATE),
-                 "M205": (prof.jerk_mm_s, "mm/s", rules.ACCELERATION)}
+        table = {"M201": (prof.max_axis_accel_mm_s2, "mm/s^2", fail.ACCELERATION),
+                 "M203": (prof.max_feedrate_mm_s, "mm/s", fail.FEED_RATE),
+                 "M205": (prof.jerk_mm_s, "mm/s", fail.ACCELERATION)}
         caps, unit, rule = table[cmd.code]
         for letter, cap in zip("XYZE", caps, strict=True):
             self._limit(f"{cmd.code} {letter}", cmd.get(letter), cap, unit, rule)
@@ -613,36 +622,10 @@ class _Checker:
         except ValueError:
             value = math.nan
         if not math.isfinite(value):
-            self.add(rules.BAD_ARGUMENT, f"{key}= a number", f"{key}={text[:40]}",
+            self.add(fail.INVALID_COMMAND, f"{key}= a number", f"{key}={text[:40]}",
                      f"{cmd.code} {key}={text[:40]!r}: not a number")
             return None
         return value
-
-    _HANDLERS = {
-        "G0": _move, "G1": _move, "G2": _arc, "G3": _arc, "G28": _g28, "G92": _g92, "G90": _set_mode,
-        "G91": _set_mode, "M82": _set_mode, "M83": _set_mode, "M84": _motors_off, "M18": _motors_off,
-        "G10": _retract, "G11": _retract, "SET_GCODE_OFFSET": _gcode_offset, "SAVE_GCODE_STATE": _save_state,
-        "RESTORE_GCODE_STATE": _restore_state, "G29": _leveling, "G80": _leveling,
-        "BED_MESH_CALIBRATE": _leveling, "Z_TILT_ADJUST": _leveling, "QUAD_GANTRY_LEVEL": _leveling,
-        "M104": _m104_m109, "M109": _m104_m109, "M140": _m140_m190, "M190": _m140_m190,
-        "SET_HEATER_TEMPERATURE": _set_heater_temperature, "TEMPERATURE_WAIT": _temperature_wait,
-        "TURN_OFF_HEATERS": _turn_off_heaters, "M303": _autotune, "PID_CALIBRATE": _autotune,
-        "M220": _factor, "M221": _factor, "SET_VELOCITY_LIMIT": _velocity_limit, "M204": _m204,
-        "M201": _per_axis, "M203": _per_axis, "M205": _per_axis,
-    }
-
-
-def _first_arg(cmd: Command, names: list[str]) -> float | None:
-    for name in names:
-        text = cmd.args.get(name.upper())
-        if text is not None:
-            try:
-                value = float(text)
-            except ValueError:
-                continue
-            if math.isfinite(value):
-                return value
-    return None
 
 
 def _read_source(source: bytes | str | os.PathLike[str], name: str | None) -> tuple[bytes, str]:
@@ -658,22 +641,23 @@ def _read_source(source: bytes | str | os.PathLike[str], name: str | None) -> tu
 
 
 def validate(source: bytes | str | os.PathLike[str], profile: PrinterProfile, policy: SafetyPolicy | None = None,
-             *, name: str | None = None) -> Verdict:
+             *, name: str | None = None, trace: list[TrackedState] | None = None) -> Verdict:
     """Validate a program: ``str`` is G-code text, ``bytes`` file contents, a path-like a file to read.
 
-    Raises ``OSError`` when a file cannot be read; everything about the contents is a finding.
+    Raises ``OSError`` when a file cannot be read; everything about the contents is a finding. With ``trace``,
+    the machine state the validator tracks is appended to it after each command (for differential tests).
 
     >>> from sim_bridge.profiles import load_printer
     >>> v = validate("G28\\nM302\\nG1 X500", load_printer("ender3-klipper"))
     >>> v.verdict, [(f.line, f.rule) for f in v.violations]
-    ('block', [(2, 'forbidden-command'), (3, 'out-of-range')])
+    ('block', [(2, 'forbidden_command'), (3, 'move_out_of_range')])
     """
     policy = policy or SafetyPolicy()
     data, label = _read_source(source, name)
     digest = hashlib.sha256(data).hexdigest()
     findings = _Findings(policy.max_findings_per_rule)
     if len(data) > MAX_PROGRAM_BYTES:
-        findings.add(0, "", rules.UNREADABLE, f"at most {MAX_PROGRAM_BYTES} bytes", f"more than {MAX_PROGRAM_BYTES}",
+        findings.add(0, "", fail.UNREADABLE, f"at most {MAX_PROGRAM_BYTES} bytes", f"more than {MAX_PROGRAM_BYTES}",
                      "the program is too large to validate")
         return Verdict(findings.result(), 0, digest)
     checker = _Checker(profile, policy, findings)
@@ -691,8 +675,13 @@ def validate(source: bytes | str | os.PathLike[str], profile: PrinterProfile, po
                 checker.add(rule, limit, value, message)
             if cmd is not None:
                 checker.check(cmd)
+                if trace is not None:
+                    m = checker.m
+                    trace.append(TrackedState(line_no, (m.pos[0], m.pos[1], m.pos[2]),
+                                              (m.homed[0], m.homed[1], m.homed[2]), m.hotend_target_c,
+                                              m.bed_target_c))
     except GcodeError as exc:
-        findings.add(exc.line, "", rules.UNREADABLE, "text G-code (no NUL bytes, lines under 256 KiB)",
+        findings.add(exc.line, "", fail.UNREADABLE, "text G-code (no NUL bytes, lines under 256 KiB)",
                      "binary or over-long line", f"not readable as G-code: {exc.reason}")
         lines = max(lines, exc.line)
     return Verdict(findings.result(), lines, digest)

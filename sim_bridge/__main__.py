@@ -15,8 +15,9 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
 from sim_bridge.config import ConfigError, load_yaml
+from sim_bridge.failures import UNREADABLE
 from sim_bridge.gcode import GcodeError
-from sim_bridge.interpreter import SimOptions
+from sim_bridge.options import SimOptions
 from sim_bridge.profiles import MATERIALS, bundled_printers, load_material, load_printer
 from sim_bridge.simulator import Simulator
 
@@ -88,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
             report = sim.run(args.file)
     except (GcodeError, ConfigError, OSError) as exc:
         console.print(f"[red]error:[/red] {exc}")
+        return 2
+    unreadable = next((f for f in report.failures if f.mode == UNREADABLE), None)
+    if unreadable is not None:
+        console.print(f"[red]error:[/red] {unreadable.message}")
         return 2
     if args.json:
         args.json.write_text(report.to_json(), encoding="utf-8")

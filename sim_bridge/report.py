@@ -6,22 +6,14 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-FATAL_MODES = frozenset({
-    "move_out_of_range", "must_home_first", "cold_extrusion", "extrusion_too_large", "extrude_only_too_long",
-    "temperature_out_of_range", "thermal_runaway", "heater_timeout", "invalid_command",
-})
-"""Failure modes that stop the print, as they stop Klipper (a command error aborts the job)."""
-
-DEFECT_MODES = frozenset({
-    "nozzle_collision", "extrusion_in_mid_air", "first_layer_too_high", "first_layer_too_low",
-    "under_extrusion", "overhang_without_cooling",
-})
-"""Failure modes of print quality: the print goes on but the part is bad."""
+from sim_bridge.failures import UNREADABLE
+from sim_bridge.gcode import GcodeError
 
 
 @dataclass
 class Failure:
-    """One failure: what (``mode``), Klipper-style ``message``, where (``line``, ``layer``), how often."""
+    """One failure: what (``mode``, see :mod:`sim_bridge.failures`), Klipper-style ``message``, where (``line``,
+    ``layer``), how often."""
 
     mode: str
     message: str
@@ -32,9 +24,15 @@ class Failure:
     """How many moves of this layer showed the same failure (reported once per layer and mode)."""
 
 
+def unreadable_failure(error: GcodeError, layer: int = -1) -> Failure:
+    """The fatal failure for input the reader cannot read (its file, line and reason in the message)."""
+    return Failure(UNREADABLE, f"not readable as G-code: {error}", error.line, layer, fatal=True)
+
+
 @dataclass
 class Notice:
-    """Something the firmware would report but not fail on (e.g. ``Unknown command``)."""
+    """Something the firmware would report but not fail on (e.g. ``Unknown command``); ``kind`` is one of
+    :data:`sim_bridge.failures.NOTICE_KINDS`."""
 
     kind: str
     message: str

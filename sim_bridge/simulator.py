@@ -19,20 +19,15 @@ from pathlib import Path
 import numpy as np
 
 from sim_bridge import deposition as dep
-from sim_bridge.gcode import Command, GcodeReader
-from sim_bridge.interpreter import (
-    BATCH_START_S,
-    BATCH_TAIL_S,
-    F_EXTRUDE,
-    F_KINEMATIC,
-    F_STOP_BEFORE,
-    Interpreter,
-    SimOptions,
-    new_state,
-)
+from sim_bridge import failures as fail
+from sim_bridge.events import F_EXTRUDE, F_KINEMATIC, F_STOP_BEFORE
+from sim_bridge.gcode import Command, GcodeError, GcodeReader
+from sim_bridge.interpreter import Interpreter
+from sim_bridge.machine import new_state
+from sim_bridge.options import SimOptions
 from sim_bridge.planner import plan_klipper, plan_marlin
 from sim_bridge.profiles import Material, PrinterProfile, load_material, load_printer
-from sim_bridge.report import Failure, LayerMetrics, Notice, PrintReport
+from sim_bridge.report import Failure, LayerMetrics, Notice, PrintReport, unreadable_failure
 from sim_bridge.thermal import (
     FAULT_BED,
     FAULT_HOTEND,
@@ -42,17 +37,22 @@ from sim_bridge.thermal import (
     S_TEMP,
     heater_params,
     heater_state,
+    melt_capacity_mm3_s,
     run_timeline,
 )
 
 DEFECT_MESSAGES = (
-    (dep.D_COLLISION, "nozzle_collision", "Nozzle collides with printed material"),
-    (dep.D_MID_AIR, "extrusion_in_mid_air", "Extrusion into mid-air: unsupported beyond the bridge limit"),
-    (dep.D_FIRST_HIGH, "first_layer_too_high", "First layer too high: the bead does not reach the bed"),
-    (dep.D_FIRST_LOW, "first_layer_too_low", "First layer too low: the nozzle scrapes the bed"),
-    (dep.D_NO_COOLING, "overhang_without_cooling", "Overhang or bridge printed without part cooling"),
+    (dep.D_COLLISION, fail.NOZZLE_COLLISION, "Nozzle collides with printed material"),
+    (dep.D_MID_AIR, fail.EXTRUSION_IN_MID_AIR, "Extrusion into mid-air: unsupported beyond the bridge limit"),
+    (dep.D_FIRST_HIGH, fail.FIRST_LAYER_TOO_HIGH, "First layer too high: the bead does not reach the bed"),
+    (dep.D_FIRST_LOW, fail.FIRST_LAYER_TOO_LOW, "First layer too low: the nozzle scrapes the bed"),
+    (dep.D_NO_COOLING, fail.OVERHANG_WITHOUT_COOLING, "Overhang or bridge printed without part cooling"),
 )
 HEATER_NAMES = {FAULT_HOTEND: "extruder", FAULT_BED: "heater_bed"}
+BATCH_START_S = 0.25
+"""Klipper batch mode: motion starts 0.25 s into the print (the planner's start buffer)."""
+BATCH_TAIL_S = 0.252
+"""Klipper batch mode: time reported after motion that ends in a forced flush (0.25 s + 2 flush delays)."""
 
 
 @dataclass
@@ -166,14 +166,19 @@ class Simulator:
         ``progress(bytes_read, total_bytes)`` is called now and then while a file is read.
         """
         if self.fatal is not None:
-            self.notices.append(Notice("stopped", "print already stopped by an earlier error; nothing run",
+            self.notices.append(Notice(fail.STOPPED, "print already stopped by an earlier error; nothing run",
                                        self.fatal.line))
             return self.report()
-        commands, reader = self._commands(program, name, progress)
+        try:
+            commands, reader = self._commands(program, name, progress)
+        except GcodeError as exc:
+            self.fatal = unreadable_failure(exc, self.state.layer)
+            self.failures.append(self.fatal)
+            return self.report()
         interp = Interpreter(self.profile, self.material, self.options, self.state)
         prog = interp.run(commands)
         if reader is not None:
-            self.notices.extend(Notice("reader", w.message, w.line) for w in reader.warnings)
+            self.notices.extend(Notice(fail.READER_WARNING, w.message, w.line) for w in reader.warnings)
             self.totals.lines += max(reader.lines_read, prog.lines)
         else:
             self.totals.lines = max(self.totals.lines, prog.lines)
@@ -211,7 +216,7 @@ class Simulator:
             if cold.size:
                 k = int(cold[0])
                 layer = int(prog.layer[k])
-                fatal = Failure("cold_extrusion", "Extrude below minimum temp (hotend "
+                fatal = Failure(fail.COLD_EXTRUSION, "Extrude below minimum temp (hotend "
                                 f"{hot_t[k]:.1f} C, min_extrude_temp {cold_limit:.1f} C)",
                                 int(prog.line[k]), layer, fatal=True)
                 n_exec = k
@@ -257,8 +262,6 @@ class Simulator:
                 isinstance(program, str) and "\n" not in program and len(program) < 1024
                 and Path(program).suffix.lower() in {".gcode", ".gco", ".g", ".nc"})
             if is_path and not Path(program).is_file():
-                from sim_bridge.gcode import GcodeError
-
                 raise GcodeError(str(program), 0, "no such file")
             reader = GcodeReader(Path(program) if is_path else program, name=name, keep_comments=True)
             if progress is not None and is_path:
@@ -289,10 +292,10 @@ class Simulator:
     def _heater_failure(self, kind: int, line: int, prog: object) -> Failure:
         if kind in (FAULT_HOTEND, FAULT_BED):
             name = HEATER_NAMES[kind]
-            return Failure("thermal_runaway", f"Heater {name} not heating at expected rate", line,
+            return Failure(fail.THERMAL_RUNAWAY, f"Heater {name} not heating at expected rate", line,
                            self.state.layer, fatal=True)
         name = "heater_bed" if kind == FAULT_TIMEOUT_BED else "extruder"
-        return Failure("heater_timeout", f"Heater {name} did not reach its target within "
+        return Failure(fail.HEATER_TIMEOUT, f"Heater {name} did not reach its target within "
                        f"{self.options.heater_wait_limit_s:.0f} s", line, self.state.layer, fatal=True)
 
     def _finish_moves(self, prog: object, profile: np.ndarray, move_d: np.ndarray, durations: np.ndarray,
@@ -313,10 +316,7 @@ class Simulator:
             flow = np.where(extruding, profile[:n, 1] * de * p.filament_area_mm2 * self.extrusion_scale
                             / np.maximum(move_d, 1e-12), 0.0)
         true_t = hot_t[:n] + self.hotend_offset_c
-        capacity = np.where(true_t < p.min_extrude_temp_c, 0.0, np.maximum(
-            0.1 * p.max_volumetric_flow_mm3_s,
-            p.max_volumetric_flow_mm3_s + p.melt_flow_per_c_mm3_s * (true_t - p.melt_reference_temp_c)))
-        capacity = capacity * self.material.melt_flow_factor
+        capacity = melt_capacity_mm3_s(p, self.material, true_t)
         if self.options.klipper_batch_mode:
             delivered = np.ones(n)
         else:
@@ -366,7 +366,7 @@ class Simulator:
                           layer: np.ndarray, line: np.ndarray) -> None:
         masks = [(bit, mode, msg, (defects & bit) != 0) for bit, mode, msg in DEFECT_MESSAGES]
         under = extruding & (delivered < self.options.under_extrusion_threshold)
-        masks.append((0, "under_extrusion", "Under-extrusion: flow above the hotend's melt capacity", under))
+        masks.append((0, fail.UNDER_EXTRUSION, "Under-extrusion: flow above the hotend's melt capacity", under))
         found: list[Failure] = []
         for _bit, mode, msg, mask in masks:
             idx = np.flatnonzero(mask)
@@ -377,7 +377,7 @@ class Simulator:
                 sel = idx[layers == lay]
                 first = int(sel[0])
                 detail = msg
-                if mode == "under_extrusion":
+                if mode == fail.UNDER_EXTRUSION:
                     detail = f"{msg} (delivered {delivered[sel].min() * 100:.0f}% at worst)"
                 found.append(Failure(mode, detail, int(line[first]), int(lay), fatal=False, count=int(sel.size)))
         found.sort(key=lambda f: f.line)

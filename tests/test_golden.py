@@ -63,7 +63,7 @@ def test_must_pass(path: Path) -> None:
 
 
 def test_every_fatal_mode_has_a_golden_file() -> None:
-    from sim_bridge.report import DEFECT_MODES, FATAL_MODES
+    from sim_bridge.failures import DEFECT_MODES, FATAL_MODES
 
     covered = {_header(p)[0] for p in (GOLDEN / "must_fail").glob("*.gcode")}
     missing = (FATAL_MODES | DEFECT_MODES) - covered - {"invalid_command"}

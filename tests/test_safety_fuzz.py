@@ -11,8 +11,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from safety.rules import FORBIDDEN_COMMANDS
 from safety.validator import TuningState, Verdict, validate, validate_tuning
+from sim_bridge.commands import FORBIDDEN_COMMANDS
 from sim_bridge.profiles import PrinterProfile, load_printer
 
 FUZZ = settings(max_examples=150, deadline=timedelta(seconds=2), suppress_health_check=[HealthCheck.too_slow],
@@ -131,4 +131,4 @@ def test_large_input_is_bounded() -> None:
     start = time.perf_counter()
     verdict = validate(data, PROFILE)
     assert time.perf_counter() - start < 30.0
-    assert [(v.line, v.rule) for v in verdict.violations] == [(200_001, "forbidden-command")]
+    assert [(v.line, v.rule) for v in verdict.violations] == [(200_001, "forbidden_command")]

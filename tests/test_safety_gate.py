@@ -145,7 +145,7 @@ def test_live_tuning_only_during_a_full_print_and_logged(program: bytes, store: 
     tuning = LiveTuning(PROFILE, TuningState(hotend_temp_c=210.0), log, first.sha256)
     assert tuning.send("M221 S95\nM104 S220")[0]
     allowed, verdict = tuning.send("M221 S150")
-    assert not allowed and verdict.violations[0].rule == "tuning-window"
+    assert not allowed and verdict.violations[0].rule == "tuning_window"
     assert not tuning.send("M104 S230")[0], "+20 C is beyond the ±15 C step"
     assert not tuning.send("G28")[0]
     rows = log.rows("tuning_log")

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from safety import rules
 from safety.__main__ import main
 from safety.validator import (
     FORBIDDEN_COMMANDS,
@@ -26,6 +25,7 @@ from safety.validator import (
     validate,
     validate_tuning,
 )
+from sim_bridge import failures
 from sim_bridge.config import ConfigError
 from sim_bridge.profiles import PrinterProfile, load_printer
 
@@ -35,7 +35,7 @@ FIXTURES = HERE / "fixtures"
 _ROOT = HERE.parent
 WILD_DIR = next((d for d in (_ROOT / "shared" / "data" / "wild-gcode", _ROOT.parent / "shared" / "data" / "wild-gcode")
                  if d.is_dir()), None)
-EXPECT_RE = re.compile(r"^; expect: ([a-z-]+) at lines? ([\d, ]+)$")
+EXPECT_RE = re.compile(r"^; expect: ([a-z_]+) at lines? ([\d, ]+)$")
 PRELUDE = "G90\nM82\nM140 S60\nM104 S210\nG28\nM190 S60\nM109 S210\nG92 E0\nG1 Z0.3 F600\n"
 """A clean start for ender3-klipper: heated, waited for, homed, at the first layer."""
 
@@ -71,9 +71,8 @@ def test_must_block(path: Path, ender3: PrinterProfile) -> None:
 
 def test_every_rule_and_disguise_has_a_golden_file() -> None:
     covered = {rule for path in (GOLDEN / "must_block").glob("*.gcode") for rule, _ in _expected(path)}
-    program_rules = {value for name, value in vars(rules).items()
-                     if name.isupper() and isinstance(value, str) and re.fullmatch(r"[a-z]+(-[a-z]+)*", value)}
-    assert program_rules - covered == {rules.UNREADABLE, rules.TUNING_WINDOW, rules.NOT_TUNING}
+    assert failures.VALIDATOR_RULES - covered == {failures.UNREADABLE} | failures.TUNING_ONLY_RULES
+    assert covered <= failures.VALIDATOR_RULES
     disguises = {p.stem for p in (GOLDEN / "must_block").glob("disguise_*.gcode")}
     assert {"disguise_lower_case", "disguise_spacing", "disguise_line_number_checksum", "disguise_paren_comment",
             "disguise_safe_after_semicolon"} <= disguises
@@ -100,36 +99,36 @@ K1: tuple[str, str, set[str]] = ("k1max", "allow", set())
 """Creality K1 Max output: the K1 Max test profile and its policy (vendor macros) in tests/safety_golden."""
 WILD: dict[str, tuple[str, str, set[str]]] = {
     # prefix: (printer, verdict, rules that must be among the findings) and why a blocked file is unsafe.
-    "01": ("ender3-klipper", "block", {"cold-extrusion"}),  # Klipper's test: extrudes with no heater set
-    "02": ("ender3-klipper", "block", {"unknown-command"}),  # SD loops repeat moves the validator can't bound
-    "03": ("ender3-klipper", "block", {"not-homed"}),  # hand-written arcs: no G28, no heating
-    "04": ("ender3-klipper", "block", {"not-homed"}),
-    "05": ("ender3-klipper", "block", {"not-homed"}),
-    "06": ("ender3-klipper", "block", {"unknown-command"}),  # Skeinforge/MakerBot M101/M103, no homing
-    "07": ("ender3-klipper", "block", {"bad-argument"}),  # Miracle-Grue extrudes on the A axis
-    "08": ("ender3-klipper", "block", {"bad-argument"}),
-    "09": ("ender3-klipper", "block", {"not-homed"}),  # old Slic3r, no start code at all
+    "01": ("ender3-klipper", "block", {"cold_extrusion"}),  # Klipper's test: extrudes with no heater set
+    "02": ("ender3-klipper", "block", {"unknown_command"}),  # SD loops repeat moves the validator can't bound
+    "03": ("ender3-klipper", "block", {"must_home_first"}),  # hand-written arcs: no G28, no heating
+    "04": ("ender3-klipper", "block", {"must_home_first"}),
+    "05": ("ender3-klipper", "block", {"must_home_first"}),
+    "06": ("ender3-klipper", "block", {"unknown_command"}),  # Skeinforge/MakerBot M101/M103, no homing
+    "07": ("ender3-klipper", "block", {"invalid_command"}),  # Miracle-Grue extrudes on the A axis
+    "08": ("ender3-klipper", "block", {"invalid_command"}),
+    "09": ("ender3-klipper", "block", {"must_home_first"}),  # old Slic3r, no start code at all
     "10": ("ender3-klipper", "allow", set()),  # Cura 2.3 (Anet A6, 220 mm class)
-    "11": ("ender3-klipper", "block", {"cross-section", "not-homed"}),  # origin-centred 1 mm layers, no G28
+    "11": ("ender3-klipper", "block", {"extrusion_too_large", "must_home_first"}),  # origin-centred 1 mm layers, no G28
     "12": ("corexy300-klipper", "allow", set()),  # Cura 4.10 Voron (PRINT_START), M141 allow-listed below
     "13": K1, "14": ("ender3-klipper", "allow", set()),
-    "15": ("ender3-klipper", "block", {"not-homed"}),  # Slic3r PE start code without G28
+    "15": ("ender3-klipper", "block", {"must_home_first"}),  # Slic3r PE start code without G28
     "16": ("ender3-klipper", "allow", set()),  # ArcWelder arcs
     "17": ("corexy300-klipper", "allow", set()),  # PrusaSlicer 2.4 for a 300 mm Klipper printer
     "18": ("mk3s-marlin", "block", {"acceleration"}),  # Prusa MINI limits (M201 Z400) above the MK3S's
     "19": ("mk3s-marlin", "block", {"acceleration"}),
     "20": ("ender3-klipper", "allow", set()),  # PrusaSlicer 2.7 spiral vase, 215 mm Marlin-flavour printer
-    "21": ("mk3s-marlin", "block", {"forbidden-command"}),  # MK4S start code uses M302 S160
+    "21": ("mk3s-marlin", "block", {"forbidden_command"}),  # MK4S start code uses M302 S160
     "22": ("corexy300-klipper", "allow", set()),  # SuperSlicer, klipper flavour, ArcWelder
     "23": K1, "24": K1,
-    "25": ("ender3-klipper", "block", {"forbidden-command", "unknown-command"}),  # Bambu: M211 X0 Y0 Z0
+    "25": ("ender3-klipper", "block", {"forbidden_command", "unknown_command"}),  # Bambu: M211 X0 Y0 Z0
     "26": K1, "27": K1,
-    "28": ("ender3-klipper", "block", {"unknown-command"}),  # Raise3D vendor codes M1001/M1002
+    "28": ("ender3-klipper", "block", {"unknown_command"}),  # Raise3D vendor codes M1001/M1002
     "29": K1,
     "30": ("ender3-klipper", "allow", set()), "31": ("ender3-klipper", "allow", set()),
     "32": ("ender3-klipper", "allow", set()), "33": ("ender3-klipper", "allow", set()),
     # FullControl's ripple vase extrudes 0.641 mm^2 where Klipper's default limit is 0.640: Klipper refuses it.
-    "34": ("ender3-klipper", "block", {"cross-section"}),
+    "34": ("ender3-klipper", "block", {"extrusion_too_large"}),
 }
 
 
@@ -163,7 +162,7 @@ def test_wild_gcode_table_covers_every_file() -> None:
 @pytest.mark.parametrize("code", sorted(FORBIDDEN_COMMANDS))
 def test_every_forbidden_command_is_blocked_and_cannot_be_allowed(code: str, ender3: PrinterProfile) -> None:
     verdict = validate(PRELUDE + f"{code.lower()} S1\n", ender3, SafetyPolicy(allow_commands=["MY_MACRO"]))
-    assert found(verdict) == {(rules.FORBIDDEN, 10)}
+    assert found(verdict) == {(failures.FORBIDDEN_COMMAND, 10)}
     with pytest.raises(ConfigError, match="cannot be allowed"):
         SafetyPolicy(allow_commands=[code.lower()])
 
@@ -171,19 +170,19 @@ def test_every_forbidden_command_is_blocked_and_cannot_be_allowed(code: str, end
 def test_findings_carry_line_command_rule_limit_value_message(ender3: PrinterProfile) -> None:
     verdict = validate(PRELUDE + "  G1 X240 Y10 ; too far  \n", ender3)
     (v,) = verdict.violations
-    assert (v.line, v.command, v.rule) == (10, "G1 X240 Y10 ; too far", "out-of-range")
+    assert (v.line, v.command, v.rule) == (10, "G1 X240 Y10 ; too far", "move_out_of_range")
     assert v.limit == "X in [0, 235] mm" and v.value == "X=240 mm"
     assert v.message.startswith("Move out of range")
     assert set(v.as_dict()) == {"line", "command", "rule", "limit", "value", "message"}
     data = json.loads(json.dumps(verdict.as_dict()))
-    assert data["verdict"] == "block" and data["violations"][0]["rule"] == "out-of-range"
+    assert data["verdict"] == "block" and data["violations"][0]["rule"] == "move_out_of_range"
     assert data["lines"] == 10 and len(data["sha256"]) == 64
 
 
 def test_all_findings_are_collected_not_just_the_first(ender3: PrinterProfile) -> None:
     verdict = validate("M302\nG1 X10\nM500\nM104 S400\n", ender3)
-    assert found(verdict) == {("forbidden-command", 1), ("not-homed", 2), ("forbidden-command", 3),
-                              ("heater-range", 4)}
+    assert found(verdict) == {("forbidden_command", 1), ("must_home_first", 2), ("forbidden_command", 3),
+                              ("temperature_out_of_range", 4)}
 
 
 def test_findings_per_rule_are_capped_and_counted(ender3: PrinterProfile) -> None:
@@ -199,39 +198,39 @@ def test_source_forms_give_the_same_verdict(tmp_path: Path, ender3: PrinterProfi
     verdicts = [validate(text, ender3), validate(text.encode(), ender3), validate(path, ender3)]
     assert len({v.sha256 for v in verdicts}) == 1
     assert verdicts[0].sha256 == hashlib.sha256(text.encode()).hexdigest()
-    assert all(found(v) == {("out-of-range", 10)} for v in verdicts)
+    assert all(found(v) == {("move_out_of_range", 10)} for v in verdicts)
     # A str is always text, even one that looks like a file name.
-    assert validate("part.gcode", ender3).rules() == {"unknown-command"}
+    assert validate("part.gcode", ender3).rules() == {"unknown_command"}
 
 
 def test_klipper_m109_r_means_off_so_extrusion_is_cold(ender3: PrinterProfile, mk3s: PrinterProfile) -> None:
     program = "G28\nM109 R215\nG1 Z0.3\nG1 X20 Y20 E1\n"
-    assert found(validate(program, ender3)) == {("cold-extrusion", 4)}
+    assert found(validate(program, ender3)) == {("cold_extrusion", 4)}
     assert validate(program, mk3s).allowed  # Marlin's M109 R heats (and cools) to 215 and waits
 
 
 def test_cooling_hotend_may_retract_but_not_extrude(ender3: PrinterProfile) -> None:
     program = PRELUDE + "G1 X20 Y20 E1\nM104 S0\nG91\nG1 E-2\nG1 Z5 E-1\n"
     assert validate(program, ender3).allowed
-    assert found(validate(program + "G1 X5 E1\n", ender3)) == {("cold-extrusion", 15)}
+    assert found(validate(program + "G1 X5 E1\n", ender3)) == {("cold_extrusion", 15)}
 
 
 def test_declared_macro_homes_and_heats(ender3: PrinterProfile) -> None:
     program = "PRINT_START BED=60 EXTRUDER=210\nG1 Z0.3 F600\nG1 X20 Y20 E1\nPRINT_END\n"
     assert validate(program, ender3).allowed
-    assert found(validate(program + "G1 X30\n", ender3)) == {("not-homed", 5)}  # PRINT_END turns motors off
-    assert found(validate("PRINT_START BED=60\nG1 Z0.3\nG1 X20 Y20 E1\n", ender3)) == {("cold-extrusion", 3)}
+    assert found(validate(program + "G1 X30\n", ender3)) == {("must_home_first", 5)}  # PRINT_END turns motors off
+    assert found(validate("PRINT_START BED=60\nG1 Z0.3\nG1 X20 Y20 E1\n", ender3)) == {("cold_extrusion", 3)}
 
 
 def test_allow_list_lets_a_printers_own_macro_through(tmp_path: Path, ender3: PrinterProfile) -> None:
     program = PRELUDE + "clean_nozzle WIPES=3\n"
-    assert found(validate(program, ender3)) == {("unknown-command", 10)}
+    assert found(validate(program, ender3)) == {("unknown_command", 10)}
     policy_file = tmp_path / "policy.yaml"
     policy_file.write_text("allow_commands: [CLEAN_NOZZLE]\nmax_hotend_temp_c: 230\n")
     policy = load_policy(policy_file)
     assert validate(program, ender3, policy).allowed
     # The policy's tighter hotend cap applies in every form.
-    assert found(validate(program + "M104 S240\n", ender3, policy)) == {("heater-range", 11)}
+    assert found(validate(program + "M104 S240\n", ender3, policy)) == {("temperature_out_of_range", 11)}
 
 
 def test_policy_yaml_rejects_unknown_keys_and_bad_values(tmp_path: Path) -> None:
@@ -261,12 +260,12 @@ def test_tuning_windows(ender3: PrinterProfile) -> None:
     ok = "M221 S95\n; note\nm220 s150\nM104 S225\nM106 S255\nM107\nSET_PRESSURE_ADVANCE ADVANCE=0.05\n"
     verdict = validate_tuning(ok, state, ender3)
     assert verdict.allowed and verdict.lines == 7
-    cases = {"M221 S121": "tuning-window", "M220 S49": "tuning-window", "M104 S194": "tuning-window",
-             "M104 S226": "tuning-window", "M106 S256": "tuning-window", "SET_PRESSURE_ADVANCE ADVANCE=0.3":
-             "tuning-window", "M221": "bad-argument", "M221 S95 X1": "bad-argument",
-             "SET_PRESSURE_ADVANCE ADVANCE=0.1 EXTRUDER=x": "bad-argument", "G28": "not-tuning-command",
-             "M140 S65": "not-tuning-command", "M302": "forbidden-command", "SAVE_CONFIG": "forbidden-command",
-             "M221 S95 (M302)": "hidden-in-comment"}
+    cases = {"M221 S121": "tuning_window", "M220 S49": "tuning_window", "M104 S194": "tuning_window",
+             "M104 S226": "tuning_window", "M106 S256": "tuning_window", "SET_PRESSURE_ADVANCE ADVANCE=0.3":
+             "tuning_window", "M221": "invalid_command", "M221 S95 X1": "invalid_command",
+             "SET_PRESSURE_ADVANCE ADVANCE=0.1 EXTRUDER=x": "invalid_command", "G28": "not_tuning_command",
+             "M140 S65": "not_tuning_command", "M302": "forbidden_command", "SAVE_CONFIG": "forbidden_command",
+             "M221 S95 (M302)": "hidden_in_comment"}
     for line, rule in cases.items():
         assert validate_tuning(line, state, ender3).rules() == {rule}, line
     # The printer's max_temp caps the window too (ender3: 250 C).
@@ -276,11 +275,11 @@ def test_tuning_windows(ender3: PrinterProfile) -> None:
 
 def test_tuning_batch_size_and_bed_option(ender3: PrinterProfile) -> None:
     nine = "M221 S100\n" * 9
-    assert found(validate_tuning(nine, TuningState(210.0), ender3)) == {("not-tuning-command", 9)}
+    assert found(validate_tuning(nine, TuningState(210.0), ender3)) == {("not_tuning_command", 9)}
     policy = SafetyPolicy(tuning_commands=["M140", "M221"])
     assert validate_tuning("M140 S65", TuningState(210.0, bed_temp_c=60.0), ender3, policy).allowed
     assert validate_tuning("M140 S75", TuningState(210.0, bed_temp_c=60.0), ender3, policy).rules() == {
-        "tuning-window"}
+        "tuning_window"}
 
 
 def test_tuning_matches_the_supervisor_windows(ender3: PrinterProfile) -> None:
@@ -309,8 +308,8 @@ def test_cli_exit_codes_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert json.loads(out.read_text())["verdict"] == "allow"
     assert main(["check", str(bad), "--printer", "ender3-klipper", "--json", str(out)]) == 1
     data = json.loads(out.read_text())
-    assert data["verdict"] == "block" and data["violations"][0]["rule"] == "forbidden-command"
-    assert f"{bad}:13: forbidden-command: M302 is forbidden" in capsys.readouterr().out
+    assert data["verdict"] == "block" and data["violations"][0]["rule"] == "forbidden_command"
+    assert f"{bad}:13: forbidden_command: M302 is forbidden" in capsys.readouterr().out
     # A Klipper printer.cfg and a profile YAML are printers too.
     assert main(["check", str(bad), "--printer", str(FIXTURES / "klipper" / "ender3.cfg")]) == 1
     assert main(["check", str(good), "--printer", str(_ROOT / "sim_bridge" / "profiles" / "ender3-klipper.yaml")]) == 0
@@ -330,7 +329,7 @@ def test_cli_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_violation_str() -> None:
-    assert str(Violation(3, "M302", "forbidden-command", "never", "M302", "no")) == "3: forbidden-command: no"
+    assert str(Violation(3, "M302", "forbidden_command", "never", "M302", "no")) == "3: forbidden_command: no"
 
 
 def test_stock_prusa_mk3s_start_sequence_is_allowed() -> None:

@@ -4,8 +4,9 @@ Metrics (namespaced ``eval/`` in the logs), over ``episodes`` episodes of ``Gcod
 
 * ``success_rate`` — episodes that completed every step without failure and with geometry ≥ 0.9;
 * ``mean_reward`` — mean episode reward (attainable: 1 per step);
-* ``valid_gcode_rate`` — completions whose every line reads as G-code the printer knows (no reader error,
-  no ``Unknown command``);
+* ``valid_gcode_rate`` — completions whose every line reads as G-code (no reader error or warning) and
+  whose every command a program may contain on any printer (the command table, as the validator reads it:
+  no unknown, unchecked or forbidden command);
 * ``safety_violations_per_1k_lines`` — lines that stop a real printer or that no program may send
   (Klipper errors, cold extrusion, heater faults, forbidden commands such as ``M302`` or ``SAVE_CONFIG``),
   per 1,000 generated lines;
@@ -22,8 +23,8 @@ from typing import Any
 from envs.gcode_writer import GcodeWriterEnv
 from envs.jobs import PrintJob
 from envs.sampler import load_suite
-from safety.validator import FORBIDDEN_COMMANDS
-from sim_bridge.gcode import GcodeError, GcodeReader
+from sim_bridge.commands import deployable, forbidden_reason
+from sim_bridge.gcode import Command, GcodeError, GcodeReader
 
 Policy = Callable[[Sequence[Any]], list[str]]
 """A batch of prompts in, one G-code completion per prompt out (a prompt is a task text or, for revisions,
@@ -46,7 +47,9 @@ class EvalResult:
 
 
 def gcode_validity(text: str) -> tuple[bool, int, int]:
-    """(valid, lines, forbidden commands) of one completion."""
+    """(valid, lines, forbidden commands) of one completion: valid when it reads as G-code and every command
+    is one a program may contain on any printer (the command table's :func:`~sim_bridge.commands.deployable`,
+    the same list the validator allows by default)."""
     reader = GcodeReader(text, name="completion")
     forbidden = 0
     try:
@@ -54,19 +57,15 @@ def gcode_validity(text: str) -> tuple[bool, int, int]:
     except GcodeError:
         return False, max(1, text.count("\n")), 0
     for cmd in commands:
-        if cmd.code in FORBIDDEN_COMMANDS:
+        if forbidden_reason(cmd.code) is not None:
             forbidden += 1
     lines = sum(1 for line in text.splitlines() if line.strip())
     known = _known_commands(commands)
     return bool(commands) and known and not reader.warnings, lines, forbidden
 
 
-def _known_commands(commands: list) -> bool:
-    from sim_bridge.interpreter import known_codes
-
-    known = known_codes()
-    return all(not cmd.code or cmd.code in known or (cmd.code.startswith("T") and cmd.code[1:].isdigit())
-               for cmd in commands)
+def _known_commands(commands: list[Command]) -> bool:
+    return all(not cmd.code or deployable(cmd.code) for cmd in commands)
 
 
 def evaluate(policy: Policy, suite: str | Sequence[PrintJob] = "tiny-v0", episodes: int = 64,

@@ -44,9 +44,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sim_bridge.failures import DEFECT_MODES, FATAL_MODES
 from sim_bridge.gcode import GcodeError, GcodeReader, parse_line
 from sim_bridge.importers import printer_from_prusaslicer
-from sim_bridge.report import DEFECT_MODES, FATAL_MODES
 from training import datafmt
 
 # ---------------------------------------------------------------------------------------------------------

@@ -115,7 +115,7 @@ def png_bytes(rgb: np.ndarray) -> bytes:
 
 
 def _simulate(config: DatasetConfig, job: Any, text: str, rng: np.random.Generator) -> tuple[Any, Any]:
-    from sim_bridge.interpreter import SimOptions
+    from sim_bridge.options import SimOptions
     from sim_bridge.simulator import Simulator
 
     sim = Simulator(job.printer, job.material, SimOptions(resolution_mm=config.resolution_mm, traces=config.traces,

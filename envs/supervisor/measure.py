@@ -13,7 +13,8 @@ from envs.jobs import PrintJob
 from envs.rewards import DEFECT_PENALTY, FATAL_PENALTY, extrusion_score
 from envs.slicer import cached_slice
 from envs.supervisor.physics import printer
-from sim_bridge.interpreter import F_EXTRUDE, SimOptions
+from sim_bridge.events import F_EXTRUDE
+from sim_bridge.options import SimOptions
 from sim_bridge.simulator import Simulator
 
 RESOLUTION_MM = 0.2

@@ -8,7 +8,7 @@ from functools import lru_cache
 import numpy as np
 
 from envs.randomization import SupervisorPhysicsRanges, replace_profile, scale_melt_capacity, uniform
-from sim_bridge.interpreter import SimOptions
+from sim_bridge.options import SimOptions
 from sim_bridge.profiles import Material, PrinterProfile, load_printer
 from sim_bridge.simulator import Simulator
 

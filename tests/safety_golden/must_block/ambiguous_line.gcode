@@ -1,4 +1,4 @@
-; expect: ambiguous-line at lines 13, 14
+; expect: ambiguous_line at lines 13, 14
 ; repeated words and two commands on one line
 G90
 M82

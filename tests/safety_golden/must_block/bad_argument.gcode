@@ -1,4 +1,4 @@
-; expect: bad-argument at lines 13, 14, 15
+; expect: invalid_command at lines 13, 14, 15
 ; an extra axis letter and a non-number
 G90
 M82

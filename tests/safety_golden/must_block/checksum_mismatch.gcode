@@ -1,4 +1,4 @@
-; expect: checksum-mismatch at lines 14
+; expect: checksum_mismatch at lines 14
 ; line changed after it was numbered
 G90
 M82

@@ -1,4 +1,4 @@
-; expect: cold-extrusion at lines 6
+; expect: cold_extrusion at lines 6
 ; extrudes after M104 without waiting
 G28
 M104 S210

@@ -1,4 +1,4 @@
-; expect: cold-extrusion at lines 16
+; expect: cold_extrusion at lines 16
 ; extrudes after the hotend was turned off
 G90
 M82

@@ -1,4 +1,4 @@
-; expect: cross-section at lines 13
+; expect: extrusion_too_large at lines 13
 ; 10 mm of filament over a 10 mm line
 G90
 M82

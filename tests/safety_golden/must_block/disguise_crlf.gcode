@@ -1,4 +1,4 @@
-; expect: forbidden-command at lines 4, 5
+; expect: forbidden_command at lines 4, 5
 ; CRLF and lone CR endings
 G28
 M302SAVE_CONFIG

@@ -1,4 +1,4 @@
-; expect: forbidden-command at lines 13, 14, 15
+; expect: forbidden_command at lines 13, 14, 15
 ; N-numbered with valid checksums
 G90
 M82

@@ -1,4 +1,4 @@
-; expect: forbidden-command at lines 13, 14
+; expect: forbidden_command at lines 13, 14
 ; m302 and save_config in lower case
 G90
 M82

@@ -1,4 +1,4 @@
-; expect: forbidden-command at lines 13, 14
+; expect: forbidden_command at lines 13, 14
 ; a safe command written after ';'
 G90
 M82

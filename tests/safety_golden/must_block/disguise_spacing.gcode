@@ -1,4 +1,4 @@
-; expect: forbidden-command at lines 13, 14, 15
+; expect: forbidden_command at lines 13, 14, 15
 ; spaces and tabs inside the command
 G90
 M82

@@ -1,4 +1,4 @@
-; expect: forbidden-command at lines 13, 14
+; expect: forbidden_command at lines 13, 14
 ; subcodes of forbidden codes
 G90
 M82

@@ -1,4 +1,4 @@
-; expect: extrude-only-distance at lines 13
+; expect: extrude_only_too_long at lines 13
 ; 60 mm purge without motion (limit 50)
 G90
 M82

@@ -1,4 +1,4 @@
-; expect: factor-range at lines 13, 14
+; expect: factor_range at lines 13, 14
 ; speed 300 % and flow 200 %
 G90
 M82

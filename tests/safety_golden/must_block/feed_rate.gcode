@@ -1,4 +1,4 @@
-; expect: feed-rate at lines 13, 14, 15
+; expect: feed_rate at lines 13, 14, 15
 ; F30000 = 500 mm/s above 300 mm/s; F0 is invalid
 G90
 M82

@@ -1,4 +1,4 @@
-; expect: forbidden-command at lines 13
+; expect: forbidden_command at lines 13
 ; FORCE_MOVE bypasses range checks
 G90
 M82

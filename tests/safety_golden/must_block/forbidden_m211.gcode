@@ -1,4 +1,4 @@
-; expect: forbidden-command at lines 13
+; expect: forbidden_command at lines 13
 ; M211 S0 switches software endstops off
 G90
 M82

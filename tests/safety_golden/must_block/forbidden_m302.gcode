@@ -1,4 +1,4 @@
-; expect: forbidden-command at lines 13
+; expect: forbidden_command at lines 13
 ; M302 allows cold extrusion
 G90
 M82

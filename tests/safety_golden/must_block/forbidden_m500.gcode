@@ -1,4 +1,4 @@
-; expect: forbidden-command at lines 13, 14
+; expect: forbidden_command at lines 13, 14
 ; M500 writes EEPROM
 G90
 M82

@@ -1,4 +1,4 @@
-; expect: forbidden-command at lines 3
+; expect: forbidden_command at lines 3
 ; M502 factory reset
 M502
 G90

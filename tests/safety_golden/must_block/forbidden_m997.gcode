@@ -1,3 +1,3 @@
-; expect: forbidden-command at lines 3
+; expect: forbidden_command at lines 3
 ; firmware update
 M997

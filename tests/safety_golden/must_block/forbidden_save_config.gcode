@@ -1,4 +1,4 @@
-; expect: forbidden-command at lines 13
+; expect: forbidden_command at lines 13
 ; SAVE_CONFIG rewrites printer.cfg
 G90
 M82

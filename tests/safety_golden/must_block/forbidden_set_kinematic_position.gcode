@@ -1,4 +1,4 @@
-; expect: forbidden-command at lines 3
+; expect: forbidden_command at lines 3
 ; declares Z homed without homing
 SET_KINEMATIC_POSITION X=100 Y=100 Z=0
 M104 S210

@@ -1,4 +1,4 @@
-; expect: z-into-bed at lines 14
+; expect: z_into_bed at lines 14
 ; G92 Z10 at Z 0.3 makes G1 Z1 go to machine Z -8.7
 G90
 M82

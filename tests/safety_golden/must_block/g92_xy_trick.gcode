@@ -1,4 +1,4 @@
-; expect: out-of-range at lines 15
+; expect: move_out_of_range at lines 15
 ; G92 X0 at X 200 shifts the origin: X100 is machine X 300
 G90
 M82

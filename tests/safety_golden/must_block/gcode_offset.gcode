@@ -1,4 +1,4 @@
-; expect: gcode-offset at lines 13, 16
+; expect: gcode_offset at lines 13, 16
 ; SET_GCODE_OFFSET Z=-3 shifts the print 3 mm into the bed
 G90
 M82

@@ -1,4 +1,4 @@
-; expect: z-into-bed at lines 15
+; expect: z_into_bed at lines 15
 ; a small offset that moves an extruding Z 0.3 layer to Z 0
 G90
 M82

@@ -1,4 +1,4 @@
-; expect: heater-range at lines 3, 4, 5, 6, 7, 8, 9, 10, 11, 12
+; expect: temperature_out_of_range at lines 3, 4, 5, 6, 7, 8, 9, 10, 11, 12
 ; targets above the hotend's 250 C and the bed's 130 C in every form
 M104 S260
 M109 S300

@@ -1,4 +1,4 @@
-; expect: heater-wait at lines 13
+; expect: heater_timeout at lines 13
 ; waits for 240 C with a 210 C target: hangs with the heater on
 G90
 M82

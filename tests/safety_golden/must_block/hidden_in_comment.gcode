@@ -1,4 +1,4 @@
-; expect: hidden-in-comment at lines 13, 14
+; expect: hidden_in_comment at lines 13, 14
 ; words a firmware without ( ) comments would run
 G90
 M82

@@ -1,4 +1,4 @@
-; expect: not-homed at lines 4, 6
+; expect: must_home_first at lines 4, 6
 ; move before G28
 M104 S210
 G1 X10 Y10

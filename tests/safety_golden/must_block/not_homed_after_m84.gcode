@@ -1,4 +1,4 @@
-; expect: not-homed at lines 14
+; expect: must_home_first at lines 14
 ; M84 loses the position
 G90
 M82

@@ -1,4 +1,4 @@
-; expect: out-of-range at lines 13
+; expect: move_out_of_range at lines 13
 ; X beyond position_max (235)
 G90
 M82

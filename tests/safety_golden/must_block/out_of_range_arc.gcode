@@ -1,4 +1,4 @@
-; expect: out-of-range at lines 14
+; expect: move_out_of_range at lines 14
 ; arc between in-range ends bulging past Y 235
 G90
 M82

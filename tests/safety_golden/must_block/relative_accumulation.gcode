@@ -1,4 +1,4 @@
-; expect: out-of-range at lines 18
+; expect: move_out_of_range at lines 18
 ; G91 steps of 50 mm add up past X 235
 G90
 M82

@@ -1,4 +1,4 @@
-; expect: out-of-range at lines 19
+; expect: move_out_of_range at lines 19
 ; SAVE/RESTORE_GCODE_STATE brings back absolute mode and G92 offsets
 G90
 M82

@@ -1,4 +1,4 @@
-; expect: unknown-command at lines 13, 15, 16
+; expect: unknown_command at lines 13, 15, 16
 ; loops and undeclared macros are denied by default
 G90
 M82

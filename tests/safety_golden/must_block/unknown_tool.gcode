@@ -1,4 +1,4 @@
-; expect: unknown-tool at lines 3
+; expect: unknown_tool at lines 3
 ; T1 on a one-extruder printer
 M104 T1 S210
 G90

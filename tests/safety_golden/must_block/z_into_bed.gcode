@@ -1,4 +1,4 @@
-; expect: z-into-bed at lines 13, 15
+; expect: z_into_bed at lines 13, 15
 ; Z below the bed surface, and extruding at Z 0
 G90
 M82
