@@ -2,7 +2,7 @@
 
 Text policies follow :class:`~agent.policy.Policy` (prompts in, texts out). The rule supervisor reads the
 ``PrintSupervisor`` telemetry rather than its prompt text; :func:`rule_supervisor_action` applies it to an
-environment. :class:`SB3Policy` acts on the numeric observations of ``PrintSupervisorBox-v0``.
+environment. :class:`SB3Policy` acts on the numeric observations of ``PrintSupervisorBox-v1``.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class RandomTextPolicy:
 
 
 def zero_action(space: gym.spaces.Box) -> np.ndarray:
-    """Doing nothing in a ``Box`` action space (``PrintSupervisorBox-v0``: the reference program)."""
+    """Doing nothing in a ``Box`` action space (``PrintSupervisorBox-v1``: the reference program)."""
     return np.zeros(space.shape, dtype=space.dtype)
 
 
@@ -109,7 +109,7 @@ class _Predictor(Protocol):
 
 
 class SB3Policy:
-    """A trained Stable-Baselines3 model (e.g. PPO on ``PrintSupervisorBox-v0``) as an observation → action
+    """A trained Stable-Baselines3 model (e.g. PPO on ``PrintSupervisorBox-v1``) as an observation → action
     policy, deterministic; ``normalize`` is applied to the observation first (``VecNormalize.normalize_obs``
     of the training run, when it normalised observations)."""
 

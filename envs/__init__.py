@@ -4,8 +4,8 @@ Importing the package registers the environments (ids carry versions; a reward c
 
 * ``layerloop/GcodeWriter-v0`` — a language model writes a job's G-code, one layer per step;
 * ``layerloop/GcodeProgram-v0`` — the whole program of a small job in one step;
-* ``layerloop/PrintSupervisor-v0`` — tuning commands between layers of a print with hidden faults (text);
-* ``layerloop/PrintSupervisorBox-v0`` — the same dynamics with a ``Box`` action for numeric policies.
+* ``layerloop/PrintSupervisor-v1`` — tuning commands between layers of a print with hidden faults (text);
+* ``layerloop/PrintSupervisorBox-v1`` — the same dynamics with a ``Box`` action for numeric policies.
 """
 
 from gymnasium.envs.registration import register, registry
@@ -13,8 +13,8 @@ from gymnasium.envs.registration import register, registry
 _ENVS = {
     "layerloop/GcodeWriter-v0": ("envs.gcode_writer:GcodeWriterEnv", 64),
     "layerloop/GcodeProgram-v0": ("envs.gcode_writer:GcodeProgramEnv", 1),
-    "layerloop/PrintSupervisor-v0": ("envs.supervisor:PrintSupervisorEnv", 200),
-    "layerloop/PrintSupervisorBox-v0": ("envs.supervisor:PrintSupervisorBoxEnv", 200),
+    "layerloop/PrintSupervisor-v1": ("envs.supervisor.env:PrintSupervisorEnv", 200),
+    "layerloop/PrintSupervisorBox-v1": ("envs.supervisor.box_env:PrintSupervisorBoxEnv", 200),
 }
 for _env_id, (_entry_point, _max_steps) in _ENVS.items():
     if _env_id not in registry:

@@ -14,8 +14,8 @@ from envs.prompts import MAX_PROMPT_CHARS, end_prompt, layer_prompt, program_pro
 from envs.rewards import MAX_STEP_REWARD, StepScores
 from envs.sampler import JobSource
 from envs.scoring import episode_steps, feedback_text, new_simulator, score_program, score_step
-from envs.slicer import slice_job
-from sim_bridge.interpreter import SimOptions
+from envs.slicer import cached_slice
+from sim_bridge.options import SimOptions
 
 MAX_ACTION_CHARS = 200_000
 TEXT_CHARSET = string.printable
@@ -28,7 +28,7 @@ STATE_HIGH = np.array([256, 256, 1000, 500, 500, 200, 200, 2000, 2000, 2000, 1, 
 
 def _render_views(sim: Any) -> np.ndarray:
     """Top view (height map) beside a side view (highest material along Y), as one RGB image."""
-    from sim_bridge.plots import render_rgb
+    from sim_bridge.plots import render_rgb  # matplotlib loads only when a frame is rendered
 
     top = render_rgb(sim, 192)
     heights = sim.heightmap.heights
@@ -118,7 +118,7 @@ class GcodeWriterEnv(gym.Env):
         self.sim = new_simulator(self.job, self.options)
         self.steps = episode_steps(self.job)
         if not self.job.start_end:
-            self.sim.run(slice_job(self.job).setup)
+            self.sim.run(cached_slice(self.job).setup)
         self.step_index = 0
         self.last = StepScores()
         self.feedback = ""
@@ -172,7 +172,7 @@ class GcodeWriterEnv(gym.Env):
     def expert_action(self) -> str:
         """The reference program's G-code for the current step (what the expert policy writes)."""
         assert self.job is not None
-        sliced = slice_job(self.job)
+        sliced = cached_slice(self.job)
         kind, k = self.steps[min(self.step_index, len(self.steps) - 1)]
         return sliced.start if kind == "start" else sliced.end if kind == "end" else sliced.layers[k]
 
@@ -241,7 +241,7 @@ class GcodeProgramEnv(GcodeWriterEnv):
 
     def expert_action(self) -> str:
         assert self.job is not None
-        sliced = slice_job(self.job)
+        sliced = cached_slice(self.job)
         body = "".join(sliced.layers)
         return sliced.start + body + sliced.end if self.job.start_end else body
 

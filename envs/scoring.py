@@ -1,35 +1,40 @@
 """Scoring steps and programs on the simulator, against the reference (expert) program of the job.
 
-Shared by the environments and by the TRL reward functions in :mod:`envs.rewards`.
+Shared by the environments and by the TRL reward functions. The score maths is :mod:`envs.rewards`'s, the
+geometry :mod:`envs.geometry`'s; this module runs the simulations. What is the same for every answer to one
+prompt is done once and kept: the job's slice (:func:`envs.slicer.cached_slice`), the expert's figures
+(:func:`reference`) and the printer the expert's program leaves before a layer (:func:`state_before_layer`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import copy
+from dataclasses import dataclass
 from functools import lru_cache
 
+import numpy as np
+
+from envs.geometry import layer_moves, moves_geometry_score
 from envs.jobs import PrintJob
+from envs.randomization import load_randomization, randomize_simulator
 from envs.rewards import (
-    FATAL_PENALTY,
-    MAX_STEP_REWARD,
-    W_EXTRUSION,
-    W_GEOMETRY,
-    W_TIME,
+    ProgramScore,
     StepScores,
     defect_count,
     extrusion_score,
-    geometry_score,
-    layer_volume_mm3,
     time_score,
 )
-from envs.slicer import slice_job
-from sim_bridge.gcode import GcodeError
-from sim_bridge.interpreter import SimOptions
+from envs.slicer import cached_slice
+from sim_bridge.failures import UNREADABLE
+from sim_bridge.options import SimOptions
 from sim_bridge.report import Failure
 from sim_bridge.simulator import Simulator
 
 READY_TOLERANCE_C = 5.0
 """Start sequence: temperatures within this of the job's targets count as ready."""
+REFERENCE_STATES_KEPT = 64
+"""Printer states kept by :func:`state_before_layer` (one per job, layer and physics seed: every completion
+of a GRPO group starts from the same one; a randomised group's seed changes every step)."""
 
 
 def new_simulator(job: PrintJob, options: SimOptions | None = None) -> Simulator:
@@ -58,7 +63,7 @@ class Reference:
 @lru_cache(maxsize=512)
 def _reference(job_json: str) -> Reference:
     job = PrintJob.from_json(job_json)
-    sliced = slice_job(job)
+    sliced = cached_slice(job)
     sim = new_simulator(job)
     if not job.start_end:
         sim.run(sliced.setup)
@@ -71,9 +76,9 @@ def _reference(job_json: str) -> Reference:
     if sim.fatal is not None:
         raise RuntimeError(f"the reference program of {job.job_id} fails: {sim.fatal.message} "
                            f"(line {sim.fatal.line})")
-    volumes = tuple(layer_volume_mm3(sim, job, k) for k in range(job.layer_count))
-    geometry = tuple(geometry_score(sim, job, k) for k in range(job.layer_count))
-    return Reference(tuple(times), volumes, geometry, sim.time_s - start_time)
+    moves = [layer_moves(sim, job, k) for k in range(job.layer_count)]
+    return Reference(tuple(times), tuple(m.volume_mm3 for m in moves),
+                     tuple(moves_geometry_score(job, k, m) for k, m in enumerate(moves)), sim.time_s - start_time)
 
 
 def reference(job: PrintJob) -> Reference:
@@ -87,20 +92,15 @@ def score_step(sim: Simulator, job: PrintJob, step: int, text: str) -> StepScore
     ref = reference(job)
     before = len(sim.failures)
     t0 = sim.time_s
-    try:
-        report = sim.run(text)
-    except GcodeError as exc:
-        # Text that is not G-code at all (binary junk, a runaway line) never reaches a printer: the safety
-        # layer refuses it, as a fatal step.
-        sim.fatal = Failure("invalid_command", f"not G-code: {exc.reason}", exc.line, sim.state.layer, fatal=True)
-        sim.failures.append(sim.fatal)
-        report = sim.report()
-    defects, fatal = defect_count(report, before)
+    # Text that is not G-code at all (binary junk, a runaway line) is an 'unreadable' failure: a fatal step.
+    report = sim.run(text)
+    defects, fatal = defect_count(report.failures[before:])
     elapsed = sim.time_s - t0
     scores = StepScores(defects=defects, fatal=fatal)
     if kind == "layer":
-        scores.geometry = geometry_score(sim, job, k)
-        scores.extrusion = extrusion_score(layer_volume_mm3(sim, job, k), ref.layer_volume_mm3[k])
+        moves = layer_moves(sim, job, k)
+        scores.geometry = moves_geometry_score(job, k, moves)
+        scores.extrusion = extrusion_score(moves.volume_mm3, ref.layer_volume_mm3[k])
         scores.time = time_score(elapsed, ref.step_time_s[step]) if scores.geometry > 0.0 else 0.0
     elif kind == "start":
         state = report.final_state
@@ -127,49 +127,22 @@ def end_state_score(sim: Simulator, job: PrintJob) -> float:
     return sum(conditions) / len(conditions)
 
 
-@dataclass
-class ProgramScore:
-    """The score of a whole program."""
-
-    layers: list[StepScores] = field(default_factory=list)
-    time: float = 0.0
-    end: float = 1.0
-    defects: int = 0
-    fatal: bool = False
-
-    @property
-    def reward(self) -> float:
-        """Mean layer score (geometry, extrusion) plus time, minus penalties; at most ``MAX_STEP_REWARD``."""
-        if not self.layers:
-            return -(FATAL_PENALTY if self.fatal else 0.0)
-        shape = sum(W_GEOMETRY * s.geometry + W_EXTRUSION * s.extrusion for s in self.layers) / len(self.layers)
-        return (shape * self.end + W_TIME * self.time - self.defects * 1.0
-                - (FATAL_PENALTY if self.fatal else 0.0))
-
-    @property
-    def normalized(self) -> float:
-        """``reward / MAX_STEP_REWARD``: 1 for the expert's quality, ≤ 0 for nothing or failures."""
-        return self.reward / MAX_STEP_REWARD
-
-
 def score_program(text: str, job: PrintJob) -> ProgramScore:
     """Run a whole program for ``job`` on a fresh printer and score it layer by layer."""
     ref = reference(job)
     sim = new_simulator(job)
     if not job.start_end:
-        sim.run(slice_job(job).setup)
+        sim.run(cached_slice(job).setup)
     t0 = sim.time_s
-    try:
-        report = sim.run(text)
-    except GcodeError:
+    report = sim.run(text)
+    if any(f.mode == UNREADABLE for f in report.failures):
         return ProgramScore(fatal=True)
-    defects, fatal = defect_count(report)
+    defects, fatal = defect_count(report.failures)
     score = ProgramScore(defects=defects, fatal=fatal)
     for k in range(job.layer_count):
-        geometry = geometry_score(sim, job, k)
-        score.layers.append(StepScores(geometry=geometry,
-                                       extrusion=extrusion_score(layer_volume_mm3(sim, job, k),
-                                                                 ref.layer_volume_mm3[k])))
+        moves = layer_moves(sim, job, k)
+        score.layers.append(StepScores(geometry=moves_geometry_score(job, k, moves),
+                                       extrusion=extrusion_score(moves.volume_mm3, ref.layer_volume_mm3[k])))
     mean_geometry = sum(s.geometry for s in score.layers) / len(score.layers)
     score.time = time_score(sim.time_s - t0, ref.total_time_s) * mean_geometry
     if job.start_end:
@@ -193,21 +166,58 @@ def layer_feedback(text: str, job: PrintJob, layer: int, physics_seed: int | Non
     diameter, fan, bridging), drawn from that seed — the sim-to-real setting of GRPO. The expert's figures
     the scores compare against stay those of the nominal printer.
     """
-    sliced = slice_job(job)
-    sim = new_simulator(job)
-    if physics_seed is not None:
-        import numpy as np
-
-        from envs.wrappers import load_randomization, randomize_simulator
-
-        randomize_simulator(sim, load_randomization().printer, np.random.default_rng(physics_seed))
-    sim.run(sliced.start if job.start_end else sliced.setup)
-    for k in range(layer):
-        sim.run(sliced.layers[k])
+    sim = state_before_layer(job, layer, physics_seed)
     step = layer + (1 if job.start_end else 0)
     before = len(sim.failures)
     scores = score_step(sim, job, step, text)
     return scores, feedback_text(scores, sim.failures[before:])
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """A simulator kept as a starting point, and the part of its height map that holds material."""
+
+    sim: Simulator
+    rows: slice
+    cols: slice
+
+    @staticmethod
+    def of(sim: Simulator) -> _Snapshot:
+        heights = sim.heightmap.heights
+        rows, cols = np.flatnonzero(heights.any(axis=1)), np.flatnonzero(heights.any(axis=0))
+        if not rows.size:
+            return _Snapshot(sim, slice(0, 0), slice(0, 0))
+        return _Snapshot(sim, slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+
+    def copy(self) -> Simulator:
+        """An independent simulator in the kept state."""
+        heights = self.sim.heightmap.heights
+        # The height map covers the whole bed (tens of MB) but holds material only around the part: a fresh
+        # zero array (its untouched pages cost nothing) with that region copied in, instead of a full copy.
+        fresh = np.zeros(heights.shape, heights.dtype)
+        fresh[self.rows, self.cols] = heights[self.rows, self.cols]
+        return copy.deepcopy(self.sim, {id(heights): fresh})
+
+
+@lru_cache(maxsize=REFERENCE_STATES_KEPT)
+def _state_before(job_json: str, layer: int, physics_seed: int | None) -> _Snapshot:
+    job = PrintJob.from_json(job_json)
+    sliced = cached_slice(job)
+    sim = new_simulator(job)
+    if physics_seed is not None:
+        randomize_simulator(sim, load_randomization().printer, np.random.default_rng(physics_seed))
+    sim.run(sliced.start if job.start_end else sliced.setup)
+    for k in range(layer):
+        sim.run(sliced.layers[k])
+    return _Snapshot.of(sim)
+
+
+def state_before_layer(job: PrintJob, layer: int, physics_seed: int | None = None) -> Simulator:
+    """A printer as the expert's program leaves it before layer ``layer``: its start sequence (or, for a job
+    without one, the silent set-up) and layers ``0 … layer-1`` run, on the nominal printer or (with
+    ``physics_seed``) one randomised as :func:`layer_feedback` says. Simulated once per (job, layer, seed) and
+    kept (:data:`REFERENCE_STATES_KEPT`); each call returns its own copy, free to run on."""
+    return _state_before(job.to_json(), int(layer), physics_seed).copy()
 
 
 FEEDBACK_FAILURES = 3

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 import shapely
@@ -66,6 +67,8 @@ MIN_SEGMENT_MM = 1e-3
 """Shorter extrusions are dropped (their E would round to nothing)."""
 XYZ_DECIMALS = 3
 E_DECIMALS = 5
+SLICES_KEPT = 512
+"""Jobs whose slice :func:`cached_slice` keeps (a training dataset's jobs, an evaluation suite)."""
 
 
 @dataclass
@@ -102,6 +105,17 @@ def slice_job(job: PrintJob) -> SlicedJob:
         volumes.append(volume)
     return SlicedJob(job=job, start=_start(job, printer, prime=True), layers=layers, end=_end(job, printer),
                      setup=_start(job, printer, prime=False), layer_volume_mm3=volumes)
+
+
+@lru_cache(maxsize=SLICES_KEPT)
+def _slice_json(job_json: str) -> SlicedJob:
+    return slice_job(PrintJob.from_json(job_json))
+
+
+def cached_slice(job: PrintJob) -> SlicedJob:
+    """:func:`slice_job`, sliced once per job and kept (:data:`SLICES_KEPT` jobs): every call for an equal job
+    returns the same object, so read it and never change it."""
+    return _slice_json(job.to_json())
 
 
 def layer_gcode(job: PrintJob, layer: int, start_xy: tuple[float, float] | None = None) -> str:
@@ -361,7 +375,7 @@ def _infill_segments(job: PrintJob, layer: int, island: Polygon, below: BaseGeom
     solid = _layer_is_solid(job, layer)
     if not solid and p.infill_density <= 0.0:
         # A perimeter-only layer stays one, over a gap too: its loops are the bridges (and the target the
-        # geometry reward compares it with is the perimeter band, envs.rewards.layer_is_perimeter_only).
+        # geometry reward compares it with is the perimeter band, envs.geometry.layer_is_perimeter_only).
         return []
     bridge_angle = _bridge_angle(area, below, lw)
     if bridge_angle is not None:

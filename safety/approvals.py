@@ -32,7 +32,7 @@ from safety.console.preview import simulate_for_review
 from safety.database import StoreError, connect, open_database
 from safety.validator import validate
 from sim_bridge.config import ConfigError
-from sim_bridge.gcode import GcodeError
+from sim_bridge.failures import UNREADABLE
 from sim_bridge.printers import load_printer
 
 Decision = Literal["approve", "reject"]
@@ -185,11 +185,11 @@ class ApprovalStore:
             profile = load_printer(printer)
         except ConfigError as exc:
             raise ApprovalError(str(exc)) from None
-        try:
-            verdict = validate(gcode, profile, name=job)
-            report, preview = simulate_for_review(gcode, profile, job)
-        except GcodeError as exc:
-            raise ApprovalError(f"program cannot be read as G-code: {exc}") from None
+        verdict = validate(gcode, profile, name=job)
+        report, preview = simulate_for_review(gcode, profile, job)
+        unreadable = next((f for f in report["failures"] if f["mode"] == UNREADABLE), None)
+        if unreadable is not None:
+            raise ApprovalError(f"program cannot be read as G-code: {unreadable['message']}")
         sha256 = hashlib.sha256(gcode).hexdigest()
         if verdict.sha256 != sha256:
             raise ApprovalError(f"validator hashed {verdict.sha256}, store hashed {sha256}: not the same bytes")

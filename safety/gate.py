@@ -40,7 +40,7 @@ from safety.database import open_database
 from safety.policy import SafetyPolicy
 from safety.tuning import TuningState, validate_tuning
 from safety.validator import Verdict, validate
-from sim_bridge.gcode import GcodeError
+from sim_bridge.failures import UNREADABLE
 from sim_bridge.moonraker import IDLE_PRINT_STATES, KLIPPY_READY, PrinterState, parse_printer_state
 from sim_bridge.printers import load_printer
 from sim_bridge.profiles import PrinterProfile
@@ -177,10 +177,10 @@ def simulation_check(program: bytes, profile: PrinterProfile, material: str = "P
     """The embedded simulator runs the whole program on ``profile`` without any failure; the check and the
     report (None when the text is not G-code the simulator can read)."""
     sim = Simulator(profile, material)
-    try:
-        report = sim.run(program.decode("utf-8", errors="replace"))
-    except GcodeError as exc:
-        return Check("simulation", False, f"not G-code the simulator can read: {exc}"), None
+    report = sim.run(program.decode("utf-8", errors="replace"))
+    unreadable = next((f for f in report.failures if f.mode == UNREADABLE), None)
+    if unreadable is not None:
+        return Check("simulation", False, f"not G-code the simulator can read: {unreadable.message}"), None
     if report.failures:
         first = report.failures[:3]
         return Check("simulation", False, f"{len(report.failures)} failure(s): " +

@@ -27,9 +27,19 @@ from safety.policy import SafetyPolicy, load_policy
 from safety.rules import code_finding
 from safety.tuning import TuningState, validate_tuning
 from sim_bridge import failures as fail
-from sim_bridge.commands import COMMANDS, FORBIDDEN_COMMANDS, KLIPPER, MARLIN, runs_on
+from sim_bridge.arcs import arc_center_from_radius, arc_sweep
+from sim_bridge.commands import (
+    COMMANDS,
+    FORBIDDEN_COMMANDS,
+    KLIPPER,
+    MARLIN,
+    heater_m_code_target,
+    macro_temperatures_c,
+    motors_off_axes,
+    runs_on,
+)
 from sim_bridge.gcode import Command, GcodeError, GcodeReader, parse_line
-from sim_bridge.interpreter import arc_center_from_radius
+from sim_bridge.machine import TrackedState
 from sim_bridge.profiles import HeaterProfile, MacroProfile, PrinterProfile
 
 __all__ = ["FORBIDDEN_COMMANDS", "SafetyPolicy", "TuningState", "Verdict", "Violation", "load_policy",
@@ -55,6 +65,8 @@ class _Snapshot:
     offset: list[float]
     gcode_offset: list[float]
     pos: list[float]
+    e_program: float
+    """The program's E when saved: ``RESTORE_GCODE_STATE`` brings it back (Klipper keeps E continuous)."""
     feed_mm_s: float | None
     speed_percent: float
     flow_percent: float
@@ -67,7 +79,8 @@ class _Machine:
     pos: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     offset: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     """Machine minus program coordinate per axis (G92 and G-code offsets together)."""
-    gcode_offset: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    gcode_offset: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])
+    """``SET_GCODE_OFFSET`` in force, X Y Z E."""
     e_program: float = 0.0
     homed: list[bool] = field(default_factory=lambda: [False, False, False])
     absolute_xyz: bool = True
@@ -212,6 +225,7 @@ class _Checker:
 
     def _move(self, cmd: Command) -> None:
         if self._unknown_letters(cmd, _MOVE_LETTERS):
+            self._follow(cmd)
             return
         self._feed(cmd)
         new, _ = self._targets(cmd)
@@ -223,8 +237,14 @@ class _Checker:
             self._check_extrusion(de, xy, math.sqrt(xy * xy + delta[2] * delta[2]))
         self.m.pos = new
 
+    def _follow(self, cmd: Command) -> None:
+        """Track a move already blocked, unchecked, so later lines are judged from where the toolhead is."""
+        self.m.pos = self._targets(cmd)[0]
+        self._extrusion(cmd)
+
     def _arc(self, cmd: Command) -> None:
         if self._unknown_letters(cmd, _ARC_LETTERS):
+            self._follow(cmd)
             return
         self._feed(cmd)
         m = self.m
@@ -240,14 +260,7 @@ class _Checker:
             cx, cy = arc_center_from_radius(x0, y0, x1, y1, radius_arg, clockwise)
         else:
             cx, cy = x0 + (i_off or 0.0), y0 + (j_off or 0.0)
-        radius = math.hypot(x0 - cx, y0 - cy)
-        a0 = math.atan2(y0 - cy, x0 - cx)
-        sweep = math.atan2(y1 - cy, x1 - cx) - a0
-        if clockwise:
-            if sweep >= -1e-12:
-                sweep -= 2.0 * math.pi
-        elif sweep <= 1e-12:
-            sweep += 2.0 * math.pi
+        radius, a0, sweep = arc_sweep(x0, y0, x1, y1, cx, cy, clockwise)
         de = self._extrusion(cmd)
         delta = [new[0] - x0, new[1] - y0, new[2] - m.pos[2]]
         self._check_position(new, delta, de)
@@ -319,7 +332,7 @@ class _Checker:
         if ratio > self.max_e_ratio and de > prof.nozzle_diameter_mm * self.max_e_ratio:
             area = ratio * prof.filament_area_mm2
             limit_area = prof.max_cross_section_mm2
-            self.add(fail.EXTRUSION_TOO_LARGE, f"extrusion_too_large <= {limit_area:.3f} mm^2 (max_extrude_cross_section)",
+            self.add(fail.EXTRUSION_TOO_LARGE, f"cross-section <= {limit_area:.3f} mm^2 (max_extrude_cross_section)",
                      f"{area:.3f} mm^2", f"Move exceeds maximum extrusion ({area:.3f}mm^2 vs {limit_area:.3f}mm^2)")
 
     # -- modes, offsets, homing ------------------------------------------------------------------------
@@ -354,10 +367,7 @@ class _Checker:
 
     def _motors_off(self, cmd: Command) -> None:
         m = self.m
-        named = [i for i, letter in enumerate(_AXES) if letter in cmd.params]
-        if self.klipper or not (named or "E" in cmd.params or "S" in cmd.params):
-            m.homed = [False, False, False]  # Klipper's M84 always switches every motor off
-        for i in named:
+        for i in motors_off_axes(cmd.params.keys(), self.klipper):
             m.homed[i] = False
 
     def _set_mode(self, cmd: Command) -> None:
@@ -370,8 +380,8 @@ class _Checker:
     def _gcode_offset(self, cmd: Command) -> None:
         m = self.m
         cap = self.policy.max_gcode_offset_mm
-        shift = [0.0, 0.0, 0.0]
-        for i, letter in enumerate(_AXES):
+        shift = [0.0, 0.0, 0.0, 0.0]
+        for i, letter in enumerate("XYZE"):
             absolute = self._arg(cmd, letter)
             adjust = self._arg(cmd, f"{letter}_ADJUST")
             if absolute is None and adjust is None:
@@ -383,18 +393,24 @@ class _Checker:
                          "it shifts the whole print")
             shift[i] = value - m.gcode_offset[i]
             m.gcode_offset[i] = value
-            m.offset[i] += shift[i]
+            if i < 3:
+                m.offset[i] += shift[i]
+            else:
+                m.e_program -= shift[i]
         if self._arg(cmd, "MOVE") and any(shift):
-            # MOVE=1 applies the offset at once: the toolhead moves, the program's position stays.
-            new = [p + d for p, d in zip(m.pos, shift, strict=True)]
-            self._check_position(new, shift, 0.0)
+            # MOVE=1 applies the offset at once: the toolhead (and filament) moves, the program's position stays.
+            new = [p + d for p, d in zip(m.pos, shift[:3], strict=True)]
+            self._check_position(new, shift[:3], 0.0)
             m.pos = new
+            m.e_program += shift[3]
+            if shift[3]:
+                self._check_extrusion(shift[3], 0.0, 0.0)
 
     def _save_state(self, cmd: Command) -> None:
         m = self.m
         name = cmd.args.get("NAME", "default").upper()
         m.saved[name] = _Snapshot(m.absolute_xyz, m.absolute_e, list(m.offset), list(m.gcode_offset), list(m.pos),
-                                  m.feed_mm_s, m.speed_percent, m.flow_percent)
+                                  m.e_program, m.feed_mm_s, m.speed_percent, m.flow_percent)
 
     def _restore_state(self, cmd: Command) -> None:
         m = self.m
@@ -407,6 +423,7 @@ class _Checker:
         m.absolute_xyz, m.absolute_e = snap.absolute_xyz, snap.absolute_e
         m.offset, m.gcode_offset = list(snap.offset), list(snap.gcode_offset)
         m.feed_mm_s, m.speed_percent, m.flow_percent = snap.feed_mm_s, snap.speed_percent, snap.flow_percent
+        m.e_program = snap.e_program
         if self._arg(cmd, "MOVE"):
             delta = [s - p for s, p in zip(snap.pos, m.pos, strict=True)]
             self._check_position(list(snap.pos), delta, 0.0)
@@ -470,22 +487,17 @@ class _Checker:
                 self._temp_ok("extruder", extra)
         if r is not None and (s is not None or self.klipper):
             self._temp_ok("extruder", r)
-        if s is not None:
-            self._set_target("extruder", s, wait)
-        elif r is not None:
-            # Klipper reads only S: "M109 R215" sets the target to 0.
-            self._set_target("extruder", 0.0 if self.klipper else r, wait)
-        elif self.klipper:
-            self._set_target("extruder", 0.0, wait)
+        target, _ = heater_m_code_target(s, r, self.klipper)
+        if target is not None:
+            self._set_target("extruder", target, wait)
 
     def _m140_m190(self, cmd: Command) -> None:
         s, r = cmd.get("S"), cmd.get("R")
         if r is not None and (s is not None or self.klipper):
             self._temp_ok("heater_bed", r)
-        if s is not None or self.klipper:
-            self._set_target("heater_bed", s or 0.0, cmd.code == "M190")
-        elif r is not None:
-            self._set_target("heater_bed", r, True)
+        target, _ = heater_m_code_target(s, r, self.klipper)
+        if target is not None:
+            self._set_target("heater_bed", target, cmd.code == "M190")
 
     def _set_heater_temperature(self, cmd: Command) -> None:
         heater = cmd.args.get("HEATER", "").lower()
@@ -535,10 +547,7 @@ class _Checker:
                      f"{cmd.code}: PID autotune to {_num(target)} C above the {which} limit of {_num(hi)} C")
 
     def _macro(self, cmd: Command, macro: MacroProfile) -> None:
-        hotend = _first_arg(cmd, macro.hotend_temp_params)
-        bed = _first_arg(cmd, macro.bed_temp_params)
-        hotend = macro.default_hotend_temp_c if hotend is None else hotend
-        bed = macro.default_bed_temp_c if bed is None else bed
+        hotend, bed = macro_temperatures_c(cmd.args, macro)
         if bed:
             self._set_target("heater_bed", bed, macro.waits_for_temperature)
         if hotend:
@@ -619,19 +628,6 @@ class _Checker:
         return value
 
 
-def _first_arg(cmd: Command, names: list[str]) -> float | None:
-    for name in names:
-        text = cmd.args.get(name.upper())
-        if text is not None:
-            try:
-                value = float(text)
-            except ValueError:
-                continue
-            if math.isfinite(value):
-                return value
-    return None
-
-
 def _read_source(source: bytes | str | os.PathLike[str], name: str | None) -> tuple[bytes, str]:
     """The exact bytes to validate and a name for messages."""
     if isinstance(source, bytes):
@@ -645,10 +641,11 @@ def _read_source(source: bytes | str | os.PathLike[str], name: str | None) -> tu
 
 
 def validate(source: bytes | str | os.PathLike[str], profile: PrinterProfile, policy: SafetyPolicy | None = None,
-             *, name: str | None = None) -> Verdict:
+             *, name: str | None = None, trace: list[TrackedState] | None = None) -> Verdict:
     """Validate a program: ``str`` is G-code text, ``bytes`` file contents, a path-like a file to read.
 
-    Raises ``OSError`` when a file cannot be read; everything about the contents is a finding.
+    Raises ``OSError`` when a file cannot be read; everything about the contents is a finding. With ``trace``,
+    the machine state the validator tracks is appended to it after each command (for differential tests).
 
     >>> from sim_bridge.printers import load_printer
     >>> v = validate("G28\\nM302\\nG1 X500", load_printer("ender3-klipper"))
@@ -678,6 +675,11 @@ def validate(source: bytes | str | os.PathLike[str], profile: PrinterProfile, po
                 checker.add(rule, limit, value, message)
             if cmd is not None:
                 checker.check(cmd)
+                if trace is not None:
+                    m = checker.m
+                    trace.append(TrackedState(line_no, (m.pos[0], m.pos[1], m.pos[2]),
+                                              (m.homed[0], m.homed[1], m.homed[2]), m.hotend_target_c,
+                                              m.bed_target_c))
     except GcodeError as exc:
         findings.add(exc.line, "", fail.UNREADABLE, "text G-code (no NUL bytes, lines under 256 KiB)",
                      "binary or over-long line", f"not readable as G-code: {exc.reason}")

@@ -17,7 +17,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColu
 from sim_bridge.config import ConfigError, load_yaml
 from sim_bridge.failures import UNREADABLE
 from sim_bridge.gcode import GcodeError
-from sim_bridge.interpreter import SimOptions
+from sim_bridge.options import SimOptions
 from sim_bridge.printers import MATERIALS, bundled_printers, load_material, load_printer
 from sim_bridge.simulator import Simulator
 

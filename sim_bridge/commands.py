@@ -35,8 +35,12 @@ the functions at the end of this module, used by both the interpreter and the va
 
 from __future__ import annotations
 
+import math
+from collections.abc import Collection
 from dataclasses import dataclass
 from types import MappingProxyType
+
+from sim_bridge.profiles import MacroProfile
 
 IGNORED = ""
 """``effect`` of a command the simulator accepts without an effect on the print (messages, queries, labels)."""
@@ -139,9 +143,9 @@ _TABLE: list[CommandSpec] = [
     # -- extruder tuning and firmware retraction settings ----------------------------------------------
     *_specs("M900 M572 SET_PRESSURE_ADVANCE M207 M208 M209 SET_RETRACTION M593 SET_INPUT_SHAPER", IGNORED),
     # -- G-code state the validator and the simulator track --------------------------------------------
-    CommandSpec("SET_GCODE_OFFSET", IGNORED, ALLOWED, check="_gcode_offset"),
-    CommandSpec("SAVE_GCODE_STATE", IGNORED, ALLOWED, check="_save_state"),
-    CommandSpec("RESTORE_GCODE_STATE", IGNORED, ALLOWED, check="_restore_state"),
+    CommandSpec("SET_GCODE_OFFSET", "_set_gcode_offset", ALLOWED, check="_gcode_offset"),
+    CommandSpec("SAVE_GCODE_STATE", "_save_gcode_state", ALLOWED, check="_save_state"),
+    CommandSpec("RESTORE_GCODE_STATE", "_restore_gcode_state", ALLOWED, check="_restore_state"),
     # -- messages, queries, progress, object labels, pauses for the user -------------------------------
     *_specs("M0 M1 M73 M105 M108 M110 M112 M114 M115 M117 M118 M119 M155 M300 M31 M75 M76 M77 M486 M412 "
             "M862.1 M862.3 M862.5 M862.6 EXCLUDE_OBJECT_DEFINE EXCLUDE_OBJECT_START EXCLUDE_OBJECT_END "
@@ -283,7 +287,7 @@ def heater_m_code_target(s: float | None, r: float | None, klipper: bool) -> tup
     return None, False
 
 
-def motors_off_axes(letters: set[str] | frozenset[str], klipper: bool) -> list[int]:
+def motors_off_axes(letters: Collection[str], klipper: bool) -> list[int]:
     """Axes (0=X, 1=Y, 2=Z) an ``M84``/``M18`` with these words switches off, losing their homing.
 
     Klipper's ``M84`` always switches every motor off. Marlin's switches off the named axes, nothing when only
@@ -293,3 +297,24 @@ def motors_off_axes(letters: set[str] | frozenset[str], klipper: bool) -> list[i
     if klipper or not (named or "E" in letters or "S" in letters):
         return [0, 1, 2]
     return named
+
+
+def macro_temperatures_c(args: dict[str, str], macro: MacroProfile) -> tuple[float, float]:
+    """(hotend, bed) targets a call of a declared macro sets: the first of its temperature parameters given
+    as a finite number (``PRINT_START EXTRUDER=210``), else the macro's defaults; 0 is 0 (off)."""
+
+    def first(names: list[str], default: float) -> float:
+        for name in names:
+            text = args.get(name.upper())
+            if text is None:
+                continue
+            try:
+                value = float(text)
+            except ValueError:
+                continue
+            if math.isfinite(value):
+                return value
+        return default
+
+    return (first(macro.hotend_temp_params, macro.default_hotend_temp_c),
+            first(macro.bed_temp_params, macro.default_bed_temp_c))

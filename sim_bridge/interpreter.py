@@ -11,188 +11,41 @@ the planned timeline (:mod:`sim_bridge.simulator`).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
 from sim_bridge import failures as fail
-from sim_bridge.commands import COMMANDS, IGNORED, KLIPPER, MARLIN
-from sim_bridge.config import check_ranges, ranged
+from sim_bridge import limits
+from sim_bridge.arcs import arc_center_from_radius, arc_sweep
+from sim_bridge.commands import (
+    COMMANDS,
+    IGNORED,
+    KLIPPER,
+    MARLIN,
+    macro_temperatures_c,
+    motors_off_axes,
+)
+from sim_bridge.events import (
+    EV_DWELL,
+    EV_FAN,
+    EV_HOMING,
+    EV_MACRO,
+    F_EXTRUDE,
+    F_KINEMATIC,
+    F_STOP_BEFORE,
+)
 from sim_bridge.gcode import _WORD_RE, Command, GcodeError, GcodeReader, parse_line
+from sim_bridge.heater_commands import HeaterCommands
+from sim_bridge.homing import homing_time_s
 from sim_bridge.layers import is_layer_marker
-from sim_bridge.profiles import Material, PrinterProfile
+from sim_bridge.machine import MachineState, Program, SavedGcodeState, TrackedState
+from sim_bridge.options import SimOptions
+from sim_bridge.profiles import MacroProfile, Material, PrinterProfile
 from sim_bridge.report import Failure, Notice, unreadable_failure
 
-# Event kinds on the timeline (applied before the move with the event's index).
-EV_HOTEND_TARGET = 0
-EV_BED_TARGET = 1
-EV_WAIT_HOTEND = 2
-EV_WAIT_BED = 3
-EV_DWELL = 4
-EV_HOMING = 5
-EV_FAN = 6
-EV_MACRO = 7
-EV_WAIT_HOTEND_BOTH = 8
-"""Marlin ``M109 R``: wait for heating or cooling."""
 
-# Move flags.
-F_EXTRUDE = 1
-"""Filament moves forward while the toolhead moves in XY or Z."""
-F_STOP_BEFORE = 2
-"""The planner must come to rest before this move (dwell, homing, wait, end of a chunk)."""
-F_KINEMATIC = 4
-"""The toolhead moves (not an extrude-only move)."""
-
-BATCH_START_S = 0.25
-"""Klipper batch mode: motion starts 0.25 s into the print (the planner's start buffer)."""
-BATCH_TAIL_S = 0.252
-"""Klipper batch mode: time reported after motion that ends in a forced flush (0.25 s + 2 flush delays)."""
-BATCH_HOMING_FLUSH_S = 0.010
-"""Klipper batch mode: flush bookkeeping per homed axis (0.002 s + 8 kinematic flush delays)."""
-
-@dataclass
-class SimOptions:
-    """How the simulator models what a profile leaves open (YAML keys map 1:1, see configs/sim-default.yaml)."""
-
-    planner: str = ranged("", choices=("", "klipper", "marlin"))
-    """``klipper`` or ``marlin`` corner model; empty: the profile's firmware."""
-    klipper_batch_mode: bool = False
-    """Model Klipper's batch mode (``klippy.py -i``): heater waits return at once and each homed axis
-    travels its full homing distance, as no endstop ever triggers."""
-    arc_segment_mm: float = ranged(1.0, 0.01, 50.0)
-    """Length of the straight segments an arc (G2/G3) is cut into (Klipper ``resolution``)."""
-    firmware_retract_mm: float = ranged(0.8, 0.0, 20.0)
-    """Filament length a G10 retracts and a G11 restores."""
-    firmware_retract_speed_mm_s: float = ranged(35.0, 0.1, 500.0)
-    """Speed of G10/G11 moves."""
-    leveling_s: float = ranged(60.0, 0.0, 3600.0)
-    """Time a bed-levelling command (G29, BED_MESH_CALIBRATE …) takes."""
-    resolution_mm: float = ranged(0.1, 0.01, 5.0)
-    """Cell size of the deposition height map."""
-    collision_tolerance_mm: float = ranged(0.15, 0.0, 10.0)
-    """Material more than this above the nozzle tip counts as a collision (less is smeared by the hot
-    nozzle, as when a first layer starts on the end of a purge line)."""
-    first_layer_max_gap_mm: float | None = ranged(None, 0.01, 5.0)
-    """Largest nozzle-to-bed gap that still adheres; default 1.0 × nozzle diameter (slicers cap the first
-    layer height near the nozzle diameter: above it the bead no longer presses onto the bed)."""
-    first_layer_min_gap_mm: float = ranged(0.04, 0.0, 1.0)
-    """Smallest nozzle-to-bed gap while extruding; below it the nozzle scrapes the bed."""
-    support_gap_max_mm: float | None = ranged(None, 0.01, 10.0)
-    """Largest gap to the material below a bead that still supports it; default 0.8 × nozzle diameter."""
-    under_extrusion_threshold: float = ranged(0.9, 0.0, 1.0)
-    """Delivered/commanded flow below which a move counts as under-extruded."""
-    thermal_dt_s: float = ranged(0.1, 0.001, 5.0)
-    """Time step of the heater models."""
-    heater_wait_limit_s: float = ranged(1800.0, 1.0, 86400.0)
-    """Longest wait for a temperature before the print fails with a heater timeout."""
-    traces: bool = False
-    """Record sensor traces (temperatures, fan, flow, position) in the report."""
-    trace_interval_s: float = ranged(1.0, 0.001, 3600.0)
-    """Sampling interval of the traces."""
-    deposition: bool = True
-    """Build the height map and check collisions, support and adhesion."""
-    start_position_mm: tuple[float, float, float] = ranged((0.0, 0.0, 0.0), -2000.0, 2000.0)
-    """Where the firmware believes the toolhead is at power-on (Klipper and Marlin assume 0, 0, 0)."""
-
-    def __post_init__(self) -> None:
-        check_ranges(self)
-
-
-@dataclass
-class PlannerSettings:
-    """Velocity limits in force for a run of moves (changed by SET_VELOCITY_LIMIT, M201/M203/M204/M205)."""
-
-    max_velocity: float
-    max_accel: float
-    minimum_cruise_ratio: float
-    square_corner_velocity: float
-    print_accel: float
-    retract_accel: float
-    travel_accel: float
-    max_feedrate: tuple[float, float, float, float]
-    max_axis_accel: tuple[float, float, float, float]
-    jerk: tuple[float, float, float, float]
-
-    def row(self) -> tuple[float, ...]:
-        return (self.max_velocity, self.max_accel, self.minimum_cruise_ratio, self.square_corner_velocity,
-                self.print_accel, self.retract_accel, self.travel_accel, *self.max_feedrate,
-                *self.max_axis_accel, *self.jerk)
-
-
-@dataclass
-class MachineState:
-    """What the firmware remembers between commands (and between chunks of a session)."""
-
-    pos: list[float]
-    """Toolhead position X, Y, Z (machine coordinates) and total filament E."""
-    gpos: list[float]
-    """Position as the program sees it (after G92 offsets), X Y Z E."""
-    homed: list[bool] = field(default_factory=lambda: [False, False, False])
-    absolute_xyz: bool = True
-    absolute_e: bool = True
-    units_mm: float = 1.0
-    feed_mm_s: float = 25.0
-    speed_factor: float = 1.0
-    extrude_factor: float = 1.0
-    hotend_target_c: float = 0.0
-    bed_target_c: float = 0.0
-    fan: float = 0.0
-    settings: PlannerSettings | None = None
-    layer: int = -1
-    layer_z: float = -1.0
-    layer_marker_pending: bool = False
-    layer_marker_mode: bool = False
-    fw_retracted: bool = False
-    tool: int = 0
-    e_max: float = 0.0
-    motors_off: bool = False
-
-
-@dataclass
-class Program:
-    """A chunk of interpreted program: moves as arrays, timeline events, errors and notices."""
-
-    line: np.ndarray
-    xyz: np.ndarray
-    """Move end positions, shape (n, 3)."""
-    starts: np.ndarray
-    """Move start positions, shape (n, 3) (homing between two moves breaks the chain)."""
-    de: np.ndarray
-    """Filament delta of each move (mm, after M221)."""
-    feed: np.ndarray
-    flags: np.ndarray
-    settings_id: np.ndarray
-    settings_table: np.ndarray
-    layer: np.ndarray
-    events: list[tuple[int, int, float, float, int]]
-    """(move index, kind, value, value2, line): applied before that move."""
-    fatal: Failure | None
-    notices: list[Notice]
-    lines: int
-    commands: int
-    layer_z: dict[int, float]
-    layer_first_line: dict[int, int]
-    ends_with_stop: bool = False
-    """The chunk's motion ends in a forced flush (G4, M400, G28, M84)."""
-
-
-def default_settings(profile: PrinterProfile) -> PlannerSettings:
-    """The limits a freshly started printer has."""
-    return PlannerSettings(
-        profile.max_velocity_mm_s, profile.max_accel_mm_s2, profile.minimum_cruise_ratio,
-        profile.square_corner_velocity_mm_s, profile.print_accel_mm_s2, profile.retract_accel_mm_s2,
-        profile.travel_accel_mm_s2, tuple(profile.max_feedrate_mm_s), tuple(profile.max_axis_accel_mm_s2),
-        tuple(profile.jerk_mm_s))
-
-
-def new_state(profile: PrinterProfile, options: SimOptions) -> MachineState:
-    """State at power-on: unhomed, cold, toolhead believed at ``options.start_position_mm``."""
-    start = list(options.start_position_mm)
-    return MachineState(pos=[*start, 0.0], gpos=[*start, 0.0], settings=default_settings(profile))
-
-
-class Interpreter:
+class Interpreter(HeaterCommands):
     """Turns commands into moves and events on a persistent :class:`MachineState`."""
 
     def __init__(self, profile: PrinterProfile, material: Material, options: SimOptions,
@@ -210,16 +63,7 @@ class Interpreter:
     # -- the main loop ---------------------------------------------------------------------------------
     def run(self, commands: Iterable[Command] | GcodeReader) -> Program:
         """Interpret ``commands`` (or a reader's lines, taking a fast path for slicers' plain G0/G1 lines)."""
-        st = self.state
-        self._moves: list[tuple] = []
-        self._events: list[tuple[int, int, float, float, int]] = []
-        self._notices: list[Notice] = []
-        self._table: list[tuple[float, ...]] = [st.settings.row()]
-        self._sid_now = 0
-        self._stop_pending = True
-        self._flushed_after_last_move = False
-        self._layer_z: dict[int, float] = {}
-        self._layer_first_line: dict[int, int] = {}
+        self._begin()
         fatal: Failure | None = None
         count = 0
         last_line = 0
@@ -248,6 +92,30 @@ class Interpreter:
             events=self._events, fatal=fatal, notices=self._notices, lines=last_line, commands=count,
             layer_z=self._layer_z, layer_first_line=self._layer_first_line,
             ends_with_stop=self._stop_pending and self._flushed_after_last_move)
+
+    def trace(self, commands: Iterable[Command]) -> Iterator[TrackedState]:
+        """Interpret ``commands`` one at a time, yielding the state after each, until the first fatal error or
+        unreadable line (for differential tests against the validator; slower than :meth:`run`)."""
+        self._begin()
+        st = self.state
+        try:
+            for cmd in commands:
+                self.execute(cmd)
+                yield TrackedState(cmd.line, (st.pos[0], st.pos[1], st.pos[2]), (st.homed[0], st.homed[1], st.homed[2]),
+                                   st.hotend_target_c, st.bed_target_c)
+        except (_Fatal, GcodeError):
+            return
+
+    def _begin(self) -> None:
+        self._moves: list[tuple] = []
+        self._events: list[tuple[int, int, float, float, int]] = []
+        self._notices: list[Notice] = []
+        self._table: list[tuple[float, ...]] = [self.state.settings.row()]
+        self._sid_now = 0
+        self._stop_pending = True
+        self._flushed_after_last_move = False
+        self._layer_z: dict[int, float] = {}
+        self._layer_first_line: dict[int, int] = {}
 
     def _run_reader(self, reader: GcodeReader) -> tuple[int, int]:
         name, warnings = reader.name, reader.warnings
@@ -467,15 +335,7 @@ class Interpreter:
         else:
             cx = gx + (0.0 if i_off is None or i_off != i_off else i_off * u)
             cy = gy + (0.0 if j_off is None or j_off != j_off else j_off * u)
-        a0 = math.atan2(gy - cy, gx - cx)
-        a1 = math.atan2(ty - cy, tx - cx)
-        radius = math.hypot(gx - cx, gy - cy)
-        sweep = a1 - a0
-        if clockwise:
-            if sweep >= -1e-12:
-                sweep -= 2.0 * math.pi
-        elif sweep <= 1e-12:
-            sweep += 2.0 * math.pi
+        radius, a0, sweep = arc_sweep(gx, gy, tx, ty, cx, cy, clockwise)
         length = math.hypot(abs(sweep) * radius, tz - gz)
         segments = max(1, int(length / self.options.arc_segment_mm))
         speed = st.feed_mm_s * st.speed_factor
@@ -551,6 +411,47 @@ class Interpreter:
         if not given:
             st.gpos = [0.0, 0.0, 0.0, 0.0]
 
+    def _set_gcode_offset(self, cmd: Command) -> None:
+        """Klipper's ``SET_GCODE_OFFSET``: later positions shift; ``MOVE=1`` moves the toolhead there at once."""
+        st = self.state
+        shift = [0.0, 0.0, 0.0, 0.0]
+        for i, letter in enumerate("XYZE"):
+            absolute = self._arg_float(cmd, letter)
+            adjust = self._arg_float(cmd, f"{letter}_ADJUST")
+            if absolute is None and adjust is None:
+                continue
+            value = absolute if absolute is not None else st.gcode_offset[i] + (adjust or 0.0)
+            shift[i] = value - st.gcode_offset[i]
+            st.gcode_offset[i] = value
+            st.gpos[i] -= shift[i]
+        if self._arg_float(cmd, "MOVE") and any(shift):
+            speed = self._arg_float(cmd, "MOVE_SPEED") or st.feed_mm_s * st.speed_factor
+            self._queue_move(shift[0], shift[1], shift[2], shift[3], speed, cmd.line)
+            st.gpos = [g + d for g, d in zip(st.gpos, shift, strict=True)]
+
+    def _save_gcode_state(self, cmd: Command) -> None:
+        st = self.state
+        st.saved[cmd.args.get("NAME", "default").upper()] = SavedGcodeState(
+            st.absolute_xyz, st.absolute_e, [p - g for p, g in zip(st.pos, st.gpos, strict=True)],
+            list(st.gcode_offset), list(st.pos), st.feed_mm_s, st.speed_factor, st.extrude_factor)
+
+    def _restore_gcode_state(self, cmd: Command) -> None:
+        """Modes, offsets, feed and factors come back; the program's E is where it was when saved; ``MOVE=1``
+        moves the toolhead back to where it was."""
+        st = self.state
+        name = cmd.args.get("NAME", "default").upper()
+        saved = st.saved.get(name)
+        if saved is None:
+            self._fail(fail.INVALID_COMMAND, f"Unknown g-code state: {name}", cmd.line)
+        st.absolute_xyz, st.absolute_e = saved.absolute_xyz, saved.absolute_e
+        st.gcode_offset = list(saved.gcode_offset)
+        st.feed_mm_s, st.speed_factor, st.extrude_factor = saved.feed_mm_s, saved.speed_factor, saved.extrude_factor
+        if self._arg_float(cmd, "MOVE"):
+            speed = self._arg_float(cmd, "MOVE_SPEED") or st.feed_mm_s * st.speed_factor
+            self._queue_move(saved.pos[0] - st.pos[0], saved.pos[1] - st.pos[1], saved.pos[2] - st.pos[2], 0.0,
+                             speed, cmd.line)
+        st.gpos = [st.pos[i] - saved.offset[i] for i in range(3)] + [saved.pos[3] - saved.offset[3]]
+
     def _g28(self, cmd: Command) -> None:
         axes = [i for i, letter in enumerate("XYZ") if letter in cmd.params]
         if not axes:
@@ -558,34 +459,16 @@ class Interpreter:
         self.home(axes, cmd.line)
 
     def home(self, axes: list[int], line: int) -> None:
-        """Home ``axes`` (0=X, 1=Y, 2=Z): time on the timeline, position set to the endstops."""
+        """Home ``axes`` (0=X, 1=Y, 2=Z): time on the timeline, position set to the endstops.
+
+        Homing drops G92 offsets; the G-code offset stays (the program sees the endstop minus it)."""
         st = self.state
-        prof = self.profile
         total = 0.0
         for i in axes:
-            speed = prof.homing_speed_mm_s[i]
-            accel = prof.max_z_accel_mm_s2 if i == 2 else prof.max_accel_mm_s2
-            endstop = prof.position_endstop_mm[i]
-            lo, hi = prof.position_min_mm[i], prof.position_max_mm[i]
-            max_dir = endstop >= hi - 1e-9 and endstop > lo
-            if self.options.klipper_batch_mode:
-                # No endstop triggers: the first homing move runs its whole length (1.5 x the axis range
-                # from the far side, as Klipper's homing starts from an assumed position beyond it).
-                distance = 1.5 * ((endstop - lo) if max_dir else (hi - endstop))
-            elif not st.homed[i]:
-                # The real carriage can be anywhere after power-on: assume the middle of the axis.
-                distance = abs((lo + hi) / 2.0 - endstop)
-            else:
-                distance = abs(st.pos[i] - endstop)
-            retract = prof.homing_retract_mm
-            total += _trapezoid_time(distance, speed, accel)
-            if self.options.klipper_batch_mode:
-                total += BATCH_HOMING_FLUSH_S
-            if retract > 0.0:
-                # Back off, then home again at half speed over twice the back-off distance.
-                total += _trapezoid_time(retract, speed, accel) + _trapezoid_time(2.0 * retract, speed / 2.0, accel)
+            total += homing_time_s(self.profile, self.options, i, st.homed[i], st.pos[i])
+            endstop = self.profile.position_endstop_mm[i]
             st.pos[i] = endstop
-            st.gpos[i] = endstop
+            st.gpos[i] = endstop - st.gcode_offset[i]
             st.homed[i] = True
         st.motors_off = False
         self._flush()
@@ -593,83 +476,10 @@ class Interpreter:
 
     def _m84(self, cmd: Command) -> None:
         st = self.state
-        st.homed = [False, False, False]
+        for i in motors_off_axes(cmd.params.keys(), self.klipper):
+            st.homed[i] = False
         st.motors_off = True
         self._flush()
-
-    # -- heaters and fan ------------------------------------------------------------------------------
-    def _check_temp(self, which: str, target: float, line: int) -> None:
-        heater = self.profile.hotend if which == "extruder" else self.profile.bed
-        if target != 0.0 and (target < heater.min_temp_c or target > heater.max_temp_c):
-            self._fail(fail.TEMPERATURE_OUT_OF_RANGE,
-                       f"Requested temperature ({target:.1f}) out of range "
-                       f"({heater.min_temp_c:.1f}:{heater.max_temp_c:.1f})", line)
-
-    def _set_hotend(self, target: float, line: int, wait: bool, both: bool = False) -> None:
-        self._check_temp("extruder", target, line)
-        self.state.hotend_target_c = target
-        self._event(EV_HOTEND_TARGET, target, line)
-        if wait and target > 0.0:
-            if not self.options.klipper_batch_mode:
-                self._stop_pending = True
-            self._event(EV_WAIT_HOTEND_BOTH if both else EV_WAIT_HOTEND, target, line)
-
-    def _set_bed(self, target: float, line: int, wait: bool) -> None:
-        self._check_temp("heater_bed", target, line)
-        self.state.bed_target_c = target
-        self._event(EV_BED_TARGET, target, line)
-        if wait and target > 0.0:
-            if not self.options.klipper_batch_mode:
-                self._stop_pending = True
-            self._event(EV_WAIT_BED, target, line)
-
-    def _tool_ok(self, cmd: Command) -> bool:
-        tool = cmd.get("T")
-        if tool is not None and tool != 0:
-            self._notice(fail.UNKNOWN_TOOL, f"T{tool:g}: this printer has one extruder; command ignored", cmd.line)
-            return False
-        return True
-
-    def _m104(self, cmd: Command) -> None:
-        if self._tool_ok(cmd):
-            self._set_hotend(cmd.get("S", 0.0) or 0.0, cmd.line, wait=False)
-
-    def _m109(self, cmd: Command) -> None:
-        if not self._tool_ok(cmd):
-            return
-        s, r = cmd.get("S"), cmd.get("R")
-        if r is not None and not self.klipper:
-            self._set_hotend(r, cmd.line, wait=True, both=True)
-        else:
-            self._set_hotend(s if s is not None else (r or 0.0), cmd.line, wait=True)
-
-    def _m140(self, cmd: Command) -> None:
-        self._set_bed(cmd.get("S", 0.0) or 0.0, cmd.line, wait=False)
-
-    def _m190(self, cmd: Command) -> None:
-        s, r = cmd.get("S"), cmd.get("R")
-        self._set_bed(s if s is not None else (r or 0.0), cmd.line, wait=True)
-
-    def _m106(self, cmd: Command) -> None:
-        if (cmd.get("P", 0.0) or 0.0) != 0.0:
-            return
-        value = cmd.get("S", 255.0)
-        self.state.fan = min(1.0, max(0.0, (255.0 if value is None else value) / 255.0))
-        self._event(EV_FAN, self.state.fan * self.profile.part_fan_max_rpm_fraction, cmd.line)
-
-    def _m107(self, cmd: Command) -> None:
-        if (cmd.get("P", 0.0) or 0.0) != 0.0:
-            return
-        self.state.fan = 0.0
-        self._event(EV_FAN, 0.0, cmd.line)
-
-    def _set_fan_speed(self, cmd: Command) -> None:
-        try:
-            speed = float(cmd.args.get("SPEED", "0"))
-        except ValueError:
-            self._fail(fail.INVALID_COMMAND, f"SET_FAN_SPEED SPEED={cmd.args.get('SPEED')!r}: not a number", cmd.line)
-        self.state.fan = min(1.0, max(0.0, speed))
-        self._event(EV_FAN, self.state.fan * self.profile.part_fan_max_rpm_fraction, cmd.line)
 
     def _arg_float(self, cmd: Command, key: str, default: float | None = None) -> float | None:
         text = cmd.args.get(key)
@@ -681,110 +491,36 @@ class Interpreter:
             self._fail(fail.INVALID_COMMAND, f"{cmd.code} {key}={text!r}: not a number", cmd.line)
         return None
 
-    def _set_heater_temperature(self, cmd: Command) -> None:
-        heater = cmd.args.get("HEATER", "").lower()
-        target = self._arg_float(cmd, "TARGET", 0.0) or 0.0
-        if heater == "extruder":
-            self._set_hotend(target, cmd.line, wait=False)
-        elif heater == "heater_bed":
-            self._set_bed(target, cmd.line, wait=False)
-        else:
-            self._fail(fail.INVALID_COMMAND, f"SET_HEATER_TEMPERATURE: unknown heater {heater!r} "
-                       "(this printer has 'extruder' and 'heater_bed')", cmd.line)
-
-    def _temperature_wait(self, cmd: Command) -> None:
-        sensor = cmd.args.get("SENSOR", "").lower()
-        minimum = self._arg_float(cmd, "MINIMUM")
-        if minimum is None:
-            return
-        if not self.options.klipper_batch_mode:
-            self._stop_pending = True
-        if sensor == "extruder":
-            self._event(EV_WAIT_HOTEND, minimum, cmd.line)
-        elif sensor == "heater_bed":
-            self._event(EV_WAIT_BED, minimum, cmd.line)
-
-    def _turn_off_heaters(self, cmd: Command) -> None:
-        self._set_hotend(0.0, cmd.line, wait=False)
-        self._set_bed(0.0, cmd.line, wait=False)
-
     # -- limits and factors ---------------------------------------------------------------------------
     def _set_velocity_limit(self, cmd: Command) -> None:
-        s = self.state.settings
-        velocity = self._arg_float(cmd, "VELOCITY")
-        accel = self._arg_float(cmd, "ACCEL")
-        scv = self._arg_float(cmd, "SQUARE_CORNER_VELOCITY")
-        mcr = self._arg_float(cmd, "MINIMUM_CRUISE_RATIO")
-        a2d = self._arg_float(cmd, "ACCEL_TO_DECEL")
-        for key, value in (("VELOCITY", velocity), ("ACCEL", accel)):
-            if value is not None and value <= 0.0:
-                self._fail(fail.INVALID_COMMAND, f"SET_VELOCITY_LIMIT {key}={value:g}: must be above 0", cmd.line)
-        if velocity is not None:
-            s.max_velocity = velocity
-        if accel is not None:
-            s.max_accel = accel
-        if scv is not None:
-            s.square_corner_velocity = max(0.0, scv)
-        if mcr is not None:
-            s.minimum_cruise_ratio = min(0.99, max(0.0, mcr))
-        elif a2d is not None:
-            s.minimum_cruise_ratio = min(0.99, max(0.0, 1.0 - min(a2d, s.max_accel) / s.max_accel))
+        error = limits.set_velocity_limit(
+            self.state.settings, self._arg_float(cmd, "VELOCITY"), self._arg_float(cmd, "ACCEL"),
+            self._arg_float(cmd, "SQUARE_CORNER_VELOCITY"), self._arg_float(cmd, "MINIMUM_CRUISE_RATIO"),
+            self._arg_float(cmd, "ACCEL_TO_DECEL"))
+        if error is not None:
+            self._fail(fail.INVALID_COMMAND, error, cmd.line)
         self._settings_changed()
 
     def _m204(self, cmd: Command) -> None:
-        s = self.state.settings
-        sv, pv, tv, rv = cmd.get("S"), cmd.get("P"), cmd.get("T"), cmd.get("R")
-        if self.klipper:
-            if sv is not None:
-                accel = sv
-            elif pv is not None and tv is not None:
-                accel = min(pv, tv)
-            else:
-                self._notice(fail.INVALID_M204, f"Invalid M204 command \"{cmd.code} {cmd.text}\"", cmd.line)
-                return
-            if accel <= 0.0:
-                self._notice(fail.INVALID_M204, f"Invalid M204 command \"{cmd.code} {cmd.text}\"", cmd.line)
-                return
-            s.max_accel = accel
-        else:
-            if sv is not None:
-                s.print_accel = s.travel_accel = sv
-            if pv is not None:
-                s.print_accel = pv
-            if rv is not None:
-                s.retract_accel = rv
-            if tv is not None:
-                s.travel_accel = tv
+        if not limits.m204(self.state.settings, cmd.get("S"), cmd.get("P"), cmd.get("T"), cmd.get("R"),
+                           self.klipper):
+            self._notice(fail.INVALID_M204, f"Invalid M204 command \"{cmd.code} {cmd.text}\"", cmd.line)
+            return
         self._settings_changed()
-
-    def _axis_values(self, cmd: Command, current: tuple[float, ...]) -> tuple[float, float, float, float]:
-        values = list(current)
-        for i, letter in enumerate("XYZE"):
-            v = cmd.get(letter)
-            if v is not None and v > 0.0:
-                values[i] = v
-        return (values[0], values[1], values[2], values[3])
 
     def _m201(self, cmd: Command) -> None:
         s = self.state.settings
-        s.max_axis_accel = self._axis_values(cmd, s.max_axis_accel)
+        s.max_axis_accel = limits.per_axis(s.max_axis_accel, _axis_words(cmd))
         self._settings_changed()
 
     def _m203(self, cmd: Command) -> None:
         s = self.state.settings
-        s.max_feedrate = self._axis_values(cmd, s.max_feedrate)
+        s.max_feedrate = limits.per_axis(s.max_feedrate, _axis_words(cmd))
         self._settings_changed()
 
     def _m205(self, cmd: Command) -> None:
         s = self.state.settings
-        jerk = list(s.jerk)
-        for i, letter in enumerate("XYZE"):
-            v = cmd.get(letter)
-            if v is not None and v >= 0.0:
-                jerk[i] = v
-        if cmd.get("X") is not None and cmd.get("Y") is None:
-            jerk[1] = jerk[0]
-        s.jerk = (jerk[0], jerk[1], jerk[2], jerk[3])
+        s.jerk = limits.m205_jerk(s.jerk, _axis_words(cmd))
         self._settings_changed()
 
     def _m220(self, cmd: Command) -> None:
@@ -832,12 +568,8 @@ class Interpreter:
     def _unknown(self, cmd: Command) -> None:
         self._notice(fail.UNKNOWN_COMMAND, f'Unknown command:"{cmd.code}"', cmd.line)
 
-    def _macro(self, cmd: Command, macro: object) -> None:
-        from sim_bridge.profiles import MacroProfile
-
-        assert isinstance(macro, MacroProfile)
-        hotend = _first_arg(cmd, macro.hotend_temp_params) or macro.default_hotend_temp_c
-        bed = _first_arg(cmd, macro.bed_temp_params) or macro.default_bed_temp_c
+    def _macro(self, cmd: Command, macro: MacroProfile) -> None:
+        hotend, bed = macro_temperatures_c(cmd.args, macro)
         if bed:
             self._set_bed(bed, cmd.line, wait=False)
         if hotend:
@@ -873,38 +605,5 @@ class _Fatal(Exception):
         self.failure = failure
 
 
-def _trapezoid_time(distance_mm: float, speed_mm_s: float, accel_mm_s2: float) -> float:
-    """Time of a lone move from rest to rest (trapezoidal, or triangular when too short to cruise)."""
-    if distance_mm <= 0.0:
-        return 0.0
-    if distance_mm >= speed_mm_s * speed_mm_s / accel_mm_s2:
-        return distance_mm / speed_mm_s + speed_mm_s / accel_mm_s2
-    return 2.0 * math.sqrt(distance_mm / accel_mm_s2)
-
-
-def _first_arg(cmd: Command, names: list[str]) -> float:
-    for name in names:
-        text = cmd.args.get(name.upper())
-        if text is not None:
-            try:
-                return float(text)
-            except ValueError:
-                continue
-    return 0.0
-
-
-def arc_center_from_radius(x0: float, y0: float, x1: float, y1: float, r: float, clockwise: bool
-                        ) -> tuple[float, float]:
-    """Arc centre from the R form; a negative R asks for the arc over 180° (RS274NGC)."""
-    mx, my = (x0 + x1) / 2.0, (y0 + y1) / 2.0
-    dx, dy = x1 - x0, y1 - y0
-    chord = math.hypot(dx, dy)
-    if chord == 0.0:
-        return x0, y0
-    half = chord / 2.0
-    h = math.sqrt(max(0.0, r * r - half * half))
-    sign = -1.0 if clockwise else 1.0
-    if r < 0.0:
-        sign = -sign
-    return mx - sign * h * dy / chord, my + sign * h * dx / chord
-
+def _axis_words(cmd: Command) -> dict[str, float]:
+    return {letter: v for letter in "XYZE" if (v := cmd.get(letter)) is not None}

@@ -27,7 +27,7 @@ SQRT2_MINUS_1 = math.sqrt(2.0) - 1.0
 EXTRUDE_ONLY_ACCEL = 99999999.9
 """Klipper's placeholder toolhead acceleration for extrude-only moves (the extruder limits them)."""
 
-# Columns of the planner-settings table (see interpreter.PlannerSettings.row).
+# Columns of the planner-settings table (see limits.PlannerSettings.row).
 C_MAX_V, C_MAX_A, C_MCR, C_SCV, C_PRINT_A, C_RETRACT_A, C_TRAVEL_A = 0, 1, 2, 3, 4, 5, 6
 C_FEED, C_AXIS_A, C_JERK = 7, 11, 15
 

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.collections import LineCollection  # noqa: E402
 
-from sim_bridge.interpreter import F_EXTRUDE  # noqa: E402
+from sim_bridge.events import F_EXTRUDE  # noqa: E402
 from sim_bridge.simulator import Simulator  # noqa: E402
 
 

@@ -20,17 +20,11 @@ import numpy as np
 
 from sim_bridge import deposition as dep
 from sim_bridge import failures as fail
+from sim_bridge.events import F_EXTRUDE, F_KINEMATIC, F_STOP_BEFORE
 from sim_bridge.gcode import Command, GcodeError, GcodeReader
-from sim_bridge.interpreter import (
-    BATCH_START_S,
-    BATCH_TAIL_S,
-    F_EXTRUDE,
-    F_KINEMATIC,
-    F_STOP_BEFORE,
-    Interpreter,
-    SimOptions,
-    new_state,
-)
+from sim_bridge.interpreter import Interpreter
+from sim_bridge.machine import new_state
+from sim_bridge.options import SimOptions
 from sim_bridge.planner import plan_klipper, plan_marlin
 from sim_bridge.printers import load_material, load_printer
 from sim_bridge.profiles import Material, PrinterProfile
@@ -44,6 +38,7 @@ from sim_bridge.thermal import (
     S_TEMP,
     heater_params,
     heater_state,
+    melt_capacity_mm3_s,
     run_timeline,
 )
 
@@ -55,6 +50,10 @@ DEFECT_MESSAGES = (
     (dep.D_NO_COOLING, fail.OVERHANG_WITHOUT_COOLING, "Overhang or bridge printed without part cooling"),
 )
 HEATER_NAMES = {FAULT_HOTEND: "extruder", FAULT_BED: "heater_bed"}
+BATCH_START_S = 0.25
+"""Klipper batch mode: motion starts 0.25 s into the print (the planner's start buffer)."""
+BATCH_TAIL_S = 0.252
+"""Klipper batch mode: time reported after motion that ends in a forced flush (0.25 s + 2 flush delays)."""
 
 
 @dataclass
@@ -318,10 +317,7 @@ class Simulator:
             flow = np.where(extruding, profile[:n, 1] * de * p.filament_area_mm2 * self.extrusion_scale
                             / np.maximum(move_d, 1e-12), 0.0)
         true_t = hot_t[:n] + self.hotend_offset_c
-        capacity = np.where(true_t < p.min_extrude_temp_c, 0.0, np.maximum(
-            0.1 * p.max_volumetric_flow_mm3_s,
-            p.max_volumetric_flow_mm3_s + p.melt_flow_per_c_mm3_s * (true_t - p.melt_reference_temp_c)))
-        capacity = capacity * self.material.melt_flow_factor
+        capacity = melt_capacity_mm3_s(p, self.material, true_t)
         if self.options.klipper_batch_mode:
             delivered = np.ones(n)
         else:

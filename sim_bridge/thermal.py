@@ -15,11 +15,12 @@ The whole timeline — moves, dwells, homing, waits, target and fan changes — 
 from __future__ import annotations
 
 import math
+from typing import overload
 
 import numpy as np
 from numba import njit
 
-from sim_bridge.profiles import HeaterProfile
+from sim_bridge.profiles import HeaterProfile, Material, PrinterProfile
 
 PID_PARAM_BASE = 255.0
 SETTLE_DELTA_C = 1.0
@@ -53,6 +54,26 @@ def heater_state(temp_c: float) -> np.ndarray:
     s[S_TEMP] = temp_c
     s[S_PREV_TEMP] = temp_c
     return s
+
+
+
+@overload
+def melt_capacity_mm3_s(profile: PrinterProfile, material: Material, hotend_temp_c: float) -> float: ...
+@overload
+def melt_capacity_mm3_s(profile: PrinterProfile, material: Material, hotend_temp_c: np.ndarray) -> np.ndarray: ...
+def melt_capacity_mm3_s(profile: PrinterProfile, material: Material,
+                        hotend_temp_c: float | np.ndarray) -> float | np.ndarray:
+    """Largest volumetric flow the hotend melts at a (true) nozzle temperature: the profile's
+    ``max_volumetric_flow_mm3_s`` at ``melt_reference_temp_c``, changing by ``melt_flow_per_c_mm3_s`` per
+    kelvin, never below a tenth of it, 0 below ``min_extrude_temp_c``; times the material's
+    ``melt_flow_factor``. Works on one temperature or an array of them.
+    """
+    temp = np.asarray(hotend_temp_c, dtype=np.float64)
+    base = profile.max_volumetric_flow_mm3_s
+    capacity = np.where(temp < profile.min_extrude_temp_c, 0.0, np.maximum(
+        0.1 * base, base + profile.melt_flow_per_c_mm3_s * (temp - profile.melt_reference_temp_c)))
+    capacity = capacity * material.melt_flow_factor
+    return float(capacity) if capacity.ndim == 0 else capacity
 
 
 @njit(cache=True)

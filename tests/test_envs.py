@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import doctest
 import json
 from pathlib import Path
 
@@ -11,12 +12,14 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import envs  # noqa: F401
+from envs import geometry, rewards
 from envs.__main__ import main as envs_main
 from envs.__main__ import rollout
 from envs.jobs import PartSpec, PrintJob, ProcessSettings
 from envs.rewards import layer_reward, program_reward
 from envs.sampler import load_suite, sample_job
-from envs.slicer import slice_job
+from envs.scoring import score_layer, state_before_layer
+from envs.slicer import cached_slice, slice_job
 
 SMALL = PrintJob(job_id="test-small", part=PartSpec("rectangle", [16.0, 12.0], 0.4, [110.0, 110.0]),
                  process=ProcessSettings(perimeters=2, infill_density=0.2, solid_layers=1))
@@ -137,3 +140,52 @@ def test_rollout_cli_writes_json(tmp_path: Path) -> None:
     assert data["mean_normalized_score"] > 0.9
     assert len(list((tmp_path / "frames").glob("*.png"))) == 2
     assert envs_main(["rollout", "--env", "layerloop/NoSuch-v0", "--episodes", "1"]) == 2
+
+
+# (sample_job seed, difficulty, layer, answer, physics seed) -> geometry, extrusion, time, defects, fatal, as the
+# reward path scored them before it kept slices and reference states (a fresh slice and a fresh replay of the
+# expert's layers for every answer).
+UNCACHED_SCORES = [
+    ((1, 0, 0, "expert", None), (1.0, 1.0, 1.0, 0, False)),
+    ((1, 0, 0, "expert", 7), (0.9995451306233226, 0.8999056222731605, 1.0, 0, False)),
+    ((1, 0, 0, "half", None), (0.028990341606901886, 0.00640181061760905, 1.0, 0, False)),
+    ((1, 0, 0, "half", 7), (0.028596121480448197, 0.005761025367514399, 1.0, 0, False)),
+    ((2, 1, 0, "half", None), (0.04855964426113295, 0.00011407332101881336, 1.0, 0, False)),
+    ((4, 3, 3, "expert", 7), (0.9983183276415192, 0.8999056222731605, 1.0, 0, False)),
+    ((4, 3, 3, "half", None), (0.9983183276415192, 0.21019731745635983, 1.0, 0, False)),
+    ((4, 3, 3, "half", 7), (0.9983183276415192, 0.18915774776571456, 1.0, 0, False)),
+    ((5, 4, 2, "expert", None), (0.9999243770559988, 1.0, 1.0, 0, False)),
+    ((5, 4, 2, "half", 7), (0.9999243770559988, 0.00010810134939591438, 1.0, 0, False)),
+]
+
+
+@pytest.mark.parametrize(("case", "expected"), UNCACHED_SCORES)
+def test_layer_scores_are_those_of_the_uncached_reward_path(case: tuple, expected: tuple) -> None:
+    seed, difficulty, layer, answer, physics_seed = case
+    job = sample_job(np.random.default_rng(seed), difficulty)
+    lines = cached_slice(job).layers[layer].splitlines(keepends=True)
+    text = "".join(lines if answer == "expert" else lines[:len(lines) // 2])
+    for _ in range(2):  # the second time from the kept state
+        s = score_layer(text, job, layer, physics_seed)
+        assert (s.geometry, s.extrusion, s.time) == pytest.approx(expected[:3], rel=1e-9, abs=1e-12)
+        assert (s.defects, s.fatal) == expected[3:]
+
+
+def test_kept_reference_states_are_copied_not_shared() -> None:
+    job = sample_job(np.random.default_rng(4), 3)
+    first = state_before_layer(job, 2, physics_seed=5)
+    before = (first.time_s, len(first.executed), float(first.heightmap.heights.sum()), first.profile)
+    first.run(cached_slice(job).layers[2])
+    first.run("M104 S0\n")
+    second = state_before_layer(job, 2, physics_seed=5)
+    assert (second.time_s, len(second.executed), float(second.heightmap.heights.sum()), second.profile) == before
+    assert second.state.hotend_target_c == job.process.hotend_temp_c
+    nominal = state_before_layer(job, 2)
+    assert nominal.profile != second.profile, "the physics seed randomises the printer"
+    assert cached_slice(job) is cached_slice(sample_job(np.random.default_rng(4), 3))
+
+
+@pytest.mark.parametrize("module", [rewards, geometry])
+def test_doctests(module: object) -> None:
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0

@@ -1,5 +1,5 @@
 """GRPO beyond one turn and beyond the writer: multi-turn revision (feedback appended, the model revises),
-parallel reward simulation, ``PrintSupervisor-v0`` as a loop task, and ``python -m training.grpo``."""
+parallel reward simulation, ``PrintSupervisor-v1`` as a loop task, and ``python -m training.grpo``."""
 
 from __future__ import annotations
 

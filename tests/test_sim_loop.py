@@ -150,7 +150,7 @@ def test_loop_config_checks_itself_when_built_in_python() -> None:
     with pytest.raises(ConfigError, match="max_polygon_sides = 65: out of range"):
         SimLoopConfig(max_polygon_sides=65)
     with pytest.raises(ConfigError, match="grpo.multi_turn: true needs task GcodeWriter-v0"):
-        SimLoopConfig(task="PrintSupervisor-v0", grpo=GRPOSettings(multi_turn=True))
+        SimLoopConfig(task="PrintSupervisor-v1", grpo=GRPOSettings(multi_turn=True))
     config = SimLoopConfig(seed=4)
     assert config.grpo_phase(Path("r/grpo")).seed == 4 and config.sft_phase(Path("r/sft")).output_dir == "r/sft"
     # The run directory's config.yaml holds only the keys a user writes, and reads back to the same config.

@@ -7,13 +7,17 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from sim_bridge import SimOptions, Simulator, simulate
 from sim_bridge.__main__ import main
 from sim_bridge.failures import STOPPED, UNREADABLE
+from sim_bridge.profiles import load_material, load_printer
+from sim_bridge.thermal import melt_capacity_mm3_s
 
 ROOT = Path(__file__).parent.parent
 CUBE = ROOT / "sim_bridge" / "data" / "cube20_ender3.gcode"
@@ -160,3 +164,14 @@ def test_default_options_yaml_maps_one_to_one(tmp_path: Path) -> None:
         load_yaml(SimOptions, bad)
     assert main(["simulate", str(CUBE), "--options", str(bad), "--quiet"]) == 2
     assert main(["simulate", str(CUBE), "--resolution", "0", "--quiet"]) == 2
+
+
+def test_melt_capacity_is_one_function_for_scalars_and_arrays() -> None:
+    printer = load_printer("ender3-klipper")
+    pla = replace(load_material("PLA"), melt_flow_factor=1.5)
+    at_ref = melt_capacity_mm3_s(printer, pla, printer.melt_reference_temp_c)
+    assert isinstance(at_ref, float) and at_ref == pytest.approx(1.5 * printer.max_volumetric_flow_mm3_s)
+    assert melt_capacity_mm3_s(printer, pla, printer.min_extrude_temp_c - 1.0) == 0.0
+    temps = np.array([printer.min_extrude_temp_c - 1.0, printer.melt_reference_temp_c, 400.0])
+    assert melt_capacity_mm3_s(printer, pla, temps).tolist() == [
+        melt_capacity_mm3_s(printer, pla, float(t)) for t in temps]

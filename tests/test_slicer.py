@@ -8,13 +8,18 @@ import re
 from functools import cache
 from pathlib import Path
 
+import numpy as np
 import pytest
+import shapely
+from scipy import ndimage
 
 from agent.expert import ExpertPolicy, expert_program
+from envs import geometry
+from envs.geometry import geometry_score
 from envs.jobs import PartSpec, PrintJob, ProcessSettings
-from envs.rewards import geometry_score
 from envs.slicer import layer_gcode, slice_job
 from sim_bridge import PrintReport, Simulator, simulate
+from sim_bridge.deposition import raise_capsule
 from sim_bridge.gcode import parse_line
 
 ROOT = Path(__file__).parent.parent
@@ -57,6 +62,63 @@ def _layered(kind: str) -> tuple[list[float], PrintReport]:
         # Scored right after its run: a later layer raises the same cells above this layer's band.
         scores.append(geometry_score(sim, job, k))
     return scores, sim.report()
+
+
+def _per_move_geometry_score(sim: Simulator, job: PrintJob, layer: int, res: float = 0.1) -> float:
+    """The geometry score as first written: one kernel call per move, scipy's closing by a disk, the target
+    rasterised on every call (the reference the batched implementation must reproduce)."""
+    target = geometry.target_region(job, layer)
+    starts, ends, widths, _ = geometry.layer_moves(sim, job, layer)
+    x0, y0, x1, y1 = target.bounds
+    margin, phase = geometry.WINDOW_MARGIN_MM, geometry.GRID_PHASE
+    x0 = math.floor((x0 - margin) / res) * res + phase * res
+    y0 = math.floor((y0 - margin) / res) * res + phase * res
+    nx = int(math.ceil((x1 + margin - x0) / res)) + 1
+    ny = int(math.ceil((y1 + margin - y0) / res)) + 1
+    grid = np.zeros((ny, nx), dtype=np.float32)
+    for (ax, ay, _), (bx, by, _), w in zip(starts, ends, widths, strict=True):
+        raise_capsule(grid, ax, ay, bx, by, 0.5 * w, 1.0, 1.0, x0, y0, res)
+    radius = int(round(geometry.closing_radius_mm(job, layer) / res))
+    r = max(1, radius)
+    yy, xx = np.ogrid[-r:r + 1, -r:r + 1]
+    pad = radius + 1
+    covered = ndimage.binary_closing(np.pad(grid > 0.5, pad), structure=xx * xx + yy * yy <= r * r)
+    covered = ndimage.binary_fill_holes(covered[pad:-pad, pad:-pad])
+    gx, gy = np.meshgrid(x0 + np.arange(nx) * res, y0 + np.arange(ny) * res)
+    wanted = shapely.contains_xy(target, gx, gy)
+    holes = geometry._holes(target)
+    if not holes.is_empty:
+        covered &= ~shapely.contains_xy(holes, gx, gy)
+    union = np.count_nonzero(covered | wanted)
+    return float(np.count_nonzero(covered & wanted) / union) if union else 0.0
+
+
+@pytest.mark.parametrize("kind", ["rectangle", "ring", "hole_plate", "bridge"])
+def test_batched_geometry_score_equals_the_per_move_one(kind: str) -> None:
+    """Whole and cut layers (cut ones leave gaps the closing must not bridge), each scored both ways."""
+    job = _job(kind)
+    sliced = slice_job(job)
+    sim = Simulator(job.printer, job.material)
+    sim.run(sliced.setup)
+    scores = []
+    for k, layer in enumerate(sliced.layers):
+        lines = layer.splitlines(keepends=True)
+        sim.run("".join(lines[:7]) if k % 2 else layer)  # two sides of the outer loop
+        scores.append((geometry_score(sim, job, k), _per_move_geometry_score(sim, job, k)))
+    assert all(new == pytest.approx(old, abs=1e-12) for new, old in scores), scores
+    assert min(old for _, old in scores) < GEOMETRY_MIN, "a cut layer is in the test"
+
+
+def test_disk_closing_equals_scipys() -> None:
+    rng = np.random.default_rng(0)
+    for radius in (0, 1, 3, 7):
+        mask = rng.random((40, 50)) < 0.08
+        r = max(1, radius)
+        yy, xx = np.ogrid[-r:r + 1, -r:r + 1]
+        pad = radius + 1
+        expected = ndimage.binary_closing(np.pad(mask, pad), structure=xx * xx + yy * yy <= r * r)[pad:-pad, pad:-pad]
+        assert (geometry.close_disk(mask, radius) == expected).all(), radius
+    assert not geometry.close_disk(np.zeros((5, 5), bool), 2).any()
 
 
 def _commands(text: str) -> list:

@@ -1,8 +1,9 @@
-"""``layerloop/PrintSupervisor-v0``, its ``Box`` sibling, and the sim-to-real wrappers."""
+"""``layerloop/PrintSupervisor-v1``, its ``Box`` sibling, and the sim-to-real wrappers."""
 
 from __future__ import annotations
 
 import dataclasses
+import doctest
 
 import gymnasium as gym
 import numpy as np
@@ -11,23 +12,21 @@ from gymnasium.utils.env_checker import check_env
 
 import envs  # noqa: F401  (registers the environments)
 from envs.jobs import PartSpec, PrintJob, ProcessSettings
+from envs.randomization import FaultRanges, RandomizationConfig, SensorRanges, load_randomization
 from envs.supervisor import (
     TELEMETRY_NAMES,
     HiddenPhysics,
     PrintSupervisorBoxEnv,
     PrintSupervisorEnv,
+    box_env,
     check_tuning,
+    edits,
+    measure,
     override_fan,
+    shift_xy,
+    tuning,
 )
-from envs.wrappers import (
-    DomainRandomization,
-    FaultRanges,
-    RandomizationConfig,
-    RareFaults,
-    SensorNoise,
-    SensorRanges,
-    load_randomization,
-)
+from envs.wrappers import DomainRandomization, RareFaults, SensorNoise
 from sim_bridge.config import ConfigError
 from sim_bridge.printers import load_printer
 
@@ -70,7 +69,7 @@ def test_config_rejects_unknown_keys_and_bad_ranges(tmp_path: object) -> None:
 
 
 # -- the environments ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("env_id", ["layerloop/PrintSupervisor-v0", "layerloop/PrintSupervisorBox-v0"])
+@pytest.mark.parametrize("env_id", ["layerloop/PrintSupervisor-v1", "layerloop/PrintSupervisorBox-v1"])
 def test_check_env(env_id: str) -> None:
     check_env(gym.make(env_id, difficulty=2).unwrapped, skip_render_check=True)
 
@@ -78,15 +77,15 @@ def test_check_env(env_id: str) -> None:
 def test_same_seed_same_episode() -> None:
     rng = np.random.default_rng(0)
     actions = [rng.uniform(-1, 1, 5).astype(np.float32) for _ in range(20)]
-    runs = [run_episode(gym.make("layerloop/PrintSupervisorBox-v0"), lambda o, k: actions[k], seed=11)
+    runs = [run_episode(gym.make("layerloop/PrintSupervisorBox-v1"), lambda o, k: actions[k], seed=11)
             for _ in range(2)]
     assert runs[0][1] == runs[1][1]
     assert all(np.array_equal(a, b) for a, b in zip(runs[0][0], runs[1][0], strict=True))
-    texts = [run_episode(gym.make("layerloop/PrintSupervisor-v0"), lambda o, k: "M220 S90\nM104 S215", seed=3)
+    texts = [run_episode(gym.make("layerloop/PrintSupervisor-v1"), lambda o, k: "M220 S90\nM104 S215", seed=3)
              for _ in range(2)]
     assert texts[0][1] == texts[1][1]
     assert [o["prompt"] for o in texts[0][0]] == [o["prompt"] for o in texts[1][0]]
-    other = run_episode(gym.make("layerloop/PrintSupervisorBox-v0"), lambda o, k: actions[k], seed=12)
+    other = run_episode(gym.make("layerloop/PrintSupervisorBox-v1"), lambda o, k: actions[k], seed=12)
     assert other[1] != runs[0][1]
 
 
@@ -222,7 +221,7 @@ def test_ppo_beats_doing_nothing() -> None:
     from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
     torch.set_num_threads(1)
-    venv = VecNormalize(DummyVecEnv([lambda: gym.make("layerloop/PrintSupervisorBox-v0", job=SMALL_JOB)]),
+    venv = VecNormalize(DummyVecEnv([lambda: gym.make("layerloop/PrintSupervisorBox-v1", job=SMALL_JOB)]),
                         norm_obs=True, norm_reward=False)
     model = sb3.PPO("MlpPolicy", venv, n_steps=256, batch_size=64, learning_rate=1e-3, gamma=0.9, seed=0,
                     policy_kwargs={"log_std_init": -1.0, "net_arch": [64, 64]}, device="cpu")
@@ -230,9 +229,25 @@ def test_ppo_beats_doing_nothing() -> None:
     venv.training = False
 
     def mean_return(policy: object) -> float:
-        env = gym.make("layerloop/PrintSupervisorBox-v0", job=SMALL_JOB)
+        env = gym.make("layerloop/PrintSupervisorBox-v1", job=SMALL_JOB)
         return float(np.mean([sum(run_episode(env, policy, seed=10_000 + s)[1]) for s in range(30)]))
 
     learned = mean_return(lambda o, k: model.predict(venv.normalize_obs(o), deterministic=True)[0])
     nothing = mean_return(lambda o, k: np.zeros(5, np.float32))
     assert learned > nothing + 0.5, (learned, nothing)
+
+
+@pytest.mark.parametrize("module", [tuning, edits, measure, box_env])
+def test_doctests(module: object) -> None:
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_program_edits_keep_untouched_lines_and_shift_only_moves() -> None:
+    layer = ";LAYER_CHANGE\nG1 Z0.4 F300\nM106 S255\nG0 X100.225 Y100.225 F9000\r\ng1 x100.5 e0.2 ; wall\nM107"
+    shifted = shift_xy(layer, 1.3, -0.5)
+    assert shifted.splitlines(keepends=True)[:3] == layer.splitlines(keepends=True)[:3]
+    assert "G0 X101.525 Y99.725 F9000\r\n" in shifted and "G1 X101.8 E0.2 ; wall\n" in shifted
+    assert shifted.endswith("M107")
+    assert override_fan(layer, 80).count("M106 S80") == 2 and "M107" not in override_fan(layer, 80)
+    assert override_fan("N5 M106 S3\n", 0) == "M106 S0\n"

@@ -20,7 +20,7 @@ from training.grpo import GRPOSettings
 from training.model import ModelConfig
 from training.sft import SFTConfig
 
-TASKS = ("GcodeWriter-v0", "PrintSupervisor-v0")
+TASKS = ("GcodeWriter-v0", "PrintSupervisor-v1")
 """The environments the loop trains a model for."""
 LOOP_OWNED = {
     "sft": ("model", "embedded", "dataset_path", "output_dir", "log_dir", "backend", "seed", "eval_interval"),
@@ -52,7 +52,7 @@ class SimLoopConfig:
     """Shape of the embedded model (ignored for other models, except ``max_length_tokens``)."""
     task: str = ranged("GcodeWriter-v0", choices=TASKS)
     """Environment the model learns: ``GcodeWriter-v0`` (one layer of G-code per turn) or
-    ``PrintSupervisor-v0`` (live-tuning commands between layers; see :mod:`training.supervise`)."""
+    ``PrintSupervisor-v1`` (live-tuning commands between layers; see :mod:`training.supervise`)."""
     backend: str = ranged("trl", choices=("trl", "unsloth"))
     """``trl`` (any device) or ``unsloth`` (NVIDIA GPU and the ``gpu`` extra), for every phase."""
     seed: int = ranged(0, 0, 2**31 - 1)
@@ -68,9 +68,9 @@ class SimLoopConfig:
     revision_fraction: float = ranged(0.5, 0.0, 1.0)
     """Multi-turn mode (``grpo.multi_turn``): fraction of the SFT layer rows that also get a revision example."""
     supervisor_episodes: int = ranged(48, 1, 1_000_000)
-    """``PrintSupervisor-v0``: rule-supervised training episodes (one SFT/GRPO row per layer)."""
+    """``PrintSupervisor-v1``: rule-supervised training episodes (one SFT/GRPO row per layer)."""
     supervisor_difficulties: list[int] = ranged([2], 2, 4)
-    """``PrintSupervisor-v0``: difficulties of the training and evaluation jobs."""
+    """``PrintSupervisor-v1``: difficulties of the training and evaluation jobs."""
     dataset_path: str = ""
     """Supervised dataset folder; made there (or in the run directory when empty) if missing."""
     train_jobs: int = ranged(256, 1, 10_000_000)
@@ -116,7 +116,7 @@ class SimLoopConfig:
 
     @property
     def supervising(self) -> bool:
-        return self.task == "PrintSupervisor-v0"
+        return self.task == "PrintSupervisor-v1"
 
     def model_config(self) -> ModelConfig:
         """The model the loop starts from."""

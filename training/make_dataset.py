@@ -37,11 +37,11 @@ from rich.progress import Progress
 
 from envs.gcode_writer import GcodeWriterEnv
 from envs.jobs import PrintJob
+from envs.randomization import load_randomization, randomize_simulator
 from envs.sampler import sample_job
 from envs.slicer import slice_job
-from envs.wrappers import load_randomization, randomize_simulator
 from sim_bridge.config import ConfigError, check_ranges, load_yaml, ranged
-from sim_bridge.interpreter import SimOptions
+from sim_bridge.options import SimOptions
 from sim_bridge.plots import render_rgb
 from sim_bridge.report import PrintReport
 from sim_bridge.simulator import Simulator

@@ -207,7 +207,7 @@ def layer_reward_functions(scorer: LayerScorer | None = None, multi_turn: bool =
 
 
 class SupervisorReward:
-    """TRL reward of ``PrintSupervisor-v0`` rows: the environment's reward for sending each completion in
+    """TRL reward of ``PrintSupervisor-v1`` rows: the environment's reward for sending each completion in
     its row's state (≤ 1). A row's state is restored once (:func:`training.supervise.restore_state`) and
     copied from the object's cache afterwards."""
 

@@ -135,7 +135,7 @@ def _sft_rows(config: SimLoopConfig, data: Path, run_dir: Path) -> datasets.Data
 
 
 def _supervisor_table(config: SimLoopConfig, run_dir: Path) -> datasets.Dataset:
-    """``PrintSupervisor-v0`` rows (:func:`training.supervise.supervisor_rows`), made once per run."""
+    """``PrintSupervisor-v1`` rows (:func:`training.supervise.supervisor_rows`), made once per run."""
     cached = run_dir / "supervisor-rows.jsonl"
     if not cached.is_file():
         _write_jsonl(cached, supervisor_rows(config.supervisor_episodes, config.seed, config.supervisor_difficulties))

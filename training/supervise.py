@@ -1,4 +1,4 @@
-"""``PrintSupervisor-v0`` as a training task of the closed loop (``task: PrintSupervisor-v0``).
+"""``PrintSupervisor-v1`` as a training task of the closed loop (``task: PrintSupervisor-v1``).
 
 The model reads a print's telemetry between layers (``PrintSupervisorEnv``'s text observation) and answers
 with live-tuning commands. It is trained the same way as the writer:
@@ -40,7 +40,7 @@ mean reward per layer reaches this."""
 
 @dataclass
 class SupervisorEvalResult:
-    """The metrics of one evaluation of a supervisor (``PrintSupervisor-v0``)."""
+    """The metrics of one evaluation of a supervisor (``PrintSupervisor-v1``)."""
 
     success_rate: float
     """Episodes completed without a fatal failure or a refused command, with mean reward per layer ≥ 0.8."""

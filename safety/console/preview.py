@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 from markupsafe import Markup
 
-from sim_bridge.interpreter import F_EXTRUDE, F_KINEMATIC, SimOptions
+from sim_bridge.events import F_EXTRUDE, F_KINEMATIC
+from sim_bridge.options import SimOptions
 from sim_bridge.profiles import PrinterProfile
 from sim_bridge.simulator import Simulator
 

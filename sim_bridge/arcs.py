@@ -1,0 +1,38 @@
+"""Arc geometry of G2/G3 (RS274NGC), shared by the interpreter and the validator."""
+
+from __future__ import annotations
+
+import math
+
+SWEEP_EPS_RAD = 1e-12
+"""An arc whose ends coincide (within this) is a full circle."""
+
+
+def arc_center_from_radius(x0: float, y0: float, x1: float, y1: float, r: float, clockwise: bool
+                           ) -> tuple[float, float]:
+    """Arc centre from the R form; a negative R asks for the arc over 180° (RS274NGC)."""
+    mx, my = (x0 + x1) / 2.0, (y0 + y1) / 2.0
+    dx, dy = x1 - x0, y1 - y0
+    chord = math.hypot(dx, dy)
+    if chord == 0.0:
+        return x0, y0
+    half = chord / 2.0
+    h = math.sqrt(max(0.0, r * r - half * half))
+    sign = -1.0 if clockwise else 1.0
+    if r < 0.0:
+        sign = -sign
+    return mx - sign * h * dy / chord, my + sign * h * dx / chord
+
+
+def arc_sweep(x0: float, y0: float, x1: float, y1: float, cx: float, cy: float, clockwise: bool
+              ) -> tuple[float, float, float]:
+    """(radius, start angle, signed sweep) of the arc from (x0, y0) to (x1, y1) about (cx, cy), in radians;
+    clockwise sweeps are negative, and coinciding ends make a full circle."""
+    a0 = math.atan2(y0 - cy, x0 - cx)
+    sweep = math.atan2(y1 - cy, x1 - cx) - a0
+    if clockwise:
+        if sweep >= -SWEEP_EPS_RAD:
+            sweep -= 2.0 * math.pi
+    elif sweep <= SWEEP_EPS_RAD:
+        sweep += 2.0 * math.pi
+    return math.hypot(x0 - cx, y0 - cy), a0, sweep

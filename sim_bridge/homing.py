@@ -1,0 +1,46 @@
+"""How long homing one axis takes: the approach to the endstop, the back-off and the slow second touch."""
+
+from __future__ import annotations
+
+import math
+
+from sim_bridge.options import SimOptions
+from sim_bridge.profiles import PrinterProfile
+
+BATCH_HOMING_FLUSH_S = 0.010
+"""Klipper batch mode: flush bookkeeping per homed axis (0.002 s + 8 kinematic flush delays)."""
+
+
+def trapezoid_time_s(distance_mm: float, speed_mm_s: float, accel_mm_s2: float) -> float:
+    """Time of a lone move from rest to rest (trapezoidal, or triangular when too short to cruise)."""
+    if distance_mm <= 0.0:
+        return 0.0
+    if distance_mm >= speed_mm_s * speed_mm_s / accel_mm_s2:
+        return distance_mm / speed_mm_s + speed_mm_s / accel_mm_s2
+    return 2.0 * math.sqrt(distance_mm / accel_mm_s2)
+
+
+def homing_time_s(profile: PrinterProfile, options: SimOptions, axis: int, homed: bool, pos_mm: float) -> float:
+    """Time to home ``axis`` (0=X, 1=Y, 2=Z) from ``pos_mm`` (where the firmware believes it is)."""
+    speed = profile.homing_speed_mm_s[axis]
+    accel = profile.max_z_accel_mm_s2 if axis == 2 else profile.max_accel_mm_s2
+    endstop = profile.position_endstop_mm[axis]
+    lo, hi = profile.position_min_mm[axis], profile.position_max_mm[axis]
+    max_dir = endstop >= hi - 1e-9 and endstop > lo
+    if options.klipper_batch_mode:
+        # No endstop triggers: the first homing move runs its whole length (1.5 x the axis range
+        # from the far side, as Klipper's homing starts from an assumed position beyond it).
+        distance = 1.5 * ((endstop - lo) if max_dir else (hi - endstop))
+    elif not homed:
+        # The real carriage can be anywhere after power-on: assume the middle of the axis.
+        distance = abs((lo + hi) / 2.0 - endstop)
+    else:
+        distance = abs(pos_mm - endstop)
+    retract = profile.homing_retract_mm
+    total = trapezoid_time_s(distance, speed, accel)
+    if options.klipper_batch_mode:
+        total += BATCH_HOMING_FLUSH_S
+    if retract > 0.0:
+        # Back off, then home again at half speed over twice the back-off distance.
+        total += trapezoid_time_s(retract, speed, accel) + trapezoid_time_s(2.0 * retract, speed / 2.0, accel)
+    return total
