@@ -39,13 +39,12 @@ TRAIN_JOBS = 256
 def _reward_functions() -> tuple[list[Any], list[float]]:
     """The single-turn writer's reward functions, from whichever layout of layerloop this is."""
     try:
-        from training.rewards import LayerRewards  # the layout after the architecture issue
+        from training.rewards import layer_reward_functions  # the layout after the architecture issue
     except ImportError:
         from training.grpo import reward_functions  # the layout before it
 
         return reward_functions(multi_turn=False)
-    rewards = LayerRewards()
-    return rewards.parts(multi_turn=False), rewards.weights(multi_turn=False)
+    return layer_reward_functions(multi_turn=False)
 
 
 def prepare(out: Path) -> None:

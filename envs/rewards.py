@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from envs.jobs import PrintJob
 from sim_bridge.report import Failure
 
 W_GEOMETRY = 0.6
@@ -131,31 +130,7 @@ def defect_count(failures: Sequence[Failure]) -> tuple[int, bool]:
     return sum(1 for f in failures if not f.fatal), any(f.fatal for f in failures)
 
 
-# -- TRL reward functions ---------------------------------------------------------------------------------
-def program_reward(completions: Sequence[Any], job: Sequence[str] | None = None, **_: Any) -> list[float | None]:
-    """Reward of whole programs (``GcodeProgram``): mean step reward over the job's layers, normalised to
-    [≈-5, 1]. ``job`` is the dataset column of :meth:`PrintJob.to_json` texts."""
-    from envs.scoring import score_program
-
-    if job is None:
-        raise ValueError("program_reward needs the 'job' column (PrintJob.to_json) in the dataset")
-    return [score_program(completion_text(c), PrintJob.from_json(j)).normalized
-            for c, j in zip(completions, job, strict=True)]
-
-
-def layer_reward(completions: Sequence[Any], job: Sequence[str] | None = None, layer: Sequence[int] | None = None,
-                 **_: Any) -> list[float | None]:
-    """Reward of one layer written after the expert's program up to it (``GcodeWriter`` data), on the
-    nominal printer, normalised to 1. (GRPO uses its parts, cached and optionally randomised:
-    ``training.rewards``.)"""
-    from envs.scoring import score_layer
-
-    if job is None or layer is None:
-        raise ValueError("layer_reward needs the 'job' and 'layer' columns in the dataset")
-    return [score_layer(completion_text(c), PrintJob.from_json(j), int(k)).reward / MAX_STEP_REWARD
-            for c, j, k in zip(completions, job, layer, strict=True)]
-
-
+# -- completions -----------------------------------------------------------------------------------------
 def completion_text(completion: Any) -> str:
     """A completion as text: plain strings, or chat messages (the last message's content).
 

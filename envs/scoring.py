@@ -9,8 +9,10 @@ prompt is done once and kept: the job's slice (:func:`envs.slicer.cached_slice`)
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
@@ -18,8 +20,10 @@ from envs.geometry import layer_moves, moves_geometry_score
 from envs.jobs import PrintJob
 from envs.randomization import load_randomization, randomize_simulator
 from envs.rewards import (
+    MAX_STEP_REWARD,
     ProgramScore,
     StepScores,
+    completion_text,
     defect_count,
     extrusion_score,
     time_score,
@@ -229,3 +233,24 @@ def feedback_text(scores: StepScores, failures: list[Failure]) -> str:
     parts = [f"geometry {scores.geometry:.2f}, extrusion {scores.extrusion:.2f}, time {scores.time:.2f}"]
     parts += [f"line {f.line}: {f.message}" for f in failures[:FEEDBACK_FAILURES]]
     return "; ".join(parts)
+
+
+# -- reward functions (TRL's signature: completions and dataset columns in, one reward each out) ---------------------------------------------------------------------------------
+def program_reward(completions: Sequence[Any], job: Sequence[str] | None = None, **_: Any) -> list[float | None]:
+    """Reward of whole programs (``GcodeProgram``): mean step reward over the job's layers, normalised to
+    [≈-5, 1]. ``job`` is the dataset column of :meth:`PrintJob.to_json` texts."""
+    if job is None:
+        raise ValueError("program_reward needs the 'job' column (PrintJob.to_json) in the dataset")
+    return [score_program(completion_text(c), PrintJob.from_json(j)).normalized
+            for c, j in zip(completions, job, strict=True)]
+
+
+def layer_reward(completions: Sequence[Any], job: Sequence[str] | None = None, layer: Sequence[int] | None = None,
+                 **_: Any) -> list[float | None]:
+    """Reward of one layer written after the expert's program up to it (``GcodeWriter`` data), on the
+    nominal printer, normalised to 1. (GRPO uses its parts, cached and optionally randomised:
+    ``training.rewards``.)"""
+    if job is None or layer is None:
+        raise ValueError("layer_reward needs the 'job' and 'layer' columns in the dataset")
+    return [score_layer(completion_text(c), PrintJob.from_json(j), int(k)).reward / MAX_STEP_REWARD
+            for c, j, k in zip(completions, job, layer, strict=True)]

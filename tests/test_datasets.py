@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from envs.rewards import layer_reward
+from envs.scoring import layer_reward
 from training import datafmt
 from training.data import SPLITS, load_table, main, split_of, to_grpo, to_sft
 from training.make_dataset import DatasetConfig, make_dataset

@@ -16,9 +16,8 @@ from envs import geometry, rewards
 from envs.__main__ import main as envs_main
 from envs.__main__ import rollout
 from envs.jobs import PartSpec, PrintJob, ProcessSettings
-from envs.rewards import layer_reward, program_reward
 from envs.sampler import load_suite, sample_job
-from envs.scoring import score_layer, state_before_layer
+from envs.scoring import layer_reward, program_reward, score_layer, state_before_layer
 from envs.slicer import cached_slice, slice_job
 
 SMALL = PrintJob(job_id="test-small", part=PartSpec("rectangle", [16.0, 12.0], 0.4, [110.0, 110.0]),

@@ -17,9 +17,9 @@ from agent.baselines import NO_CHANGE, noop_policy
 from agent.expert import expert_policy
 from agent.llm import conversation, format_prompt
 from envs.jobs import PrintJob
-from envs.rewards import StepScores, layer_reward
+from envs.rewards import StepScores
 from envs.sampler import load_suite
-from envs.scoring import layer_feedback
+from envs.scoring import layer_feedback, layer_reward
 from envs.slicer import slice_job
 from sim_bridge.config import ConfigError
 from training.evaluate import evaluate

@@ -73,7 +73,7 @@ def to_sft(ds: datasets.Dataset | datasets.IterableDataset, chat: bool = False
 
 
 def to_grpo(ds: datasets.Dataset | datasets.IterableDataset) -> datasets.Dataset | datasets.IterableDataset:
-    """GRPO format: ``prompt`` plus the columns :func:`envs.rewards.layer_reward` needs (``job``, ``layer``).
+    """GRPO format: ``prompt`` plus the columns :func:`envs.scoring.layer_reward` needs (``job``, ``layer``).
 
     Only layer steps are kept (start and end steps have no ``layer_reward``).
     """

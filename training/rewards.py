@@ -2,7 +2,7 @@
 
 TRL calls each reward function with ``completions`` and the dataset's columns and logs each under its
 ``__name__``. The writer's layer reward reaches TRL in its parts (:data:`LAYER_REWARD_PARTS`, weights
-:data:`LAYER_REWARD_WEIGHTS`: the weighted sum is ``envs.rewards.layer_reward`` × ``MAX_STEP_REWARD``); all
+:data:`LAYER_REWARD_WEIGHTS`: the weighted sum is ``envs.scoring.layer_reward`` × ``MAX_STEP_REWARD``); all
 parts of one trainer share one :class:`LayerScorer`, which simulates each answer once (in worker processes
 if asked), keeps the scores for the other parts, and draws the randomised printer of sim-to-real training.
 The supervisor's reward (:class:`SupervisorReward`) keeps the restored environments of its rows.
