@@ -42,9 +42,10 @@ def _read_file(path: str, what: str) -> bytes:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    # The web stack (FastAPI, uvicorn) loads only for `serve`: the other subcommands start at once.
     import uvicorn
 
-    from safety.console.app import create_app
+    from safety.console.app import create_app  # imports FastAPI; see above
 
     config = ConsoleConfig(db=args.db, host=args.host, port=args.port, max_upload_mib=args.max_upload_mib,
                            secure_cookie=args.secure_cookie)
