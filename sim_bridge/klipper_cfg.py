@@ -24,32 +24,24 @@ from typing import Any
 
 from sim_bridge.config import ConfigError, to_dict
 from sim_bridge.foreign_config import build_profile, field_bounds, in_range, parse_float
+from sim_bridge.klipper_defaults import (
+    KLIPPER_CHECK_GAIN_TIME_BED_S,
+    KLIPPER_CHECK_GAIN_TIME_EXTRUDER_S,
+    KLIPPER_HOMING_RETRACT_MM,
+    KLIPPER_HOMING_SPEED_MM_S,
+    KLIPPER_INSTANTANEOUS_CORNER_VELOCITY_MM_S,
+    KLIPPER_MAX_EXTRUDE_ONLY_DISTANCE_MM,
+    KLIPPER_MIN_CRUISE_RATIO,
+    KLIPPER_MIN_EXTRUDE_TEMP_C,
+    KLIPPER_SQUARE_CORNER_VELOCITY_MM_S,
+    KLIPPER_VERIFY_HEATER_DEFAULTS,
+)
 from sim_bridge.klipper_macros import infer_macros
 from sim_bridge.profiles import KINEMATICS, HeaterProfile, PrinterProfile
 
 _REQUIRED: Any = object()
 """Sentinel default: the key must be present."""
 
-KLIPPER_HOMING_SPEED_MM_S = 5.0
-"""Klipper's default ``homing_speed``."""
-KLIPPER_HOMING_RETRACT_MM = 5.0
-"""Klipper's default ``homing_retract_dist``."""
-KLIPPER_MIN_CRUISE_RATIO = 0.5
-"""Klipper's default ``minimum_cruise_ratio``."""
-KLIPPER_SQUARE_CORNER_VELOCITY_MM_S = 5.0
-"""Klipper's default ``square_corner_velocity``."""
-KLIPPER_MIN_EXTRUDE_TEMP_C = 170.0
-"""Klipper's default ``min_extrude_temp``."""
-KLIPPER_MAX_EXTRUDE_ONLY_DISTANCE_MM = 50.0
-"""Klipper's default ``max_extrude_only_distance``."""
-KLIPPER_INSTANTANEOUS_CORNER_VELOCITY_MM_S = 1.0
-"""Klipper's default extruder ``instantaneous_corner_velocity``."""
-KLIPPER_VERIFY_HEATER_DEFAULTS = {"max_error": 120.0, "hysteresis": 5.0, "heating_gain": 2.0}
-"""Klipper's ``[verify_heater]`` defaults (``check_gain_time``: see the two constants below)."""
-KLIPPER_CHECK_GAIN_TIME_EXTRUDER_S = 20.0
-"""Klipper's default ``check_gain_time`` of an extruder heater."""
-KLIPPER_CHECK_GAIN_TIME_BED_S = 60.0
-"""Klipper's default ``check_gain_time`` of the heated bed."""
 _AUTOSAVE_MARK = "#*# <"
 """Start of Klipper's SAVE_CONFIG block (``#*# <---------------------- SAVE_CONFIG ---…``)."""
 _SECTION_RE = re.compile(r"\[(?P<header>.+)\]")

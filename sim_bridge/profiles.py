@@ -18,6 +18,16 @@ import math
 from dataclasses import dataclass, field
 
 from sim_bridge.config import ConfigError, check_ranges, ranged
+from sim_bridge.klipper_defaults import (
+    KLIPPER_CHECK_GAIN_TIME_EXTRUDER_S,
+    KLIPPER_HOMING_RETRACT_MM,
+    KLIPPER_INSTANTANEOUS_CORNER_VELOCITY_MM_S,
+    KLIPPER_MAX_EXTRUDE_ONLY_DISTANCE_MM,
+    KLIPPER_MIN_CRUISE_RATIO,
+    KLIPPER_MIN_EXTRUDE_TEMP_C,
+    KLIPPER_SQUARE_CORNER_VELOCITY_MM_S,
+    KLIPPER_VERIFY_HEATER_DEFAULTS,
+)
 
 KINEMATICS = ("cartesian", "corexy")
 """Kinematics the simulator models."""
@@ -49,13 +59,13 @@ class HeaterProfile:
     """PID integral gain, Klipper units."""
     pid_kd: float = ranged(108.982, 0.0, 100000.0)
     """PID derivative gain, Klipper units."""
-    check_gain_time_s: float = ranged(20.0, 1.0, 3600.0)
+    check_gain_time_s: float = ranged(KLIPPER_CHECK_GAIN_TIME_EXTRUDER_S, 1.0, 3600.0)
     """verify_heater: time allowed to gain ``heating_gain_c`` while heating (20 s hotend, 60 s bed)."""
-    heating_gain_c: float = ranged(2.0, 0.1, 100.0)
+    heating_gain_c: float = ranged(KLIPPER_VERIFY_HEATER_DEFAULTS["heating_gain"], 0.1, 100.0)
     """verify_heater: minimum temperature rise expected within ``check_gain_time_s``."""
-    hysteresis_c: float = ranged(5.0, 0.1, 100.0)
+    hysteresis_c: float = ranged(KLIPPER_VERIFY_HEATER_DEFAULTS["hysteresis"], 0.1, 100.0)
     """verify_heater: band around the target inside which the heater counts as at temperature."""
-    max_error_c_s: float = ranged(120.0, 1.0, 10000.0)
+    max_error_c_s: float = ranged(KLIPPER_VERIFY_HEATER_DEFAULTS["max_error"], 1.0, 10000.0)
     """verify_heater: accumulated degrees·seconds below target that trip a thermal-runaway error."""
 
 
@@ -109,15 +119,15 @@ class PrinterProfile:
     """Where homing leaves each axis (Klipper ``position_endstop``)."""
     homing_speed_mm_s: list[float] = ranged([50.0, 50.0, 5.0], 0.1, 1000.0)
     """Homing speed of X, Y, Z."""
-    homing_retract_mm: float = ranged(5.0, 0.0, 50.0)
+    homing_retract_mm: float = ranged(KLIPPER_HOMING_RETRACT_MM, 0.0, 50.0)
     """Back-off after the first endstop touch (Klipper ``homing_retract_dist``)."""
     max_velocity_mm_s: float = ranged(300.0, 1.0, 5000.0)
     """Toolhead speed limit (Klipper ``max_velocity``)."""
     max_accel_mm_s2: float = ranged(3000.0, 1.0, 1.0e6)
     """Toolhead acceleration limit (Klipper ``max_accel``)."""
-    minimum_cruise_ratio: float = ranged(0.5, 0.0, 0.99)
+    minimum_cruise_ratio: float = ranged(KLIPPER_MIN_CRUISE_RATIO, 0.0, 0.99)
     """Fraction of each move that must be able to cruise (Klipper ``minimum_cruise_ratio``)."""
-    square_corner_velocity_mm_s: float = ranged(5.0, 0.0, 1000.0)
+    square_corner_velocity_mm_s: float = ranged(KLIPPER_SQUARE_CORNER_VELOCITY_MM_S, 0.0, 1000.0)
     """Speed through a 90° corner (Klipper ``square_corner_velocity``)."""
     max_z_velocity_mm_s: float = ranged(5.0, 0.1, 1000.0)
     """Z speed limit."""
@@ -139,17 +149,17 @@ class PrinterProfile:
     """Nozzle bore."""
     filament_diameter_mm: float = ranged(1.75, 0.5, 5.0)
     """Nominal filament diameter the printer is configured for."""
-    min_extrude_temp_c: float = ranged(170.0, 0.0, 400.0)
+    min_extrude_temp_c: float = ranged(KLIPPER_MIN_EXTRUDE_TEMP_C, 0.0, 400.0)
     """Hotend temperature below which extrusion is refused (Klipper ``min_extrude_temp``)."""
     max_extrude_cross_section_mm2: float | None = ranged(None, 0.001, 100.0)
     """Largest extruded cross-section of a move; default 4 × nozzle² (Klipper)."""
-    max_extrude_only_distance_mm: float = ranged(50.0, 0.0, 10000.0)
+    max_extrude_only_distance_mm: float = ranged(KLIPPER_MAX_EXTRUDE_ONLY_DISTANCE_MM, 0.0, 10000.0)
     """Longest extrude-only move (Klipper ``max_extrude_only_distance``)."""
     max_extrude_only_velocity_mm_s: float | None = ranged(None, 0.1, 1000.0)
     """Filament speed limit of extrude-only moves; default derived as Klipper does."""
     max_extrude_only_accel_mm_s2: float | None = ranged(None, 1.0, 1.0e6)
     """Filament acceleration limit of extrude-only moves; default derived as Klipper does."""
-    instantaneous_corner_velocity_mm_s: float = ranged(1.0, 0.0, 100.0)
+    instantaneous_corner_velocity_mm_s: float = ranged(KLIPPER_INSTANTANEOUS_CORNER_VELOCITY_MM_S, 0.0, 100.0)
     """Klipper extruder: largest instantaneous filament-speed change at a junction."""
     pressure_advance_s: float = ranged(0.0, 0.0, 2.0)
     """Pressure advance (seconds); does not change print time in Klipper."""

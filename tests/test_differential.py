@@ -26,7 +26,8 @@ from sim_bridge.gcode import GcodeReader
 from sim_bridge.interpreter import Interpreter
 from sim_bridge.machine import TrackedState, new_state
 from sim_bridge.options import SimOptions
-from sim_bridge.profiles import PrinterProfile, load_material, load_printer
+from sim_bridge.printers import load_material, load_printer
+from sim_bridge.profiles import PrinterProfile
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent

@@ -16,7 +16,7 @@ import pytest
 from sim_bridge import SimOptions, Simulator, simulate
 from sim_bridge.__main__ import main
 from sim_bridge.failures import STOPPED, UNREADABLE
-from sim_bridge.profiles import load_material, load_printer
+from sim_bridge.printers import load_material, load_printer
 from sim_bridge.thermal import melt_capacity_mm3_s
 
 ROOT = Path(__file__).parent.parent

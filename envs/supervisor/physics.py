@@ -9,7 +9,8 @@ import numpy as np
 
 from envs.randomization import SupervisorPhysicsRanges, replace_profile, scale_melt_capacity, uniform
 from sim_bridge.options import SimOptions
-from sim_bridge.profiles import Material, PrinterProfile, load_printer
+from sim_bridge.printers import load_printer
+from sim_bridge.profiles import Material, PrinterProfile
 from sim_bridge.simulator import Simulator
 
 PROFILES_KEPT = 16

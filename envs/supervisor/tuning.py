@@ -46,7 +46,7 @@ def check_tuning(text: str, job_hotend_c: float, profile: PrinterProfile) -> Tun
     each command with no finding is accepted (in canonical form), each finding refuses its line. Blank and
     comment lines are ignored.
 
-    >>> from sim_bridge.profiles import load_printer
+    >>> from sim_bridge.printers import load_printer
     >>> t = check_tuning("M221 S95\\n; note\\nM104 S260\\nG28", 210.0, load_printer("ender3-klipper"))
     >>> t.accepted
     ['M221 S95']
