@@ -1,9 +1,13 @@
-"""What the validator reports: one :class:`Violation` per finding, one :class:`Verdict` per program."""
+"""What the validator reports: one :class:`Violation` per finding, one :class:`Verdict` per program, and the
+:class:`FindingList` that collects them."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+MAX_COMMAND_CHARS = 200
+"""A finding quotes at most this much of its line."""
 
 
 @dataclass(frozen=True)
@@ -61,3 +65,36 @@ class Verdict:
         """``{"verdict", "violations", "sha256", "lines"}``, JSON-ready."""
         return {"verdict": self.verdict, "violations": [v.as_dict() for v in self.violations],
                 "sha256": self.sha256, "lines": self.lines}
+
+
+class FindingList:
+    """Collects findings, listing at most ``per_rule`` of each rule and counting the rest."""
+
+    def __init__(self, per_rule: int) -> None:
+        self.per_rule = per_rule
+        self.items: list[Violation] = []
+        self.counts: dict[str, int] = {}
+        self.first_dropped: dict[str, tuple[int, str]] = {}
+
+    def add(self, line: int, raw: str, rule: str, limit: str, value: str, message: str) -> None:
+        count = self.counts.get(rule, 0) + 1
+        self.counts[rule] = count
+        if count <= self.per_rule:
+            self.items.append(Violation(line, quote(raw), rule, limit, value, message))
+        elif rule not in self.first_dropped:
+            self.first_dropped[rule] = (line, quote(raw))
+
+    def result(self) -> tuple[Violation, ...]:
+        items = list(self.items)
+        for rule, (line, raw) in self.first_dropped.items():
+            more = self.counts[rule] - self.per_rule
+            items.append(Violation(line, raw, rule, f"{self.per_rule} findings listed per rule", f"{more} more",
+                                   f"{more} more findings of rule {rule} from this line on (not listed)"))
+        items.sort(key=lambda v: v.line)
+        return tuple(items)
+
+
+def quote(raw: str) -> str:
+    """The line as a finding quotes it: stripped, cut to :data:`MAX_COMMAND_CHARS`."""
+    text = raw.strip()
+    return text if len(text) <= MAX_COMMAND_CHARS else text[:MAX_COMMAND_CHARS] + "…"

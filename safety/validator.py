@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from safety.disguise import line_findings
-from safety.findings import Verdict, Violation
+from safety.findings import FindingList, Verdict, Violation
+from safety.heater_checks import HeaterChecks, num
 from safety.policy import SafetyPolicy, load_policy
 from safety.rules import code_finding
 from safety.tuning import TuningState, validate_tuning
@@ -33,14 +34,13 @@ from sim_bridge.commands import (
     FORBIDDEN_COMMANDS,
     KLIPPER,
     MARLIN,
-    heater_m_code_target,
     macro_temperatures_c,
     motors_off_axes,
     runs_on,
 )
 from sim_bridge.gcode import Command, GcodeError, GcodeReader, parse_line
 from sim_bridge.machine import TrackedState
-from sim_bridge.profiles import HeaterProfile, MacroProfile, PrinterProfile
+from sim_bridge.profiles import MacroProfile, PrinterProfile
 
 __all__ = ["FORBIDDEN_COMMANDS", "SafetyPolicy", "TuningState", "Verdict", "Violation", "load_policy",
            "validate", "validate_tuning"]
@@ -49,8 +49,6 @@ MAX_PROGRAM_BYTES = 256 * 1024 * 1024
 """Largest program accepted (a 12-hour print at 0.1 mm layers is about 50 MB)."""
 POSITION_EPS_MM = 1e-6
 """Slack on range checks for slicers' rounding (Klipper has none; 1 µm is far below a step)."""
-MAX_COMMAND_CHARS = 200
-"""A finding quotes at most this much of its line."""
 _AXES = "XYZ"
 _MOVE_LETTERS = frozenset("XYZEF")
 _ARC_LETTERS = frozenset("XYZEFIJKRP")
@@ -97,46 +95,10 @@ class _Machine:
     saved: dict[str, _Snapshot] = field(default_factory=dict)
 
 
-class _Findings:
-    """Collects findings, listing at most ``per_rule`` of each rule and counting the rest."""
-
-    def __init__(self, per_rule: int) -> None:
-        self.per_rule = per_rule
-        self.items: list[Violation] = []
-        self.counts: dict[str, int] = {}
-        self.first_dropped: dict[str, tuple[int, str]] = {}
-
-    def add(self, line: int, raw: str, rule: str, limit: str, value: str, message: str) -> None:
-        count = self.counts.get(rule, 0) + 1
-        self.counts[rule] = count
-        if count <= self.per_rule:
-            self.items.append(Violation(line, _quote(raw), rule, limit, value, message))
-        elif rule not in self.first_dropped:
-            self.first_dropped[rule] = (line, _quote(raw))
-
-    def result(self) -> tuple[Violation, ...]:
-        items = list(self.items)
-        for rule, (line, raw) in self.first_dropped.items():
-            more = self.counts[rule] - self.per_rule
-            items.append(Violation(line, raw, rule, f"{self.per_rule} findings listed per rule", f"{more} more",
-                                   f"{more} more findings of rule {rule} from this line on (not listed)"))
-        items.sort(key=lambda v: v.line)
-        return tuple(items)
-
-
-def _quote(raw: str) -> str:
-    text = raw.strip()
-    return text if len(text) <= MAX_COMMAND_CHARS else text[:MAX_COMMAND_CHARS] + "…"
-
-
-def _num(value: float) -> str:
-    return f"{value:.3f}".rstrip("0").rstrip(".") if math.isfinite(value) else str(value)
-
-
-class _Checker:
+class _Checker(HeaterChecks):
     """Walks one program: tracks the machine and reports every finding."""
 
-    def __init__(self, profile: PrinterProfile, policy: SafetyPolicy, findings: _Findings) -> None:
+    def __init__(self, profile: PrinterProfile, policy: SafetyPolicy, findings: FindingList) -> None:
         self.profile = profile
         self.policy = policy
         self.findings = findings
@@ -177,14 +139,14 @@ class _Checker:
         if f is None:
             return
         if f <= 0.0:
-            self.add(fail.FEED_RATE, "F > 0", f"F={_num(f)}", f"Invalid speed F{_num(f)}: must be above 0")
+            self.add(fail.FEED_RATE, "F > 0", f"F={num(f)}", f"Invalid speed F{num(f)}: must be above 0")
             return
         speed = f / 60.0
         self.m.feed_mm_s = speed
         if speed > self.feed_cap_mm_s + 1e-9:
-            self.add(fail.FEED_RATE, f"F <= {_num(self.feed_cap_mm_s * 60.0)} mm/min "
-                     f"({_num(self.feed_cap_mm_s)} mm/s)", f"{_num(speed)} mm/s",
-                     f"feed rate {_num(speed)} mm/s above the printer's {_num(self.feed_cap_mm_s)} mm/s")
+            self.add(fail.FEED_RATE, f"F <= {num(self.feed_cap_mm_s * 60.0)} mm/min "
+                     f"({num(self.feed_cap_mm_s)} mm/s)", f"{num(speed)} mm/s",
+                     f"feed rate {num(speed)} mm/s above the printer's {num(self.feed_cap_mm_s)} mm/s")
 
     def _unknown_letters(self, cmd: Command, allowed: frozenset[str]) -> bool:
         extra = sorted(set(cmd.params) - allowed)
@@ -280,9 +242,9 @@ class _Checker:
             for i in (0, 1):
                 v = point[i]
                 if self.m.homed[i] and (v < self.lo[i] - POSITION_EPS_MM or v > self.hi[i] + POSITION_EPS_MM):
-                    self.add(fail.MOVE_OUT_OF_RANGE, f"{_AXES[i]} in [{_num(self.lo[i])}, {_num(self.hi[i])}] mm",
-                             f"{_AXES[i]}={_num(v)} mm", f"Move out of range: the arc bulges to {_AXES[i]} "
-                             f"{_num(v)} mm, outside [{_num(self.lo[i])}, {_num(self.hi[i])}]")
+                    self.add(fail.MOVE_OUT_OF_RANGE, f"{_AXES[i]} in [{num(self.lo[i])}, {num(self.hi[i])}] mm",
+                             f"{_AXES[i]}={num(v)} mm", f"Move out of range: the arc bulges to {_AXES[i]} "
+                             f"{num(v)} mm, outside [{num(self.lo[i])}, {num(self.hi[i])}]")
                     return
 
     def _check_position(self, new: list[float], delta: list[float], de: float) -> None:
@@ -294,39 +256,39 @@ class _Checker:
         z_low = False
         if m.homed[2] and delta[2] != 0.0 and new[2] < self.policy.min_z_mm - POSITION_EPS_MM:
             z_low = True
-            self.add(fail.Z_INTO_BED, f"Z >= {_num(self.policy.min_z_mm)} mm (bed surface)", f"Z={_num(new[2])} mm",
-                     f"the nozzle would go {_num(self.policy.min_z_mm - new[2])} mm into the bed")
+            self.add(fail.Z_INTO_BED, f"Z >= {num(self.policy.min_z_mm)} mm (bed surface)", f"Z={num(new[2])} mm",
+                     f"the nozzle would go {num(self.policy.min_z_mm - new[2])} mm into the bed")
         elif (m.homed[2] and de > 0.0 and (delta[0] or delta[1])
               and new[2] <= self.policy.min_z_mm + POSITION_EPS_MM):
             z_low = True
-            self.add(fail.Z_INTO_BED, f"Z > {_num(self.policy.min_z_mm)} mm while extruding",
-                     f"Z={_num(new[2])} mm", "extrudes with the nozzle on the bed surface")
+            self.add(fail.Z_INTO_BED, f"Z > {num(self.policy.min_z_mm)} mm while extruding",
+                     f"Z={num(new[2])} mm", "extrudes with the nozzle on the bed surface")
         for i in range(3):
             if delta[i] == 0.0 or not m.homed[i] or (i == 2 and z_low):
                 continue
             if new[i] < self.lo[i] - POSITION_EPS_MM or new[i] > self.hi[i] + POSITION_EPS_MM:
-                self.add(fail.MOVE_OUT_OF_RANGE, f"{_AXES[i]} in [{_num(self.lo[i])}, {_num(self.hi[i])}] mm",
-                         f"{_AXES[i]}={_num(new[i])} mm",
-                         f"Move out of range: {_AXES[i]} {_num(new[i])} mm is outside "
-                         f"[{_num(self.lo[i])}, {_num(self.hi[i])}] (machine coordinates, after offsets)")
+                self.add(fail.MOVE_OUT_OF_RANGE, f"{_AXES[i]} in [{num(self.lo[i])}, {num(self.hi[i])}] mm",
+                         f"{_AXES[i]}={num(new[i])} mm",
+                         f"Move out of range: {_AXES[i]} {num(new[i])} mm is outside "
+                         f"[{num(self.lo[i])}, {num(self.hi[i])}] (machine coordinates, after offsets)")
 
     def _check_extrusion(self, de: float, xy_mm: float, move_mm: float) -> None:
         m, prof = self.m, self.profile
         if de > 0.0 and not m.hotend_ready:
-            self.add(fail.COLD_EXTRUSION, f"hotend waited for at >= {_num(prof.min_extrude_temp_c)} C",
-                     f"target {_num(m.hotend_target_c)} C" + ("" if m.hotend_target_c < prof.min_extrude_temp_c
+            self.add(fail.COLD_EXTRUSION, f"hotend waited for at >= {num(prof.min_extrude_temp_c)} C",
+                     f"target {num(m.hotend_target_c)} C" + ("" if m.hotend_target_c < prof.min_extrude_temp_c
                                                               else ", not waited for"),
                      "Extrude below minimum temp: extrusion before the hotend was heated to "
-                     f"min_extrude_temp ({_num(prof.min_extrude_temp_c)} C) and waited for (M109)")
+                     f"min_extrude_temp ({num(prof.min_extrude_temp_c)} C) and waited for (M109)")
         elif de < 0.0 and not m.hotend_hot:
-            self.add(fail.COLD_EXTRUSION, f"hotend hot (>= {_num(prof.min_extrude_temp_c)} C)",
-                     f"target {_num(m.hotend_target_c)} C",
+            self.add(fail.COLD_EXTRUSION, f"hotend hot (>= {num(prof.min_extrude_temp_c)} C)",
+                     f"target {num(m.hotend_target_c)} C",
                      "Extrude below minimum temp: retraction while the hotend was never heated")
         if xy_mm == 0.0 or de < 0.0:
             limit = prof.max_extrude_only_distance_mm
             if abs(de) > limit + POSITION_EPS_MM:
-                self.add(fail.EXTRUDE_ONLY_TOO_LONG, f"|E| <= {_num(limit)} mm (max_extrude_only_distance)",
-                         f"E={_num(de)} mm", f"Extrude only move too long ({de:.3f}mm vs {limit:.3f}mm)")
+                self.add(fail.EXTRUDE_ONLY_TOO_LONG, f"|E| <= {num(limit)} mm (max_extrude_only_distance)",
+                         f"E={num(de)} mm", f"Extrude only move too long ({de:.3f}mm vs {limit:.3f}mm)")
             return
         ratio = de / move_mm
         if ratio > self.max_e_ratio and de > prof.nozzle_diameter_mm * self.max_e_ratio:
@@ -388,8 +350,8 @@ class _Checker:
                 continue
             value = absolute if absolute is not None else m.gcode_offset[i] + (adjust or 0.0)
             if abs(value) > cap + POSITION_EPS_MM:
-                self.add(fail.GCODE_OFFSET, f"|{letter} offset| <= {_num(cap)} mm", f"{letter}={_num(value)} mm",
-                         f"G-code offset {letter}={_num(value)} mm is larger than babystepping needs; "
+                self.add(fail.GCODE_OFFSET, f"|{letter} offset| <= {num(cap)} mm", f"{letter}={num(value)} mm",
+                         f"G-code offset {letter}={num(value)} mm is larger than babystepping needs; "
                          "it shifts the whole print")
             shift[i] = value - m.gcode_offset[i]
             m.gcode_offset[i] = value
@@ -434,118 +396,6 @@ class _Checker:
             self.add(fail.MUST_HOME_FIRST, "home X, Y and Z before levelling", "not homed",
                      f"{cmd.code}: Must home axis first")
 
-    # -- heaters ---------------------------------------------------------------------------------------
-    def _heater(self, which: str) -> tuple[HeaterProfile, float]:
-        if which == "extruder":
-            heater, cap = self.profile.hotend, self.policy.max_hotend_temp_c
-        else:
-            heater, cap = self.profile.bed, self.policy.max_bed_temp_c
-        return heater, heater.max_temp_c if cap is None else min(cap, heater.max_temp_c)
-
-    def _temp_ok(self, which: str, target: float) -> bool:
-        """Klipper's heater range check (0 always means off), with the policy's cap."""
-        heater, hi = self._heater(which)
-        if target == 0.0 or (heater.min_temp_c <= target <= hi and math.isfinite(target)):
-            return True
-        self.add(fail.TEMPERATURE_OUT_OF_RANGE, f"{which} target 0 or in [{_num(heater.min_temp_c)}, {_num(hi)}] C",
-                 f"{_num(target)} C", f"Requested temperature ({target:.1f}) out of range "
-                 f"({heater.min_temp_c:.1f}:{hi:.1f}) for {which}")
-        return False
-
-    def _set_target(self, which: str, target: float, wait: bool) -> None:
-        m = self.m
-        if not self._temp_ok(which, target):
-            return  # the firmware refuses it: the old target stays
-        if which != "extruder":
-            m.bed_target_c = target
-            return
-        if target < self.profile.min_extrude_temp_c:
-            # Turned down: still hot for a while (a retraction is fine), but extruding needs a new wait.
-            m.hotend_hot = m.hotend_ready or m.hotend_hot
-            m.hotend_ready = False
-        elif wait:
-            m.hotend_ready = m.hotend_hot = True
-        # Without a wait, a ready hotend stays ready (it moves between printing temperatures, all above
-        # min_extrude_temp) and a cold one stays unready until something waits for it.
-        m.hotend_target_c = target
-
-    def _tool_ok(self, cmd: Command) -> bool:
-        tool = cmd.get("T")
-        if tool is not None and tool != 0.0:
-            self.add(fail.UNKNOWN_TOOL, "T0 (one extruder)", f"T{_num(tool)}",
-                     f"{cmd.code} T{_num(tool)}: this printer has one extruder")
-            return False
-        return True
-
-    def _m104_m109(self, cmd: Command) -> None:
-        if not self._tool_ok(cmd):
-            return
-        wait = cmd.code == "M109"
-        s, r = cmd.get("S"), cmd.get("R")
-        for extra in (cmd.get("B"),):
-            if extra is not None:
-                self._temp_ok("extruder", extra)
-        if r is not None and (s is not None or self.klipper):
-            self._temp_ok("extruder", r)
-        target, _ = heater_m_code_target(s, r, self.klipper)
-        if target is not None:
-            self._set_target("extruder", target, wait)
-
-    def _m140_m190(self, cmd: Command) -> None:
-        s, r = cmd.get("S"), cmd.get("R")
-        if r is not None and (s is not None or self.klipper):
-            self._temp_ok("heater_bed", r)
-        target, _ = heater_m_code_target(s, r, self.klipper)
-        if target is not None:
-            self._set_target("heater_bed", target, cmd.code == "M190")
-
-    def _set_heater_temperature(self, cmd: Command) -> None:
-        heater = cmd.args.get("HEATER", "").lower()
-        target = self._arg(cmd, "TARGET")
-        if heater not in ("extruder", "heater_bed"):
-            self.add(fail.TEMPERATURE_OUT_OF_RANGE, "HEATER=extruder or HEATER=heater_bed", f"HEATER={heater}",
-                     f"SET_HEATER_TEMPERATURE: unknown heater {heater!r} on this printer")
-            return
-        self._set_target(heater, target or 0.0, wait=False)
-
-    def _temperature_wait(self, cmd: Command) -> None:
-        sensor = cmd.args.get("SENSOR", "").lower()
-        minimum, maximum = self._arg(cmd, "MINIMUM"), self._arg(cmd, "MAXIMUM")
-        if minimum is None and maximum is None:
-            self.add(fail.INVALID_COMMAND, "MINIMUM= or MAXIMUM=", "none", "TEMPERATURE_WAIT needs MINIMUM or MAXIMUM")
-            return
-        if sensor not in ("extruder", "heater_bed"):
-            return
-        target = self.m.hotend_target_c if sensor == "extruder" else self.m.bed_target_c
-        _, hi = self._heater(sensor)
-        if minimum is not None and (minimum > max(target, 0.0) + 1e-9 or minimum > hi):
-            self.add(fail.HEATER_TIMEOUT, f"MINIMUM <= the {sensor} target ({_num(target)} C)",
-                     f"MINIMUM={_num(minimum)} C", "waits for a temperature the heater is not set to reach: "
-                     "the program would hang with the heater on")
-            return
-        if sensor == "extruder" and minimum is not None and minimum >= self.profile.min_extrude_temp_c:
-            self.m.hotend_ready = self.m.hotend_hot = True
-
-    def _turn_off_heaters(self, cmd: Command) -> None:
-        self._set_target("extruder", 0.0, False)
-        self._set_target("heater_bed", 0.0, False)
-
-    def _autotune(self, cmd: Command) -> None:
-        if cmd.code == "M303":
-            which = "heater_bed" if (cmd.get("E") or 0.0) < 0.0 else "extruder"
-            target = cmd.get("S")
-        else:
-            which = cmd.args.get("HEATER", "").lower()
-            target = self._arg(cmd, "TARGET")
-        if which not in ("extruder", "heater_bed") or target is None or target <= 0.0:
-            self.add(fail.FORBIDDEN_COMMAND, "autotune of extruder or heater_bed with a target", _quote(cmd.text),
-                     f"{cmd.code} without a known heater and target is forbidden")
-            return
-        _, hi = self._heater(which)
-        if target > hi:
-            self.add(fail.FORBIDDEN_COMMAND, f"autotune target <= {_num(hi)} C ({which})", f"{_num(target)} C",
-                     f"{cmd.code}: PID autotune to {_num(target)} C above the {which} limit of {_num(hi)} C")
-
     def _macro(self, cmd: Command, macro: MacroProfile) -> None:
         hotend, bed = macro_temperatures_c(cmd.args, macro)
         if bed:
@@ -573,8 +423,8 @@ class _Checker:
         else:
             lo, hi, what = self.policy.speed_percent_min, self.policy.speed_percent_max, "speed"
         if not lo <= value <= hi:
-            self.add(fail.FACTOR_RANGE, f"{what} factor in [{_num(lo)}, {_num(hi)}] %", f"{_num(value)} %",
-                     f"{cmd.code} S{_num(value)}: {what} factor outside [{_num(lo)}, {_num(hi)}] %")
+            self.add(fail.FACTOR_RANGE, f"{what} factor in [{num(lo)}, {num(hi)}] %", f"{num(value)} %",
+                     f"{cmd.code} S{num(value)}: {what} factor outside [{num(lo)}, {num(hi)}] %")
             return
         if cmd.code == "M221":
             self.m.flow_percent = value
@@ -583,8 +433,8 @@ class _Checker:
 
     def _limit(self, what: str, value: float | None, cap: float, unit: str, rule: str) -> None:
         if value is not None and value > cap + 1e-9:
-            self.add(rule, f"{what} <= {_num(cap)} {unit} (printer profile)", f"{_num(value)} {unit}",
-                     f"{what} {_num(value)} {unit} above the printer's {_num(cap)} {unit}")
+            self.add(rule, f"{what} <= {num(cap)} {unit} (printer profile)", f"{num(value)} {unit}",
+                     f"{what} {num(value)} {unit} above the printer's {num(cap)} {unit}")
 
     def _velocity_limit(self, cmd: Command) -> None:
         prof = self.profile
@@ -655,7 +505,7 @@ def validate(source: bytes | str | os.PathLike[str], profile: PrinterProfile, po
     policy = policy or SafetyPolicy()
     data, label = _read_source(source, name)
     digest = hashlib.sha256(data).hexdigest()
-    findings = _Findings(policy.max_findings_per_rule)
+    findings = FindingList(policy.max_findings_per_rule)
     if len(data) > MAX_PROGRAM_BYTES:
         findings.add(0, "", fail.UNREADABLE, f"at most {MAX_PROGRAM_BYTES} bytes", f"more than {MAX_PROGRAM_BYTES}",
                      "the program is too large to validate")

@@ -36,3 +36,19 @@ def arc_sweep(x0: float, y0: float, x1: float, y1: float, cx: float, cy: float, 
     elif sweep <= SWEEP_EPS_RAD:
         sweep += 2.0 * math.pi
     return math.hypot(x0 - cx, y0 - cy), a0, sweep
+
+
+def arc_chords(start: tuple[float, float, float], end: tuple[float, float, float], cx: float, cy: float,
+               clockwise: bool, segment_mm: float) -> list[tuple[float, float, float]]:
+    """End points of the equal chords a (helical) arc is cut into, ``max(1, floor(length / segment_mm))`` of
+    them; the last is exactly ``end``."""
+    x0, y0, z0 = start
+    radius, a0, sweep = arc_sweep(x0, y0, end[0], end[1], cx, cy, clockwise)
+    segments = max(1, int(math.hypot(abs(sweep) * radius, end[2] - z0) / segment_mm))
+    points = []
+    for k in range(1, segments):
+        frac = k / segments
+        angle = a0 + sweep * frac
+        points.append((cx + radius * math.cos(angle), cy + radius * math.sin(angle), z0 + (end[2] - z0) * frac))
+    points.append(end)
+    return points

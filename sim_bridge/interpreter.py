@@ -17,7 +17,7 @@ import numpy as np
 
 from sim_bridge import failures as fail
 from sim_bridge import limits
-from sim_bridge.arcs import arc_center_from_radius, arc_sweep
+from sim_bridge.arcs import arc_center_from_radius, arc_chords
 from sim_bridge.commands import (
     COMMANDS,
     IGNORED,
@@ -335,19 +335,12 @@ class Interpreter(HeaterCommands):
         else:
             cx = gx + (0.0 if i_off is None or i_off != i_off else i_off * u)
             cy = gy + (0.0 if j_off is None or j_off != j_off else j_off * u)
-        radius, a0, sweep = arc_sweep(gx, gy, tx, ty, cx, cy, clockwise)
-        length = math.hypot(abs(sweep) * radius, tz - gz)
-        segments = max(1, int(length / self.options.arc_segment_mm))
+        points = arc_chords((gx, gy, gz), (tx, ty, tz), cx, cy, clockwise, self.options.arc_segment_mm)
+        de = de_total / len(points) * st.extrude_factor
         speed = st.feed_mm_s * st.speed_factor
         px, py, pz = gx, gy, gz
-        for k in range(1, segments + 1):
-            frac = k / segments
-            if k == segments:
-                nx, ny, nz = tx, ty, tz
-            else:
-                ang = a0 + sweep * frac
-                nx, ny, nz = cx + radius * math.cos(ang), cy + radius * math.sin(ang), gz + (tz - gz) * frac
-            self._queue_move(nx - px, ny - py, nz - pz, de_total / segments * st.extrude_factor, speed, cmd.line)
+        for nx, ny, nz in points:
+            self._queue_move(nx - px, ny - py, nz - pz, de, speed, cmd.line)
             px, py, pz = nx, ny, nz
         st.gpos = [tx, ty, tz, ge + de_total]
 
