@@ -48,6 +48,7 @@ class PartSpec:
     """Mesh file for ``kind: stl``."""
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         need = {"rectangle": 2, "circle": 1, "ring": 2, "l_shape": 3, "polygon": 2, "hole_plate": 3,
                 "bridge": 4, "stl": 1}[self.kind]
         if len(self.size_mm) != need:
@@ -163,6 +164,9 @@ class ProcessSettings:
     """Part-cooling fan from the second layer on (0–1)."""
     extrusion_multiplier: float = ranged(1.0, 0.5, 2.0)
     """Scales every extrusion amount."""
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 
 from sim_bridge.commands import forbidden_reason
-from sim_bridge.config import ConfigError, load_yaml, ranged
+from sim_bridge.config import ConfigError, check_ranges, load_yaml, ranged
 
 DEFAULT_TUNING_COMMANDS = ("M221", "M220", "M104", "M106", "M107", "SET_PRESSURE_ADVANCE")
 """Commands a supervisor may send during a print (the windows of ``envs.supervisor``)."""
@@ -53,6 +53,7 @@ class SafetyPolicy:
     """Findings listed per rule; the rest are counted in one last finding of that rule."""
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         upper = [c.strip().upper() for c in self.allow_commands]
         bad = sorted(c for c in upper if forbidden_reason(c))
         if bad:

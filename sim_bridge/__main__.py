@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(report.to_json(), encoding="utf-8")
     if args.plot:
+        # matplotlib loads only when a plot is asked for: it costs the command line its start-up time.
         from sim_bridge.plots import save_plot
 
         save_plot(sim, args.plot, title=f"{args.file.name} on {printer.name}")

@@ -503,17 +503,17 @@ class Interpreter(HeaterCommands):
 
     def _m201(self, cmd: Command) -> None:
         s = self.state.settings
-        s.max_axis_accel = limits.per_axis(s.max_axis_accel, _axis_words(cmd))
+        s.max_axis_accel = limits.per_axis(s.max_axis_accel, limits.axis_words(cmd))
         self._settings_changed()
 
     def _m203(self, cmd: Command) -> None:
         s = self.state.settings
-        s.max_feedrate = limits.per_axis(s.max_feedrate, _axis_words(cmd))
+        s.max_feedrate = limits.per_axis(s.max_feedrate, limits.axis_words(cmd))
         self._settings_changed()
 
     def _m205(self, cmd: Command) -> None:
         s = self.state.settings
-        s.jerk = limits.m205_jerk(s.jerk, _axis_words(cmd))
+        s.jerk = limits.m205_jerk(s.jerk, limits.axis_words(cmd))
         self._settings_changed()
 
     def _m220(self, cmd: Command) -> None:
@@ -597,6 +597,3 @@ class _Fatal(Exception):
         super().__init__(failure.message)
         self.failure = failure
 
-
-def _axis_words(cmd: Command) -> dict[str, float]:
-    return {letter: v for letter in "XYZE" if (v := cmd.get(letter)) is not None}

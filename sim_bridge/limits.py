@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sim_bridge.gcode import Command
 from sim_bridge.profiles import PrinterProfile
 
 MAX_CRUISE_RATIO = 0.99
@@ -106,3 +107,8 @@ def m205_jerk(current: tuple[float, float, float, float], given: dict[str, float
     if given.get("X") is not None and given.get("Y") is None:
         return (jerk[0], jerk[0], jerk[2], jerk[3])
     return jerk
+
+
+def axis_words(cmd: Command) -> dict[str, float]:
+    """The X, Y, Z and E values a limits command (M201, M203, M205) gives."""
+    return {letter: v for letter in "XYZE" if (v := cmd.get(letter)) is not None}

@@ -68,6 +68,9 @@ class HeaterProfile:
     max_error_c_s: float = ranged(KLIPPER_VERIFY_HEATER_DEFAULTS["max_error"], 1.0, 10000.0)
     """verify_heater: accumulated degrees·seconds below target that trip a thermal-runaway error."""
 
+    def __post_init__(self) -> None:
+        check_ranges(self)
+
 
 @dataclass(frozen=True)
 class MacroProfile:
@@ -97,6 +100,9 @@ class MacroProfile:
     """True for end macros: heaters off, motors off afterwards."""
     park_position_mm: list[float] = field(default_factory=list)
     """Where the toolhead is left (X, Y), empty if unchanged."""
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 @dataclass(frozen=True)
@@ -184,6 +190,7 @@ class PrinterProfile:
     """The printer's own macros (``PRINT_START`` …) and what they do."""
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         for key in ("position_min_mm", "position_max_mm", "position_endstop_mm", "homing_speed_mm_s"):
             if len(getattr(self, key)) != 3:
                 raise ConfigError(f"{key} = {getattr(self, key)!r}: needs 3 values (X, Y, Z)")
@@ -220,14 +227,6 @@ class PrinterProfile:
                 return macro
         return None
 
-    def melt_capacity_mm3_s(self, hotend_temp_c: float) -> float:
-        """Largest volumetric flow the hotend can melt at ``hotend_temp_c`` (0 below min_extrude_temp)."""
-        if hotend_temp_c < self.min_extrude_temp_c:
-            return 0.0
-        capacity = self.max_volumetric_flow_mm3_s + self.melt_flow_per_c_mm3_s * (
-            hotend_temp_c - self.melt_reference_temp_c)
-        return max(0.1 * self.max_volumetric_flow_mm3_s, capacity)
-
     def replace(self, **changes: object) -> PrinterProfile:
         """A copy with ``changes`` applied and validated."""
         new = dataclasses.replace(self, **changes)
@@ -261,6 +260,7 @@ class Material:
     """Whether overhangs and bridges need the part-cooling fan."""
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         if self.hotend_temp_min_c > self.hotend_temp_max_c:
             raise ConfigError(f"{self.name}: hotend_temp_min_c {self.hotend_temp_min_c} > "
                               f"hotend_temp_max_c {self.hotend_temp_max_c}")

@@ -14,6 +14,7 @@ from sim_bridge.klipper_cfg import printer_from_klipper_cfg
 from sim_bridge.printers import bundled_printers, load_material, load_printer, printer_from_dict
 from sim_bridge.profiles import HeaterProfile, PrinterProfile
 from sim_bridge.slicer_config import printer_from_prusaslicer
+from sim_bridge.thermal import melt_capacity_mm3_s
 
 FIXTURES = Path(__file__).parent / "fixtures"
 KLIPPER_CFG = FIXTURES / "klipper_cfg"
@@ -138,8 +139,10 @@ def test_replace_validates():
 def test_profile_derived_values():
     profile = printer_from_dict({"nozzle_diameter_mm": 0.6, "min_extrude_temp_c": 180.0})
     assert profile.max_cross_section_mm2 == pytest.approx(4 * 0.36)
-    assert profile.melt_capacity_mm3_s(170.0) == 0.0
-    assert profile.melt_capacity_mm3_s(profile.melt_reference_temp_c) == profile.max_volumetric_flow_mm3_s
+    pla = load_material("pla")
+    assert melt_capacity_mm3_s(profile, pla, 170.0) == 0.0
+    assert melt_capacity_mm3_s(profile, pla, profile.melt_reference_temp_c) == pytest.approx(
+        profile.max_volumetric_flow_mm3_s * pla.melt_flow_factor)
     assert load_material("petg").name == "PETG"
     with pytest.raises(ConfigError, match="PLA"):
         load_material("wood")
