@@ -119,6 +119,19 @@ def _build(cls: type[T], data: dict[str, Any], where: str) -> T:
         return cls(**kwargs)
     except TypeError as exc:
         raise ConfigError(f"{where.rstrip('.') or cls.__name__}: {exc}") from exc
+    except ConfigError as exc:
+        # A nested config checks itself when built; its error must still say where in the file it is.
+        raise ConfigError(_located(where, str(exc), names)) from None
+
+
+def _located(where: str, message: str, names: list[str]) -> str:
+    """``message`` of a config at ``where`` (``hotend.``, ``macros[0].``), with that path in front."""
+    if not where or message.startswith(where):
+        return message
+    if any(message.startswith(name) and message[len(name):len(name) + 1] in (" ", ".", "[", ":")
+           for name in names):
+        return f"{where}{message}"
+    return f"{where.rstrip('.')}: {message}"
 
 
 def from_dict(cls: type[T], data: dict[str, Any], source: str = "") -> T:

@@ -45,12 +45,18 @@ def build_profile(data: dict[str, Any], source: str, origins: dict[str, str],
     try:
         return from_dict(PrinterProfile, data)
     except ConfigError as exc:
-        message = str(exc)
-        best = ""
-        for key in origins:
-            if message.startswith(key) and len(key) > len(best):
-                best = key
-        where = origins[best] if best else source
-        if best and resolve is not None:
-            where = resolve(where)
-        raise ConfigError(f"{where}: {message}") from None
+        raise located(exc, source, origins, resolve) from None
+
+
+def located(exc: ConfigError, source: str, origins: dict[str, str],
+            resolve: Callable[[str], str] | None = None) -> ConfigError:
+    """``exc`` (about a profile key) prefixed with where that key's value came from in the input."""
+    message = str(exc)
+    best = ""
+    for key in origins:
+        if message.startswith(key) and len(key) > len(best):
+            best = key
+    where = origins[best] if best else source
+    if best and resolve is not None:
+        where = resolve(where)
+    return ConfigError(f"{where}: {message}")

@@ -1,4 +1,5 @@
-"""A printer profile from a Klipper ``printer.cfg``, and Klipper's config defaults.
+"""A printer profile from a Klipper ``printer.cfg``; what a config leaves out gets Klipper's own defaults
+(:mod:`sim_bridge.klipper_defaults`).
 
 :func:`printer_from_klipper_cfg` reads a Klipper config with a small reader that follows Klipper's own
 (``klippy/configfile.py``): ``key: value`` and ``key = value``, ``#`` comments anywhere and ``;`` comments
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from sim_bridge.config import ConfigError, to_dict
-from sim_bridge.foreign_config import build_profile, field_bounds, in_range, parse_float
+from sim_bridge.foreign_config import build_profile, field_bounds, in_range, located, parse_float
 from sim_bridge.klipper_defaults import (
     KLIPPER_CHECK_GAIN_TIME_BED_S,
     KLIPPER_CHECK_GAIN_TIME_EXTRUDER_S,
@@ -292,9 +293,12 @@ def printer_from_klipper_cfg(path: str | os.PathLike[str]) -> PrinterProfile:
 
     sections = {section.name.partition(" ")[2].upper(): section
                 for section in cfg.sections.values() if section.name.startswith("gcode_macro ")}
-    macros = infer_macros({name: cfg.text(section, "gcode", "") for name, section in sections.items()})
     for index, section in enumerate(sections.values()):
         origins[f"macros[{index}]"] = f"{section.file}:{section.line}: [{section.name}]"
+    try:
+        macros = infer_macros({name: cfg.text(section, "gcode", "") for name, section in sections.items()})
+    except ConfigError as exc:
+        raise located(exc, str(path), origins) from None
     data["macros"] = [to_dict(macro) for macro in macros]
     return build_profile(data, str(path), origins)
 

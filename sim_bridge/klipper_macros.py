@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from sim_bridge.config import ConfigError
 from sim_bridge.foreign_config import parse_float
 from sim_bridge.profiles import MacroProfile
 
@@ -60,15 +61,19 @@ def infer_macros(texts: dict[str, str]) -> list[MacroProfile]:
     the order of ``texts``. A macro that calls another gets what the callee does, with the callee's
     parameters renamed to the caller's arguments."""
     out = []
-    for name in texts:
+    for index, name in enumerate(texts):
         facts = _macro_facts(name, texts, set())
         homes = ("XYZ" if facts.axes >= {"X", "Y", "Z"} else "XY" if facts.axes >= {"X", "Y"}
                  else "Z" if "Z" in facts.axes else "")
-        out.append(MacroProfile(
-            name=name, homes=homes, hotend_temp_params=facts.hotend_params, bed_temp_params=facts.bed_params,
-            waits_for_temperature=facts.waits, default_hotend_temp_c=facts.default_hotend_c,
-            default_bed_temp_c=facts.default_bed_c, levels=facts.levels, purges=facts.purges,
-            ends_print=facts.ends, park_position_mm=facts.park if facts.ends else []))
+        try:
+            out.append(MacroProfile(
+                name=name, homes=homes, hotend_temp_params=facts.hotend_params, bed_temp_params=facts.bed_params,
+                waits_for_temperature=facts.waits, default_hotend_temp_c=facts.default_hotend_c,
+                default_bed_temp_c=facts.default_bed_c, levels=facts.levels, purges=facts.purges,
+                ends_print=facts.ends, park_position_mm=facts.park if facts.ends else []))
+        except ConfigError as exc:
+            # Named as the profile's key, so the printer.cfg reader can point at the macro's section.
+            raise ConfigError(f"macros[{index}].{exc}") from None
     return out
 
 

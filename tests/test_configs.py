@@ -95,5 +95,23 @@ def test_unknown_key_fails_with_a_hint(cls: type) -> None:
 BUNDLED = sorted((ROOT / "configs").glob("*.yaml"))
 
 
-def test_bundled_configs_are_found() -> None:
-    assert len(BUNDLED) >= 5
+def _loader(path: Path) -> Any:
+    """How the command that takes ``path`` loads it."""
+    from envs.randomization import RandomizationConfig
+    from sim_bridge.config import load_yaml
+    from sim_bridge.options import SimOptions
+    from training.grpo import GRPOSettings
+    from training.loop_config import load_config
+    from training.make_dataset import DatasetConfig
+    from training.sft import SFTConfig
+
+    by_name = {"dataset-tiny": DatasetConfig, "grpo-tiny": GRPOSettings, "sft-tiny": SFTConfig,
+               "randomization": RandomizationConfig, "sim-default": SimOptions}
+    cls = by_name.get(path.stem)
+    return load_yaml(cls, path) if cls is not None else load_config(path)
+
+
+@pytest.mark.parametrize("path", BUNDLED, ids=lambda p: p.name)
+def test_every_bundled_config_loads(path: Path) -> None:
+    assert len(BUNDLED) >= 10
+    assert dataclasses.is_dataclass(_loader(path))

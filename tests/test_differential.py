@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import WILD_DIR, WILD_FILES
 
 from safety.validator import validate
 from sim_bridge.commands import IGNORED, spec
@@ -31,8 +32,6 @@ from sim_bridge.profiles import PrinterProfile
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent
-WILD_DIR = next((d for d in (ROOT / "shared" / "data" / "wild-gcode", ROOT.parent / "shared" / "data" / "wild-gcode")
-                 if d.is_dir()), None)
 POSITION_TOL_MM = 1e-6
 """Both sides reach the same position by different sums (offsets added vs deltas accumulated)."""
 
@@ -57,7 +56,7 @@ def _cases() -> Iterator[tuple[Path, str]]:
                 yield path, printer
     for path in sorted((HERE / "fixtures" / "prusaslicer").glob("*.gcode")):
         yield path, _printer_of(path)[0]
-    if WILD_DIR is not None:
+    if WILD_FILES:
         for path in sorted(WILD_DIR.glob("*.gcode")):
             # Klipper stops at the first unhomed move; Marlin's model goes on, so both are worth comparing.
             yield path, "ender3-klipper"

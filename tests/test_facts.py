@@ -22,7 +22,7 @@ from sim_bridge.commands import (
 )
 from sim_bridge.interpreter import Interpreter
 from sim_bridge.layers import LAYER_MARKERS, is_layer_marker, match_line
-from sim_bridge.profiles import load_printer
+from sim_bridge.printers import load_printer
 from training.evaluate import gcode_validity
 
 ENDER3 = load_printer("ender3-klipper")

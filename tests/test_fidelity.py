@@ -13,12 +13,12 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import WILD_DIR as WILD
 
 from sim_bridge import simulate
 
 ROOT = Path(__file__).parent.parent
 FIXTURES = Path(__file__).parent / "fixtures"
-WILD = Path(os.environ.get("LAYERLOOP_WILD_GCODE", ROOT.parent / "shared" / "data" / "wild-gcode"))
 PRUSA = json.loads((FIXTURES / "prusaslicer" / "expected.json").read_text())
 KLIPPER = json.loads((FIXTURES / "klipper" / "reference_times.json").read_text())
 def _printer(config: str) -> str:

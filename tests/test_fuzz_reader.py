@@ -7,14 +7,13 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from conftest import WILD_DIR, WILD_FILES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sim_bridge.gcode import GcodeError, GcodeReader, format_command, parse_line, to_text
 
 _ROOT = Path(__file__).resolve().parents[1]
-WILD_DIR = next((d for d in (_ROOT / "shared" / "data" / "wild-gcode", _ROOT.parent / "shared" / "data" / "wild-gcode")
-                 if d.is_dir()), None)
 SAMPLED_FILES = ["06_skeinforge_20mmbox.gcode", "07_miraclegrue_20mmbox.gcode", "12_cura_4.10_reprap.gcode",
                  "18_prusaslicer_m486_nospace.gcode", "23_orcaslicer_2.3.0b2_k1max.gcode",
                  "25_bambustudio_2.04_a1mini.gcode", "30_kisslicer_1.6.3.gcode", "32_kirimoto_3.0.gcode"]
@@ -23,7 +22,7 @@ SAMPLED_FILES = ["06_skeinforge_20mmbox.gcode", "07_miraclegrue_20mmbox.gcode", 
 def _real_lines() -> list[bytes]:
     """Up to 300 lines from the start of each sampled wild file (headers, start code, first moves)."""
     lines: list[bytes] = []
-    if WILD_DIR is None:
+    if not WILD_FILES:
         return [b"G28", b"G1 X10 Y10 E0.5 F1800", b"(<tag> (mm) )", b"print_start bed=70", b"N1 G1 X1*75"]
     for name in SAMPLED_FILES:
         with (WILD_DIR / name).open("rb") as fh:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import WILD_DIR, WILD_FILES, WILD_MANIFEST, needs_wild
 
 from sim_bridge.gcode import (
     MAX_LINE_BYTES,
@@ -23,11 +23,7 @@ from sim_bridge.gcode import (
 )
 
 _ROOT = Path(__file__).resolve().parents[1]
-WILD_DIR = next((d for d in (_ROOT / "shared" / "data" / "wild-gcode", _ROOT.parent / "shared" / "data" / "wild-gcode")
-                 if d.is_dir()), _ROOT / "shared" / "data" / "wild-gcode")
-MANIFEST = json.loads((WILD_DIR / "MANIFEST.json").read_text()) if WILD_DIR.is_dir() else {"files": []}
-WILD_FILES = [entry["file"] for entry in MANIFEST["files"]]
-needs_wild = pytest.mark.skipif(not WILD_FILES, reason="shared/data/wild-gcode not present")
+MANIFEST = WILD_MANIFEST
 
 
 def same_command(a: Command, b: Command) -> bool:

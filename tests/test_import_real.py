@@ -6,7 +6,6 @@ import doctest
 import hashlib
 import importlib
 import json
-import os
 import pkgutil
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import WILD_DIR as WILD
 
 import training.import_real as import_real
 from sim_bridge import moonraker
@@ -33,7 +33,6 @@ from training.import_real import (
 ROOT = Path(__file__).parent.parent
 FIX = ROOT / "tests" / "fixtures" / "real_world"
 CUBE = ROOT / "tests" / "fixtures" / "prusaslicer" / "cube20_ender3.gcode"
-WILD = Path(os.environ.get("LAYERLOOP_WILD_GCODE", ROOT.parent / "shared" / "data" / "wild-gcode"))
 WILD_FILES = ("13_cura_5.9.1_k1max.gcode", "18_prusaslicer_m486_nospace.gcode", "19_prusaslicer_2.6_minicube.gcode",
               "21_prusaslicer_2.8.1_minicube.gcode", "22_superslicer_2.3.56.gcode",
               "23_orcaslicer_2.3.0b2_k1max.gcode", "24_bambustudio_1.10_k1max.gcode")

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import WILD_DIR, needs_wild
 
 from sim_bridge.config import ConfigError
 from sim_bridge.klipper_cfg import printer_from_klipper_cfg
@@ -20,9 +21,6 @@ FIXTURES = Path(__file__).parent / "fixtures"
 KLIPPER_CFG = FIXTURES / "klipper_cfg"
 PRUSA = FIXTURES / "prusaslicer"
 _ROOT = Path(__file__).resolve().parents[1]
-WILD_DIR = next((d for d in (_ROOT / "shared" / "data" / "wild-gcode", _ROOT.parent / "shared" / "data" / "wild-gcode")
-                 if d.is_dir()), _ROOT / "shared" / "data" / "wild-gcode")
-needs_wild = pytest.mark.skipif(not WILD_DIR.is_dir(), reason="shared/data/wild-gcode not present")
 
 MINIMAL_CFG = """\
 [printer]

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import WILD_DIR, WILD_FILES, needs_wild
 
 from safety.__main__ import main
 from safety.validator import (
@@ -34,8 +35,6 @@ HERE = Path(__file__).parent
 GOLDEN = HERE / "safety_golden"
 FIXTURES = HERE / "fixtures"
 _ROOT = HERE.parent
-WILD_DIR = next((d for d in (_ROOT / "shared" / "data" / "wild-gcode", _ROOT.parent / "shared" / "data" / "wild-gcode")
-                 if d.is_dir()), None)
 EXPECT_RE = re.compile(r"^; expect: ([a-z_]+) at lines? ([\d, ]+)$")
 PRELUDE = "G90\nM82\nM140 S60\nM104 S210\nG28\nM190 S60\nM109 S210\nG92 E0\nG1 Z0.3 F600\n"
 """A clean start for ender3-klipper: heated, waited for, homed, at the first layer."""
@@ -141,7 +140,7 @@ def _wild_printer(key: str) -> tuple[PrinterProfile, SafetyPolicy | None]:
     return load_printer(printer), policy
 
 
-@pytest.mark.skipif(WILD_DIR is None, reason="shared/data/wild-gcode not present")
+@needs_wild
 @pytest.mark.parametrize("key", sorted(WILD))
 def test_wild_gcode(key: str) -> None:
     path = next(WILD_DIR.glob(f"{key}_*.gcode"))
@@ -154,7 +153,7 @@ def test_wild_gcode(key: str) -> None:
 
 
 def test_wild_gcode_table_covers_every_file() -> None:
-    if WILD_DIR is None:
+    if not WILD_FILES:
         pytest.skip("shared/data/wild-gcode not present")
     assert {p.name[:2] for p in WILD_DIR.glob("*.gcode")} == set(WILD)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import WILD_DIR as WILD
 
 from sim_bridge import SimOptions, Simulator, simulate
 from sim_bridge.__main__ import main
@@ -21,7 +21,6 @@ from sim_bridge.thermal import melt_capacity_mm3_s
 
 ROOT = Path(__file__).parent.parent
 CUBE = ROOT / "sim_bridge" / "data" / "cube20_ender3.gcode"
-WILD = Path(os.environ.get("LAYERLOOP_WILD_GCODE", ROOT.parent / "shared" / "data" / "wild-gcode"))
 START = "G28\nM140 S60\nM104 S210\nM190 S60\nM109 S210\nG92 E0\nM83\n"
 
 

@@ -13,14 +13,12 @@ from collections.abc import Callable
 
 import numpy as np
 
+from sim_bridge.commands import MOTION_COMMANDS as MOVE_CODES
 from sim_bridge.gcode import Command, format_command, parse_line
+from sim_bridge.layers import is_layer_marker
 
-MOVE_CODES = frozenset({"G0", "G1", "G2", "G3"})
-"""Commands whose X/Y/Z/E/F words the defects edit."""
 HEATER_CODES = frozenset({"M104", "M109", "M140", "M190"})
 """Commands that switch the heaters on (what a cold start lacks)."""
-LAYER_MARKER = "LAYER_CHANGE"
-"""The comment that opens each layer of the reference slicer's programs."""
 XYZ_DECIMALS = 3
 E_DECIMALS = 5
 """Decimals of rewritten coordinates and extrusion (the reference slicer's)."""
@@ -57,8 +55,8 @@ def _marker(line: str) -> str:
 
 
 def _layers(lines: list[str]) -> list[int]:
-    """Indices of the lines that open a layer (``;LAYER_CHANGE``)."""
-    return [i for i, line in enumerate(lines) if _marker(line).startswith(LAYER_MARKER)]
+    """Indices of the lines that open a layer (any slicer's layer marker, :mod:`sim_bridge.layers`)."""
+    return [i for i, line in enumerate(lines) if is_layer_marker(_marker(line))]
 
 
 def _drop(text: str, unwanted: Callable[[Command], bool]) -> str:
@@ -126,7 +124,7 @@ def wrong_z(text: str, rng: np.random.Generator) -> str:
     zs = []
     for i in range(1, len(lines)):
         cmd = parse_line(lines[i])
-        if cmd is not None and cmd.code == "G1" and cmd.get("Z") is not None and _marker(lines[i - 1]).startswith("LAYER"):
+        if cmd is not None and cmd.code == "G1" and cmd.get("Z") is not None and is_layer_marker(_marker(lines[i - 1])):
             zs.append(i)
     if len(zs) < 2:
         return text

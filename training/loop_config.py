@@ -165,16 +165,11 @@ def load_config(path: str | Path | None) -> SimLoopConfig:
     moved = [f"{key} moved to {MOVED_KEYS[key]}" for key in data if key in MOVED_KEYS]
     if moved:
         raise ConfigError(f"{path}: " + "; ".join(moved) + " (the loop config has sft: and grpo: sections)")
-    for section, cls in (("sft", SFTConfig), ("grpo", GRPOSettings)):
+    for section in ("sft", "grpo"):
         given = data.get(section)
         if not isinstance(given, dict):
             continue
         for key in given:
             if key in LOOP_OWNED[section]:
                 raise ConfigError(f"{path}: {_owned_message(section, key)}")
-        # Built here so that an error raised by the section's own checks names the section.
-        try:
-            data[section] = from_dict(cls, given)
-        except ConfigError as exc:
-            raise ConfigError(f"{path}: {section}.{exc}") from None
     return from_dict(SimLoopConfig, data, str(path))
