@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_reward_path.py prepare --out /tmp/rp        # data + a short-SFT model, once
     .venv/bin/python benchmarks/bench_reward_path.py grpo --prep /tmp/rp [--steps 12] [--label after]
+    .venv/bin/python benchmarks/bench_reward_path.py score [--label after]          # one group, deeper layers
 
 ``prepare`` makes the default run's dataset (``configs/tiny-cpu.yaml``: 256 jobs, difficulty 0, rectangles
 and polygons) and fine-tunes the embedded model for a few hundred SFT steps, so that GRPO samples look like
@@ -11,7 +12,10 @@ prompt, 320 tokens, temperature 0.7, beta 0.05) from that model and measures, pe
 time and the time inside TRL's reward computation (``GRPOTrainer._calculate_rewards``: every reward
 function of the batch). The measurement hooks into TRL, not into layerloop, so the same script times
 layerloop before and after a change: run it from each checkout on the same ``--prep`` folder, in the same
-session, and compare. Writes ``benchmarks/out/bench_reward_path-LABEL.json``.
+session, and compare. ``score`` times what one GRPO group asks of the scorer (16 answers to one layer of one
+job, through ``envs.scoring.score_layer``) on jobs of difficulty 0 (the default's one-layer parts), 2 and 3
+(their last layer, which follows the expert's layers below), on the nominal printer and on a randomised one. Writes
+``benchmarks/out/bench_reward_path-LABEL.json`` (``-score-LABEL`` for ``score``).
 """
 
 from __future__ import annotations
@@ -124,6 +128,49 @@ def grpo(prep: Path, steps: int, label: str) -> dict[str, Any]:
             "rewards_mean": [round(r["reward"], 3) for r in trainer.state.log_history if "reward" in r]}
 
 
+GROUP = 16
+"""Answers per scored group (the default run's completions per GRPO step)."""
+SCORE_DIFFICULTIES = (0, 2, 3)
+"""Difficulties of the scored jobs; each job's last layer is scored (the most expert layers below it)."""
+
+
+def score(repeats: int = 5) -> list[dict[str, Any]]:
+    import numpy as np
+
+    from envs.sampler import sample_job
+    from envs.scoring import score_layer
+    from envs.slicer import slice_job
+
+    results = []
+    for difficulty in SCORE_DIFFICULTIES:
+        job = sample_job(np.random.default_rng(difficulty), difficulty)
+        layers = slice_job(job).layers
+        layer = len(layers) - 1
+        text = layers[layer]
+        # Each answer differs (a tenth of a millimetre further along X per answer), as a group's do.
+        texts = [text] + [_shifted(text, 0.1 * i) for i in range(1, GROUP)]
+        for seed in (None, 123):
+            best = float("inf")
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                rewards = [score_layer(t, job, layer, seed).reward for t in texts]
+                best = min(best, time.perf_counter() - t0)
+            results.append({"difficulty": difficulty, "layer": layer, "layers": len(job.layer_zs()),
+                            "physics_seed": seed, "group_ms": round(1000 * best, 1),
+                            "mean_reward": round(sum(rewards) / len(rewards), 4)})
+    return results
+
+
+def _shifted(text: str, dx_mm: float) -> str:
+    out = []
+    for line in text.split("\n"):
+        words = line.split(" ")
+        if words[0] in ("G0", "G1"):
+            words = [f"X{float(w[1:]) + dx_mm:.3f}" if w.startswith("X") else w for w in words]
+        out.append(" ".join(words))
+    return "\n".join(out)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -133,11 +180,17 @@ def main() -> int:
     g.add_argument("--prep", type=Path, required=True)
     g.add_argument("--steps", type=int, default=12)
     g.add_argument("--label", default="now")
+    c = sub.add_parser("score")
+    c.add_argument("--label", default="now")
     args = parser.parse_args()
     if args.command == "prepare":
         prepare(args.out)
         return 0
-    result = grpo(args.prep, args.steps, args.label)
+    if args.command == "score":
+        result = {"label": f"score-{args.label}", "checkout": str(ROOT), "scores": score()}
+        args.label = result["label"]
+    else:
+        result = grpo(args.prep, args.steps, args.label)
     report = {"date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
               "cpus": os.cpu_count(), **result}
     out = ROOT / "benchmarks" / "out"

@@ -111,7 +111,8 @@ def test_batched_geometry_score_equals_the_per_move_one(kind: str) -> None:
 
 def test_disk_closing_equals_scipys() -> None:
     rng = np.random.default_rng(0)
-    for radius in (0, 1, 3, 7):
+    # Both ways of closing: by the disk (small radii) and by distance transforms (from 5 cells).
+    for radius in (0, 1, 3, 4, 5, 7, 12):
         mask = rng.random((40, 50)) < 0.08
         r = max(1, radius)
         yy, xx = np.ogrid[-r:r + 1, -r:r + 1]
