@@ -39,7 +39,7 @@ from sim_bridge.commands import (
     runs_on,
 )
 from sim_bridge.gcode import Command, GcodeError, GcodeReader, parse_line
-from sim_bridge.machine import TrackedState
+from sim_bridge.machine import TrackedState, gcode_offset_after
 from sim_bridge.profiles import MacroProfile, PrinterProfile
 
 __all__ = ["FORBIDDEN_COMMANDS", "SafetyPolicy", "TuningState", "Verdict", "Violation", "load_policy",
@@ -342,13 +342,12 @@ class _Checker(HeaterChecks):
     def _gcode_offset(self, cmd: Command) -> None:
         m = self.m
         cap = self.policy.max_gcode_offset_mm
+        offset = gcode_offset_after(m.gcode_offset, lambda key: self._arg(cmd, key))
         shift = [0.0, 0.0, 0.0, 0.0]
         for i, letter in enumerate("XYZE"):
-            absolute = self._arg(cmd, letter)
-            adjust = self._arg(cmd, f"{letter}_ADJUST")
-            if absolute is None and adjust is None:
+            if self._arg(cmd, letter) is None and self._arg(cmd, f"{letter}_ADJUST") is None:
                 continue
-            value = absolute if absolute is not None else m.gcode_offset[i] + (adjust or 0.0)
+            value = offset[i]
             if abs(value) > cap + POSITION_EPS_MM:
                 self.add(fail.GCODE_OFFSET, f"|{letter} offset| <= {num(cap)} mm", f"{letter}={num(value)} mm",
                          f"G-code offset {letter}={num(value)} mm is larger than babystepping needs; "

@@ -39,7 +39,7 @@ from sim_bridge.gcode import _WORD_RE, Command, GcodeError, GcodeReader, parse_l
 from sim_bridge.heater_commands import HeaterCommands
 from sim_bridge.homing import homing_time_s
 from sim_bridge.layers import is_layer_marker
-from sim_bridge.machine import MachineState, Program, SavedGcodeState, TrackedState
+from sim_bridge.machine import MachineState, Program, SavedGcodeState, TrackedState, gcode_offset_after
 from sim_bridge.options import SimOptions
 from sim_bridge.profiles import MacroProfile, Material, PrinterProfile
 from sim_bridge.report import Failure, Notice, unreadable_failure
@@ -407,16 +407,10 @@ class Interpreter(HeaterCommands):
     def _set_gcode_offset(self, cmd: Command) -> None:
         """Klipper's ``SET_GCODE_OFFSET``: later positions shift; ``MOVE=1`` moves the toolhead there at once."""
         st = self.state
-        shift = [0.0, 0.0, 0.0, 0.0]
-        for i, letter in enumerate("XYZE"):
-            absolute = self._arg_float(cmd, letter)
-            adjust = self._arg_float(cmd, f"{letter}_ADJUST")
-            if absolute is None and adjust is None:
-                continue
-            value = absolute if absolute is not None else st.gcode_offset[i] + (adjust or 0.0)
-            shift[i] = value - st.gcode_offset[i]
-            st.gcode_offset[i] = value
-            st.gpos[i] -= shift[i]
+        offset = gcode_offset_after(st.gcode_offset, lambda key: self._arg_float(cmd, key))
+        shift = [new - old for new, old in zip(offset, st.gcode_offset, strict=True)]
+        st.gcode_offset = offset
+        st.gpos = [g - d for g, d in zip(st.gpos, shift, strict=True)]
         if self._arg_float(cmd, "MOVE") and any(shift):
             speed = self._arg_float(cmd, "MOVE_SPEED") or st.feed_mm_s * st.speed_factor
             self._queue_move(shift[0], shift[1], shift[2], shift[3], speed, cmd.line)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -106,3 +107,21 @@ def new_state(profile: PrinterProfile, options: SimOptions) -> MachineState:
     """State at power-on: unhomed, cold, toolhead believed at ``options.start_position_mm``."""
     start = list(options.start_position_mm)
     return MachineState(pos=[*start, 0.0], gpos=[*start, 0.0], settings=default_settings(profile))
+
+
+def gcode_offset_after(current_mm: Sequence[float], read: Callable[[str], float | None]) -> list[float]:
+    """The G-code offsets (X, Y, Z, E) after Klipper's ``SET_GCODE_OFFSET``: an axis is set by its letter
+    (``Z=0.1``) or moved by its ``_ADJUST`` (``Z_ADJUST=-0.02``); an axis named by neither keeps its offset.
+    ``read`` gives a parameter's value (None when absent). The interpreter and the validator both use it.
+
+    >>> gcode_offset_after([0.0, 0.0, 0.1, 0.0], {"Z_ADJUST": -0.05, "X": 1.0}.get)
+    [1.0, 0.0, 0.05, 0.0]
+    """
+    new = list(current_mm)
+    for i, letter in enumerate("XYZE"):
+        absolute, adjust = read(letter), read(f"{letter}_ADJUST")
+        if absolute is not None:
+            new[i] = absolute
+        elif adjust is not None:
+            new[i] = current_mm[i] + adjust
+    return new

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import json
 from pathlib import Path
 
@@ -12,7 +11,6 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import envs  # noqa: F401
-from envs import geometry, rewards
 from envs.__main__ import main as envs_main
 from envs.__main__ import rollout
 from envs.jobs import PartSpec, PrintJob, ProcessSettings
@@ -183,8 +181,3 @@ def test_kept_reference_states_are_copied_not_shared() -> None:
     assert nominal.profile != second.profile, "the physics seed randomises the printer"
     assert cached_slice(job) is cached_slice(sample_job(np.random.default_rng(4), 3))
 
-
-@pytest.mark.parametrize("module", [rewards, geometry])
-def test_doctests(module: object) -> None:
-    result = doctest.testmod(module)
-    assert result.attempted > 0 and result.failed == 0

@@ -37,7 +37,6 @@ from training.model import (
 
 torch.set_num_threads(1)
 
-TINY = {"corpus_jobs": 3, "max_length_tokens": 1024, "seed": 0}
 NEW_TOKENS = 16
 LORA_B_STD = 0.5
 """PEFT starts LoRA's B at zero (the adapter does nothing); random B makes merging change the output."""
@@ -57,8 +56,8 @@ needs_onnx = pytest.mark.skipif(any(map(_missing, ("onnx", "onnxscript", "onnxru
 
 
 @pytest.fixture(scope="module")
-def cfg(tmp_path_factory: pytest.TempPathFactory) -> ModelConfig:
-    return ModelConfig(cache_dir=str(tmp_path_factory.mktemp("models")), **TINY)
+def cfg(tiny_model_config: ModelConfig) -> ModelConfig:
+    return tiny_model_config
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import datasets
 import pytest
 import torch
 import transformers
+from conftest import TINY_MODEL
 
 from agent.llm import IM_END, format_prompt, generate
 from sim_bridge.config import ConfigError, from_dict
@@ -31,13 +32,12 @@ from training.model import (
 
 torch.set_num_threads(1)
 
-TINY = {"corpus_jobs": 3, "max_length_tokens": 1024, "seed": 0}
 GCODE = "G1 X100.225 Y119.775 E0.73152 F1200\n"
 
 
 @pytest.fixture(scope="module")
-def cfg(tmp_path_factory: pytest.TempPathFactory) -> ModelConfig:
-    return ModelConfig(cache_dir=str(tmp_path_factory.mktemp("models")), **TINY)
+def cfg(tiny_model_config: ModelConfig) -> ModelConfig:
+    return tiny_model_config
 
 
 @pytest.fixture(scope="module")
@@ -74,11 +74,11 @@ def test_config_validated_on_load():
 
 
 def test_cache_key_covers_shape_not_location():
-    base = ModelConfig(**TINY)
-    assert cache_key(base) == cache_key(ModelConfig(cache_dir="/elsewhere", **TINY))
-    assert cache_key(base) != cache_key(ModelConfig(**{**TINY, "hidden_size": 64}))
-    assert cache_key(base) != cache_key(ModelConfig(**{**TINY, "corpus_jobs": 4}))
-    assert cache_key(base) != cache_key(ModelConfig(**{**TINY, "seed": 1}))
+    base = ModelConfig(**TINY_MODEL)
+    assert cache_key(base) == cache_key(ModelConfig(cache_dir="/elsewhere", **TINY_MODEL))
+    assert cache_key(base) != cache_key(ModelConfig(**{**TINY_MODEL, "hidden_size": 64}))
+    assert cache_key(base) != cache_key(ModelConfig(**{**TINY_MODEL, "corpus_jobs": 4}))
+    assert cache_key(base) != cache_key(ModelConfig(**{**TINY_MODEL, "seed": 1}))
 
 
 # -- tokenizer ------------------------------------------------------------------------------------------------
@@ -131,7 +131,7 @@ def test_model_shape_and_determinism(loaded, cfg):
     before = torch.random.get_rng_state()
     a, b = build_model(cfg, tok), build_model(cfg, tok)
     assert torch.equal(torch.random.get_rng_state(), before), "building a model must not consume the global RNG"
-    other = build_model(ModelConfig(**{**TINY, "seed": 1}), tok)
+    other = build_model(ModelConfig(**{**TINY_MODEL, "seed": 1}), tok)
     sa, sb, so = a.state_dict(), b.state_dict(), other.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not all(torch.equal(sa[k], so[k]) for k in sa)
@@ -153,7 +153,7 @@ def test_second_load_uses_the_cache(loaded, cfg, monkeypatch, capsys):
 
 def test_incomplete_cache_entry_is_rebuilt(tmp_path, monkeypatch, unseen_texts):
     monkeypatch.setattr(model, "corpus_texts", lambda jobs, seed: iter(unseen_texts))
-    cfg = ModelConfig(cache_dir=str(tmp_path), **{**TINY, "seed": 7})
+    cfg = ModelConfig(cache_dir=str(tmp_path), **{**TINY_MODEL, "seed": 7})
     target = model.cache_path(cfg)
     target.mkdir(parents=True)
     (target / "config.json").write_text("{half written", encoding="utf-8")
