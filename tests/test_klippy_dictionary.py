@@ -96,7 +96,7 @@ def test_the_dictionary_has_what_the_host_asks_for(host: KlippyHost, dict_file: 
     ids = sorted([*commands.values(), *responses.values()], key=lambda i: (i > 95, i < 0, abs(i)))
     assert len(set(ids)) == len(ids)
     single = [i for i in ids if -32 <= i <= 95]
-    assert len(single) == min(len(ids), 128) and max(ids) - 95 == len(ids) - 128
+    assert len(single) == min(len(ids), 128) and max(ids) == max(len(ids) - 128 + 95, max(single))
     assert commands["identify offset=%u count=%c"] == 1 and responses["identify_response offset=%u data=%.*s"] == 0
     for name in ("CLOCK_FREQ", "ADC_MAX", "PWM_MAX", "STATS_SUMSQ_BASE"):
         assert data["config"][name] == klippy_dictionary.LINUX_MCU_CONSTANTS[name]
@@ -197,6 +197,15 @@ def test_a_macro_that_homes_runs_g28(host: KlippyHost, dict_file: Path, ender3_c
     gcode.write_text("PRINT_START BED=60 EXTRUDER=200\nG1 X50 Y50 Z1 F6000\nPRINT_END\n")
     code, log, _ = _batch(host, tmp_path, ender3_cfg, gcode, dict_file)
     assert code == EXIT_OK, log[-2000:]  # without the macro's G28 the move fails "Must home axis first"
+
+
+def test_two_formats_for_one_message_are_an_error_naming_both_places(tmp_path: Path) -> None:
+    source = tmp_path / "klippy"
+    source.mkdir()
+    (source / "a.py").write_text('mcu.lookup_command("queue_step oid=%c interval=%u")\n')
+    (source / "b.py").write_text('mcu.lookup_command("queue_step oid=%c count=%hu")\n')
+    with pytest.raises(klippy_dictionary.DictionaryError, match=r"b\.py:1: .* disagrees .* at a\.py:1"):
+        klippy_dictionary.scan_host(source)
 
 
 def test_a_missing_host_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

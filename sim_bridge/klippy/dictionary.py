@@ -236,12 +236,15 @@ class _Scanner:
         if not _FORMAT_RE.match(fmt):
             raise DictionaryError(f"{where}: {fmt!r} is not a message format")
         name = fmt.split()[0]
+        table = self.found.responses if response else self.found.runtime_commands
+        known = table.get(name) if not response or name in self.found.exact_responses else None
+        if known is not None and known != fmt:
+            # The MCU can hold one format per name: the host would fail one of the two lookups.
+            raise DictionaryError(f"{where}: {fmt!r} disagrees with {known!r} at {self.found.where[name]}")
         self.found.where.setdefault(name, where)
+        table[name] = fmt
         if response:
-            self.found.responses.setdefault(name, fmt)
             self.found.exact_responses.add(name)
-        else:
-            self.found.runtime_commands.setdefault(name, fmt)
 
     def text(self, text: str, where: str) -> None:
         text = " ".join(text.split())
