@@ -8,10 +8,12 @@ and ``Invalid M204 command`` replies are log lines too: the run goes on. The com
 :mod:`sim_bridge.klippy.host`; this module runs it, reads its log and maps the run onto a
 :class:`~sim_bridge.report.PrintReport`.
 
-**The error's line.** Klippy names the error, not the line. It is found by running Klippy on prefixes of
+**The error's line.** Klippy names the error, not the line (and, as it reads 4 KiB blocks and runs the
+rest of a block after an error, the last error in its log need not be the first). It is found by running Klippy on prefixes of
 the file: prefix ``L`` (the first ``L`` lines) fails while prefix ``L - 1`` runs clean exactly when line
-``L`` is the first failing line, because Klippy runs the lines in order and stops at the first error (a
-prefix ends the file early; ending a file runs nothing that could fail). The candidate comes first: the
+``L`` is the first failing line, because Klippy runs the lines in order and the lines before the first
+error run clean (a prefix ends the file early; ending a file runs nothing that could fail). The message
+reported is that of the run on prefix ``L``, where line ``L``'s error is the only one. The candidate comes first: the
 line where the embedded simulator in Klipper batch mode stopped, or else the line of the move that reaches
 the position a ``Move out of range``/``Must home axis first`` message prints. When the candidate is
 confirmed the cost is two more Klippy runs on prefixes; when it is wrong, the search bisects the range the
@@ -100,8 +102,8 @@ def parse_log(text: str, exit_code: int) -> KlippyRun:
     """A run's figures from Klippy's log file (``-l``: one message per line, no level).
 
     The G-code starts after the MCU is configured (``Configured MCU …``). An accepted file ends with the
-    ``Exiting`` line; on an error Klippy exits at once, so the error is the last line it wrote (a shutdown
-    writes ``Transition to shutdown state: …`` and a dump after it). A ``Config error`` before that point
+    ``Exiting`` line; on an error Klippy exits soon after, so the last line it wrote is an error (a
+    shutdown writes ``Transition to shutdown state: …`` and a dump after it). A ``Config error`` before that point
     raises :class:`KlippyError` with the reason (the last line of its traceback).
 
     >>> run = parse_log("Configured MCU 'mcu' (500 moves)\nUnknown command:\"M73\"\nExiting (print time 95.838s)\n", 0)
@@ -128,6 +130,8 @@ def parse_log(text: str, exit_code: int) -> KlippyRun:
         elif (m := _M204_RE.match(line)) is not None:
             run.invalid_m204.append(m.group(1))
     if exit_code != 0 and body:
+        # The last line is an error, not always the first one (see run_batch); a shutdown's reason precedes
+        # its dump.
         shutdown = next((line for line in body if line.startswith(SHUTDOWN_PREFIX)), None)
         run.error = shutdown.removeprefix(SHUTDOWN_PREFIX).strip() if shutdown else body[-1].strip()
     return run
@@ -297,19 +301,30 @@ def printer_and_cfg(printer: PrinterProfile | str | os.PathLike[str], workdir: P
 
 def run_batch(program: bytes, printer_cfg: Path, workdir: Path, candidates: Callable[[], list[int]]
               ) -> KlippyRun:
-    """Klippy on the whole program and, when it fails, on prefixes to find the error's line
-    (``candidates`` is called only then)."""
+    """Klippy on the whole program and, when it fails, on prefixes to find the first error's line and
+    message (``candidates`` is called only then).
+
+    Batch mode reads its input 4 KiB at a time and, after an error, still runs the rest of that block
+    before it exits, so the whole file's log can end on a later error than the first. The run on the
+    prefix that ends at the first failing line has that error alone: its message is the one reported.
+    """
     run = run_klippy(program, printer_cfg, workdir)
     if run.error is None:
         return run
     lines = split_lines(program)
+    prefix_runs: dict[int, KlippyRun] = {}
 
     def fails(n: int) -> bool:
-        prefix = run_klippy(b"".join(lines[:n]), printer_cfg, workdir, batch_timeout_s(len(program)))
-        return prefix.error is not None
+        prefix_runs[n] = run_klippy(b"".join(lines[:n]), printer_cfg, workdir, batch_timeout_s(len(program)))
+        return prefix_runs[n].error is not None
 
     guesses = [*candidates(), *position_candidates(lines, run.error)]
     run.error_line, run.line_runs = find_error_line(lines, fails, list(dict.fromkeys(guesses)))
+    if run.error_line is not None:
+        first = prefix_runs.get(run.error_line)
+        if first is None:  # the whole file is the shortest failing prefix
+            first = run
+        run.error = first.error
     return run
 
 
