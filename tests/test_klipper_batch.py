@@ -153,3 +153,21 @@ def test_env_with_klipper_batch_gives_klippys_verdict() -> None:
         assert bad_reward < reward
     finally:
         env.close()
+
+
+def test_gate_console_and_dataset_take_the_backend(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from safety.console.preview import simulate_for_review
+    from safety.gate import main as gate_main
+    from sim_bridge.config import ConfigError
+    from training.make_dataset import DatasetConfig
+
+    path, line = off_bed(tmp_path)
+    assert gate_main(["check", str(path), "--printer", "ender3-klipper", "--backend", KLIPPER_BATCH]) == 1
+    out = capsys.readouterr().out
+    assert f"FAIL simulation: 1 failure(s) [{KLIPPER_BATCH}]: line {line}: move_out_of_range: Move out of range" in out
+    report, _ = simulate_for_review(CUBE.read_bytes(), "ender3-klipper", backend=KLIPPER_BATCH)
+    assert report["backend"] == KLIPPER_BATCH and report["sources"]["print_time_s"] == KLIPPER_BATCH
+    assert report["sources"]["temperatures"] == EMBEDDED and report["temperatures"]["hotend_c"] > 150.0
+    assert DatasetConfig(backend=KLIPPER_BATCH).backend == KLIPPER_BATCH
+    with pytest.raises(ConfigError, match="nominal printer"):
+        DatasetConfig(backend=KLIPPER_BATCH, kind="adaptation")

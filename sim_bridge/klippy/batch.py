@@ -95,6 +95,11 @@ class KlippyRun:
     """Each ``Invalid M204 command`` reply, in order."""
     line_runs: int = 0
     """Extra Klippy runs on prefixes it took to find ``error_line``."""
+    restarts: int = 0
+    """Times Klippy restarted while reading (``RESTART``, ``FIRMWARE_RESTART``, ``SAVE_CONFIG``: batch mode
+    then starts over on a fresh host, which finds the input already read)."""
+    body: list[str] = field(default_factory=list)
+    """The log's non-blank lines after the last ``Configured MCU`` (what the G-code made Klippy write)."""
     log: str = ""
 
 
@@ -106,10 +111,10 @@ def parse_log(text: str, exit_code: int) -> KlippyRun:
     shutdown writes ``Transition to shutdown state: …`` and a dump after it). A ``Config error`` before that point
     raises :class:`KlippyError` with the reason (the last line of its traceback).
 
-    >>> run = parse_log("Configured MCU 'mcu' (500 moves)\nUnknown command:\"M73\"\nExiting (print time 95.838s)\n", 0)
+    >>> run = parse_log("Configured MCU 'mcu' (500 moves)\\nUnknown command:\\"M73\\"\\nExiting (print time 95.838s)\\n", 0)
     >>> run.print_time_s, run.unknown_commands
     (95.838, ['M73'])
-    >>> parse_log("Configured MCU 'mcu' (500 moves)\nMove out of range: 240.000 46.000 5.000 [0.000]\n", 255).error
+    >>> parse_log("Configured MCU 'mcu' (500 moves)\\nMove out of range: 240.000 46.000 5.000 [0.000]\\n", 255).error
     'Move out of range: 240.000 46.000 5.000 [0.000]'
     """
     run = KlippyRun(exit_code=exit_code, log=text)
@@ -122,6 +127,8 @@ def parse_log(text: str, exit_code: int) -> KlippyRun:
             raise KlippyError(f"Klippy refused the printer config: {reason.split(': ', 1)[-1]}")
         raise KlippyError(f"Klippy stopped before reading the G-code (exit {exit_code}): {reason}")
     body = [line for line in lines[start + 1:] if line.strip()]
+    run.body = body
+    run.restarts = sum(1 for line in lines if line.startswith(READY_PREFIX)) - 1
     for line in body:
         if (m := _EXIT_RE.match(line)) is not None:
             run.print_time_s = float(m.group(1))
@@ -222,7 +229,7 @@ def find_error_line(lines: list[bytes], fails: Callable[[int], bool], candidates
     budget ran out) and the number of calls to ``fails``.
 
     >>> find_error_line([b""] * 100, lambda n: n >= 42, [40])
-    (42, 8)
+    (42, 7)
     >>> find_error_line([b""] * 100, lambda n: n >= 42, [42])
     (42, 2)
     """
@@ -321,11 +328,28 @@ def run_batch(program: bytes, printer_cfg: Path, workdir: Path, candidates: Call
     guesses = [*candidates(), *position_candidates(lines, run.error)]
     run.error_line, run.line_runs = find_error_line(lines, fails, list(dict.fromkeys(guesses)))
     if run.error_line is not None:
-        first = prefix_runs.get(run.error_line)
-        if first is None:  # the whole file is the shortest failing prefix
-            first = run
-        run.error = first.error
+        first = prefix_runs.get(run.error_line, run)  # not run: the whole file is the shortest failing prefix
+        clean = prefix_runs.get(run.error_line - 1, KlippyRun(exit_code=0))
+        run.error = error_text(first, clean)
     return run
+
+
+def error_text(failing: KlippyRun, clean: KlippyRun) -> str | None:
+    """The error's whole message: what the run on the failing prefix logged beyond the run on the prefix one
+    line shorter (a message can span lines: ``Move exceeds maximum extrusion (…)`` and a ``See the …``
+    hint); the last line of the failing run when the two logs do not share their start.
+
+    >>> clean = KlippyRun(0, body=['Unknown command:"M73"', "Exiting (print time 1.000s)"])
+    >>> failing = KlippyRun(255, error="See the hint", body=['Unknown command:"M73"', "Bad move", "See the hint"])
+    >>> error_text(failing, clean)
+    'Bad move\\nSee the hint'
+    """
+    before = [line for line in clean.body if not _EXIT_RE.match(line)]
+    if failing.body[: len(before)] != before or len(failing.body) <= len(before):
+        return failing.error
+    new = failing.body[len(before):]
+    shutdown = next((line for line in new if line.startswith(SHUTDOWN_PREFIX)), None)
+    return failing.error if shutdown else "\n".join(line.strip() for line in new)
 
 
 def simulate_klipper_batch(program: str | os.PathLike[str] | bytes,
