@@ -179,7 +179,7 @@ def _cause(o: Outcome, homing_offset_s: float, g28_count: int) -> str:
         residual = delta - g28_count * homing_offset_s
         if g28_count and abs(residual) <= max(0.05, 2e-4 * o.klippy_time_s):
             return f"kalico's homing: its G28 takes {homing_offset_s:+.3f} s longer here (x{g28_count}){unknown}"
-        if g28_count and 0.0 < residual <= HOMING_FOLLOW_UP_S:
+        if g28_count and abs(residual) <= HOMING_FOLLOW_UP_S:
             return (f"kalico's homing: its G28 takes {homing_offset_s:+.3f} s longer here (x{g28_count}) and ends "
                     f"homing_retract_dist off the endstop; the first moves after it take the other "
                     f"{residual:+.3f} s (not measured apart){unknown}")
