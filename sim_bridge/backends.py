@@ -76,7 +76,7 @@ def simulate(program: str | os.PathLike[str] | bytes, printer: PrinterProfile | 
             raise BackendUnavailable("backend 'moonraker' is not built in this checkout "
                                      "(sim_bridge.moonraker has no simulate_via_moonraker)")
         kwargs = {} if timeout_s is None else {"timeout_s": timeout_s}
-        return run(program, printer, url, api_key=api_key, **kwargs)
+        return run(program, printer, url, api_key=api_key, material=material, **kwargs)
     profile = printer if isinstance(printer, PrinterProfile) else load_printer(printer)
     source = Path(program) if isinstance(program, os.PathLike) else program
     return Simulator(profile, load_material(material), options or SimOptions()).run(source)
