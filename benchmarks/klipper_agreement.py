@@ -93,15 +93,6 @@ class Outcome:
     wall_s: float = 0.0
 
 
-def _reference_cfg(name: str, tmp: Path) -> Path:
-    """A reference config with chip 0's pins in the derived dictionary's spelling (``gpiochip0/gpioN``)."""
-    out = tmp / name
-    if not out.is_file():
-        text = (FIXTURES / "klipper" / name).read_text()
-        out.write_text(re.sub(r"\bgpio(\d+)\b", r"gpiochip0/gpio\1", text))
-    return out
-
-
 def _golden_printer(path: Path) -> str:
     for line in path.read_bytes()[:400].decode("utf-8", "replace").splitlines()[:3]:
         if line.startswith("; printer: "):
@@ -201,7 +192,7 @@ def run_case(case: Case) -> Outcome:
     with tempfile.TemporaryDirectory(prefix="layerloop-agree-") as tmp:
         work = Path(tmp)
         if case.printer.endswith(".cfg"):
-            cfg = _reference_cfg(case.printer, work)
+            cfg = FIXTURES / "klipper" / case.printer
             profile = load_printer(cfg)
         else:
             profile = load_printer(case.printer)
