@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import string
+from dataclasses import replace
 from typing import Any
 
 import gymnasium as gym
@@ -15,7 +16,9 @@ from envs.rewards import MAX_STEP_REWARD, StepScores
 from envs.sampler import JobSource
 from envs.scoring import episode_steps, feedback_text, new_simulator, score_program, score_step
 from envs.slicer import cached_slice
+from sim_bridge.backends import check_backend, simulate
 from sim_bridge.options import SimOptions
+from sim_bridge.report import EMBEDDED
 
 MAX_ACTION_CHARS = 200_000
 TEXT_CHARSET = string.printable
@@ -199,15 +202,35 @@ class GcodeProgramEnv(GcodeWriterEnv):
     sequence), plus ``0.15·time`` against the reference program, minus 1 per defect and 5 for a fatal failure.
     Attainable: 1.0.
 
+    With ``backend="klipper-batch"`` (or ``"moonraker"``), the program also runs on that backend (after the
+    job's setup sequence when the job has none of its own) and its verdict decides ``fatal``: the reward's
+    fatal penalty and ``info["fatal"]`` are the real firmware's. Geometry, extrusion and time stay the
+    embedded simulator's scores.
+
     ## Starting state, arguments
-    As ``GcodeWriter-v0``.
+    As ``GcodeWriter-v0``, plus ``backend`` (:data:`sim_bridge.backends.BACKENDS`, default ``"embedded"``),
+    ``url`` and ``api_key`` (for ``moonraker``).
+
+    ## Info
+    As ``GcodeWriter-v0``; with another backend also ``backend``, ``backend_success``, ``backend_failures``
+    (mode, message, line in the program, source) and ``backend_print_time_s``.
 
     ## Episode end
     Always terminated after the one step.
 
     ## Version history
     * v0: first version.
+    * v0 (issue 11): the ``backend`` argument. Its default, ``"embedded"``, leaves the reward as it was, so the
+      id keeps its version.
     """
+
+    def __init__(self, job: PrintJob | dict | None = None, suite: str | None = None, difficulty: int = 0,
+                 resolution_mm: float = 0.1, render_mode: str | None = None, backend: str = EMBEDDED,
+                 url: str | None = None, api_key: str | None = None) -> None:
+        super().__init__(job, suite, difficulty, resolution_mm, render_mode)
+        self.backend = check_backend(backend, url)
+        self.url = url
+        self.api_key = api_key
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
         obs, info = super().reset(seed=seed, options=options)
@@ -219,6 +242,11 @@ class GcodeProgramEnv(GcodeWriterEnv):
         if self.step_index >= 1:
             raise RuntimeError("episode is over; call reset()")
         score = score_program(str(action), self.job)
+        extra: dict[str, Any] = {}
+        if self.backend != EMBEDDED:
+            extra = self._backend_verdict(str(action))
+            score = replace(score, fatal=not extra["backend_success"] and any(
+                f["fatal"] for f in extra["backend_failures"]))
         self.step_index = 1
         geometry = sum(s.geometry for s in score.layers) / max(len(score.layers), 1)
         extrusion = sum(s.extrusion for s in score.layers) / max(len(score.layers), 1)
@@ -227,8 +255,24 @@ class GcodeProgramEnv(GcodeWriterEnv):
         info = {"geometry": geometry, "extrusion": extrusion, "time": score.time, "defects": score.defects,
                 "fatal": score.fatal, "normalized": score.normalized,
                 "success": not score.fatal and score.defects == 0 and min(
-                    (s.geometry for s in score.layers), default=0.0) >= SUCCESS_GEOMETRY and score.end == 1.0}
+                    (s.geometry for s in score.layers), default=0.0) >= SUCCESS_GEOMETRY and score.end == 1.0,
+                **extra}
         return self._observation(), float(score.reward), True, False, info
+
+    def _backend_verdict(self, program: str) -> dict[str, Any]:
+        """The program on the env's backend: its verdict, failures (lines in ``program``) and time."""
+        assert self.job is not None
+        setup = "" if self.job.start_end else cached_slice(self.job).setup
+        if setup and not setup.endswith("\n"):
+            setup += "\n"
+        offset = setup.count("\n")
+        report = simulate(setup + program, self.job.printer, backend=self.backend, url=self.url,
+                          api_key=self.api_key, options=self.options, material=self.job.material)
+        return {"backend": self.backend, "backend_success": report.success,
+                "backend_print_time_s": report.print_time_s,
+                "backend_failures": [{"mode": f.mode, "message": f.message, "line": f.line - offset,
+                                      "fatal": f.fatal, "source": f.source or report.backend}
+                                     for f in report.failures]}
 
     def _observation(self) -> dict:
         assert self.job is not None and self.sim is not None

@@ -3,7 +3,8 @@
 A program passes only when all of these hold, each recorded as a :class:`Check`:
 
 1. **validator** — :func:`safety.validator.validate` allows it for the target profile;
-2. **simulation** — the embedded simulator runs it to the end on that profile without any failure;
+2. **simulation** — the embedded simulator (or, with ``backend="klipper-batch"``/``--backend klipper-batch``,
+   the real Klipper host in batch mode) runs it to the end on that profile without any failure;
 3. **approval** — a person approved that exact program: the latest decision recorded for its SHA-256 in the
    approvals store is ``approve`` (a one-byte change is another program, unapproved);
 4. **printer state** — the printer reports ready and idle, with every heater reading inside its range and
@@ -40,11 +41,12 @@ from safety.database import open_database
 from safety.policy import SafetyPolicy
 from safety.tuning import TuningState, validate_tuning
 from safety.validator import Verdict, validate
+from sim_bridge.backends import KLIPPER_BATCH, simulate
 from sim_bridge.failures import UNREADABLE
 from sim_bridge.moonraker import IDLE_PRINT_STATES, KLIPPY_READY, PrinterState, parse_printer_state
 from sim_bridge.printers import load_printer
 from sim_bridge.profiles import PrinterProfile
-from sim_bridge.report import PrintReport
+from sim_bridge.report import EMBEDDED, PrintReport
 from sim_bridge.simulator import Simulator
 
 STAGES = ("dry-run", "first-layer", "full")
@@ -172,21 +174,33 @@ class GateLog:
 
 
 # -- the checks --------------------------------------------------------------------------------------------------
-def simulation_check(program: bytes, profile: PrinterProfile, material: str = "PLA"
+GATE_BACKENDS = (EMBEDDED, KLIPPER_BATCH)
+"""Backends the simulation check may use: both run offline. (The ``moonraker`` backend prints on a printer,
+which is what the gate guards, so it is not a simulation here.)"""
+
+
+def simulation_check(program: bytes, profile: PrinterProfile, material: str = "PLA", backend: str = EMBEDDED
                      ) -> tuple[Check, PrintReport | None]:
-    """The embedded simulator runs the whole program on ``profile`` without any failure; the check and the
-    report (None when the text is not G-code the simulator can read)."""
+    """The program runs to its end on ``profile`` without any failure — on the embedded simulator, or with
+    ``backend="klipper-batch"`` on the real Klipper host in batch mode (errors, time and notices Klippy's,
+    temperatures and deposition the embedded simulator's); the check and the report (None when the text is not
+    G-code the simulator can read)."""
+    if backend not in GATE_BACKENDS:
+        raise ValueError(f"backend {backend!r}: the gate simulates with one of {', '.join(GATE_BACKENDS)}")
     sim = Simulator(profile, material)
     report = sim.run(program.decode("utf-8", errors="replace"))
     unreadable = next((f for f in report.failures if f.mode == UNREADABLE), None)
     if unreadable is not None:
         return Check("simulation", False, f"not G-code the simulator can read: {unreadable.message}"), None
+    if backend != EMBEDDED:
+        report = simulate(program, profile, backend=backend, material=material)
+    by = f" [{backend}]" if backend != EMBEDDED else ""
     if report.failures:
         first = report.failures[:3]
-        return Check("simulation", False, f"{len(report.failures)} failure(s): " +
+        return Check("simulation", False, f"{len(report.failures)} failure(s){by}: " +
                      "; ".join(f"line {f.line}: {f.mode}: {f.message}" for f in first)), report
-    return Check("simulation", True, f"completes in {report.print_time_s:.0f} s, {report.filament_mm:.0f} mm of "
-                                     f"filament, {report.layer_count} layer(s), no failure"), report
+    return Check("simulation", True, f"completes in {report.print_time_s:.0f} s{by}, {report.filament_mm:.0f} mm "
+                                     f"of filament, {report.layer_count} layer(s), no failure"), report
 
 
 def first_layer_payload(program: bytes, report: PrintReport) -> bytes:
@@ -206,12 +220,12 @@ def first_layer_payload(program: bytes, report: PrintReport) -> bytes:
 def gate(program: bytes, profile: PrinterProfile, stage: str, *, approvals: ApprovalStore | None = None,
          log: GateLog | None = None,
          printer_state: PrinterState | None = None, policy: SafetyPolicy | None = None, material: str = "PLA",
-         name: str = "<program>") -> GateResult:
+         name: str = "<program>", backend: str = EMBEDDED) -> GateResult:
     """Decide whether ``program`` may go to the printer at ``stage`` (see the module docstring).
 
     ``approvals`` is the :class:`safety.approvals.ApprovalStore` (needed from ``first-layer`` on); ``log`` the
     :class:`GateLog` that records the decision and knows the stages already passed (needed from
-    ``first-layer`` on). Nothing is sent here.
+    ``first-layer`` on); ``backend`` the simulation check's (:data:`GATE_BACKENDS`). Nothing is sent here.
     """
     if stage not in STAGES:
         raise ValueError(f"stage {stage!r}: one of {', '.join(STAGES)}")
@@ -219,7 +233,7 @@ def gate(program: bytes, profile: PrinterProfile, stage: str, *, approvals: Appr
     verdict = validate(program, profile, policy, name=name)
     checks = [Check("validator", verdict.allowed, f"{len(verdict.violations)} violation(s)" if not verdict.allowed
                     else f"{verdict.lines} lines allowed for {profile.name}")]
-    simulated, report = simulation_check(program, profile, material)
+    simulated, report = simulation_check(program, profile, material, backend)
     checks.append(simulated)
     payload: bytes | None = None
     if stage != "dry-run":
@@ -282,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
                        "its status)")
     check.add_argument("--material", default="PLA", help="material of the simulation (bundled name)")
     check.add_argument("--out", type=Path, help="write the payload to send here when allowed")
+    check.add_argument("--backend", choices=GATE_BACKENDS, default=EMBEDDED,
+                       help="simulation check on the embedded simulator or on Klippy in batch mode")
     confirm = sub.add_parser("confirm-first-layer", help="a person confirms the first layer printed well")
     confirm.add_argument("sha256")
     confirm.add_argument("--db", type=Path, required=True)
@@ -303,8 +319,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.printer_state is not None:
             state = parse_printer_state(json.loads(args.printer_state.read_text()))
         result = gate(args.file.read_bytes(), profile, args.stage, approvals=approvals, log=log,
-                      printer_state=state, material=args.material, name=str(args.file))
-    except (ValueError, OSError) as exc:
+                      printer_state=state, material=args.material, name=str(args.file), backend=args.backend)
+    except (ValueError, OSError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for c in result.checks:

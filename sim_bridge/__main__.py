@@ -1,7 +1,9 @@
-"""Command line: ``python -m sim_bridge simulate FILE.gcode --printer NAME_OR_PRINTER_CFG``.
+"""Command line: ``python -m sim_bridge simulate FILE.gcode --printer NAME_OR_PRINTER_CFG [--backend B]``.
 
 Prints a readable summary (with a progress bar on large files) and exits 1 when the print fails, 2 on a
-usage error (bad file, unknown printer). ``--json`` writes the report; ``--plot`` a PNG of the print.
+usage error (bad file, unknown printer, a backend that cannot run). ``--json`` writes the report; ``--plot``
+a PNG of the print (embedded backend). ``--backend klipper-batch`` runs the real Klipper host in batch mode,
+``--backend moonraker --url URL [--api-key-file F]`` a printer behind Moonraker (:mod:`sim_bridge.backends`).
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
+from sim_bridge.backends import BACKENDS, check_backend, simulate
 from sim_bridge.config import ConfigError, load_yaml
 from sim_bridge.failures import UNREADABLE
 from sim_bridge.gcode import GcodeError
 from sim_bridge.options import SimOptions
 from sim_bridge.printers import MATERIALS, bundled_printers, load_material, load_printer
+from sim_bridge.report import EMBEDDED
 from sim_bridge.simulator import Simulator
 
 PROGRESS_MIN_BYTES = 2_000_000
@@ -28,11 +32,15 @@ PROGRESS_MIN_BYTES = 2_000_000
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sim_bridge", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    sim = sub.add_parser("simulate", help="run a G-code file on the embedded simulator")
+    sim = sub.add_parser("simulate", help="run a G-code file on a simulation backend (default: embedded)")
     sim.add_argument("file", type=Path, help="G-code file")
     sim.add_argument("--printer", default="ender3-klipper",
                      help=f"bundled profile ({', '.join(bundled_printers())}), a profile .yaml, a Klipper "
                           "printer.cfg or a PrusaSlicer .ini/.gcode")
+    sim.add_argument("--backend", choices=BACKENDS, default=EMBEDDED,
+                     help="embedded simulator, Klippy batch mode, or a Moonraker printer (needs --url)")
+    sim.add_argument("--url", help="Moonraker URL for --backend moonraker (e.g. http://127.0.0.1:7125)")
+    sim.add_argument("--api-key-file", type=Path, help="file holding the Moonraker API key (first line)")
     sim.add_argument("--material", default="PLA", help=f"one of {', '.join(MATERIALS)}")
     sim.add_argument("--planner", choices=("klipper", "marlin"), help="corner model (default: the printer's firmware)")
     sim.add_argument("--klipper-batch", action="store_true",
@@ -80,14 +88,24 @@ def main(argv: list[str] | None = None) -> int:
         if not args.file.is_file():
             raise GcodeError(str(args.file), 0, "no such file")
         size = args.file.stat().st_size
-        if size >= PROGRESS_MIN_BYTES and not args.quiet:
+        if args.backend != EMBEDDED:
+            if args.plot:
+                raise ConfigError("--plot draws the embedded simulator's height map: use --backend embedded")
+            check_backend(args.backend, args.url)
+            api_key = args.api_key_file.read_text(encoding="utf-8").splitlines()[0].strip() \
+                if args.api_key_file else None
+            # A printer.cfg goes to Klippy as it is; anything else as the profile read from it.
+            target = args.printer if Path(args.printer).suffix.lower() == ".cfg" else printer
+            report = simulate(args.file, target, backend=args.backend, url=args.url, api_key=api_key,
+                              options=options, material=args.material)
+        elif size >= PROGRESS_MIN_BYTES and not args.quiet:
             with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
                           TimeRemainingColumn(), console=console, transient=True) as bar:
                 task = bar.add_task(f"simulating {args.file.name}", total=size)
                 report = sim.run(args.file, progress=lambda done, total: bar.update(task, completed=done))
         else:
             report = sim.run(args.file)
-    except (GcodeError, ConfigError, OSError) as exc:
+    except (GcodeError, ConfigError, OSError, RuntimeError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2
     unreadable = next((f for f in report.failures if f.mode == UNREADABLE), None)

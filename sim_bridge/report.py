@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from sim_bridge.failures import UNREADABLE
 from sim_bridge.gcode import GcodeError
+
+EMBEDDED = "embedded"
+"""The name of the embedded simulator as a backend (the default source of every report field)."""
 
 
 @dataclass
@@ -22,6 +25,8 @@ class Failure:
     fatal: bool = False
     count: int = 1
     """How many moves of this layer showed the same failure (reported once per layer and mode)."""
+    source: str = ""
+    """The backend that found it (:data:`sim_bridge.backends.BACKENDS`); empty: the report's ``backend``."""
 
 
 def unreadable_failure(error: GcodeError, layer: int = -1) -> Failure:
@@ -37,6 +42,8 @@ class Notice:
     kind: str
     message: str
     line: int
+    source: str = ""
+    """The backend that reported it; empty: the report's ``backend``."""
 
 
 @dataclass
@@ -84,6 +91,29 @@ class PrintReport:
     traces: dict[str, list[float]] | None = None
     """On request: ``t_s``, ``hotend_c``, ``hotend_target_c``, ``bed_c``, ``bed_target_c``, ``fan``,
     ``flow_mm3_s``, ``x_mm``, ``y_mm``, ``z_mm``, ``e_mm`` sampled on one time base."""
+    backend: str = EMBEDDED
+    """The backend that made this report (``embedded``, ``klipper-batch``, ``moonraker``)."""
+    sources: dict[str, str] = field(default_factory=dict)
+    """Which backend produced each field, by field name (``print_time_s``, ``failures``, ``layers`` …); a
+    field not listed comes from ``backend``. A report that merges two backends lists every field."""
+
+    def source(self, name: str) -> str:
+        """The backend that produced field ``name``.
+
+        >>> PrintReport(True, [], 0.0, {}, 0.0, 0.0, 0.0, 0, {}, []).source("print_time_s")
+        'embedded'
+        """
+        return self.sources.get(name, self.backend)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PrintReport:
+        """The report :meth:`to_dict` (or the JSON of :meth:`to_json`) was made from."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["failures"] = [Failure(**f) for f in data.get("failures", [])]
+        values["notices"] = [Notice(**n) for n in data.get("notices", [])]
+        values["layers"] = [LayerMetrics(**m) for m in data.get("layers", [])]
+        return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         """A plain mapping with the report's keys."""
@@ -106,7 +136,8 @@ class PrintReport:
         hours, mins = divmod(mins, 60.0)
         parts = ", ".join(f"{k} {v:.1f} s" for k, v in self.time_breakdown_s.items())
         lines = [
-            f"{'SUCCESS' if self.success else 'FAILED'}: {self.printer} ({self.planner} planner), {self.material}",
+            f"{'SUCCESS' if self.success else 'FAILED'}: {self.printer} ({self.planner} planner), {self.material}"
+            + ("" if self.backend == EMBEDDED else f" [backend {self.backend}]"),
             f"print time {int(hours)}h{int(mins):02d}m{secs:04.1f}s ({self.print_time_s:.1f} s: {parts})",
             f"filament {self.filament_mm:.1f} mm = {self.filament_mm3:.0f} mm3 = {self.filament_g:.2f} g; "
             f"{self.layer_count} layers; {self.moves} moves from {self.lines} lines",
@@ -115,10 +146,16 @@ class PrintReport:
             lo, hi = self.bbox_mm["min"], self.bbox_mm["max"]
             lines.append(f"extruded bbox X {lo[0]:.2f}..{hi[0]:.2f} Y {lo[1]:.2f}..{hi[1]:.2f} "
                          f"Z {lo[2]:.2f}..{hi[2]:.2f} mm")
+        if self.sources:
+            by_source: dict[str, list[str]] = {}
+            for name, source in sorted(self.sources.items()):
+                by_source.setdefault(source, []).append(name)
+            lines.append("sources: " + "; ".join(f"{src}: {', '.join(names)}" for src, names in by_source.items()))
         for f in self.failures[:20]:
             tag = "ERROR" if f.fatal else "defect"
             extra = f" (x{f.count})" if f.count > 1 else ""
-            lines.append(f"  {tag} line {f.line}, layer {f.layer}: [{f.mode}] {f.message}{extra}")
+            origin = f" ({f.source})" if f.source and f.source != self.backend else ""
+            lines.append(f"  {tag} line {f.line}, layer {f.layer}: [{f.mode}] {f.message}{extra}{origin}")
         if len(self.failures) > 20:
             lines.append(f"  … {len(self.failures) - 20} more failures")
         for n in self.notices[:5]:

@@ -40,10 +40,11 @@ from envs.jobs import PrintJob
 from envs.randomization import load_randomization, randomize_simulator
 from envs.sampler import sample_job
 from envs.slicer import slice_job
+from sim_bridge.backends import KLIPPER_BATCH, simulate
 from sim_bridge.config import ConfigError, check_ranges, load_yaml, ranged
 from sim_bridge.options import SimOptions
 from sim_bridge.plots import render_rgb
-from sim_bridge.report import PrintReport
+from sim_bridge.report import EMBEDDED, PrintReport
 from sim_bridge.simulator import Simulator
 from training import datafmt
 from training.defects import DEFECTS
@@ -85,6 +86,10 @@ class DatasetConfig:
     """Parallel processes; 0 means one per CPU core."""
     randomization: str = "configs/randomization.yaml"
     """Ranges for ``kind: adaptation`` (relative to the current directory)."""
+    backend: str = ranged(EMBEDDED, choices=(EMBEDDED, KLIPPER_BATCH))
+    """Who decides each program's outcome (success, failures, print time): the embedded simulator, or the
+    real Klipper host in batch mode (``klipper-batch``; images, traces and filament stay the embedded
+    simulator's, and each record's ``note`` names the backend)."""
 
     def __post_init__(self) -> None:
         check_ranges(self)
@@ -94,6 +99,9 @@ class DatasetConfig:
         if self.defects_per_job > len(self.defects):
             raise ConfigError(f"defects_per_job = {self.defects_per_job}: more than the {len(self.defects)} "
                               "defects listed")
+        if self.backend != EMBEDDED and self.kind == "adaptation":
+            raise ConfigError(f"backend = {self.backend!r} runs the nominal printer: use kind: simulation "
+                              "(only the embedded simulator perturbs printers)")
         if not self.difficulties:
             raise ConfigError("difficulties: give at least one level (0-4)")
 
@@ -130,7 +138,10 @@ def _simulate(config: DatasetConfig, job: PrintJob, text: str, rng: np.random.Ge
                                                           trace_interval_s=config.trace_interval_s))
     if config.kind == "adaptation":
         randomize_simulator(sim, load_randomization(config.randomization).printer, rng)
-    return sim, sim.run(text)
+    report = sim.run(text)
+    if config.backend != EMBEDDED:
+        report = simulate(text, job.printer, backend=config.backend, options=sim.options, material=job.material)
+    return sim, report
 
 
 def make_job_records(config: DatasetConfig, index: int) -> dict[str, Any]:
@@ -170,7 +181,8 @@ def make_job_records(config: DatasetConfig, index: int) -> dict[str, Any]:
             "print_time_s": report.print_time_s, "motion_s": report.time_breakdown_s["motion"],
             "heating_s": report.time_breakdown_s["heating"], "filament_mm": report.filament_mm,
             "layer_count": report.layer_count, "image": image,
-            "outcome": "completed" if report.stopped_at_line is None else "error", "note": "simulated"})
+            "outcome": "completed" if report.stopped_at_line is None else "error",
+            "note": "simulated" if config.backend == EMBEDDED else f"simulated ({config.backend})"})
         if config.traces and report.traces:
             tr = report.traces
             keys = ("t_s", "hotend_c", "hotend_target_c", "bed_c", "bed_target_c", "fan", "flow_mm3_s", "x_mm",
@@ -252,7 +264,9 @@ def make_dataset(config: DatasetConfig, out: Path, progress: bool = True) -> dat
         "Tables: " + ", ".join(f"{k} {v} records" for k, v in sorted(manifest.records.items())) + ".",
         "Format, features and splits: docs/data.md. Load with `training.data.load_table(DIR, TABLE)`.",
         "Provenance: every record is simulated by layerloop's embedded simulator from programs written by its "
-        "reference slicer (and the injected defects); no real print is in this dataset.",
+        "reference slicer (and the injected defects); no real print is in this dataset."
+        + ("" if config.backend == EMBEDDED else f" Outcomes (success, failures, print time) come from "
+           f"the {config.backend} backend (the real Klipper host)."),
     ])
     return manifest
 

@@ -13,9 +13,11 @@ from typing import Any
 import numpy as np
 from markupsafe import Markup
 
+from sim_bridge.backends import simulate
 from sim_bridge.events import F_EXTRUDE, F_KINEMATIC
 from sim_bridge.options import SimOptions
 from sim_bridge.profiles import PrinterProfile
+from sim_bridge.report import EMBEDDED
 from sim_bridge.simulator import Simulator
 
 PREVIEW_MAX_POINTS_PER_LAYER = 20000
@@ -107,20 +109,29 @@ def _thin_traces(traces: dict[str, list[float]] | None) -> dict[str, list[float]
             for k in ("t_s", "hotend_c", "hotend_target_c", "bed_c", "bed_target_c")}
 
 
-def simulate_for_review(gcode: bytes, printer: PrinterProfile | str, name: str = "") -> tuple[dict[str, Any], dict[str, Any]]:
-    """Run the embedded simulator on a program; return (report without traces, preview).
+def simulate_for_review(gcode: bytes, printer: PrinterProfile | str, name: str = "", backend: str = EMBEDDED
+                        ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run a program on the embedded simulator (and on ``backend`` when it is another); return (report
+    without traces, preview).
 
     The preview holds per-layer toolpaths (``layers``: index, z, line range, ``extrude`` and ``travel``
-    polylines) and thinned temperature ``traces``; the report gains ``temperatures``: peak readings and
-    targets (°C).
+    polylines, always the embedded simulator's) and thinned temperature ``traces``; the report gains
+    ``temperatures``: peak readings and targets (°C). The report's ``backend`` and ``sources`` say which
+    backend produced each figure; the page shows it beside each one.
     """
-    sim = Simulator(printer, options=SimOptions(traces=True, trace_interval_s=TRACE_INTERVAL_S))
-    report = sim.run(gcode, name=name or None).to_dict()
+    options = SimOptions(traces=True, trace_interval_s=TRACE_INTERVAL_S)
+    sim = Simulator(printer, options=options)
+    result = sim.run(gcode, name=name or None)
+    if backend != EMBEDDED:
+        result = simulate(gcode, printer, backend=backend, options=options)
+    report = result.to_dict()
     traces = report.pop("traces") or {}
     report["temperatures"] = {
         key: (max(traces[key]) if traces.get(key) else None)
         for key in ("hotend_c", "hotend_target_c", "bed_c", "bed_target_c")
     }
+    if report["sources"]:
+        report["sources"]["temperatures"] = report["sources"].get("traces", EMBEDDED)
     preview = _toolpaths(sim)
     preview["traces"] = _thin_traces(traces)
     return report, preview
