@@ -13,19 +13,28 @@ no endpoint, object or field of their own:
   :func:`parse_history_job` checks one into a :class:`HistoryJob`; :data:`HISTORY_STATUSES` says what each
   job status means for the print.
 
-Parsing only: nothing here opens a connection. The HTTP client that calls these endpoints (upload, start,
-emergency stop, queries) belongs in this module too, after the parsers, and comes with the work on real
-Klipper in the loop (issue 11).
+* **the client** — :class:`MoonrakerClient` calls these endpoints over HTTP (stdlib ``urllib``, every call
+  with a timeout); a refused call is a :class:`MoonrakerError` carrying Moonraker's (or Klipper's) message;
+  :func:`follow_print` follows a print over the websocket (``moonraker-api``), polling where that fails.
+
+The parsers open no connection; the client and the follower are the only code of layerloop that talks to
+Moonraker (the ``moonraker`` backend in :mod:`sim_bridge.moonraker_backend` and the virtual printer in
+:mod:`sim_bridge.virtual_printer` go through them).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
-from collections.abc import Mapping, Sequence
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
+from urllib.error import HTTPError, URLError
+from urllib.parse import quote, urlencode, urlsplit
+from urllib.request import Request, urlopen
 
 DEFAULT_PORT = 7125
 """The port Moonraker listens on unless its config says otherwise."""
@@ -63,6 +72,15 @@ OBJECTS_QUERY = Endpoint("GET", "/printer/objects/query", "printer.objects.query
 """Read Klipper's status objects (see :data:`QUERIED_OBJECTS` and :func:`objects_query_path`)."""
 HISTORY_LIST = Endpoint("GET", "/server/history/list", "server.history.list")
 """The print job history, newest first (``limit``, ``start``, ``since``, ``before``, ``order``)."""
+PRINTER_INFO = Endpoint("GET", "/printer/info", "printer.info")
+"""Klippy's own state and ``state_message`` (its config error, or the reason of a shutdown)."""
+OBJECTS_SUBSCRIBE = Endpoint("POST", "/printer/objects/subscribe", "printer.objects.subscribe")
+"""Subscribe to status objects: the result is their current state, changes arrive as
+:data:`STATUS_NOTIFICATION` (over the websocket only)."""
+FILES_DOWNLOAD = Endpoint("GET", "/server/files/gcodes/", "")
+"""Download an uploaded G-code file: the file name (relative to the ``gcodes`` root) follows the path."""
+STATUS_NOTIFICATION = "notify_status_update"
+"""The websocket notification carrying changed status fields (params: ``[changes, eventtime]``)."""
 
 QUERIED_OBJECTS = ("webhooks", "print_stats", "extruder", "heater_bed", "virtual_sdcard", "toolhead")
 """The Klipper status objects layerloop reads (all of their fields)."""
@@ -212,3 +230,236 @@ def _number(job: dict[str, Any], key: str, required: bool = False) -> float | No
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
         raise ValueError(f"{key} = {json.dumps(value)}: must be a number >= 0 (seconds or mm)")
     return float(value)
+
+
+# -- the client ----------------------------------------------------------------------------------------------
+DEFAULT_TIMEOUT_S = 10.0
+"""How long one HTTP call may take unless the client is told otherwise."""
+FOLLOWED_OBJECTS = ("webhooks", "print_stats", "virtual_sdcard", "toolhead", "extruder", "heater_bed")
+"""The status objects a followed print reports (all of their fields)."""
+FINISHED_PRINT_STATES = ("complete", "error", "cancelled")
+"""``print_stats.state`` values that end a followed print."""
+POLL_INTERVAL_S = 0.2
+"""How often :func:`follow_print` polls where the websocket is not available."""
+
+
+class MoonrakerError(RuntimeError):
+    """A call Moonraker refused or could not answer: ``status`` is the HTTP status (0: no answer at all),
+    ``message`` Moonraker's message (for ``gcode/script``, Klipper's own, e.g. ``Move out of range: …``)."""
+
+    def __init__(self, endpoint: str, status: int, message: str) -> None:
+        super().__init__(f"{endpoint}: {status or 'no answer'}: {message}")
+        self.endpoint = endpoint
+        self.status = status
+        self.message = message
+
+
+class MoonrakerClient:
+    """Moonraker's HTTP API at ``url`` (``http://host:port``), with an API key or as a trusted client.
+
+    Each method is one endpoint and returns the JSON ``result`` (``download`` the file's bytes); a refused
+    call raises :class:`MoonrakerError` with Moonraker's message, so a caller never parses error bodies.
+    """
+
+    def __init__(self, url: str, api_key: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"Moonraker url {url!r}: must be http://host[:port]")
+        if not timeout_s > 0:
+            raise ValueError(f"timeout_s = {timeout_s}: must be > 0 (seconds)")
+        self.url = url.rstrip("/")
+        self.api_key = api_key
+        self.timeout_s = timeout_s
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        return urlsplit(self.url).port or DEFAULT_PORT
+
+    # -- one method per endpoint
+    def server_info(self) -> dict[str, Any]:
+        """Moonraker's state; ``klippy_state`` says whether Klippy is ``ready``."""
+        return self._call(SERVER_INFO)
+
+    def printer_info(self) -> dict[str, Any]:
+        """Klippy's ``state`` and ``state_message`` (its config error or the reason of a shutdown)."""
+        return self._call(PRINTER_INFO)
+
+    def upload(self, filename: str, content: bytes | str) -> dict[str, Any]:
+        """Upload G-code as ``filename`` into the ``gcodes`` root (multipart form, as a browser sends it)."""
+        data = content.encode("utf-8") if isinstance(content, str) else content
+        boundary = f"layerloop{uuid.uuid4().hex}"
+        head = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+                "Content-Type: application/octet-stream\r\n\r\n")
+        body = head.encode() + data + f"\r\n--{boundary}--\r\n".encode()
+        return self._call(FILES_UPLOAD, body=body, content_type=f"multipart/form-data; boundary={boundary}")
+
+    def download(self, filename: str) -> bytes:
+        """The bytes of an uploaded file (to check that what runs is what was approved)."""
+        return self._request(FILES_DOWNLOAD, FILES_DOWNLOAD.path + quote(filename), None, None)
+
+    def print_start(self, filename: str) -> dict[str, Any]:
+        return self._call(PRINT_START, {"filename": filename})
+
+    def print_pause(self) -> dict[str, Any]:
+        return self._call(PRINT_PAUSE)
+
+    def print_resume(self) -> dict[str, Any]:
+        return self._call(PRINT_RESUME)
+
+    def print_cancel(self) -> dict[str, Any]:
+        return self._call(PRINT_CANCEL)
+
+    def objects_query(self, objects: Sequence[str] = QUERIED_OBJECTS) -> dict[str, Any]:
+        """Every field of ``objects``: the ``status`` mapping (object name → fields)."""
+        path = objects_query_path(objects)
+        return dict(self._result(OBJECTS_QUERY, self._request(OBJECTS_QUERY, path, None, None))["status"])
+
+    def printer_state(self) -> PrinterState:
+        return parse_printer_state(self.objects_query(STATE_OBJECTS))
+
+    def gcode_script(self, script: str, timeout_s: float | None = None) -> dict[str, Any]:
+        """Run G-code; a line Klipper refuses is a :class:`MoonrakerError` (400) with Klipper's message."""
+        return self._call(GCODE_SCRIPT, {"script": script}, timeout_s=timeout_s)
+
+    def emergency_stop(self) -> dict[str, Any]:
+        return self._call(EMERGENCY_STOP)
+
+    def firmware_restart(self) -> dict[str, Any]:
+        return self._call(FIRMWARE_RESTART)
+
+    def history(self, limit: int = 50) -> list[HistoryJob]:
+        """The job history, newest first, each job checked by :func:`parse_history_job`."""
+        result = self._call(HISTORY_LIST, {"limit": limit})
+        return [parse_history_job(job, i) for i, job in enumerate(history_jobs(result))]
+
+    # -- plumbing
+    def _call(self, endpoint: Endpoint, args: Mapping[str, Any] | None = None, *, body: bytes | None = None,
+              content_type: str | None = None, timeout_s: float | None = None) -> dict[str, Any]:
+        path = endpoint.path
+        if args and endpoint.http_method == "GET":
+            path += "?" + urlencode(args)
+        elif args:
+            body, content_type = json.dumps(dict(args)).encode(), "application/json"
+        raw = self._request(endpoint, path, body, content_type, timeout_s)
+        return self._result(endpoint, raw)
+
+    def _result(self, endpoint: Endpoint, raw: bytes) -> Any:
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise MoonrakerError(endpoint.path, 200, f"not a Moonraker answer: {raw[:200]!r}")
+        # Most answers wrap their result; an upload's is the object itself.
+        return body.get("result", body)
+
+    def _request(self, endpoint: Endpoint, path: str, body: bytes | None, content_type: str | None,
+                 timeout_s: float | None = None) -> bytes:
+        headers = {"Content-Type": content_type} if content_type else {}
+        if self.api_key:
+            headers[API_KEY_HEADER] = self.api_key
+        if endpoint.http_method == "POST" and body is None:
+            body = b""
+        request = Request(self.url + path, data=body, headers=headers, method=endpoint.http_method)
+        try:
+            with urlopen(request, timeout=timeout_s or self.timeout_s) as response:
+                return bytes(response.read())
+        except HTTPError as exc:
+            raise MoonrakerError(endpoint.path, exc.code, _error_message(exc.read())) from None
+        except (URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise MoonrakerError(endpoint.path, 0, f"{self.url}: {reason}") from None
+
+
+def _error_message(body: bytes) -> str:
+    """Moonraker's message from an error body (``{"error": {"code": …, "message": …}}``), else the body."""
+    try:
+        error = json.loads(body)["error"]
+        return str(error["message"] if isinstance(error, dict) else error)
+    except (ValueError, KeyError, TypeError):
+        return body.decode("utf-8", "replace")[:500]
+
+
+# -- following a print ---------------------------------------------------------------------------------------
+class PrintTimeout(TimeoutError):
+    """A followed print that did not finish in its time."""
+
+
+def follow_print(client: MoonrakerClient, timeout_s: float,
+                 on_update: Callable[[dict[str, Any]], None] | None = None) -> tuple[dict[str, Any], str]:
+    """Follow the current print until ``print_stats.state`` is one of :data:`FINISHED_PRINT_STATES`.
+
+    Returns the last state of :data:`FOLLOWED_OBJECTS` and how it was followed (``"websocket"`` or
+    ``"polling"``). The websocket (``moonraker-api``) is tried first; where it cannot connect or subscribe
+    the print is polled instead. ``on_update`` sees each new state. :class:`PrintTimeout` after ``timeout_s``.
+    """
+    deadline = time.monotonic() + timeout_s
+    try:
+        status = asyncio.run(_follow_websocket(client, deadline, on_update))
+        return status, "websocket"
+    except PrintTimeout:
+        raise
+    except Exception:  # noqa: BLE001 - any websocket failure falls back to polling, which says what is wrong
+        pass
+    while True:
+        status = client.objects_query(FOLLOWED_OBJECTS)
+        if on_update is not None:
+            on_update(status)
+        if _finished(status):
+            return status, "polling"
+        if time.monotonic() > deadline:
+            raise PrintTimeout(f"print not finished after {timeout_s:.0f} s "
+                               f"(print_stats.state = {status['print_stats'].get('state')!r})")
+        time.sleep(POLL_INTERVAL_S)
+
+
+def _finished(status: Mapping[str, Any]) -> bool:
+    return status.get("print_stats", {}).get("state") in FINISHED_PRINT_STATES
+
+
+async def _follow_websocket(client: MoonrakerClient, deadline: float,
+                            on_update: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+    # moonraker-api is an optional path (polling works without it): imported only when a print is followed.
+    from moonraker_api import MoonrakerClient as WebsocketClient
+    from moonraker_api import MoonrakerListener
+
+    changes: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    class Listener(MoonrakerListener):  # type: ignore[misc]
+        async def on_notification(self, method: str, data: Any) -> None:
+            if method == STATUS_NOTIFICATION and isinstance(data, list) and data and isinstance(data[0], dict):
+                await changes.put(data[0])
+
+    remaining_s = max(1, int(deadline - time.monotonic()))
+    ws = WebsocketClient(Listener(), client.host, client.port, api_key=client.api_key,
+                         timeout=min(remaining_s, int(client.timeout_s) + 1))
+    if not await ws.connect():
+        raise ConnectionError("websocket did not connect")
+    try:
+        result = await ws.call_method(OBJECTS_SUBSCRIBE.rpc_method,
+                                      objects={name: None for name in FOLLOWED_OBJECTS})
+        if "error" in result:
+            raise ConnectionError(f"subscribe refused: {result['error']}")
+        status: dict[str, Any] = {name: dict(fields) for name, fields in result["status"].items()}
+        if on_update is not None:
+            on_update(status)
+        while not _finished(status):
+            left_s = deadline - time.monotonic()
+            if left_s <= 0:
+                raise PrintTimeout(f"print not finished in time (print_stats.state = "
+                                   f"{status['print_stats'].get('state')!r})")
+            try:
+                change = await asyncio.wait_for(changes.get(), timeout=min(left_s, 1.0))
+            except TimeoutError:
+                continue
+            for name, fields in change.items():
+                status.setdefault(name, {}).update(fields)
+            if on_update is not None:
+                on_update(status)
+        return status
+    finally:
+        await ws.disconnect()
