@@ -424,6 +424,7 @@ def _finished(status: Mapping[str, Any]) -> bool:
 async def _follow_websocket(client: MoonrakerClient, deadline: float,
                             on_update: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
     # moonraker-api is an optional path (polling works without it): imported only when a print is followed.
+    import aiohttp
     from moonraker_api import MoonrakerClient as WebsocketClient
     from moonraker_api import MoonrakerListener
 
@@ -435,31 +436,39 @@ async def _follow_websocket(client: MoonrakerClient, deadline: float,
                 await changes.put(data[0])
 
     remaining_s = max(1, int(deadline - time.monotonic()))
-    ws = WebsocketClient(Listener(), client.host, client.port, api_key=client.api_key,
-                         timeout=min(remaining_s, int(client.timeout_s) + 1))
-    if not await ws.connect():
-        raise ConnectionError("websocket did not connect")
-    try:
-        result = await ws.call_method(OBJECTS_SUBSCRIBE.rpc_method,
-                                      objects={name: None for name in FOLLOWED_OBJECTS})
-        if "error" in result:
-            raise ConnectionError(f"subscribe refused: {result['error']}")
-        status: dict[str, Any] = {name: dict(fields) for name, fields in result["status"].items()}
+    # Our own session, closed below: moonraker-api leaves the one it makes open.
+    async with aiohttp.ClientSession() as session:
+        ws = WebsocketClient(Listener(), client.host, client.port, api_key=client.api_key,
+                             timeout=min(remaining_s, int(client.timeout_s) + 1), session=session)
+        if not await ws.connect():
+            raise ConnectionError("websocket did not connect")
+        try:
+            return await _subscribed(ws, changes, deadline, on_update)
+        finally:
+            await ws.disconnect()
+
+
+async def _subscribed(ws: Any, changes: asyncio.Queue[dict[str, Any]], deadline: float,
+                      on_update: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+    """Subscribe to :data:`FOLLOWED_OBJECTS` and merge their changes until the print finishes."""
+    result = await ws.call_method(OBJECTS_SUBSCRIBE.rpc_method,
+                                  objects={name: None for name in FOLLOWED_OBJECTS})
+    if "error" in result:
+        raise ConnectionError(f"subscribe refused: {result['error']}")
+    status: dict[str, Any] = {name: dict(fields) for name, fields in result["status"].items()}
+    if on_update is not None:
+        on_update(status)
+    while not _finished(status):
+        left_s = deadline - time.monotonic()
+        if left_s <= 0:
+            raise PrintTimeout(f"print not finished in time (print_stats.state = "
+                               f"{status['print_stats'].get('state')!r})")
+        try:
+            change = await asyncio.wait_for(changes.get(), timeout=min(left_s, 1.0))
+        except TimeoutError:
+            continue
+        for name, fields in change.items():
+            status.setdefault(name, {}).update(fields)
         if on_update is not None:
             on_update(status)
-        while not _finished(status):
-            left_s = deadline - time.monotonic()
-            if left_s <= 0:
-                raise PrintTimeout(f"print not finished in time (print_stats.state = "
-                                   f"{status['print_stats'].get('state')!r})")
-            try:
-                change = await asyncio.wait_for(changes.get(), timeout=min(left_s, 1.0))
-            except TimeoutError:
-                continue
-            for name, fields in change.items():
-                status.setdefault(name, {}).update(fields)
-            if on_update is not None:
-                on_update(status)
-        return status
-    finally:
-        await ws.disconnect()
+    return status

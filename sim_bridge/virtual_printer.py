@@ -41,6 +41,9 @@ HOST = "127.0.0.1"
 """The only address a virtual printer listens on."""
 READY_TIMEOUT_S = 30.0
 """How long Klippy and Moonraker together may take to reach ``klippy_state == ready``."""
+READY_SETTLE_S = 0.5
+"""Moonraker reports ``ready`` as soon as Klippy is, then still sets up its job tracking (``job_state``,
+``history``) for a few hundred ms: a print started in that window completes unrecorded."""
 STOP_TIMEOUT_S = 5.0
 """How long a stopping Moonraker gets after SIGTERM before it is killed."""
 MOONRAKER_ENV = "LAYERLOOP_MOONRAKER"
@@ -115,7 +118,8 @@ class VirtualPrinter:
     as vp: vp.client.server_info()``)."""
 
     def __init__(self, printer: str | Path | PrinterProfile, port: int | None = None,
-                 api_key: str | None = None, ready_timeout_s: float = READY_TIMEOUT_S) -> None:
+                 api_key: str | None = None, ready_timeout_s: float = READY_TIMEOUT_S,
+                 extra_cfg: str = "") -> None:
         self.profile = printer if isinstance(printer, PrinterProfile) else load_printer(printer)
         if port is not None:
             _check_port(port)
@@ -126,6 +130,8 @@ class VirtualPrinter:
         self.port = port or free_port()
         self.api_key = api_key
         self.ready_timeout_s = ready_timeout_s
+        self.extra_cfg = extra_cfg
+        """Text appended to the generated ``printer.cfg`` (macros, or sections a test wants Klippy to see)."""
         self.url = f"http://{HOST}:{self.port}"
         self.client = MoonrakerClient(self.url, api_key=api_key)
         self.dir: Path | None = None
@@ -158,6 +164,9 @@ class VirtualPrinter:
                 (self.data_path / sub).mkdir(parents=True)
             cfg = self.data_path / "config" / "printer.cfg"
             printer_cfg.write_printer_cfg(self.profile, cfg, gcodes_dir=self.gcodes_dir)
+            if self.extra_cfg:
+                with cfg.open("a", encoding="utf-8") as handle:
+                    handle.write("\n" + self.extra_cfg.strip() + "\n")
             self.klippy = KlippyLive(cfg, dictionary.dictionary_path(), self.dir)
             self.klippy.start()
             conf = self.data_path / "config" / "moonraker.conf"
@@ -189,16 +198,24 @@ class VirtualPrinter:
             try:
                 state = str(self.client.server_info().get("klippy_state"))
                 if state == KLIPPY_READY:
+                    self.client.objects_query(("print_stats",))
+                    time.sleep(READY_SETTLE_S)
                     return
                 if state in ("error", "shutdown"):
-                    message = str(self.client.printer_info().get("state_message", "")).strip()
+                    # Klippy's message is its first paragraph; the rest is advice on RESTART.
+                    message = str(self.client.printer_info().get("state_message", "")).strip().split("\n\n")[0]
                     raise KlippyError(f"Klippy refused {self.klippy.printer_cfg}: "
-                                      f"{self.klippy.config_error() or message}")
+                                      f"{message or self.klippy.config_error()}")
             except MoonrakerError as exc:
                 message = exc.message  # not listening yet, or Klippy not connected yet
             time.sleep(0.1)
         raise VirtualPrinterError(f"not ready after {self.ready_timeout_s:.0f} s (klippy_state = {state!r}, "
                                   f"{message}):\n{self.klippy.log_tail()}")
+
+    def running(self) -> bool:
+        """Whether Klippy and Moonraker are both still running."""
+        return (self.moonraker is not None and self.moonraker.poll() is None and self.klippy is not None
+                and self.klippy.running())
 
     def stop(self) -> None:
         """Stop Moonraker, then Klippy (SIGTERM, SIGKILL after a timeout); remove the temp dir."""
