@@ -29,6 +29,7 @@ import json
 import math
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -440,7 +441,11 @@ async def _follow_websocket(client: MoonrakerClient, deadline: float,
     async with aiohttp.ClientSession() as session:
         ws = WebsocketClient(Listener(), client.host, client.port, api_key=client.api_key,
                              timeout=min(remaining_s, int(client.timeout_s) + 1), session=session)
-        if not await ws.connect():
+        with warnings.catch_warnings():
+            # moonraker-api 4.0 passes aiohttp a float receive_timeout, which aiohttp 3.14 deprecates.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            connected = await ws.connect()
+        if not connected:
             raise ConnectionError("websocket did not connect")
         try:
             return await _subscribed(ws, changes, deadline, on_update)
