@@ -163,7 +163,8 @@ class VirtualPrinter:
             for sub in ("config", "gcodes", "logs", "comms"):
                 (self.data_path / sub).mkdir(parents=True)
             cfg = self.data_path / "config" / "printer.cfg"
-            printer_cfg.write_printer_cfg(self.profile, cfg, gcodes_dir=self.gcodes_dir)
+            printer_cfg.write_printer_cfg(self.profile, cfg,
+                                          printer_cfg.PrinterCfgOptions(sdcard_path=str(self.gcodes_dir)))
             if self.extra_cfg:
                 with cfg.open("a", encoding="utf-8") as handle:
                     handle.write("\n" + self.extra_cfg.strip() + "\n")
