@@ -67,10 +67,15 @@ def _virtual_printer(args: argparse.Namespace, console: Console) -> int:
     from sim_bridge.virtual_printer import VirtualPrinter, VirtualPrinterError
 
     def on_term(signum: int, frame: object) -> None:
+        # One signal stops the printer; a second one must not cut its clean-up short.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         raise KeyboardInterrupt
 
-    # SIGTERM stops the printer as Ctrl-C does (the context manager's exit stops both processes).
+    # SIGTERM stops the printer as Ctrl-C does (the context manager's exit stops both processes); SIGINT is
+    # set too, because a shell starting the command in the background leaves it ignored.
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
     try:
         with VirtualPrinter(args.printer, port=args.port, api_key=args.api_key) as printer:
             print(f"virtual printer {printer.profile.name} ready at {printer.url} "

@@ -170,7 +170,8 @@ def test_bad_inputs_fail_fast_with_the_reason() -> None:
     assert printer.dir is None and printer.moonraker is None and printer.klippy is None
 
 
-def test_command_line_starts_and_stops_on_sigterm() -> None:
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_command_line_starts_and_stops_on_a_signal(stop_signal: signal.Signals) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen([sys.executable, "-m", "sim_bridge", "virtual-printer", "--printer",
                                 "ender3-klipper", "--api-key", "cli-key"], cwd=ROOT, env=env,
@@ -183,7 +184,7 @@ def test_command_line_starts_and_stops_on_sigterm() -> None:
         assert MoonrakerClient(url, api_key="cli-key").server_info()["klippy_state"] == "ready"
         children = _children(process.pid)
         assert len(children) == 2
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(stop_signal)
         assert process.wait(20) == 0
         assert not [pid for pid in children if Path(f"/proc/{pid}").exists()]
         with pytest.raises(MoonrakerError):
