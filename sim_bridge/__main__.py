@@ -63,8 +63,7 @@ def _virtual_printer(args: argparse.Namespace, console: Console) -> int:
     """Run the virtual printer until Ctrl-C or SIGTERM; 2 when it cannot start."""
     # Klippy and Moonraker are this command's only: the simulator's command line does not load them.
     from sim_bridge.klippy.live import KlippyError
-    # (as above: loaded only by this command)
-    from sim_bridge.virtual_printer import VirtualPrinter, VirtualPrinterError
+    from sim_bridge.virtual_printer import VirtualPrinter, VirtualPrinterError  # (why: as above)
 
     def on_term(signum: int, frame: object) -> None:
         # One signal stops the printer; a second one must not cut its clean-up short.
