@@ -418,4 +418,5 @@ def write_dictionary(dictionary: dict[str, object], path: Path) -> None:
     with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False, encoding="utf-8") as tmp:
         json.dump(dictionary, tmp, indent=1, sort_keys=True)
         tmp.write("\n")
+    os.chmod(tmp.name, 0o644)  # a cache others may read, not a secret
     os.replace(tmp.name, path)

@@ -171,3 +171,17 @@ def decode_argv(output: str | os.PathLike[str], dictionary: str | os.PathLike[st
     """The host's own decoder (``klippy/parsedump.py``, run as a module: it imports its package) printing ``output`` as messages, one per line."""
     host = host or find_host()
     return [str(host.python), "-m", "klippy.parsedump", str(dictionary), str(output)]
+
+
+def print_time_from_log(log_text: str) -> float | None:
+    """The print time batch mode reports at the end of an accepted file (``Exiting (print time 12.345s)``),
+    or None when the log has no such line (the file was rejected, or Klippy died)."""
+    for line in reversed(log_text.splitlines()):
+        start = line.find(EXIT_LINE_PREFIX)
+        if start >= 0:
+            value = line[start + len(EXIT_LINE_PREFIX):].split("s)", 1)[0]
+            try:
+                return float(value)
+            except ValueError:
+                return None
+    return None
