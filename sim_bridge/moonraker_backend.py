@@ -116,8 +116,10 @@ def _merge(report: PrintReport, status: dict[str, Any], state: str, message: str
 
 
 def _is_path(program: object) -> bool:
-    return isinstance(program, os.PathLike) or (isinstance(program, str) and "\n" not in program
-                                                and Path(program).suffix.lower() in (".gcode", ".gco", ".g"))
+    """A path object, or one line of text naming a file (G-code text has a newline, or is not a file)."""
+    if isinstance(program, os.PathLike):
+        return True
+    return isinstance(program, str) and "\n" not in program and len(program) < 4096 and Path(program).is_file()
 
 
 def _program_bytes(program: str | os.PathLike[str] | bytes) -> bytes:

@@ -13,9 +13,10 @@ first start and keeps it in its database; a chosen key is written there before i
 ``_API_KEY_USER_`` row of its ``authorized_users`` table, as Moonraker's authorization component reads it).
 
 What the MCU is: a file (``-o /dev/null``), so nothing paces it: a print completes as fast as Klippy can
-plan it, ``print_stats.print_duration`` is about 0 and heaters read 0 °C (M109/M190 return at once because
-no ``verify_heater`` runs on a file MCU). Moves, limits, homing, macros, errors and the G-code line where a
-print stopped are Klipper's own; times and temperatures are not (the embedded simulator supplies those).
+plan it, ``print_stats.print_duration`` is that wall time, heaters read 0 °C, and Klippy itself skips heater
+waits (M109/M190 return at once) and the cold-extrusion check when its MCU output is a file. Moves, limits,
+homing, macros, errors and the G-code line where a print stopped are Klipper's own; times and temperatures
+are not (the embedded simulator supplies those).
 """
 
 from __future__ import annotations
