@@ -43,6 +43,8 @@ DEFAULT_TIMEOUT_S = 600.0
 EMBEDDED_ONLY_MODES = frozenset({COLD_EXTRUSION, THERMAL_RUNAWAY, HEATER_TIMEOUT})
 """Failures a Klippy with a file MCU cannot see (it reads every heater at 0 °C and skips the cold-extrusion
 check): taken from the embedded simulator."""
+GCODE_SUFFIXES = (".gcode", ".gco", ".g")
+"""File name endings that make a one-line string a path."""
 KLIPPER = "klipper"
 EMBEDDED = "embedded"
 
@@ -116,10 +118,13 @@ def _merge(report: PrintReport, status: dict[str, Any], state: str, message: str
 
 
 def _is_path(program: object) -> bool:
-    """A path object, or one line of text naming a file (G-code text has a newline, or is not a file)."""
+    """A path object, or one line of text naming a file or ending in a G-code suffix (so that a missing file
+    is an error naming it, not a one-line program)."""
     if isinstance(program, os.PathLike):
         return True
-    return isinstance(program, str) and "\n" not in program and len(program) < 4096 and Path(program).is_file()
+    if not isinstance(program, str) or "\n" in program or len(program) >= 4096:
+        return False
+    return Path(program).suffix.lower() in GCODE_SUFFIXES or Path(program).is_file()
 
 
 def _program_bytes(program: str | os.PathLike[str] | bytes) -> bytes:
