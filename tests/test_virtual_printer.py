@@ -25,7 +25,7 @@ from sim_bridge.failures import MOVE_OUT_OF_RANGE
 from sim_bridge.klippy.live import KlippyError
 from sim_bridge.moonraker import MoonrakerClient, MoonrakerError, follow_print
 from sim_bridge.moonraker_backend import simulate_via_moonraker
-from sim_bridge.virtual_printer import VirtualPrinter, VirtualPrinterError
+from sim_bridge.virtual_printer import VirtualPrinter, VirtualPrinterError, free_port, moonraker_conf
 
 STARTUP_LIMIT_S = 15.0
 """The issue's bound on start to ready."""
@@ -170,29 +170,46 @@ def test_bad_inputs_fail_fast_with_the_reason() -> None:
     assert printer.dir is None and printer.moonraker is None and printer.klippy is None
 
 
-@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
-def test_command_line_starts_and_stops_on_a_signal(stop_signal: signal.Signals) -> None:
+@pytest.mark.parametrize(("stop_signal", "api_key"), [(signal.SIGTERM, "cli-key"), (signal.SIGINT, None)],
+                         ids=["SIGTERM-api-key", "Ctrl-C-trusted"])
+def test_command_line_starts_and_stops_on_a_signal(stop_signal: signal.Signals, api_key: str | None) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    key_args = ["--api-key", api_key] if api_key else []
     process = subprocess.Popen([sys.executable, "-m", "sim_bridge", "virtual-printer", "--printer",
-                                "ender3-klipper", "--api-key", "cli-key"], cwd=ROOT, env=env,
+                                "ender3-klipper", *key_args], cwd=ROOT, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None
         line = process.stdout.readline()  # the ready line; the command has its own timeouts
         assert "ready at http://127.0.0.1:" in line, process.stderr.read() if process.poll() is not None else line
         url = line.split("ready at ", 1)[1].split()[0]
-        assert MoonrakerClient(url, api_key="cli-key").server_info()["klippy_state"] == "ready"
+        # Without --api-key, 127.0.0.1 is a trusted client: no key needed.
+        assert MoonrakerClient(url, api_key=api_key).server_info()["klippy_state"] == "ready"
         children = _children(process.pid)
         assert len(children) == 2
         process.send_signal(stop_signal)
         assert process.wait(20) == 0
         assert not [pid for pid in children if Path(f"/proc/{pid}").exists()]
         with pytest.raises(MoonrakerError):
-            MoonrakerClient(url, api_key="cli-key", timeout_s=2).server_info()
+            MoonrakerClient(url, api_key=api_key, timeout_s=2).server_info()
     finally:
         if process.poll() is None:
             process.kill()
             process.wait(10)
+
+
+def test_client_and_config_refuse_bad_values() -> None:
+    with pytest.raises(ValueError, match="http://host"):
+        MoonrakerClient("127.0.0.1:7125")
+    with pytest.raises(ValueError, match="timeout_s"):
+        MoonrakerClient("http://127.0.0.1:7125", timeout_s=0)
+    with pytest.raises(MoonrakerError) as caught:  # nothing listens there
+        MoonrakerClient(f"http://127.0.0.1:{free_port()}", timeout_s=2).server_info()
+    assert caught.value.status == 0
+    with pytest.raises(VirtualPrinterError, match="api key"):
+        VirtualPrinter("ender3-klipper", api_key="two words")
+    assert "trusted_clients" in moonraker_conf(7125, Path("/tmp/k.sock"), trusted_localhost=True)
+    assert "trusted_clients" not in moonraker_conf(7125, Path("/tmp/k.sock"), trusted_localhost=False)
 
 
 def _children(pid: int) -> list[int]:
