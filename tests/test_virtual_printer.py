@@ -23,8 +23,7 @@ from sim_bridge import moonraker
 from sim_bridge.config import ConfigError
 from sim_bridge.failures import MOVE_OUT_OF_RANGE
 from sim_bridge.klippy.live import KlippyError
-from sim_bridge.moonraker import MoonrakerClient, MoonrakerError, follow_print
-from sim_bridge.moonraker_backend import simulate_via_moonraker
+from sim_bridge.moonraker import MoonrakerClient, MoonrakerError, follow_print, simulate_via_moonraker
 from sim_bridge.virtual_printer import VirtualPrinter, VirtualPrinterError, free_port, moonraker_conf
 
 STARTUP_LIMIT_S = 15.0
