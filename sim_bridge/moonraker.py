@@ -20,12 +20,12 @@ no endpoint, object or field of their own:
   maps what Klipper said onto a :class:`~sim_bridge.report.PrintReport`. From Klipper: whether the print
   completed, its error (Klipper's message, its mode by :func:`~sim_bridge.failures.classify_klipper_message`)
   and the G-code line where it stopped (``virtual_sdcard.file_position`` is the byte offset of the line
-  Klipper refused), the final toolhead position and heater readings, the filament Klipper counted and, on a
-  paced printer, the print time. From the embedded simulator, run on the lines Klipper executed: what
-  Moonraker cannot tell (layers, deposition, collisions, the time breakdown) and the print time of an
-  unpaced printer. A Klippy whose MCU is a file (:mod:`sim_bridge.virtual_printer`) paces nothing: its
-  ``print_duration`` is the wall time of planning the file, heaters read 0 °C and it skips the
-  cold-extrusion check, so the embedded simulator's heater failures (:data:`EMBEDDED_ONLY_MODES`) are kept.
+  Klipper refused), the print time, the final toolhead position and heater readings, the filament Klipper
+  counted (on a clocked MCU). From the embedded simulator, run on the lines Klipper executed: what Moonraker cannot tell
+  (layers, deposition, collisions, the time breakdown). A Klippy whose MCU is a file
+  (:mod:`sim_bridge.virtual_printer`) paces nothing: its ``print_duration`` is the wall time of planning the
+  file (its planned time is ``toolhead.print_time``), heaters read 0 °C and it skips the cold-extrusion
+  check, so the embedded simulator's heater failures (:data:`EMBEDDED_ONLY_MODES`) are kept.
   Which source gave each field is in ``report.final_state["sources"]`` (:class:`PrintReport` has no
   per-field source of its own in this tree).
 
@@ -512,17 +512,19 @@ EMBEDDED = "embedded"
 
 def simulate_via_moonraker(program: str | os.PathLike[str] | bytes, printer: PrinterProfile | str,
                            url: str, api_key: str | None = None, timeout_s: float = BACKEND_TIMEOUT_S,
-                           material: str = "PLA", filename: str | None = None, paced: bool = True) -> PrintReport:
+                           material: str = "PLA", filename: str | None = None) -> PrintReport:
     """Print ``program`` (a path, G-code text or bytes) on the Moonraker at ``url``; ``printer`` is the
     profile the embedded simulator uses for what Moonraker cannot tell (it should describe that printer).
-    ``paced=False`` says the printer's MCU is a file (the virtual printer): its ``print_duration`` is then
-    the wall time of an unpaced run, not a print time, and the embedded simulator's is reported instead.
+    The print time is Klipper's either way: ``print_stats.print_duration`` on a printer with a clocked MCU,
+    the advance of ``toolhead.print_time`` (Klipper's planned time, as batch mode reports it) on one whose MCU
+    is a file (``toolhead.estimated_print_time`` stays 0 there: nothing runs the clock).
 
     Moonraker's refusals (no API key, Klippy not ready, a busy printer) raise :class:`MoonrakerError`; a
     print still running after ``timeout_s`` is cancelled and raises :class:`PrintTimeout`.
     """
     data, name = _program(program, filename)
     client = MoonrakerClient(url, api_key=api_key)
+    planned_before_s = float(client.objects_query(("toolhead",))["toolhead"].get("print_time") or 0.0)
     client.upload(name, data)
     client.print_start(name)
     try:
@@ -537,14 +539,15 @@ def simulate_via_moonraker(program: str | os.PathLike[str] | bytes, printer: Pri
         executed = data[:int(sdcard.get("file_position") or 0)]
         stop_line = executed.count(b"\n") + 1
     report = Simulator(printer, material).run(executed, name=name)
-    return _merge(report, status, state, message, stop_line, followed_by, paced)
+    return _merge(report, status, state, message, stop_line, followed_by, planned_before_s)
 
 
 def _merge(report: PrintReport, status: dict[str, Any], state: str, message: str, stop_line: int | None,
-           followed_by: str, paced: bool) -> PrintReport:
+           followed_by: str, planned_before_s: float) -> PrintReport:
     sources = {"success": KLIPPER, "failures": KLIPPER, "stopped_at_line": KLIPPER, "final_state": KLIPPER,
-               "print_time_s": EMBEDDED, "filament_mm": EMBEDDED, "layers": EMBEDDED, "bbox_mm": EMBEDDED,
+               "print_time_s": KLIPPER, "filament_mm": EMBEDDED, "layers": EMBEDDED, "bbox_mm": EMBEDDED,
                "time_breakdown_s": EMBEDDED}
+    embedded_time_s = report.print_time_s
     kept = [f for f in report.failures if f.mode in EMBEDDED_ONLY_MODES or not f.fatal]
     if stop_line is not None:
         first_line = message.splitlines()[0] if message else "print error"
@@ -557,14 +560,17 @@ def _merge(report: PrintReport, status: dict[str, Any], state: str, message: str
     report.success = state == "complete" and not any(f.fatal for f in kept)
     report.stopped_at_line = stop_line if stop_line is not None else next(
         (f.line for f in kept if f.fatal), None)
-    stats = status.get("print_stats", {})
-    if paced and float(stats.get("print_duration") or 0.0) > 0:
-        report.print_time_s, sources["print_time_s"] = float(stats["print_duration"]), KLIPPER
-    if float(stats.get("filament_used") or 0.0) > 0:
+    stats, toolhead = status.get("print_stats", {}), status.get("toolhead", {})
+    clocked = float(toolhead.get("estimated_print_time") or 0.0) > 0
+    report.print_time_s = float(stats.get("print_duration") or 0.0) if clocked else max(
+        0.0, float(toolhead.get("print_time") or 0.0) - planned_before_s)
+    # print_stats counts filament on a timer while printing: on a file MCU the print is over before it counts.
+    if clocked and float(stats.get("filament_used") or 0.0) > 0:
         report.filament_mm, sources["filament_mm"] = float(stats["filament_used"]), KLIPPER
-    toolhead, extruder, bed = (status.get(k, {}) for k in ("toolhead", "extruder", "heater_bed"))
+    extruder, bed = status.get("extruder", {}), status.get("heater_bed", {})
     report.final_state = {
         "backend": "moonraker", "followed_by": followed_by, "print_state": state, "message": message,
+        "mcu_clocked": clocked, "embedded_print_time_s": embedded_time_s,
         "position_mm": list(toolhead.get("position") or []), "homed_axes": toolhead.get("homed_axes", ""),
         "hotend_c": extruder.get("temperature"), "hotend_target_c": extruder.get("target"),
         "bed_c": bed.get("temperature"), "bed_target_c": bed.get("target"),
