@@ -22,8 +22,10 @@ from conftest import FIXTURES, GOLDEN, ROOT, VIRTUAL_PRINTER_API_KEY
 from sim_bridge import moonraker
 from sim_bridge.config import ConfigError
 from sim_bridge.failures import MOVE_OUT_OF_RANGE
+from sim_bridge.klippy import dictionary, host, printer_cfg
 from sim_bridge.klippy.live import KlippyError
 from sim_bridge.moonraker import MoonrakerClient, MoonrakerError, follow_print, simulate_via_moonraker
+from sim_bridge.printers import load_printer
 from sim_bridge.virtual_printer import VirtualPrinter, VirtualPrinterError, free_port, moonraker_conf
 
 STARTUP_LIMIT_S = 15.0
@@ -125,6 +127,21 @@ def test_moonraker_backend_on_a_slicer_file(virtual_printer: VirtualPrinter) -> 
     assert 0.9 * embedded_s < report.print_time_s < 1.05 * embedded_s
     assert report.layer_count > 50 and report.filament_mm > 100
     assert report.final_state["sources"]["filament_mm"] == "embedded"
+
+
+def test_print_time_through_moonraker_is_batch_modes(virtual_printer: VirtualPrinter, tmp_path: Path) -> None:
+    # The same Klippy, printer.cfg and file in batch mode: its logged print time is the live planned time.
+    gcode = FIXTURES / "prusaslicer" / "cube20_ender3.gcode"
+    cfg = printer_cfg.write_printer_cfg(load_printer("ender3-klipper"), tmp_path / "printer.cfg",
+                                        printer_cfg.PrinterCfgOptions(sdcard_path=str(tmp_path)))
+    argv = host.batch_argv(cfg, gcode, tmp_path / "out.serial", dictionary.dictionary_path(), tmp_path / "log")
+    subprocess.run(argv, check=True, timeout=120, capture_output=True)
+    exit_line = next(line for line in (tmp_path / "log").read_text().splitlines()
+                     if line.startswith(host.EXIT_LINE_PREFIX))
+    batch_s = float(exit_line.removeprefix(host.EXIT_LINE_PREFIX).split("s")[0])
+    report = simulate_via_moonraker(gcode, "ender3-klipper", virtual_printer.url, api_key=VIRTUAL_PRINTER_API_KEY)
+    # Within the start offset Klippy adds when a print begins on a printer that has printed before.
+    assert report.print_time_s == pytest.approx(batch_s, abs=0.5)
 
 
 def test_moonraker_backend_reports_klippers_error_and_line(virtual_printer: VirtualPrinter) -> None:
