@@ -33,7 +33,7 @@ from pathlib import Path
 from types import TracebackType
 
 from sim_bridge.klippy import dictionary, printer_cfg
-from sim_bridge.klippy.live import KlippyError, KlippyLive
+from sim_bridge.klippy.live import KlippyError, KlippyLive, die_with_parent
 from sim_bridge.moonraker import KLIPPY_READY, MoonrakerClient, MoonrakerError
 from sim_bridge.printers import load_printer
 from sim_bridge.profiles import PrinterProfile
@@ -180,7 +180,8 @@ class VirtualPrinter:
             with open(self.data_path / "logs" / "moonraker.out", "wb") as out:
                 # Its own process group, so that stop() ends Moonraker's children with it.
                 self.moonraker = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
-                                                  stderr=subprocess.STDOUT, start_new_session=True)
+                                                  stderr=subprocess.STDOUT, start_new_session=True,
+                                                  preexec_fn=die_with_parent)
             self._wait_ready(started + self.ready_timeout_s)
         except BaseException:
             self.stop()

@@ -10,9 +10,11 @@ group (so a stop ends Klippy's children too), a timeout on every wait, the socke
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -22,6 +24,8 @@ SOCKET_TIMEOUT_S = 20.0
 """How long Klippy may take to open its API socket (its C helper compiles on a first start: ~3 s)."""
 STOP_TIMEOUT_S = 5.0
 """How long a stopping Klippy gets after SIGTERM before it is killed."""
+PR_SET_PDEATHSIG = 1
+"""Linux ``prctl`` option: the signal a process gets when its parent dies."""
 LOG_TAIL_LINES = 15
 """Lines of Klippy's log quoted in an error."""
 
@@ -52,7 +56,8 @@ class KlippyLive:
         with open(self.run_dir / "klippy.out", "wb") as out:
             # A process group of its own: the stop signals Klippy and whatever it started, nothing else.
             self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                            cwd=self.run_dir, start_new_session=True)
+                                            cwd=self.run_dir, start_new_session=True,
+                                            preexec_fn=die_with_parent)
         deadline = time.monotonic() + SOCKET_TIMEOUT_S
         while not self.socket_path.exists():
             if self.process.poll() is not None:
@@ -99,6 +104,14 @@ class KlippyLive:
                 process.wait(STOP_TIMEOUT_S)
         for path in (self.socket_path, self.pty_path):
             path.unlink(missing_ok=True)
+
+
+def die_with_parent() -> None:
+    """In a child before it runs: ask Linux to SIGTERM it when its parent dies (PR_SET_PDEATHSIG), so that
+    a test run killed outright leaves no Klippy or Moonraker behind. Elsewhere a no-op."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
