@@ -108,7 +108,8 @@ class KlippyLive:
 
 def die_with_parent() -> None:
     """In a child before it runs: ask Linux to SIGTERM it when its parent dies (PR_SET_PDEATHSIG), so that
-    a test run killed outright leaves no Klippy or Moonraker behind. Elsewhere a no-op."""
+    a test run killed outright leaves no Klippy or Moonraker behind. Elsewhere a no-op. Linux's "parent" is
+    the thread that started the child: start a printer from a thread that outlives it."""
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
