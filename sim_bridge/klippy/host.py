@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,7 +85,11 @@ def _interpreter(executable: Path) -> Path:
         first = handle.readline(512).decode("utf-8", "replace").strip()
     if first.startswith("#!"):
         words = first[2:].split()
-        if words and Path(words[0]).name != "env" and Path(words[0]).is_file():
+        if len(words) >= 2 and Path(words[0]).name == "env":
+            found = shutil.which(words[1])  # "#!/usr/bin/env python3"
+            if found:
+                return Path(found)
+        elif words and Path(words[0]).is_file():
             return Path(words[0])
     beside = executable.parent / "python"
     if beside.is_file():
@@ -114,9 +119,12 @@ def _probe(executable: Path) -> KlippyHost:
     if done.returncode != 0:
         raise KlippyMissing(f"{python}: probing the host failed: {done.stderr.strip()[-500:]}: {SETUP_HINT}")
     facts = json.loads(done.stdout)
-    if not facts["source"]:
+    if facts["source"]:
+        source = Path(facts["source"][0])
+    elif executable.name == "klippy.py":
+        source = executable.parent  # an upstream checkout's klippy/klippy.py, not an installed package
+    else:
         raise KlippyMissing(f"{python}: has no `klippy` package: {SETUP_HINT}")
-    source = Path(facts["source"][0])
     version = facts["version"] or _checkout_version(source)
     return KlippyHost(executable=executable, python=python, version=version, source_dir=source)
 

@@ -37,7 +37,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from sim_bridge.config import check_ranges, ranged
+from sim_bridge.config import ConfigError, check_ranges, ranged
+from sim_bridge.printers import load_printer
 from sim_bridge.profiles import HeaterProfile, MacroProfile, PrinterProfile
 
 THERMISTOR = "EPCOS 100K B57560G104F"
@@ -72,7 +73,7 @@ class PrinterCfgOptions:
     def __post_init__(self) -> None:
         check_ranges(self)
         if not self.sdcard_path.strip():
-            raise ValueError("sdcard_path: empty")
+            raise ConfigError("sdcard_path = '': needs a folder")
 
 
 def _num(value: float) -> str:
@@ -250,8 +251,6 @@ def write_printer_cfg_for(printer: str, out: str | os.PathLike[str] | None = Non
                           options: PrinterCfgOptions | None = None) -> str:
     """The printer.cfg for a printer given as the loaders take it (bundled name, profile YAML, printer.cfg,
     PrusaSlicer config); written to ``out`` when given. Returns the text."""
-    # printers imports the readers of every foreign format, which only this entry point needs
-    from sim_bridge.printers import load_printer
     text = printer_cfg_text(load_printer(printer), options)
     if out is not None:
         path = Path(out)
