@@ -62,8 +62,7 @@ def _parser() -> argparse.ArgumentParser:
 def _virtual_printer(args: argparse.Namespace, console: Console) -> int:
     """Run the virtual printer until Ctrl-C or SIGTERM; 2 when it cannot start."""
     # Klippy and Moonraker are this command's only: the simulator's command line does not load them.
-    from sim_bridge.klippy.live import KlippyError
-    from sim_bridge.virtual_printer import VirtualPrinter, VirtualPrinterError  # (why: as above)
+    from sim_bridge.virtual_printer import KlippyError, VirtualPrinter, VirtualPrinterError
 
     def on_term(signum: int, frame: object) -> None:
         # One signal stops the printer; a second one must not cut its clean-up short.

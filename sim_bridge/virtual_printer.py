@@ -33,6 +33,8 @@ from pathlib import Path
 from types import TracebackType
 
 from sim_bridge.klippy import dictionary, printer_cfg
+from sim_bridge.klippy.dictionary import DictionaryError
+from sim_bridge.klippy.host import KlippyMissing
 from sim_bridge.klippy.live import KlippyError, KlippyLive, die_with_parent
 from sim_bridge.moonraker import KLIPPY_READY, MoonrakerClient, MoonrakerError
 from sim_bridge.printers import load_printer
@@ -56,7 +58,11 @@ API_KEY_USER = "_API_KEY_USER_"
 
 
 class VirtualPrinterError(RuntimeError):
-    """The virtual printer could not start; the message says why, in Klippy's or Moonraker's own words."""
+    """The virtual printer could not start (not installed, port taken, Moonraker failed); a config Klippy
+    refuses is a :class:`~sim_bridge.klippy.live.KlippyError` with Klippy's own message."""
+
+
+__all__ = ["KlippyError", "VirtualPrinter", "VirtualPrinterError", "free_port", "moonraker_conf"]
 
 
 def moonraker_executable() -> Path:
@@ -157,7 +163,15 @@ class VirtualPrinter:
 
     def start(self) -> VirtualPrinter:
         """Write the configs, start Klippy and Moonraker, wait for ``ready``; on any failure stop both."""
+        if self.dir is not None:
+            raise VirtualPrinterError(f"already started at {self.url}")
         started = time.monotonic()
+        # Both installs first: a missing one fails at once, before any process or folder exists.
+        moonraker = moonraker_executable()
+        try:
+            klippy_dictionary = dictionary.dictionary_path()
+        except (KlippyMissing, DictionaryError) as exc:
+            raise VirtualPrinterError(str(exc)) from None
         # A short path: Unix socket paths are limited to 108 bytes.
         self.dir = Path(tempfile.mkdtemp(prefix="ll-vp-"))
         try:
@@ -169,13 +183,13 @@ class VirtualPrinter:
             if self.extra_cfg:
                 with cfg.open("a", encoding="utf-8") as handle:
                     handle.write("\n" + self.extra_cfg.strip() + "\n")
-            self.klippy = KlippyLive(cfg, dictionary.dictionary_path(), self.dir)
+            self.klippy = KlippyLive(cfg, klippy_dictionary, self.dir)
             self.klippy.start()
             conf = self.data_path / "config" / "moonraker.conf"
             conf.write_text(moonraker_conf(self.port, self.klippy.socket_path, self.api_key is None))
             if self.api_key is not None:
                 _seed_api_key(self.data_path / "database", self.api_key)
-            argv = [str(moonraker_executable()), "-d", str(self.data_path), "-c", str(conf),
+            argv = [str(moonraker), "-d", str(self.data_path), "-c", str(conf),
                     "-l", str(self.moonraker_log), "-u", str(self.data_path / "comms" / "moonraker.sock")]
             with open(self.data_path / "logs" / "moonraker.out", "wb") as out:
                 # Its own process group, so that stop() ends Moonraker's children with it.

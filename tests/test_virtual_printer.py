@@ -173,7 +173,7 @@ def test_emergency_stop_then_firmware_restart(virtual_printer: VirtualPrinter) -
 
 
 # -- starting and stopping (each its own short-lived printer) ------------------------------------------------
-def test_bad_inputs_fail_fast_with_the_reason() -> None:
+def test_bad_inputs_fail_fast_with_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError, match="no-such-printer"):
         VirtualPrinter("no-such-printer")
     with socket.socket() as taken:
@@ -187,6 +187,11 @@ def test_bad_inputs_fail_fast_with_the_reason() -> None:
         printer.start()
     assert time.monotonic() - started < 20
     assert printer.dir is None and printer.moonraker is None and printer.klippy is None
+    for variable in ("LAYERLOOP_MOONRAKER", "LAYERLOOP_KLIPPY"):
+        with monkeypatch.context() as patch:
+            patch.setenv(variable, "/nonexistent/host")
+            with pytest.raises(VirtualPrinterError, match="setup.sh"):
+                VirtualPrinter("ender3-klipper").start()
 
 
 @pytest.mark.parametrize(("stop_signal", "api_key"), [(signal.SIGTERM, "cli-key"), (signal.SIGINT, None)],
