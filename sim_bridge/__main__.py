@@ -1,5 +1,8 @@
 """Command line: ``python -m sim_bridge simulate FILE.gcode --printer NAME_OR_PRINTER_CFG [--backend B]``.
 
+``python -m sim_bridge virtual-printer --printer NAME|printer.cfg [--port N] [--api-key KEY]`` runs real
+Klippy and Moonraker on 127.0.0.1 until Ctrl-C or SIGTERM (:mod:`sim_bridge.virtual_printer`).
+
 Prints a readable summary (with a progress bar on large files) and exits 1 when the print fails, 2 on a
 usage error (bad file, unknown printer, a backend that cannot run). ``--json`` writes the report; ``--plot``
 a PNG of the print (embedded backend). ``--backend klipper-batch`` runs the real Klipper host in batch mode,
@@ -9,7 +12,9 @@ a PNG of the print (embedded backend). ``--backend klipper-batch`` runs the real
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -54,13 +59,54 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--plot", type=Path, help="write a PNG (height map and toolpath) here")
     sim.add_argument("--quiet", action="store_true", help="no summary, only the exit code")
     sub.add_parser("printers", help="list the bundled printer profiles")
+    vp = sub.add_parser("virtual-printer", help="run real Klippy and Moonraker on 127.0.0.1 until Ctrl-C")
+    vp.add_argument("--printer", default="ender3-klipper",
+                    help=f"bundled profile ({', '.join(bundled_printers())}), a profile .yaml or a printer.cfg")
+    vp.add_argument("--port", type=int, help="Moonraker's port (default: a free one)")
+    vp.add_argument("--api-key", help="require this API key (default: 127.0.0.1 is a trusted client)")
     return parser
+
+
+def _virtual_printer(args: argparse.Namespace, console: Console) -> int:
+    """Run the virtual printer until Ctrl-C or SIGTERM; 2 when it cannot start."""
+    # Klippy and Moonraker are this command's only: the simulator's command line does not load them.
+    from sim_bridge.virtual_printer import KlippyError, VirtualPrinter, VirtualPrinterError
+
+    def on_term(signum: int, frame: object) -> None:
+        # One signal stops the printer; a second one must not cut its clean-up short.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    # SIGTERM stops the printer as Ctrl-C does (the context manager's exit stops both processes); SIGINT is
+    # set too, because a shell starting the command in the background leaves it ignored.
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    try:
+        with VirtualPrinter(args.printer, port=args.port, api_key=args.api_key) as printer:
+            print(f"virtual printer {printer.profile.name} ready at {printer.url} "
+                  f"({printer.startup_s:.1f} s){' (API key required)' if args.api_key else ''}", flush=True)
+            try:
+                while printer.running():
+                    time.sleep(0.5)
+            except KeyboardInterrupt:
+                console.print("stopping")
+                return 0
+            console.print("[red]error:[/red] Klippy or Moonraker exited")
+            return 1
+    except (VirtualPrinterError, KlippyError, ConfigError, OSError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
+    except KeyboardInterrupt:
+        return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     args = _parser().parse_args(argv)
     console = Console(stderr=True)
+    if args.command == "virtual-printer":
+        return _virtual_printer(args, console)
     if args.command == "printers":
         for name in bundled_printers():
             print(f"{name}: {load_printer(name).description}")

@@ -13,19 +13,54 @@ no endpoint, object or field of their own:
   :func:`parse_history_job` checks one into a :class:`HistoryJob`; :data:`HISTORY_STATUSES` says what each
   job status means for the print.
 
-Parsing only: nothing here opens a connection. The HTTP client that calls these endpoints (upload, start,
-emergency stop, queries) belongs in this module too, after the parsers, and comes with the work on real
-Klipper in the loop (issue 11).
+* **the client** — :class:`MoonrakerClient` calls these endpoints over HTTP (stdlib ``urllib``, every call
+  with a timeout); a refused call is a :class:`MoonrakerError` carrying Moonraker's (or Klipper's) message;
+  :func:`follow_print` follows a print over the websocket (``moonraker-api``), polling where that fails;
+* **the moonraker backend** — :func:`simulate_via_moonraker` uploads a program, prints it, follows it and
+  maps what Klipper said onto a :class:`~sim_bridge.report.PrintReport`. From Klipper: whether the print
+  completed, its error (Klipper's message, its mode by :func:`~sim_bridge.failures.classify_klipper_message`)
+  and the G-code line where it stopped (``virtual_sdcard.file_position`` is the byte offset of the line
+  Klipper refused), the print time, the final toolhead position and heater readings, the filament Klipper
+  counted (on a clocked MCU). From the embedded simulator, run on the lines Klipper executed: what Moonraker cannot tell
+  (layers, deposition, collisions, the time breakdown). A Klippy whose MCU is a file
+  (:mod:`sim_bridge.virtual_printer`) paces nothing: its ``print_duration`` is the wall time of planning the
+  file (its planned time is ``toolhead.print_time``), heaters read 0 °C and it skips the cold-extrusion
+  check, so the embedded simulator's heater failures (:data:`EMBEDDED_ONLY_MODES`) are kept.
+  Which source gave each field is in ``report.final_state["sources"]`` (:class:`PrintReport` has no
+  per-field source of its own in this tree).
+
+The parsers open no connection; the client and the follower are the only code of layerloop that talks to
+Moonraker (the backend and the virtual printer go through them).
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import math
-from collections.abc import Mapping, Sequence
+import os
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.error import HTTPError, URLError
+from urllib.parse import quote, urlencode, urlsplit
+from urllib.request import Request, urlopen
+
+from sim_bridge.failures import (
+    COLD_EXTRUSION,
+    HEATER_TIMEOUT,
+    OTHER,
+    THERMAL_RUNAWAY,
+    classify_klipper_message,
+)
+from sim_bridge.profiles import PrinterProfile
+from sim_bridge.report import Failure, PrintReport
+from sim_bridge.simulator import Simulator
 
 DEFAULT_PORT = 7125
 """The port Moonraker listens on unless its config says otherwise."""
@@ -63,6 +98,15 @@ OBJECTS_QUERY = Endpoint("GET", "/printer/objects/query", "printer.objects.query
 """Read Klipper's status objects (see :data:`QUERIED_OBJECTS` and :func:`objects_query_path`)."""
 HISTORY_LIST = Endpoint("GET", "/server/history/list", "server.history.list")
 """The print job history, newest first (``limit``, ``start``, ``since``, ``before``, ``order``)."""
+PRINTER_INFO = Endpoint("GET", "/printer/info", "printer.info")
+"""Klippy's own state and ``state_message`` (its config error, or the reason of a shutdown)."""
+OBJECTS_SUBSCRIBE = Endpoint("POST", "/printer/objects/subscribe", "printer.objects.subscribe")
+"""Subscribe to status objects: the result is their current state, changes arrive as
+:data:`STATUS_NOTIFICATION` (over the websocket only)."""
+FILES_DOWNLOAD = Endpoint("GET", "/server/files/gcodes/", "")
+"""Download an uploaded G-code file: the file name (relative to the ``gcodes`` root) follows the path."""
+STATUS_NOTIFICATION = "notify_status_update"
+"""The websocket notification carrying changed status fields (params: ``[changes, eventtime]``)."""
 
 QUERIED_OBJECTS = ("webhooks", "print_stats", "extruder", "heater_bed", "virtual_sdcard", "toolhead")
 """The Klipper status objects layerloop reads (all of their fields)."""
@@ -212,3 +256,334 @@ def _number(job: dict[str, Any], key: str, required: bool = False) -> float | No
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
         raise ValueError(f"{key} = {json.dumps(value)}: must be a number >= 0 (seconds or mm)")
     return float(value)
+
+
+# -- the client ----------------------------------------------------------------------------------------------
+DEFAULT_TIMEOUT_S = 10.0
+"""How long one HTTP call may take unless the client is told otherwise."""
+FOLLOWED_OBJECTS = ("webhooks", "print_stats", "virtual_sdcard", "toolhead", "extruder", "heater_bed")
+"""The status objects a followed print reports (all of their fields)."""
+FINISHED_PRINT_STATES = ("complete", "error", "cancelled")
+"""``print_stats.state`` values that end a followed print."""
+POLL_INTERVAL_S = 0.2
+"""How often :func:`follow_print` polls where the websocket is not available."""
+
+
+class MoonrakerError(RuntimeError):
+    """A call Moonraker refused or could not answer: ``status`` is the HTTP status (0: no answer at all),
+    ``message`` Moonraker's message (for ``gcode/script``, Klipper's own, e.g. ``Move out of range: …``)."""
+
+    def __init__(self, endpoint: str, status: int, message: str) -> None:
+        super().__init__(f"{endpoint}: {status or 'no answer'}: {message}")
+        self.endpoint = endpoint
+        self.status = status
+        self.message = message
+
+
+class MoonrakerClient:
+    """Moonraker's HTTP API at ``url`` (``http://host:port``), with an API key or as a trusted client.
+
+    Each method is one endpoint and returns the JSON ``result`` (``download`` the file's bytes); a refused
+    call raises :class:`MoonrakerError` with Moonraker's message, so a caller never parses error bodies.
+    """
+
+    def __init__(self, url: str, api_key: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"Moonraker url {url!r}: must be http://host[:port]")
+        if not timeout_s > 0:
+            raise ValueError(f"timeout_s = {timeout_s}: must be > 0 (seconds)")
+        self.url = url.rstrip("/")
+        self.api_key = api_key
+        self.timeout_s = timeout_s
+
+    # -- one method per endpoint
+    def server_info(self) -> dict[str, Any]:
+        """Moonraker's state; ``klippy_state`` says whether Klippy is ``ready``."""
+        return self._call(SERVER_INFO)
+
+    def printer_info(self) -> dict[str, Any]:
+        """Klippy's ``state`` and ``state_message`` (its config error or the reason of a shutdown)."""
+        return self._call(PRINTER_INFO)
+
+    def upload(self, filename: str, content: bytes | str) -> dict[str, Any]:
+        """Upload G-code as ``filename`` into the ``gcodes`` root (multipart form, as a browser sends it)."""
+        data = content.encode("utf-8") if isinstance(content, str) else content
+        boundary = f"layerloop{uuid.uuid4().hex}"
+        head = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+                "Content-Type: application/octet-stream\r\n\r\n")
+        body = head.encode() + data + f"\r\n--{boundary}--\r\n".encode()
+        return self._call(FILES_UPLOAD, body=body, content_type=f"multipart/form-data; boundary={boundary}")
+
+    def download(self, filename: str) -> bytes:
+        """The bytes of an uploaded file (to check that what runs is what was approved)."""
+        return self._request(FILES_DOWNLOAD, FILES_DOWNLOAD.path + quote(filename), None, None)
+
+    def print_start(self, filename: str) -> dict[str, Any]:
+        return self._call(PRINT_START, {"filename": filename})
+
+    def print_pause(self) -> dict[str, Any]:
+        return self._call(PRINT_PAUSE)
+
+    def print_resume(self) -> dict[str, Any]:
+        return self._call(PRINT_RESUME)
+
+    def print_cancel(self) -> dict[str, Any]:
+        return self._call(PRINT_CANCEL)
+
+    def objects_query(self, objects: Sequence[str] = QUERIED_OBJECTS) -> dict[str, Any]:
+        """Every field of ``objects``: the ``status`` mapping (object name → fields)."""
+        path = objects_query_path(objects)
+        return dict(self._result(OBJECTS_QUERY, self._request(OBJECTS_QUERY, path, None, None))["status"])
+
+    def printer_state(self) -> PrinterState:
+        return parse_printer_state(self.objects_query(STATE_OBJECTS))
+
+    def gcode_script(self, script: str, timeout_s: float | None = None) -> dict[str, Any]:
+        """Run G-code; a line Klipper refuses is a :class:`MoonrakerError` (400) with Klipper's message."""
+        return self._call(GCODE_SCRIPT, {"script": script}, timeout_s=timeout_s)
+
+    def emergency_stop(self) -> dict[str, Any]:
+        return self._call(EMERGENCY_STOP)
+
+    def firmware_restart(self) -> dict[str, Any]:
+        return self._call(FIRMWARE_RESTART)
+
+    def history(self, limit: int = 50) -> list[HistoryJob]:
+        """The job history, newest first, each job checked by :func:`parse_history_job`."""
+        result = self._call(HISTORY_LIST, {"limit": limit})
+        return [parse_history_job(job, i) for i, job in enumerate(history_jobs(result))]
+
+    # -- plumbing
+    def _call(self, endpoint: Endpoint, args: Mapping[str, Any] | None = None, *, body: bytes | None = None,
+              content_type: str | None = None, timeout_s: float | None = None) -> dict[str, Any]:
+        path = endpoint.path
+        if args and endpoint.http_method == "GET":
+            path += "?" + urlencode(args)
+        elif args:
+            body, content_type = json.dumps(dict(args)).encode(), "application/json"
+        raw = self._request(endpoint, path, body, content_type, timeout_s)
+        return self._result(endpoint, raw)
+
+    def _result(self, endpoint: Endpoint, raw: bytes) -> Any:
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise MoonrakerError(endpoint.path, 200, f"not a Moonraker answer: {raw[:200]!r}")
+        # Most answers wrap their result; an upload's is the object itself.
+        return body.get("result", body)
+
+    def _request(self, endpoint: Endpoint, path: str, body: bytes | None, content_type: str | None,
+                 timeout_s: float | None = None) -> bytes:
+        headers = {"Content-Type": content_type} if content_type else {}
+        if self.api_key:
+            headers[API_KEY_HEADER] = self.api_key
+        if endpoint.http_method == "POST" and body is None:
+            body = b""
+        request = Request(self.url + path, data=body, headers=headers, method=endpoint.http_method)
+        try:
+            with urlopen(request, timeout=timeout_s or self.timeout_s) as response:
+                return bytes(response.read())
+        except HTTPError as exc:
+            raise MoonrakerError(endpoint.path, exc.code, _error_message(exc.read())) from None
+        except (URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise MoonrakerError(endpoint.path, 0, f"{self.url}: {reason}") from None
+
+
+def _error_message(body: bytes) -> str:
+    """Moonraker's message from an error body (``{"error": {"code": …, "message": …}}``), else the body."""
+    try:
+        error = json.loads(body)["error"]
+        return str(error["message"] if isinstance(error, dict) else error)
+    except (ValueError, KeyError, TypeError):
+        return body.decode("utf-8", "replace")[:500]
+
+
+# -- following a print ---------------------------------------------------------------------------------------
+class PrintTimeout(TimeoutError):
+    """A followed print that did not finish in its time."""
+
+
+def follow_print(client: MoonrakerClient, timeout_s: float,
+                 on_update: Callable[[dict[str, Any]], None] | None = None) -> tuple[dict[str, Any], str]:
+    """Follow the current print until ``print_stats.state`` is one of :data:`FINISHED_PRINT_STATES`.
+
+    Returns the last state of :data:`FOLLOWED_OBJECTS` and how it was followed (``"websocket"`` or
+    ``"polling"``). The websocket (``moonraker-api``) is tried first; where it cannot connect or subscribe
+    the print is polled instead. ``on_update`` sees each new state. :class:`PrintTimeout` after ``timeout_s``.
+    """
+    deadline = time.monotonic() + timeout_s
+    try:
+        status = asyncio.run(_follow_websocket(client, deadline, on_update))
+        return status, "websocket"
+    except PrintTimeout:
+        raise
+    except Exception:  # noqa: BLE001 - any websocket failure falls back to polling, which says what is wrong
+        pass
+    while True:
+        status = client.objects_query(FOLLOWED_OBJECTS)
+        if on_update is not None:
+            on_update(status)
+        if _finished(status):
+            return status, "polling"
+        if time.monotonic() > deadline:
+            raise PrintTimeout(f"print not finished after {timeout_s:.0f} s "
+                               f"(print_stats.state = {status['print_stats'].get('state')!r})")
+        time.sleep(POLL_INTERVAL_S)
+
+
+def _finished(status: Mapping[str, Any]) -> bool:
+    return status.get("print_stats", {}).get("state") in FINISHED_PRINT_STATES
+
+
+async def _follow_websocket(client: MoonrakerClient, deadline: float,
+                            on_update: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+    # moonraker-api is an optional path (polling works without it): imported only when a print is followed.
+    import aiohttp
+    from moonraker_api import MoonrakerClient as WebsocketClient
+    from moonraker_api import MoonrakerListener
+
+    changes: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    class Listener(MoonrakerListener):  # type: ignore[misc]
+        async def on_notification(self, method: str, data: Any) -> None:
+            if method == STATUS_NOTIFICATION and isinstance(data, list) and data and isinstance(data[0], dict):
+                await changes.put(data[0])
+
+    remaining_s, url = max(1, int(deadline - time.monotonic())), urlsplit(client.url)
+    # Our own session, closed below: moonraker-api leaves the one it makes open.
+    async with aiohttp.ClientSession() as session:
+        ws = WebsocketClient(Listener(), url.hostname, url.port or DEFAULT_PORT, api_key=client.api_key,
+                             timeout=min(remaining_s, int(client.timeout_s) + 1), session=session)
+        with warnings.catch_warnings():
+            # moonraker-api 4.0 passes aiohttp a float receive_timeout, which aiohttp 3.14 deprecates.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            connected = await ws.connect()
+        if not connected:
+            raise ConnectionError("websocket did not connect")
+        try:
+            return await _subscribed(ws, changes, deadline, on_update)
+        finally:
+            await ws.disconnect()
+
+
+async def _subscribed(ws: Any, changes: asyncio.Queue[dict[str, Any]], deadline: float,
+                      on_update: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+    """Subscribe to :data:`FOLLOWED_OBJECTS` and merge their changes until the print finishes."""
+    result = await ws.call_method(OBJECTS_SUBSCRIBE.rpc_method,
+                                  objects={name: None for name in FOLLOWED_OBJECTS})
+    if "error" in result:
+        raise ConnectionError(f"subscribe refused: {result['error']}")
+    status: dict[str, Any] = {name: dict(fields) for name, fields in result["status"].items()}
+    if on_update is not None:
+        on_update(status)
+    while not _finished(status):
+        left_s = deadline - time.monotonic()
+        if left_s <= 0:
+            raise PrintTimeout(f"print not finished in time (print_stats.state = "
+                               f"{status['print_stats'].get('state')!r})")
+        try:
+            change = await asyncio.wait_for(changes.get(), timeout=min(left_s, 1.0))
+        except TimeoutError:
+            continue
+        for name, fields in change.items():
+            status.setdefault(name, {}).update(fields)
+        if on_update is not None:
+            on_update(status)
+    return status
+
+
+# -- the moonraker backend -----------------------------------------------------------------------------------
+BACKEND_TIMEOUT_S = 600.0
+"""How long a print may take on the printer before the backend gives up (a file MCU takes under a second)."""
+EMBEDDED_ONLY_MODES = frozenset({COLD_EXTRUSION, THERMAL_RUNAWAY, HEATER_TIMEOUT})
+"""Failures a Klippy with a file MCU cannot see (it reads every heater at 0 °C and skips the cold-extrusion
+check): taken from the embedded simulator."""
+GCODE_SUFFIXES = (".gcode", ".gco", ".g")
+"""File name endings that make a one-line string a path."""
+KLIPPER = "klipper"
+"""Source name of a report field Klipper gave (through Moonraker)."""
+EMBEDDED = "embedded"
+"""Source name of a report field the embedded simulator gave."""
+
+
+def simulate_via_moonraker(program: str | os.PathLike[str] | bytes, printer: PrinterProfile | str,
+                           url: str, api_key: str | None = None, timeout_s: float = BACKEND_TIMEOUT_S,
+                           material: str = "PLA", filename: str | None = None) -> PrintReport:
+    """Print ``program`` (a path, G-code text or bytes) on the Moonraker at ``url``; ``printer`` is the
+    profile the embedded simulator uses for what Moonraker cannot tell (it should describe that printer).
+    The print time is Klipper's either way: ``print_stats.print_duration`` on a printer with a clocked MCU,
+    the advance of ``toolhead.print_time`` (Klipper's planned time, as batch mode reports it) on one whose MCU
+    is a file (``toolhead.estimated_print_time`` stays 0 there: nothing runs the clock).
+
+    Moonraker's refusals (no API key, Klippy not ready, a busy printer) raise :class:`MoonrakerError`; a
+    print still running after ``timeout_s`` is cancelled and raises :class:`PrintTimeout`.
+    """
+    data, name = _program(program, filename)
+    client = MoonrakerClient(url, api_key=api_key)
+    planned_before_s = float(client.objects_query(("toolhead",))["toolhead"].get("print_time") or 0.0)
+    client.upload(name, data)
+    client.print_start(name)
+    try:
+        status, followed_by = follow_print(client, timeout_s)
+    except TimeoutError:
+        client.print_cancel()
+        raise
+    stats, sdcard = status.get("print_stats", {}), status.get("virtual_sdcard", {})
+    state, message = str(stats.get("state")), str(stats.get("message") or "").strip()
+    stop_line, executed = None, data
+    if state == "error":
+        executed = data[:int(sdcard.get("file_position") or 0)]
+        stop_line = executed.count(b"\n") + 1
+    report = Simulator(printer, material).run(executed, name=name)
+    return _merge(report, status, state, message, stop_line, followed_by, planned_before_s)
+
+
+def _merge(report: PrintReport, status: dict[str, Any], state: str, message: str, stop_line: int | None,
+           followed_by: str, planned_before_s: float) -> PrintReport:
+    sources = {"success": KLIPPER, "failures": KLIPPER, "stopped_at_line": KLIPPER, "final_state": KLIPPER,
+               "print_time_s": KLIPPER, "filament_mm": EMBEDDED, "layers": EMBEDDED, "bbox_mm": EMBEDDED,
+               "time_breakdown_s": EMBEDDED}
+    embedded_time_s = report.print_time_s
+    kept = [f for f in report.failures if f.mode in EMBEDDED_ONLY_MODES or not f.fatal]
+    if stop_line is not None:
+        first_line = message.splitlines()[0] if message else "print error"
+        layer = max((m.index for m in report.layers if m.first_line <= stop_line), default=-1)
+        kept.insert(0, Failure(classify_klipper_message(first_line) or OTHER, first_line, stop_line, layer,
+                               fatal=True))
+    elif state != "complete":
+        kept.insert(0, Failure(OTHER, f"print {state}: {message or 'no message'}", 0, fatal=True))
+    report.failures = kept
+    report.success = state == "complete" and not any(f.fatal for f in kept)
+    report.stopped_at_line = stop_line if stop_line is not None else next(
+        (f.line for f in kept if f.fatal), None)
+    stats, toolhead = status.get("print_stats", {}), status.get("toolhead", {})
+    clocked = float(toolhead.get("estimated_print_time") or 0.0) > 0
+    report.print_time_s = float(stats.get("print_duration") or 0.0) if clocked else max(
+        0.0, float(toolhead.get("print_time") or 0.0) - planned_before_s)
+    # print_stats counts filament on a timer while printing: on a file MCU the print is over before it counts.
+    if clocked and float(stats.get("filament_used") or 0.0) > 0:
+        report.filament_mm, sources["filament_mm"] = float(stats["filament_used"]), KLIPPER
+    extruder, bed = status.get("extruder", {}), status.get("heater_bed", {})
+    report.final_state = {
+        "backend": "moonraker", "followed_by": followed_by, "print_state": state, "message": message,
+        "mcu_clocked": clocked, "embedded_print_time_s": embedded_time_s,
+        "position_mm": list(toolhead.get("position") or []), "homed_axes": toolhead.get("homed_axes", ""),
+        "hotend_c": extruder.get("temperature"), "hotend_target_c": extruder.get("target"),
+        "bed_c": bed.get("temperature"), "bed_target_c": bed.get("target"),
+        "embedded_final_state": report.final_state, "sources": sources,
+    }
+    return report
+
+
+def _program(program: str | os.PathLike[str] | bytes, filename: str | None) -> tuple[bytes, str]:
+    """The program's bytes and its upload name. One line of text naming a file or ending in ``.gcode`` is a
+    path (so that a missing file is an error naming it, not a one-line program)."""
+    if isinstance(program, os.PathLike) or (isinstance(program, str) and "\n" not in program and (
+            Path(program).suffix.lower() in GCODE_SUFFIXES or Path(program).is_file())):
+        return Path(program).read_bytes(), filename or Path(program).name
+    data = program if isinstance(program, bytes) else str(program).encode("utf-8")
+    return data, filename or f"layerloop-{hashlib.sha256(data).hexdigest()[:12]}.gcode"

@@ -53,3 +53,23 @@ def tiny_model_config(tmp_path_factory: pytest.TempPathFactory) -> Any:
     from training.model import ModelConfig
 
     return ModelConfig(cache_dir=str(tmp_path_factory.mktemp("models")), **TINY_MODEL)
+
+
+VIRTUAL_PRINTER_API_KEY = "layerloop-test-key"
+"""The API key the ``virtual_printer`` fixture's Moonraker requires (no trusted clients)."""
+
+
+@pytest.fixture(scope="module")
+def virtual_printer() -> Any:
+    """Real Klippy (live mode) and Moonraker on 127.0.0.1 for one test module (``ender3-klipper``, API key
+    :data:`VIRTUAL_PRINTER_API_KEY`); stopped, its processes ended and its temp dir removed, even when tests
+    fail. Never skipped: without Klippy or Moonraker it fails with the set-up hint."""
+    # The virtual printer loads only in the modules that ask for it: it starts two processes.
+    from sim_bridge.virtual_printer import VirtualPrinter
+
+    printer = VirtualPrinter("ender3-klipper", api_key=VIRTUAL_PRINTER_API_KEY)
+    printer.start()
+    try:
+        yield printer
+    finally:
+        printer.stop()

@@ -1,0 +1,269 @@
+"""A virtual Klipper printer: real Klippy (live mode) behind real Moonraker, on 127.0.0.1, in a temp dir.
+
+:class:`VirtualPrinter` writes a ``printer.cfg`` from a layerloop printer profile
+(:mod:`sim_bridge.klippy.printer_cfg`) and a ``moonraker.conf`` (:func:`moonraker_conf`) into a temporary
+directory, starts Klippy (:class:`sim_bridge.klippy.live.KlippyLive`) and Moonraker, waits until Moonraker
+reports ``klippy_state == "ready"``, and on stop ends both (SIGTERM, then SIGKILL), removes the sockets and
+the directory. Every wait has a timeout; a printer that cannot start is a :class:`VirtualPrinterError`
+carrying Klippy's or Moonraker's own message.
+
+Authorization: with ``api_key`` set, every client needs that key (``X-Api-Key``; no trusted clients); without
+it 127.0.0.0/8 is a trusted client and no key is needed. Moonraker 0.11 makes a random key of its own on a
+first start and keeps it in its database; a chosen key is written there before it starts (the
+``_API_KEY_USER_`` row of its ``authorized_users`` table, as Moonraker's authorization component reads it).
+
+What the MCU is: a file (``-o /dev/null``), so nothing paces it: a print completes as fast as Klippy can
+plan it, ``print_stats.print_duration`` is that wall time, heaters read 0 °C, and Klippy itself skips heater
+waits (M109/M190 return at once) and the cold-extrusion check when its MCU output is a file. Moves, limits,
+homing, macros, errors and the G-code line where a print stopped are Klipper's own; times and temperatures
+are not (the embedded simulator supplies those).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+from sim_bridge.klippy import dictionary, printer_cfg
+from sim_bridge.klippy.dictionary import DictionaryError
+from sim_bridge.klippy.host import KlippyMissing
+from sim_bridge.klippy.live import KlippyError, KlippyLive, die_with_parent
+from sim_bridge.moonraker import KLIPPY_READY, MoonrakerClient, MoonrakerError
+from sim_bridge.printers import load_printer
+from sim_bridge.profiles import PrinterProfile
+
+HOST = "127.0.0.1"
+"""The only address a virtual printer listens on."""
+READY_TIMEOUT_S = 30.0
+"""How long Klippy and Moonraker together may take to reach ``klippy_state == ready``."""
+READY_SETTLE_S = 0.5
+"""Moonraker reports ``ready`` as soon as Klippy is, then still sets up its job tracking (``job_state``,
+``history``) for a few hundred ms: a print started in that window completes unrecorded."""
+STOP_TIMEOUT_S = 5.0
+"""How long a stopping Moonraker gets after SIGTERM before it is killed."""
+MOONRAKER_ENV = "LAYERLOOP_MOONRAKER"
+"""Environment variable naming Moonraker's executable (default: ``.venv-moonraker/bin/moonraker`` of the
+repository, made by ``scripts/setup.sh``)."""
+SETUP_HINT = "run scripts/setup.sh (it makes .venv-klippy and .venv-moonraker)"
+API_KEY_USER = "_API_KEY_USER_"
+"""The user row under which Moonraker keeps its API key (``authorized_users`` table, Moonraker 0.11)."""
+
+
+class VirtualPrinterError(RuntimeError):
+    """The virtual printer could not start (not installed, port taken, Moonraker failed); a config Klippy
+    refuses is a :class:`~sim_bridge.klippy.live.KlippyError` with Klippy's own message."""
+
+
+__all__ = ["KlippyError", "VirtualPrinter", "VirtualPrinterError", "free_port", "moonraker_conf"]
+
+
+def moonraker_executable() -> Path:
+    """Moonraker's entry point (:data:`MOONRAKER_ENV`, else the repository's ``.venv-moonraker``)."""
+    path = Path(os.environ.get(MOONRAKER_ENV) or
+                Path(__file__).resolve().parent.parent / ".venv-moonraker" / "bin" / "moonraker")
+    if not path.is_file():
+        raise VirtualPrinterError(f"Moonraker not found at {path}: {SETUP_HINT}")
+    return path
+
+
+def moonraker_conf(port: int, klippy_socket: Path, trusted_localhost: bool) -> str:
+    """Moonraker's config for a virtual printer: 127.0.0.1 only, no system services, history on."""
+    lines = ["[server]", f"host: {HOST}", f"port: {port}", f"klippy_uds_address: {klippy_socket}", "",
+             # No systemd or dbus probing: there is no service to manage, and probing costs start-up time.
+             "[machine]", "provider: none", "validate_service: False", "",
+             "[authorization]", "enable_api_key: True"]
+    if trusted_localhost:
+        lines += ["trusted_clients:", "    127.0.0.0/8"]
+    lines += ["", "[file_manager]", "enable_object_processing: False", "", "[history]", ""]
+    return "\n".join(lines)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def _check_port(port: int) -> None:
+    if not 0 < port < 65536:
+        raise VirtualPrinterError(f"port {port}: must be 1..65535")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((HOST, port))
+        except OSError as exc:
+            raise VirtualPrinterError(f"port {port} on {HOST} is taken ({exc.strerror}): choose another "
+                                      "with --port") from None
+
+
+def _seed_api_key(database_dir: Path, api_key: str) -> None:
+    # Moonraker finds this table unregistered, runs its migration, which inserts a random key only where no
+    # row exists ("INSERT OR IGNORE"), and registers the table: the row, and so the chosen key, stays.
+    database_dir.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(database_dir / "moonraker-sql.db")
+    try:
+        with db:
+            db.execute("CREATE TABLE authorized_users (username TEXT PRIMARY KEY NOT NULL, password TEXT NOT "
+                       "NULL, created_on REAL NOT NULL, salt TEXT NOT NULL, source TEXT NOT NULL, jwt_secret "
+                       "TEXT, jwk_id TEXT, groups pyjson)")
+            db.execute("INSERT INTO authorized_users VALUES (?, ?, ?, '', 'moonraker', NULL, NULL, ?)",
+                       (API_KEY_USER, api_key, time.time(), '["admin"]'))
+    finally:
+        db.close()
+
+
+class VirtualPrinter:
+    """Klippy live + Moonraker for one printer; a context manager (``with VirtualPrinter("ender3-klipper")
+    as vp: vp.client.server_info()``)."""
+
+    def __init__(self, printer: str | Path | PrinterProfile, port: int | None = None,
+                 api_key: str | None = None, ready_timeout_s: float = READY_TIMEOUT_S,
+                 extra_cfg: str = "") -> None:
+        self.profile = printer if isinstance(printer, PrinterProfile) else load_printer(printer)
+        if port is not None:
+            _check_port(port)
+        if api_key is not None and (not api_key.strip() or any(c.isspace() for c in api_key)):
+            raise VirtualPrinterError(f"api key {api_key!r}: must be a non-empty word")
+        if not ready_timeout_s > 0:
+            raise VirtualPrinterError(f"ready_timeout_s = {ready_timeout_s}: must be > 0 (seconds)")
+        self.port = port or free_port()
+        self.api_key = api_key
+        self.ready_timeout_s = ready_timeout_s
+        self.extra_cfg = extra_cfg
+        """Text appended to the generated ``printer.cfg`` (macros, or sections a test wants Klippy to see)."""
+        self.url = f"http://{HOST}:{self.port}"
+        self.client = MoonrakerClient(self.url, api_key=api_key)
+        self.dir: Path | None = None
+        self.klippy: KlippyLive | None = None
+        self.moonraker: subprocess.Popen[bytes] | None = None
+        self.startup_s = 0.0
+        """Seconds from :meth:`start` to ``klippy_state == ready``."""
+
+    # -- paths inside the temp dir
+    @property
+    def data_path(self) -> Path:
+        assert self.dir is not None, "not started"
+        return self.dir / "printer_data"
+
+    @property
+    def gcodes_dir(self) -> Path:
+        return self.data_path / "gcodes"
+
+    @property
+    def moonraker_log(self) -> Path:
+        return self.data_path / "logs" / "moonraker.log"
+
+    def start(self) -> VirtualPrinter:
+        """Write the configs, start Klippy and Moonraker, wait for ``ready``; on any failure stop both."""
+        if self.dir is not None:
+            raise VirtualPrinterError(f"already started at {self.url}")
+        started = time.monotonic()
+        # Both installs first: a missing one fails at once, before any process or folder exists.
+        moonraker = moonraker_executable()
+        try:
+            klippy_dictionary = dictionary.dictionary_path()
+        except (KlippyMissing, DictionaryError) as exc:
+            raise VirtualPrinterError(str(exc)) from None
+        # A short path: Unix socket paths are limited to 108 bytes.
+        self.dir = Path(tempfile.mkdtemp(prefix="ll-vp-"))
+        try:
+            for sub in ("config", "gcodes", "logs", "comms"):
+                (self.data_path / sub).mkdir(parents=True)
+            cfg = self.data_path / "config" / "printer.cfg"
+            printer_cfg.write_printer_cfg(self.profile, cfg,
+                                          printer_cfg.PrinterCfgOptions(sdcard_path=str(self.gcodes_dir)))
+            if self.extra_cfg:
+                with cfg.open("a", encoding="utf-8") as handle:
+                    handle.write("\n" + self.extra_cfg.strip() + "\n")
+            self.klippy = KlippyLive(cfg, klippy_dictionary, self.dir)
+            self.klippy.start()
+            conf = self.data_path / "config" / "moonraker.conf"
+            conf.write_text(moonraker_conf(self.port, self.klippy.socket_path, self.api_key is None))
+            if self.api_key is not None:
+                _seed_api_key(self.data_path / "database", self.api_key)
+            argv = [str(moonraker), "-d", str(self.data_path), "-c", str(conf),
+                    "-l", str(self.moonraker_log), "-u", str(self.data_path / "comms" / "moonraker.sock")]
+            with open(self.data_path / "logs" / "moonraker.out", "wb") as out:
+                # Its own process group, so that stop() ends Moonraker's children with it.
+                self.moonraker = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
+                                                  stderr=subprocess.STDOUT, start_new_session=True,
+                                                  preexec_fn=die_with_parent)
+            self._wait_ready(started + self.ready_timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_s = time.monotonic() - started
+        return self
+
+    def _wait_ready(self, deadline: float) -> None:
+        assert self.klippy is not None and self.moonraker is not None
+        state, message = "unknown", ""
+        while time.monotonic() < deadline:
+            if self.moonraker.poll() is not None:
+                raise VirtualPrinterError(f"Moonraker exited ({self.moonraker.returncode}):\n"
+                                          f"{_tail(self.moonraker_log)}\n{_tail(self.moonraker_log.with_suffix('.out'))}")
+            if not self.klippy.running():
+                raise KlippyError(f"Klippy exited on {self.klippy.printer_cfg}:\n{self.klippy.log_tail()}")
+            try:
+                state = str(self.client.server_info().get("klippy_state"))
+                if state == KLIPPY_READY:
+                    self.client.objects_query(("print_stats",))
+                    time.sleep(READY_SETTLE_S)
+                    return
+                if state in ("error", "shutdown"):
+                    # Klippy's message is its first paragraph; the rest is advice on RESTART.
+                    message = str(self.client.printer_info().get("state_message", "")).strip().split("\n\n")[0]
+                    raise KlippyError(f"Klippy refused {self.klippy.printer_cfg}: "
+                                      f"{message or self.klippy.config_error()}")
+            except MoonrakerError as exc:
+                message = exc.message  # not listening yet, or Klippy not connected yet
+            time.sleep(0.1)
+        raise VirtualPrinterError(f"not ready after {self.ready_timeout_s:.0f} s (klippy_state = {state!r}, "
+                                  f"{message}):\n{self.klippy.log_tail()}")
+
+    def running(self) -> bool:
+        """Whether Klippy and Moonraker are both still running."""
+        return (self.moonraker is not None and self.moonraker.poll() is None and self.klippy is not None
+                and self.klippy.running())
+
+    def stop(self) -> None:
+        """Stop Moonraker, then Klippy (SIGTERM, SIGKILL after a timeout); remove the temp dir."""
+        moonraker, self.moonraker = self.moonraker, None
+        if moonraker is not None and moonraker.poll() is None:
+            _stop_group(moonraker)
+        if self.klippy is not None:
+            self.klippy.stop()
+            self.klippy = None
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = None
+
+    def __enter__(self) -> VirtualPrinter:
+        return self.start()
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.stop()
+
+
+def _stop_group(process: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(STOP_TIMEOUT_S)
+    except ProcessLookupError:
+        pass
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.is_file() else ""

@@ -1,0 +1,250 @@
+"""The virtual printer on the real stack: kalico's Klippy in live mode behind Moonraker 0.11, on 127.0.0.1.
+
+Never skipped: without ``.venv-klippy`` / ``.venv-moonraker`` the fixture fails with the set-up hint. One
+printer (the ``virtual_printer`` fixture, with an API key) serves the module; the destructive tests
+(emergency stop, firmware restart) run last and leave it ready again. The printer's MCU is a file, so
+prints complete at once and heaters read 0 °C (see :mod:`sim_bridge.virtual_printer`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import FIXTURES, GOLDEN, ROOT, VIRTUAL_PRINTER_API_KEY
+
+from sim_bridge import moonraker
+from sim_bridge.config import ConfigError
+from sim_bridge.failures import MOVE_OUT_OF_RANGE
+from sim_bridge.klippy import dictionary, host, printer_cfg
+from sim_bridge.klippy.live import KlippyError
+from sim_bridge.moonraker import MoonrakerClient, MoonrakerError, follow_print, simulate_via_moonraker
+from sim_bridge.printers import load_printer
+from sim_bridge.virtual_printer import VirtualPrinter, VirtualPrinterError, free_port, moonraker_conf
+
+STARTUP_LIMIT_S = 15.0
+"""The issue's bound on start to ready."""
+SMALL_PRINT = b"G28\nG1 Z1 F600\nG1 X10 Y10 F3000\nG1 X50 Y10\nG1 X50 Y50\nG1 X10 Y50\n"
+BAD_PRINT = b"G28\nG1 Z1 F600\nG1 X10 Y10 F3000\nG1 X999 Y10\nG1 X20 Y20\n"
+"""Line 4 leaves the bed: Klipper stops the print there."""
+
+
+def _print(client: MoonrakerClient, name: str, data: bytes) -> dict:
+    client.upload(name, data)
+    client.print_start(name)
+    status, _ = follow_print(client, timeout_s=30)
+    return status
+
+
+def test_ready_within_limit(virtual_printer: VirtualPrinter) -> None:
+    assert virtual_printer.startup_s < STARTUP_LIMIT_S
+    info = virtual_printer.client.server_info()
+    assert info["klippy_state"] == "ready"
+    assert virtual_printer.url.startswith("http://127.0.0.1:")
+
+
+def test_no_api_key_is_401(virtual_printer: VirtualPrinter) -> None:
+    for key in (None, "wrong-key"):
+        with pytest.raises(MoonrakerError) as caught:
+            MoonrakerClient(virtual_printer.url, api_key=key).server_info()
+        assert caught.value.status == 401
+
+
+def test_upload_and_download(virtual_printer: VirtualPrinter) -> None:
+    client = virtual_printer.client
+    answer = client.upload("roundtrip.gcode", SMALL_PRINT)
+    assert answer["item"]["path"] == "roundtrip.gcode"
+    assert client.download("roundtrip.gcode") == SMALL_PRINT
+    with pytest.raises(MoonrakerError) as caught:
+        client.download("never-uploaded.gcode")
+    assert caught.value.status == 404
+
+
+def test_print_completes_and_history_records_it(virtual_printer: VirtualPrinter) -> None:
+    client = virtual_printer.client
+    status = _print(client, "small.gcode", SMALL_PRINT)
+    assert status["print_stats"]["state"] == "complete"
+    assert status["virtual_sdcard"]["file_position"] == len(SMALL_PRINT)
+    assert status["toolhead"]["position"][:2] == [10.0, 50.0]
+    state = client.printer_state()
+    assert (state.klippy_state, state.print_state) == ("ready", "complete")
+    # Moonraker writes the job when it sees the print end, a moment after Klippy.
+    deadline = time.monotonic() + 5
+    while not (jobs := [j for j in client.history() if j.filename == "small.gcode"]):
+        assert time.monotonic() < deadline, "history did not record the job"
+        time.sleep(0.1)
+    assert jobs[0].status == "completed"
+
+
+def test_bad_file_stops_with_klippers_message(virtual_printer: VirtualPrinter) -> None:
+    status = _print(virtual_printer.client, "bad.gcode", BAD_PRINT)
+    assert status["print_stats"]["state"] == "error"
+    assert status["print_stats"]["message"].startswith("Move out of range: 999.000 10.000 1.000")
+    offset = status["virtual_sdcard"]["file_position"]
+    assert BAD_PRINT[:offset].count(b"\n") + 1 == 4
+
+
+def test_bad_move_through_gcode_script_is_400(virtual_printer: VirtualPrinter) -> None:
+    client = virtual_printer.client
+    client.gcode_script("G28")
+    with pytest.raises(MoonrakerError) as caught:
+        client.gcode_script("G1 X999 F3000")
+    assert caught.value.status == 400
+    assert caught.value.message.startswith("Move out of range: 999.000")
+
+
+def test_follow_print_polls_without_websocket(virtual_printer: VirtualPrinter,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    client = virtual_printer.client
+    client.upload("polled.gcode", SMALL_PRINT)
+    client.print_start("polled.gcode")
+    _, how = follow_print(client, 30)
+    assert how == "websocket"
+    async def no_websocket(*args: object) -> dict:
+        raise ConnectionError("websocket refused (test)")
+    monkeypatch.setattr(moonraker, "_follow_websocket", no_websocket)
+    client.print_start("polled.gcode")
+    status, how = follow_print(client, 30)
+    assert how == "polling" and status["print_stats"]["state"] == "complete"
+
+
+def test_moonraker_backend_on_a_slicer_file(virtual_printer: VirtualPrinter) -> None:
+    url, key = virtual_printer.url, VIRTUAL_PRINTER_API_KEY
+    report = simulate_via_moonraker(FIXTURES / "prusaslicer" / "cube20_ender3.gcode", "ender3-klipper", url,
+                                    api_key=key, timeout_s=120)
+    assert report.success, report.summary()
+    assert report.final_state["print_state"] == "complete"
+    # Klipper's planned time (the MCU is a file: no clock, no heater waits) against the embedded estimate,
+    # which waits for the heaters: close, not equal.
+    assert report.final_state["sources"]["print_time_s"] == "klipper" and not report.final_state["mcu_clocked"]
+    embedded_s = report.final_state["embedded_print_time_s"]
+    assert 0.9 * embedded_s < report.print_time_s < 1.05 * embedded_s
+    assert report.layer_count > 50 and report.filament_mm > 100
+    assert report.final_state["sources"]["filament_mm"] == "embedded"
+
+
+def test_print_time_through_moonraker_is_batch_modes(virtual_printer: VirtualPrinter, tmp_path: Path) -> None:
+    # The same Klippy, printer.cfg and file in batch mode: its logged print time is the live planned time.
+    gcode = FIXTURES / "prusaslicer" / "cube20_ender3.gcode"
+    cfg = printer_cfg.write_printer_cfg(load_printer("ender3-klipper"), tmp_path / "printer.cfg",
+                                        printer_cfg.PrinterCfgOptions(sdcard_path=str(tmp_path)))
+    argv = host.batch_argv(cfg, gcode, tmp_path / "out.serial", dictionary.dictionary_path(), tmp_path / "log")
+    subprocess.run(argv, check=True, timeout=120, capture_output=True)
+    exit_line = next(line for line in (tmp_path / "log").read_text().splitlines()
+                     if line.startswith(host.EXIT_LINE_PREFIX))
+    batch_s = float(exit_line.removeprefix(host.EXIT_LINE_PREFIX).split("s")[0])
+    report = simulate_via_moonraker(gcode, "ender3-klipper", virtual_printer.url, api_key=VIRTUAL_PRINTER_API_KEY)
+    # Within the start offset Klippy adds when a print begins on a printer that has printed before.
+    assert report.print_time_s == pytest.approx(batch_s, abs=0.5)
+
+
+def test_moonraker_backend_reports_klippers_error_and_line(virtual_printer: VirtualPrinter) -> None:
+    report = simulate_via_moonraker(GOLDEN / "must_fail" / "move_out_of_range.gcode", "ender3-klipper",
+                                    virtual_printer.url, api_key=VIRTUAL_PRINTER_API_KEY, timeout_s=60)
+    assert not report.success
+    first = report.failures[0]
+    assert (first.mode, first.line, first.fatal) == (MOVE_OUT_OF_RANGE, 6, True)
+    assert first.message.startswith("Move out of range: 240.000 10.000 0.200")
+    assert report.stopped_at_line == 6
+
+
+def test_emergency_stop_then_firmware_restart(virtual_printer: VirtualPrinter) -> None:
+    # Destructive: last in the module, and it leaves the printer ready again.
+    client = virtual_printer.client
+    client.emergency_stop()
+    deadline = time.monotonic() + 10
+    while client.server_info()["klippy_state"] != "shutdown":
+        assert time.monotonic() < deadline, "no shutdown after emergency stop"
+        time.sleep(0.1)
+    with pytest.raises(MoonrakerError):
+        client.gcode_script("G28")
+    started = time.monotonic()
+    client.firmware_restart()
+    while client.server_info()["klippy_state"] != "ready":
+        assert time.monotonic() - started < 15, "not ready after firmware restart"
+        time.sleep(0.1)
+    client.gcode_script("G28")
+
+
+# -- starting and stopping (each its own short-lived printer) ------------------------------------------------
+def test_bad_inputs_fail_fast_with_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match="no-such-printer"):
+        VirtualPrinter("no-such-printer")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(VirtualPrinterError, match="is taken"):
+            VirtualPrinter("ender3-klipper", port=taken.getsockname()[1])
+    started = time.monotonic()
+    printer = VirtualPrinter("ender3-klipper", extra_cfg="[no_such_section]\nvalue: 1\n")
+    with pytest.raises(KlippyError, match="'no_such_section' is not a valid config section"):
+        printer.start()
+    assert time.monotonic() - started < 20
+    assert printer.dir is None and printer.moonraker is None and printer.klippy is None
+    for variable in ("LAYERLOOP_MOONRAKER", "LAYERLOOP_KLIPPY"):
+        with monkeypatch.context() as patch:
+            patch.setenv(variable, "/nonexistent/host")
+            with pytest.raises(VirtualPrinterError, match="setup.sh"):
+                VirtualPrinter("ender3-klipper").start()
+
+
+@pytest.mark.parametrize(("stop_signal", "api_key"), [(signal.SIGTERM, "cli-key"), (signal.SIGINT, None)],
+                         ids=["SIGTERM-api-key", "Ctrl-C-trusted"])
+def test_command_line_starts_and_stops_on_a_signal(stop_signal: signal.Signals, api_key: str | None) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    key_args = ["--api-key", api_key] if api_key else []
+    process = subprocess.Popen([sys.executable, "-m", "sim_bridge", "virtual-printer", "--printer",
+                                "ender3-klipper", *key_args], cwd=ROOT, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()  # the ready line; the command has its own timeouts
+        assert "ready at http://127.0.0.1:" in line, process.stderr.read() if process.poll() is not None else line
+        url = line.split("ready at ", 1)[1].split()[0]
+        # Without --api-key, 127.0.0.1 is a trusted client: no key needed.
+        assert MoonrakerClient(url, api_key=api_key).server_info()["klippy_state"] == "ready"
+        children = _children(process.pid)
+        assert len(children) == 2
+        process.send_signal(stop_signal)
+        assert process.wait(20) == 0
+        assert not [pid for pid in children if Path(f"/proc/{pid}").exists()]
+        with pytest.raises(MoonrakerError):
+            MoonrakerClient(url, api_key=api_key, timeout_s=2).server_info()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
+def test_client_and_config_refuse_bad_values() -> None:
+    with pytest.raises(ValueError, match="http://host"):
+        MoonrakerClient("127.0.0.1:7125")
+    with pytest.raises(ValueError, match="timeout_s"):
+        MoonrakerClient("http://127.0.0.1:7125", timeout_s=0)
+    with pytest.raises(MoonrakerError) as caught:  # nothing listens there
+        MoonrakerClient(f"http://127.0.0.1:{free_port()}", timeout_s=2).server_info()
+    assert caught.value.status == 0
+    with pytest.raises(VirtualPrinterError, match="api key"):
+        VirtualPrinter("ender3-klipper", api_key="two words")
+    assert "trusted_clients" in moonraker_conf(7125, Path("/tmp/k.sock"), trusted_localhost=True)
+    assert "trusted_clients" not in moonraker_conf(7125, Path("/tmp/k.sock"), trusted_localhost=False)
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Klippy and Moonraker)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
