@@ -6,7 +6,7 @@ simulator, the real Klipper host in batch mode, or a Moonraker printer, and retu
 * ``klipper-batch`` — :func:`sim_bridge.klippy.batch.simulate_klipper_batch`: Klippy decides success, time,
   the first error and its line, and the notices; temperatures, deposition and defects are the embedded
   simulator's;
-* ``moonraker`` — :func:`sim_bridge.moonraker.simulate_via_moonraker`: upload, print and follow a printer at
+* ``moonraker`` — :func:`sim_bridge.moonraker_backend.simulate_via_moonraker`: upload, print and follow a printer at
   ``url`` (with ``api_key`` unless the client is trusted).
 
 Every place a simulation happens takes a backend name from :data:`BACKENDS`: ``python -m sim_bridge
@@ -29,13 +29,9 @@ from sim_bridge.simulator import Simulator
 KLIPPER_BATCH = "klipper-batch"
 """Klippy's batch mode (:mod:`sim_bridge.klippy.batch`)."""
 MOONRAKER = "moonraker"
-"""A printer behind Moonraker (:mod:`sim_bridge.moonraker`)."""
+"""A printer behind Moonraker (:mod:`sim_bridge.moonraker_backend`)."""
 BACKENDS = (EMBEDDED, KLIPPER_BATCH, MOONRAKER)
 """The backend names, the default first."""
-
-
-class BackendUnavailable(RuntimeError):
-    """The backend asked for is not part of this checkout or install."""
 
 
 def check_backend(name: str, url: str | None = None) -> str:
@@ -68,15 +64,11 @@ def simulate(program: str | os.PathLike[str] | bytes, printer: PrinterProfile | 
 
         return simulate_klipper_batch(program, printer, options=options, material=material)
     if backend == MOONRAKER:
-        # The HTTP client loads only for this backend.
-        from sim_bridge import moonraker
+        # The HTTP client and its websocket library load only for this backend.
+        from sim_bridge.moonraker_backend import simulate_via_moonraker
 
-        run = getattr(moonraker, "simulate_via_moonraker", None)
-        if run is None:
-            raise BackendUnavailable("backend 'moonraker' is not built in this checkout "
-                                     "(sim_bridge.moonraker has no simulate_via_moonraker)")
         kwargs = {} if timeout_s is None else {"timeout_s": timeout_s}
-        return run(program, printer, url, api_key=api_key, material=material, **kwargs)
+        return simulate_via_moonraker(program, printer, url, api_key=api_key, material=material, **kwargs)
     profile = printer if isinstance(printer, PrinterProfile) else load_printer(printer)
     source = Path(program) if isinstance(program, os.PathLike) else program
     return Simulator(profile, load_material(material), options or SimOptions()).run(source)

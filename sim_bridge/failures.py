@@ -140,6 +140,11 @@ itself (``layer_shift``) is accepted too; anything else becomes ``other`` with t
 "Not sticking" counts as ``first_layer_too_high`` (a nozzle too far from the bed is its usual cause), while
 warping keeps a mode of its own: it is thermal, and the simulator has no model of it."""
 
+FILE_MCU_BLIND_MODES: frozenset[str] = frozenset({COLD_EXTRUSION, THERMAL_RUNAWAY, HEATER_TIMEOUT})
+"""Fatal failures a Klippy whose MCU is a file (batch mode, the virtual printer) cannot see: it reads every
+heater at 0 °C, returns from heater waits at once and skips the cold-extrusion check. The ``klipper-batch``
+and ``moonraker`` backends take these from the embedded simulator."""
+
 KLIPPER_ERRORS: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(p), m) for p, m in (
     (r"^Move out of range: ", MOVE_OUT_OF_RANGE),
     (r"^Must home axis first", MUST_HOME_FIRST),

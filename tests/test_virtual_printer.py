@@ -24,7 +24,8 @@ from sim_bridge.config import ConfigError
 from sim_bridge.failures import MOVE_OUT_OF_RANGE
 from sim_bridge.klippy import dictionary, host, printer_cfg
 from sim_bridge.klippy.live import KlippyError
-from sim_bridge.moonraker import MoonrakerClient, MoonrakerError, follow_print, simulate_via_moonraker
+from sim_bridge.moonraker import MoonrakerClient, MoonrakerError, follow_print
+from sim_bridge.moonraker_backend import simulate_via_moonraker
 from sim_bridge.printers import load_printer
 from sim_bridge.virtual_printer import VirtualPrinter, VirtualPrinterError, free_port, moonraker_conf
 
@@ -122,11 +123,11 @@ def test_moonraker_backend_on_a_slicer_file(virtual_printer: VirtualPrinter) -> 
     assert report.final_state["print_state"] == "complete"
     # Klipper's planned time (the MCU is a file: no clock, no heater waits) against the embedded estimate,
     # which waits for the heaters: close, not equal.
-    assert report.final_state["sources"]["print_time_s"] == "klipper" and not report.final_state["mcu_clocked"]
+    assert report.sources["print_time_s"] == "moonraker" and not report.final_state["mcu_clocked"]
     embedded_s = report.final_state["embedded_print_time_s"]
     assert 0.9 * embedded_s < report.print_time_s < 1.05 * embedded_s
     assert report.layer_count > 50 and report.filament_mm > 100
-    assert report.final_state["sources"]["filament_mm"] == "embedded"
+    assert report.backend == "moonraker" and report.source("filament_mm") == "embedded"
 
 
 def test_print_time_through_moonraker_is_batch_modes(virtual_printer: VirtualPrinter, tmp_path: Path) -> None:
@@ -149,7 +150,7 @@ def test_moonraker_backend_reports_klippers_error_and_line(virtual_printer: Virt
                                     virtual_printer.url, api_key=VIRTUAL_PRINTER_API_KEY, timeout_s=60)
     assert not report.success
     first = report.failures[0]
-    assert (first.mode, first.line, first.fatal) == (MOVE_OUT_OF_RANGE, 6, True)
+    assert (first.mode, first.line, first.fatal, first.source) == (MOVE_OUT_OF_RANGE, 6, True, "moonraker")
     assert first.message.startswith("Move out of range: 240.000 10.000 0.200")
     assert report.stopped_at_line == 6
 

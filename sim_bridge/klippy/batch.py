@@ -57,8 +57,7 @@ TIMEOUT_S_PER_MB = 60.0
 """Extra time per MB of G-code (Klippy plans about 1 MB in 5-15 s on this project's CI machine)."""
 MAX_LINE_RUNS = 40
 """Most Klippy runs the line search may spend (bisecting a million lines takes 20)."""
-EMBEDDED_ONLY_MODES = frozenset({fail.COLD_EXTRUSION, fail.THERMAL_RUNAWAY, fail.HEATER_TIMEOUT,
-                                 fail.UNREADABLE, *fail.DEFECT_MODES})
+EMBEDDED_ONLY_MODES = fail.FILE_MCU_BLIND_MODES | {fail.UNREADABLE} | fail.DEFECT_MODES
 """Failure modes batch mode cannot see (no temperatures, no material): kept from the embedded simulator."""
 KLIPPY_FIELDS = ("success", "print_time_s", "failures", "notices", "stopped_at_line")
 """Report fields Klippy decides (when it accepted the file, ``print_time_s`` is its own figure)."""

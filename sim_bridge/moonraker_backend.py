@@ -1,0 +1,122 @@
+"""The ``moonraker`` simulation backend: a program printed on a real (or virtual) Klipper printer behind
+Moonraker, and what Klipper said mapped onto a :class:`~sim_bridge.report.PrintReport`.
+
+It talks to the printer only through :class:`~sim_bridge.moonraker.MoonrakerClient` and
+:func:`~sim_bridge.moonraker.follow_print`. From Klipper: whether the print completed, its error (Klipper's
+message, its mode by :func:`~sim_bridge.failures.classify_klipper_message`) and the G-code line where it
+stopped (``virtual_sdcard.file_position`` is the byte offset of the line Klipper refused), the print time,
+the final toolhead position and heater readings, the filament Klipper counted (on a clocked MCU). From the
+embedded simulator, run on the lines Klipper executed: what Moonraker cannot tell (layers, deposition,
+collisions, the time breakdown). A Klippy whose MCU is a file (:mod:`sim_bridge.virtual_printer`) paces
+nothing: its ``print_duration`` is the wall time of planning the file (its planned time is
+``toolhead.print_time``), heaters read 0 °C and it skips the cold-extrusion check, so the embedded
+simulator's heater failures (:data:`EMBEDDED_ONLY_MODES`) are kept. ``report.backend`` is ``moonraker`` and
+``report.sources`` names the source of each field.
+
+Nothing here sends a program to a printer without the caller asking: the deployment gate does not use this
+backend (it would print); deployment goes through :mod:`safety`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from sim_bridge.failures import FILE_MCU_BLIND_MODES, OTHER, classify_klipper_message
+from sim_bridge.moonraker import MoonrakerClient, follow_print
+from sim_bridge.profiles import PrinterProfile
+from sim_bridge.report import EMBEDDED, Failure, PrintReport
+from sim_bridge.simulator import Simulator
+
+BACKEND_TIMEOUT_S = 600.0
+"""How long a print may take on the printer before the backend gives up (a file MCU takes under a second)."""
+EMBEDDED_ONLY_MODES = FILE_MCU_BLIND_MODES
+"""Failures taken from the embedded simulator (:data:`~sim_bridge.failures.FILE_MCU_BLIND_MODES`)."""
+GCODE_SUFFIXES = (".gcode", ".gco", ".g")
+"""File name endings that make a one-line string a path."""
+MOONRAKER_BACKEND = "moonraker"
+"""The backend's name (:data:`sim_bridge.backends.MOONRAKER`): the source of the fields Klipper gave."""
+
+
+def simulate_via_moonraker(program: str | os.PathLike[str] | bytes, printer: PrinterProfile | str,
+                           url: str, api_key: str | None = None, timeout_s: float = BACKEND_TIMEOUT_S,
+                           material: str = "PLA", filename: str | None = None) -> PrintReport:
+    """Print ``program`` (a path, G-code text or bytes) on the Moonraker at ``url``; ``printer`` is the
+    profile the embedded simulator uses for what Moonraker cannot tell (it should describe that printer).
+    The print time is Klipper's either way: ``print_stats.print_duration`` on a printer with a clocked MCU,
+    the advance of ``toolhead.print_time`` (Klipper's planned time, as batch mode reports it) on one whose MCU
+    is a file (``toolhead.estimated_print_time`` stays 0 there: nothing runs the clock).
+
+    Moonraker's refusals (no API key, Klippy not ready, a busy printer) raise :class:`MoonrakerError`; a
+    print still running after ``timeout_s`` is cancelled and raises :class:`PrintTimeout`.
+    """
+    data, name = _program(program, filename)
+    client = MoonrakerClient(url, api_key=api_key)
+    planned_before_s = float(client.objects_query(("toolhead",))["toolhead"].get("print_time") or 0.0)
+    client.upload(name, data)
+    client.print_start(name)
+    try:
+        status, followed_by = follow_print(client, timeout_s)
+    except TimeoutError:
+        client.print_cancel()
+        raise
+    stats, sdcard = status.get("print_stats", {}), status.get("virtual_sdcard", {})
+    state, message = str(stats.get("state")), str(stats.get("message") or "").strip()
+    stop_line, executed = None, data
+    if state == "error":
+        executed = data[:int(sdcard.get("file_position") or 0)]
+        stop_line = executed.count(b"\n") + 1
+    report = Simulator(printer, material).run(executed, name=name)
+    return _merge(report, status, state, message, stop_line, followed_by, planned_before_s)
+
+
+def _merge(report: PrintReport, status: dict[str, Any], state: str, message: str, stop_line: int | None,
+           followed_by: str, planned_before_s: float) -> PrintReport:
+    sources = {name: EMBEDDED for name in report.to_dict() if name not in {"backend", "sources"}}
+    sources.update(dict.fromkeys(("success", "failures", "stopped_at_line", "final_state", "print_time_s"),
+                                 MOONRAKER_BACKEND))
+    embedded_time_s = report.print_time_s
+    kept = [replace(f, source=EMBEDDED) for f in report.failures if f.mode in EMBEDDED_ONLY_MODES or not f.fatal]
+    if stop_line is not None:
+        first_line = message.splitlines()[0] if message else "print error"
+        layer = max((m.index for m in report.layers if m.first_line <= stop_line), default=-1)
+        kept.insert(0, Failure(classify_klipper_message(first_line) or OTHER, first_line, stop_line, layer,
+                               fatal=True, source=MOONRAKER_BACKEND))
+    elif state != "complete":
+        kept.insert(0, Failure(OTHER, f"print {state}: {message or 'no message'}", 0, fatal=True,
+                               source=MOONRAKER_BACKEND))
+    report.failures = kept
+    report.success = state == "complete" and not any(f.fatal for f in kept)
+    report.stopped_at_line = stop_line if stop_line is not None else next(
+        (f.line for f in kept if f.fatal), None)
+    stats, toolhead = status.get("print_stats", {}), status.get("toolhead", {})
+    clocked = float(toolhead.get("estimated_print_time") or 0.0) > 0
+    report.print_time_s = float(stats.get("print_duration") or 0.0) if clocked else max(
+        0.0, float(toolhead.get("print_time") or 0.0) - planned_before_s)
+    # print_stats counts filament on a timer while printing: on a file MCU the print is over before it counts.
+    if clocked and float(stats.get("filament_used") or 0.0) > 0:
+        report.filament_mm, sources["filament_mm"] = float(stats["filament_used"]), MOONRAKER_BACKEND
+    extruder, bed = status.get("extruder", {}), status.get("heater_bed", {})
+    report.final_state = {
+        "backend": "moonraker", "followed_by": followed_by, "print_state": state, "message": message,
+        "mcu_clocked": clocked, "embedded_print_time_s": embedded_time_s,
+        "position_mm": list(toolhead.get("position") or []), "homed_axes": toolhead.get("homed_axes", ""),
+        "hotend_c": extruder.get("temperature"), "hotend_target_c": extruder.get("target"),
+        "bed_c": bed.get("temperature"), "bed_target_c": bed.get("target"),
+        "embedded_final_state": report.final_state,
+    }
+    report.backend, report.sources = MOONRAKER_BACKEND, sources
+    return report
+
+
+def _program(program: str | os.PathLike[str] | bytes, filename: str | None) -> tuple[bytes, str]:
+    """The program's bytes and its upload name. One line of text naming a file or ending in ``.gcode`` is a
+    path (so that a missing file is an error naming it, not a one-line program)."""
+    if isinstance(program, os.PathLike) or (isinstance(program, str) and "\n" not in program and (
+            Path(program).suffix.lower() in GCODE_SUFFIXES or Path(program).is_file())):
+        return Path(program).read_bytes(), filename or Path(program).name
+    data = program if isinstance(program, bytes) else str(program).encode("utf-8")
+    return data, filename or f"layerloop-{hashlib.sha256(data).hexdigest()[:12]}.gcode"
