@@ -31,6 +31,7 @@ from safety.accounts import Accounts
 from safety.console.preview import simulate_for_review
 from safety.database import StoreError, connect, open_database
 from safety.validator import validate
+from sim_bridge.backends import EMBEDDED, OFFLINE_BACKENDS
 from sim_bridge.config import ConfigError
 from sim_bridge.failures import UNREADABLE
 from sim_bridge.printers import load_printer
@@ -167,11 +168,15 @@ class ApprovalStore:
 
     # -- programs --------------------------------------------------------------------------------------
     def submit(self, gcode: bytes, *, printer: str, job: str, description: str = "",
-               expert_gcode: bytes | None = None, submitted_by: str = "") -> int:
+               expert_gcode: bytes | None = None, submitted_by: str = "", backend: str = EMBEDDED) -> int:
         """Validate and simulate a program on ``printer`` and queue it for a decision; return its id.
 
-        ``printer`` is a bundled profile name or a profile file (see :func:`sim_bridge.printers.load_printer`).
+        ``printer`` is a bundled profile name or a profile file (see :func:`sim_bridge.printers.load_printer`);
+        ``backend`` simulates for the review beside the embedded simulator (one of
+        :data:`sim_bridge.backends.OFFLINE_BACKENDS`: ``klipper-batch`` runs the real Klipper host).
         """
+        if backend not in OFFLINE_BACKENDS:
+            raise ApprovalError(f"backend {backend!r}: a review simulates with one of {', '.join(OFFLINE_BACKENDS)}")
         if not isinstance(gcode, bytes) or not gcode:
             raise ApprovalError("program: expected non-empty G-code bytes")
         if expert_gcode is not None and not isinstance(expert_gcode, bytes):
@@ -186,7 +191,7 @@ class ApprovalStore:
         except ConfigError as exc:
             raise ApprovalError(str(exc)) from None
         verdict = validate(gcode, profile, name=job)
-        report, preview = simulate_for_review(gcode, profile, job)
+        report, preview = simulate_for_review(gcode, profile, job, backend=backend)
         unreadable = next((f for f in report["failures"] if f["mode"] == UNREADABLE), None)
         if unreadable is not None:
             raise ApprovalError(f"program cannot be read as G-code: {unreadable['message']}")

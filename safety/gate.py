@@ -41,7 +41,7 @@ from safety.database import open_database
 from safety.policy import SafetyPolicy
 from safety.tuning import TuningState, validate_tuning
 from safety.validator import Verdict, validate
-from sim_bridge.backends import KLIPPER_BATCH, simulate
+from sim_bridge.backends import OFFLINE_BACKENDS, simulate
 from sim_bridge.failures import UNREADABLE
 from sim_bridge.moonraker import IDLE_PRINT_STATES, KLIPPY_READY, PrinterState, parse_printer_state
 from sim_bridge.printers import load_printer
@@ -174,9 +174,8 @@ class GateLog:
 
 
 # -- the checks --------------------------------------------------------------------------------------------------
-GATE_BACKENDS = (EMBEDDED, KLIPPER_BATCH)
-"""Backends the simulation check may use: both run offline. (The ``moonraker`` backend prints on a printer,
-which is what the gate guards, so it is not a simulation here.)"""
+GATE_BACKENDS = OFFLINE_BACKENDS
+"""Backends the simulation check may use (:data:`sim_bridge.backends.OFFLINE_BACKENDS`: they move no printer)."""
 
 
 def simulation_check(program: bytes, profile: PrinterProfile, material: str = "PLA", backend: str = EMBEDDED

@@ -32,6 +32,9 @@ MOONRAKER = "moonraker"
 """A printer behind Moonraker (:mod:`sim_bridge.moonraker_backend`)."""
 BACKENDS = (EMBEDDED, KLIPPER_BATCH, MOONRAKER)
 """The backend names, the default first."""
+OFFLINE_BACKENDS = (EMBEDDED, KLIPPER_BATCH)
+"""The backends that move no printer: what a check before deployment (the gate, the approval console)
+may simulate with. The ``moonraker`` backend prints on a printer, which is what those checks guard."""
 
 
 def check_backend(name: str, url: str | None = None) -> str:

@@ -167,6 +167,15 @@ def test_gate_console_and_dataset_take_the_backend(tmp_path: Path, capsys: pytes
     report, _ = simulate_for_review(CUBE.read_bytes(), "ender3-klipper", backend=KLIPPER_BATCH)
     assert report["backend"] == KLIPPER_BATCH and report["sources"]["print_time_s"] == KLIPPER_BATCH
     assert report["sources"]["temperatures"] == EMBEDDED and report["temperatures"]["hotend_c"] > 150.0
+    # A program submitted for review with the real host: the stored report names it as each figure's source.
+    from safety.approvals import ApprovalError, ApprovalStore
+
+    store = ApprovalStore(tmp_path / "approvals.db")
+    stored = store.program(store.submit(CUBE.read_bytes(), printer="ender3-klipper", job="cube",
+                                        backend=KLIPPER_BATCH)).report
+    assert stored["backend"] == KLIPPER_BATCH and stored["sources"]["print_time_s"] == KLIPPER_BATCH
+    with pytest.raises(ApprovalError, match="moonraker"):
+        store.submit(CUBE.read_bytes(), printer="ender3-klipper", job="cube", backend="moonraker")
     assert DatasetConfig(backend=KLIPPER_BATCH).backend == KLIPPER_BATCH
     with pytest.raises(ConfigError, match="nominal printer"):
         DatasetConfig(backend=KLIPPER_BATCH, kind="adaptation")

@@ -25,6 +25,7 @@ from safety.approvals import ApprovalError, ApprovalStore
 from safety.console.config import LOOPBACK_HOSTS, ConsoleConfig
 from safety.console.security import ConsoleError, load_or_create_secret
 from safety.database import StoreError
+from sim_bridge.backends import OFFLINE_BACKENDS
 from sim_bridge.config import ConfigError
 
 EXIT_BAD_INPUT = 2
@@ -79,7 +80,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     expert = _read_file(args.expert, "expert program") if args.expert else None
     store = _store(args)
     program_id = store.submit(gcode, printer=args.printer, job=args.job or Path(args.file).stem,
-                              description=args.description, expert_gcode=expert, submitted_by=args.user)
+                              description=args.description, expert_gcode=expert, submitted_by=args.user,
+                              backend=args.backend)
     p = store.program(program_id)
     failures = len(p.report.get("failures", []))
     print(f"program {program_id} sha256 {p.sha256} validator {p.verdict['verdict']} "
@@ -142,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--description", default="")
     p.add_argument("--expert", help="the expert's program for the same job, for the diff")
     p.add_argument("--user", default="", help="who submits (recorded as is)")
+    p.add_argument("--backend", choices=OFFLINE_BACKENDS, default=OFFLINE_BACKENDS[0],
+                   help="simulate for the review also on this backend (klipper-batch: the real Klipper host)")
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("list", parents=[common], help="pending programs (or all with --all)")
