@@ -32,6 +32,46 @@ _TEXT_COMMANDS = frozenset({"M23", "M28", "M30", "M32", "M117", "M118", "M115", 
 """Commands whose argument is free text (file names, messages), not letter/number words."""
 
 
+GCODE_SUFFIXES = frozenset({".gcode", ".gco", ".g", ".nc"})
+"""File-name endings that make a one-line string a path (:func:`program_path`)."""
+MAX_PATH_CHARS = 1024
+"""A string this long or longer is program text, never a file name."""
+
+
+def program_path(program: object) -> Path | None:
+    """The file a program names, or None when it is the program itself: the one rule of every backend.
+
+    A path object is a path. A str is a file name only when it is one short line (no line break, under
+    :data:`MAX_PATH_CHARS` characters) ending in a G-code suffix (:data:`GCODE_SUFFIXES`); anything else is
+    program text (a model's completion can be one long line of junk). Bytes are always program text.
+
+    >>> program_path("/tmp/cube.nc"), program_path("G28 ; home.nc\\nG1 X1"), program_path(b"cube.gcode")
+    (PosixPath('/tmp/cube.nc'), None, None)
+    """
+    if isinstance(program, os.PathLike):
+        return Path(program)
+    if (isinstance(program, str) and "\n" not in program and "\r" not in program
+            and len(program) < MAX_PATH_CHARS and Path(program).suffix.lower() in GCODE_SUFFIXES):
+        return Path(program)
+    return None
+
+
+def program_source(program: str | os.PathLike[str] | bytes, name: str | None = None) -> tuple[bytes, str]:
+    """The program's bytes and its name, by :func:`program_path`'s rule: a file's bytes and (unless
+    ``name`` is given) its file name; program text as UTF-8 and ``name`` or ``"<string>"``. A named file that
+    does not exist raises :class:`GcodeError` naming it (it is not run as a one-line program)."""
+    path = program_path(program)
+    if path is not None:
+        if not path.is_file():
+            raise GcodeError(str(path), 0, "no such file")
+        return path.read_bytes(), name or path.name
+    if isinstance(program, bytes):
+        return program, name or "<string>"
+    if not isinstance(program, str):
+        raise TypeError(f"a program is a path, str or bytes, not {type(program).__name__}")
+    return program.encode("utf-8"), name or "<string>"
+
+
 class GcodeError(ValueError):
     """Input that cannot be read as G-code; the message names the file and line."""
 
@@ -204,10 +244,8 @@ class GcodeReader:
         self._source = source
         self.keep_comments = keep_comments
         self.max_line_bytes = max_line_bytes
-        # A str is a file name only if it is one line ending in a G-code suffix; text given with a name is text.
-        self._is_path = isinstance(source, os.PathLike) or (
-            isinstance(source, str) and "\n" not in source and "\r" not in source and len(source) < 1024
-            and Path(source).suffix.lower() in {".gcode", ".gco", ".g", ".nc", ".txt"})
+        # The one path-or-text rule of every backend (program_path); text given with a name is text.
+        self._is_path = not isinstance(source, bytes) and program_path(source) is not None
         if self._is_path:
             self.name = name or str(source)
         else:

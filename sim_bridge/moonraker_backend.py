@@ -22,10 +22,10 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from sim_bridge.failures import FILE_MCU_BLIND_MODES, OTHER, classify_klipper_message
+from sim_bridge.gcode import program_path, program_source
 from sim_bridge.moonraker import MoonrakerClient, follow_print
 from sim_bridge.profiles import PrinterProfile
 from sim_bridge.report import EMBEDDED, Failure, PrintReport
@@ -113,10 +113,10 @@ def _merge(report: PrintReport, status: dict[str, Any], state: str, message: str
 
 
 def _program(program: str | os.PathLike[str] | bytes, filename: str | None) -> tuple[bytes, str]:
-    """The program's bytes and its upload name. One line of text naming a file or ending in ``.gcode`` is a
-    path (so that a missing file is an error naming it, not a one-line program)."""
-    if isinstance(program, os.PathLike) or (isinstance(program, str) and "\n" not in program and (
-            Path(program).suffix.lower() in GCODE_SUFFIXES or Path(program).is_file())):
-        return Path(program).read_bytes(), filename or Path(program).name
-    data = program if isinstance(program, bytes) else str(program).encode("utf-8")
-    return data, filename or f"layerloop-{hashlib.sha256(data).hexdigest()[:12]}.gcode"
+    """The program's bytes and its upload name, by the path-or-text rule of every backend
+    (:func:`sim_bridge.gcode.program_source`; a missing file is an error naming it); text is uploaded
+    under a name from its hash."""
+    data, name = program_source(program, filename)
+    if program_path(program) is None and filename is None:
+        name = f"layerloop-{hashlib.sha256(data).hexdigest()[:12]}.gcode"
+    return data, name

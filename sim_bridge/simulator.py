@@ -14,14 +14,13 @@ import math
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from sim_bridge import deposition as dep
 from sim_bridge import failures as fail
 from sim_bridge.events import F_EXTRUDE, F_KINEMATIC, F_STOP_BEFORE
-from sim_bridge.gcode import Command, GcodeError, GcodeReader
+from sim_bridge.gcode import Command, GcodeError, GcodeReader, program_path
 from sim_bridge.interpreter import Interpreter
 from sim_bridge.machine import new_state
 from sim_bridge.options import SimOptions
@@ -257,14 +256,12 @@ class Simulator:
                   progress: Callable[[int, int], None] | None
                   ) -> tuple[Iterable[Command], GcodeReader | None]:
         if isinstance(program, (bytes, str, os.PathLike)):
-            # A str is a file name only when it is one short line ending in a G-code suffix; anything else is
-            # program text (a model's completion can be one long line of junk).
-            is_path = isinstance(program, os.PathLike) or (
-                isinstance(program, str) and "\n" not in program and len(program) < 1024
-                and Path(program).suffix.lower() in {".gcode", ".gco", ".g", ".nc"})
-            if is_path and not Path(program).is_file():
+            # Every backend's one path-or-text rule (a file is streamed, not read whole).
+            path = program_path(program)
+            is_path = path is not None
+            if path is not None and not path.is_file():
                 raise GcodeError(str(program), 0, "no such file")
-            reader = GcodeReader(Path(program) if is_path else program, name=name, keep_comments=True)
+            reader = GcodeReader(path if path is not None else program, name=name, keep_comments=True)
             if progress is not None and is_path:
                 reader.progress = progress
             return reader, reader
