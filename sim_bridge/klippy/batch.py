@@ -33,12 +33,13 @@ import os
 import re
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import sim_bridge.failures as fail
-from sim_bridge.gcode import GcodeError
+from sim_bridge.gcode import program_source
 from sim_bridge.klipper_cfg import printer_from_klipper_cfg
 from sim_bridge.klippy import host
 from sim_bridge.klippy.dictionary import dictionary_path
@@ -57,6 +58,11 @@ TIMEOUT_S_PER_MB = 60.0
 """Extra time per MB of G-code (Klippy plans about 1 MB in 5-15 s on this project's CI machine)."""
 MAX_LINE_RUNS = 40
 """Most Klippy runs the line search may spend (bisecting a million lines takes 20)."""
+BATCH_BUDGET_RUNS = 3.0
+"""The whole run (the file and every prefix run) may take this many single-run limits
+(:func:`batch_timeout_s` of the file); when it is spent the line search stops, as at :data:`MAX_LINE_RUNS`."""
+KLIPPY_EXIT_CODES = (0, 255)
+"""The exit statuses of a Klippy batch run that finished (accepted the file; stopped at an error)."""
 EMBEDDED_ONLY_MODES = fail.FILE_MCU_BLIND_MODES | {fail.UNREADABLE} | fail.DEFECT_MODES
 """Failure modes batch mode cannot see (no temperatures, no material): kept from the embedded simulator."""
 KLIPPY_FIELDS = ("success", "print_time_s", "failures", "notices", "stopped_at_line")
@@ -168,7 +174,14 @@ def run_klippy(gcode: bytes, printer_cfg: Path, workdir: Path, timeout_s: float 
     text = log_path.read_text(encoding="utf-8", errors="replace") if log_path.is_file() else ""
     if not text:
         text = (workdir / "klippy.out").read_text(encoding="utf-8", errors="replace")
-    run = parse_log(text, proc.returncode & 0xFF)
+    if proc.returncode < 0:
+        raise KlippyError(f"Klippy killed by signal {-proc.returncode} ({len(gcode)} bytes); its log ends: "
+                          f"{text[-500:]}")
+    if proc.returncode not in KLIPPY_EXIT_CODES:
+        # Neither accepted nor stopped at a G-code error: a crash, not a verdict on the program.
+        raise KlippyError(f"Klippy exited with status {proc.returncode} (expected 0 or 255); its log ends: "
+                          f"{text[-500:]}")
+    run = parse_log(text, proc.returncode)
     if run.exit_code == 0 and run.print_time_s is None:
         raise KlippyError(f"Klippy exited 0 without a print time; its log ends: {text[-500:]}")
     if run.exit_code != 0 and run.error is None:
@@ -278,18 +291,6 @@ def _notices(run: KlippyRun, lines: list[bytes]) -> list[Notice]:
     return sorted(notices, key=lambda n: n.line)
 
 
-def _program_bytes(program: str | os.PathLike[str] | bytes) -> bytes:
-    if isinstance(program, bytes):
-        return program
-    if isinstance(program, os.PathLike) or (isinstance(program, str) and "\n" not in program
-                                            and Path(program).suffix.lower() in {".gcode", ".gco", ".g"}):
-        path = Path(program)
-        if not path.is_file():
-            raise GcodeError(str(path), 0, "no such file")
-        return path.read_bytes()
-    return program.encode("utf-8")
-
-
 def printer_and_cfg(printer: PrinterProfile | str | os.PathLike[str], workdir: Path
                     ) -> tuple[PrinterProfile, Path]:
     """The profile and the printer.cfg Klippy runs: the user's own ``.cfg`` (and the profile read from it),
@@ -305,27 +306,42 @@ def printer_and_cfg(printer: PrinterProfile | str | os.PathLike[str], workdir: P
     return printer, cfg
 
 
-def run_batch(program: bytes, printer_cfg: Path, workdir: Path, candidates: Callable[[], list[int]]
-              ) -> KlippyRun:
+def run_batch(program: bytes, printer_cfg: Path, workdir: Path, candidates: Callable[[], list[int]],
+              budget_s: float | None = None) -> KlippyRun:
     """Klippy on the whole program and, when it fails, on prefixes to find the first error's line and
     message (``candidates`` is called only then).
+
+    The whole run has one deadline, ``budget_s`` from its start (default :data:`BATCH_BUDGET_RUNS` times
+    :func:`batch_timeout_s` of the program): each prefix run gets what is left of it, at most its own
+    limit; when it is spent the search stops and ``error_line`` stays None (as when the run count is spent).
 
     Batch mode reads its input 4 KiB at a time and, after an error, still runs the rest of that block
     before it exits, so the whole file's log can end on a later error than the first. The run on the
     prefix that ends at the first failing line has that error alone: its message is the one reported.
     """
-    run = run_klippy(program, printer_cfg, workdir)
+    per_run_s = batch_timeout_s(len(program))
+    deadline = time.monotonic() + (budget_s if budget_s is not None else BATCH_BUDGET_RUNS * per_run_s)
+    run = run_klippy(program, printer_cfg, workdir, min(per_run_s, max(deadline - time.monotonic(), 0.0)))
     if run.error is None:
         return run
     lines = split_lines(program)
     prefix_runs: dict[int, KlippyRun] = {}
 
+    class _BudgetSpent(Exception):
+        """The deadline passed before a prefix run could start."""
+
     def fails(n: int) -> bool:
-        prefix_runs[n] = run_klippy(b"".join(lines[:n]), printer_cfg, workdir, batch_timeout_s(len(program)))
+        left_s = deadline - time.monotonic()
+        if left_s <= 0:
+            raise _BudgetSpent
+        prefix_runs[n] = run_klippy(b"".join(lines[:n]), printer_cfg, workdir, min(per_run_s, left_s))
         return prefix_runs[n].error is not None
 
     guesses = [*candidates(), *position_candidates(lines, run.error)]
-    run.error_line, run.line_runs = find_error_line(lines, fails, list(dict.fromkeys(guesses)))
+    try:
+        run.error_line, run.line_runs = find_error_line(lines, fails, list(dict.fromkeys(guesses)))
+    except _BudgetSpent:
+        run.error_line, run.line_runs = None, len(prefix_runs)
     if run.error_line is not None:
         first = prefix_runs.get(run.error_line, run)  # not run: the whole file is the shortest failing prefix
         clean = prefix_runs.get(run.error_line - 1, KlippyRun(exit_code=0))
@@ -356,34 +372,33 @@ def simulate_klipper_batch(program: str | os.PathLike[str] | bytes,
                            options: SimOptions | None = None, material: str = "PLA") -> PrintReport:
     """Run ``program`` through Klippy's batch mode on ``printer`` and report it, with what batch mode cannot
     see taken from the embedded simulator (``options``), each field marked with its source."""
-    data = _program_bytes(program)
+    data, name = program_source(program)
     # The embedded model stands in for what batch mode cannot see: it models the host that runs.
     options = replace(options or SimOptions(), klipper_host=host.find_host().fork)
     with tempfile.TemporaryDirectory(prefix="layerloop-klippy-") as tmp:
         workdir = Path(tmp)
         profile, cfg = printer_and_cfg(printer, workdir)
         mat = load_material(material)
-        text = data.decode("utf-8", errors="replace")
 
         def candidates() -> list[int]:
+            # Bytes, as Klippy reads them (the simulator decodes them as it does a file).
             batch = Simulator(profile, mat, replace(options, klipper_batch_mode=True, deposition=False,
-                                                    traces=False)).run(text)
+                                                    traces=False)).run(data, name=name)
             return [batch.stopped_at_line] if batch.stopped_at_line else []
 
         run = run_batch(data, cfg, workdir, candidates)
         lines = split_lines(data)
-        if run.error_line is not None and run.error_line > 1:
-            # The embedded figures stop where Klippy stopped (the failing line is not run).
-            embedded_text = b"".join(lines[: run.error_line - 1]).decode("utf-8", errors="replace")
-        else:
-            embedded_text = "" if run.error_line == 1 else text
-        embedded = Simulator(profile, mat, options).run(embedded_text)
+        # The embedded figures stop where Klippy stopped (the failing line is not run).
+        executed = data if run.error_line is None else b"".join(lines[: run.error_line - 1])
+        embedded = Simulator(profile, mat, options).run(executed, name=name)
     return merge_report(run, embedded, lines)
 
 
 def merge_report(run: KlippyRun, embedded: PrintReport, lines: list[bytes]) -> PrintReport:
     """The report of a Klippy run: Klippy's verdict, time, error and notices; the rest from ``embedded``
-    (the embedded simulator's report of the part Klippy ran)."""
+    (the embedded simulator's report of the part Klippy ran).
+
+    ``success`` is the embedded simulator's rule: no failure of any kind (fatal or not) in the report."""
     failures = [replace(f, source=EMBEDDED) for f in embedded.failures if f.mode in EMBEDDED_ONLY_MODES]
     stopped = next((f.line for f in failures if f.fatal), None)
     if run.error is not None:
