@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +43,24 @@ TINY_MODEL: dict[str, Any] = {"corpus_jobs": 3, "max_length_tokens": 1024, "seed
 """The smallest embedded model the model and export tests build (a few seconds on a CPU)."""
 
 
+_KLIPPY_CACHE_ENV = "LAYERLOOP_KLIPPY_CACHE"
+_made_klippy_cache: list[str] = []
+"""The Klippy dictionary cache this run made (removed at its end); empty when the caller named one."""
+
+
 def pytest_configure(config: pytest.Config) -> None:
     if os.environ.get("CI") and not WILD_FILES:
         raise pytest.UsageError(f"CI: the wild G-code corpus is missing at {WILD_DIR}; tests of real-world "
                                 "input must not be skipped in CI")
+    # Tests never write the user's ~/.cache: the derived Klippy dictionary goes to a folder of this run.
+    if not os.environ.get(_KLIPPY_CACHE_ENV):
+        os.environ[_KLIPPY_CACHE_ENV] = tempfile.mkdtemp(prefix="ll-klippy-cache-")
+        _made_klippy_cache.append(os.environ[_KLIPPY_CACHE_ENV])
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    while _made_klippy_cache:
+        shutil.rmtree(_made_klippy_cache.pop(), ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

