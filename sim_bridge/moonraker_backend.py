@@ -19,6 +19,7 @@ backend (it would print); deployment goes through :mod:`safety`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from dataclasses import replace
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from sim_bridge.failures import FILE_MCU_BLIND_MODES, OTHER, classify_klipper_message
-from sim_bridge.moonraker import MoonrakerClient, follow_print
+from sim_bridge.moonraker import HALTED_KLIPPY_STATES, MoonrakerClient, MoonrakerError, follow_print
 from sim_bridge.profiles import PrinterProfile
 from sim_bridge.report import EMBEDDED, Failure, PrintReport
 from sim_bridge.simulator import Simulator
@@ -51,7 +52,9 @@ def simulate_via_moonraker(program: str | os.PathLike[str] | bytes, printer: Pri
     is a file (``toolhead.estimated_print_time`` stays 0 there: nothing runs the clock).
 
     Moonraker's refusals (no API key, Klippy not ready, a busy printer) raise :class:`MoonrakerError`; a
-    print still running after ``timeout_s`` is cancelled and raises :class:`PrintTimeout`.
+    print still running after ``timeout_s`` is cancelled and raises :class:`PrintTimeout`. A Klippy that
+    halts during the print (``webhooks.state`` ``shutdown`` or ``error``, e.g. M112) is a fatal failure with
+    Klippy's message at the line ``virtual_sdcard.file_position`` points to.
     """
     data, name = _program(program, filename)
     client = MoonrakerClient(url, api_key=api_key)
@@ -61,10 +64,19 @@ def simulate_via_moonraker(program: str | os.PathLike[str] | bytes, printer: Pri
     try:
         status, followed_by = follow_print(client, timeout_s)
     except TimeoutError:
-        client.print_cancel()
+        # A printer that cannot cancel (Klippy halted meanwhile) must not hide the timeout.
+        with contextlib.suppress(MoonrakerError):
+            client.print_cancel()
         raise
     stats, sdcard = status.get("print_stats", {}), status.get("virtual_sdcard", {})
     state, message = str(stats.get("state")), str(stats.get("message") or "").strip()
+    webhooks = status.get("webhooks", {})
+    if webhooks.get("state") in HALTED_KLIPPY_STATES:
+        # Klippy halted (M112, an MCU error): print_stats still says paused; the reason is Klippy's own,
+        # its first paragraph (the rest is advice on FIRMWARE_RESTART).
+        state = "error"
+        message = str(webhooks.get("state_message") or "").strip().split("\n\n")[0] or \
+            f"Klippy {webhooks.get('state')}"
     stop_line, executed = None, data
     if state == "error":
         executed = data[:int(sdcard.get("file_position") or 0)]
