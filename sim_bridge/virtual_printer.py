@@ -44,13 +44,15 @@ HOST = "127.0.0.1"
 """The only address a virtual printer listens on."""
 READY_TIMEOUT_S = 30.0
 """How long Klippy and Moonraker together may take to reach ``klippy_state == ready``."""
-READY_LOG_LINE = "Klippy ready"
-"""What Moonraker 0.11 logs (``klippy_connection.py``) once its ``server:klippy_started`` handlers are done:
-``/server/info`` says ``ready`` before that, while ``job_state`` still subscribes to ``print_stats`` (and
-``history`` follows ``job_state``), so a print started in that window completes unrecorded."""
+READY_LOG_LINES = ("Klippy ready", "Configuring available sensors")
+"""What Moonraker 0.11 logs, in this order, before it is ready for a print: ``klippy_connection.py`` once its
+``server:klippy_started`` handlers are done (``job_state`` has subscribed to ``print_stats``), then
+``data_store.py`` at the end of its ``server:klippy_ready`` handler (its sensor subscription). ``/server/info``
+says ``ready`` before both; a print started before the second completes unrecorded by ``history`` (the
+re-subscription loses the print's state changes). Every layerloop printer has an extruder, so the sensor line
+always comes."""
 READY_SETTLE_S = 0.05
-"""After :data:`READY_LOG_LINE` Moonraker still runs its ``server:klippy_ready`` handlers (none of them
-tracks jobs): a short pause, not a guess at how long job tracking takes."""
+"""A short pause after :data:`READY_LOG_LINES`, for the handlers that log nothing (``job_queue``)."""
 STOP_TIMEOUT_S = 5.0
 """How long a stopping Moonraker gets after SIGTERM before it is killed."""
 MOONRAKER_ENV = "LAYERLOOP_MOONRAKER"
@@ -223,7 +225,7 @@ class VirtualPrinter:
                 raise KlippyError(f"Klippy exited on {self.klippy.printer_cfg}:\n{self.klippy.log_tail()}")
             try:
                 state = str(self.client.server_info().get("klippy_state"))
-                if state == KLIPPY_READY and READY_LOG_LINE in _log_text(self.moonraker_log):
+                if state == KLIPPY_READY and _logged_in_order(self.moonraker_log, READY_LOG_LINES):
                     self.client.objects_query(("print_stats",))
                     time.sleep(READY_SETTLE_S)
                     return
@@ -274,11 +276,19 @@ def _stop_group(process: subprocess.Popen[bytes]) -> None:
         pass
 
 
-def _log_text(path: Path) -> str:
+def _logged_in_order(path: Path, needles: tuple[str, ...]) -> bool:
+    """Whether the log at ``path`` holds each of ``needles``, each after the one before."""
     try:
-        return path.read_text(errors="replace")
+        text = path.read_text(errors="replace")
     except OSError:
-        return ""  # not written yet
+        return False  # not written yet
+    at = 0
+    for needle in needles:
+        at = text.find(needle, at)
+        if at < 0:
+            return False
+        at += len(needle)
+    return True
 
 
 def _tail(path: Path, lines: int = 15) -> str:
