@@ -70,16 +70,20 @@ def simulate_via_moonraker(program: str | os.PathLike[str] | bytes, printer: Pri
         raise
     stats, sdcard = status.get("print_stats", {}), status.get("virtual_sdcard", {})
     state, message = str(stats.get("state")), str(stats.get("message") or "").strip()
-    webhooks = status.get("webhooks", {})
+    webhooks, position = status.get("webhooks", {}), int(sdcard.get("file_position") or 0)
+    stop_line, executed = None, data
     if webhooks.get("state") in HALTED_KLIPPY_STATES:
-        # Klippy halted (M112, an MCU error): print_stats still says paused; the reason is Klippy's own,
-        # its first paragraph (the rest is advice on FIRMWARE_RESTART).
+        # Klippy halted (M112, an MCU error): print_stats still says paused; the reason is Klippy's own, its
+        # first paragraph (the rest is advice on FIRMWARE_RESTART). The halting line ran to its end, so
+        # file_position is past it: the stop line is the last one before that offset.
         state = "error"
         message = str(webhooks.get("state_message") or "").strip().split("\n\n")[0] or \
             f"Klippy {webhooks.get('state')}"
-    stop_line, executed = None, data
-    if state == "error":
-        executed = data[:int(sdcard.get("file_position") or 0)]
+        executed = data[:position]
+        stop_line = data[:max(position - 1, 0)].count(b"\n") + 1
+    elif state == "error":
+        # A refused line never ran: file_position is its first byte.
+        executed = data[:position]
         stop_line = executed.count(b"\n") + 1
     report = Simulator(printer, material).run(executed, name=name)
     return _merge(report, status, state, message, stop_line, followed_by, planned_before_s)
