@@ -72,7 +72,12 @@ def simulate_via_moonraker(program: str | os.PathLike[str] | bytes, printer: Pri
     state, message = str(stats.get("state")), str(stats.get("message") or "").strip()
     webhooks, position = status.get("webhooks", {}), int(sdcard.get("file_position") or 0)
     stop_line, executed = None, data
-    if webhooks.get("state") in HALTED_KLIPPY_STATES:
+    halted = webhooks.get("state") in HALTED_KLIPPY_STATES
+    if halted or state == "error":
+        # file_position is an offset into the file Klipper ran: the stored one, which a printer with
+        # enable_object_processing rewrote on upload (the line numbers are then that file's).
+        data = _stored(client, name, data)
+    if halted:
         # Klippy halted (M112, an MCU error): print_stats still says paused; the reason is Klippy's own, its
         # first paragraph (the rest is advice on FIRMWARE_RESTART). The halting line ran to its end, so
         # file_position is past it: the stop line is the last one before that offset.
@@ -87,6 +92,14 @@ def simulate_via_moonraker(program: str | os.PathLike[str] | bytes, printer: Pri
         stop_line = executed.count(b"\n") + 1
     report = Simulator(printer, material).run(executed, name=name)
     return _merge(report, status, state, message, stop_line, followed_by, planned_before_s)
+
+
+def _stored(client: MoonrakerClient, name: str, uploaded: bytes) -> bytes:
+    """The file as Moonraker stored it, or ``uploaded`` where it cannot be read back."""
+    try:
+        return client.download(name)
+    except MoonrakerError:
+        return uploaded
 
 
 def _merge(report: PrintReport, status: dict[str, Any], state: str, message: str, stop_line: int | None,

@@ -197,6 +197,21 @@ def test_moonraker_backend_reports_klippers_error_and_line(virtual_printer: Virt
     assert report.stopped_at_line == 6
 
 
+def test_moonraker_backend_lines_from_a_rewritten_upload(virtual_printer: VirtualPrinter,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A printer with enable_object_processing rewrites what it is sent; here the upload itself prepends three
+    # lines, so Klipper (real) runs a file three lines longer than the program: the line is the stored file's.
+    header = b"; rewritten on upload (test)\n; EXCLUDE_OBJECT_DEFINE would go here\n; end of header\n"
+    real_upload = MoonrakerClient.upload
+    monkeypatch.setattr(MoonrakerClient, "upload",
+                        lambda self, name, content: real_upload(self, name, header + bytes(content)))
+    report = simulate_via_moonraker(BAD_PRINT, "ender3-klipper", virtual_printer.url,
+                                    api_key=VIRTUAL_PRINTER_API_KEY, timeout_s=60, filename="rewritten.gcode")
+    first = report.failures[0]
+    assert first.message.startswith("Move out of range: 999.000 10.000 1.000"), first.message
+    assert first.line == report.stopped_at_line == 3 + 4
+
+
 def test_upload_refuses_names_that_break_the_form(virtual_printer: VirtualPrinter) -> None:
     for name in ('a"b.gcode', "a\r\nX-Evil: 1.gcode", "sub/x.gcode", "line\n.gcode", ""):
         with pytest.raises(ValueError, match="upload file name"):
