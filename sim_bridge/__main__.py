@@ -1,7 +1,8 @@
 """Command line: ``python -m sim_bridge simulate FILE.gcode --printer NAME_OR_PRINTER_CFG [--backend B]``.
 
-``python -m sim_bridge virtual-printer --printer NAME|printer.cfg [--port N] [--api-key KEY]`` runs real
-Klippy and Moonraker on 127.0.0.1 until Ctrl-C or SIGTERM (:mod:`sim_bridge.virtual_printer`).
+``python -m sim_bridge virtual-printer --printer NAME|printer.cfg [--port N] [--api-key-file F]`` runs real
+Klippy and Moonraker on 127.0.0.1 until Ctrl-C or SIGTERM (:mod:`sim_bridge.virtual_printer`);
+``--api-key KEY`` is for throwaway keys only (any local user can read a command line).
 
 Prints a readable summary (with a progress bar on large files) and exits 1 when the print fails, 2 on a
 usage error (bad file, unknown printer, a backend that cannot run). ``--json`` writes the report; ``--plot``
@@ -63,7 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     vp.add_argument("--printer", default="ender3-klipper",
                     help=f"bundled profile ({', '.join(bundled_printers())}), a profile .yaml or a printer.cfg")
     vp.add_argument("--port", type=int, help="Moonraker's port (default: a free one)")
-    vp.add_argument("--api-key", help="require this API key (default: 127.0.0.1 is a trusted client)")
+    keys = vp.add_mutually_exclusive_group()
+    keys.add_argument("--api-key-file", type=Path,
+                      help="require the API key on this file's first line (default: 127.0.0.1 is a trusted "
+                           "client)")
+    keys.add_argument("--api-key", help="require this API key: throwaway keys only, since any local user "
+                                        "can read a command line (/proc/PID/cmdline)")
     return parser
 
 
@@ -83,9 +89,15 @@ def _virtual_printer(args: argparse.Namespace, console: Console) -> int:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     try:
-        with VirtualPrinter(args.printer, port=args.port, api_key=args.api_key) as printer:
+        api_key = args.api_key
+        if args.api_key_file is not None:
+            lines = args.api_key_file.read_text(encoding="utf-8").splitlines()
+            api_key = lines[0].strip() if lines else ""
+            if not api_key:
+                raise VirtualPrinterError(f"{args.api_key_file}: line 1: no API key")
+        with VirtualPrinter(args.printer, port=args.port, api_key=api_key) as printer:
             print(f"virtual printer {printer.profile.name} ready at {printer.url} "
-                  f"({printer.startup_s:.1f} s){' (API key required)' if args.api_key else ''}", flush=True)
+                  f"({printer.startup_s:.1f} s){' (API key required)' if api_key else ''}", flush=True)
             try:
                 while printer.running():
                     time.sleep(0.5)

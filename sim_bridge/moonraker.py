@@ -241,6 +241,13 @@ FOLLOWED_OBJECTS = ("webhooks", "print_stats", "virtual_sdcard", "toolhead", "ex
 """The status objects a followed print reports (all of their fields)."""
 FINISHED_PRINT_STATES = ("complete", "error", "cancelled")
 """``print_stats.state`` values that end a followed print."""
+HALTED_KLIPPY_STATES = ("shutdown", "error")
+"""``webhooks.state`` values that also end a followed print: a Klippy shutdown (M112, an MCU error) leaves
+``print_stats.state`` at ``paused`` or ``printing`` until a firmware restart, so waiting for it would wait
+the whole timeout."""
+UNSAFE_FILENAME_CHARS = ('"', "\r", "\n", "/")
+"""Characters :meth:`MoonrakerClient.upload` refuses in a file name: they would break out of the quoted
+``Content-Disposition`` field (``"``, CR, LF) or name a folder (``/``)."""
 POLL_INTERVAL_S = 0.2
 """How often :func:`follow_print` polls where the websocket is not available."""
 
@@ -284,6 +291,10 @@ class MoonrakerClient:
 
     def upload(self, filename: str, content: bytes | str) -> dict[str, Any]:
         """Upload G-code as ``filename`` into the ``gcodes`` root (multipart form, as a browser sends it)."""
+        bad = [c for c in UNSAFE_FILENAME_CHARS if c in filename]
+        if not filename or bad:
+            raise ValueError(f"upload file name {filename!r}: must be non-empty, without "
+                             f"{', '.join(repr(c) for c in bad) or 'those characters'}")
         data = content.encode("utf-8") if isinstance(content, str) else content
         boundary = f"layerloop{uuid.uuid4().hex}"
         head = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
@@ -385,7 +396,8 @@ class PrintTimeout(TimeoutError):
 
 def follow_print(client: MoonrakerClient, timeout_s: float,
                  on_update: Callable[[dict[str, Any]], None] | None = None) -> tuple[dict[str, Any], str]:
-    """Follow the current print until ``print_stats.state`` is one of :data:`FINISHED_PRINT_STATES`.
+    """Follow the current print until ``print_stats.state`` is one of :data:`FINISHED_PRINT_STATES` or
+    ``webhooks.state`` one of :data:`HALTED_KLIPPY_STATES`.
 
     Returns the last state of :data:`FOLLOWED_OBJECTS` and how it was followed (``"websocket"`` or
     ``"polling"``). The websocket (``moonraker-api``) is tried first; where it cannot connect or subscribe
@@ -412,7 +424,8 @@ def follow_print(client: MoonrakerClient, timeout_s: float,
 
 
 def _finished(status: Mapping[str, Any]) -> bool:
-    return status.get("print_stats", {}).get("state") in FINISHED_PRINT_STATES
+    return (status.get("print_stats", {}).get("state") in FINISHED_PRINT_STATES
+            or status.get("webhooks", {}).get("state") in HALTED_KLIPPY_STATES)
 
 
 async def _follow_websocket(client: MoonrakerClient, deadline: float,

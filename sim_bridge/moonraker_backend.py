@@ -19,6 +19,7 @@ backend (it would print); deployment goes through :mod:`safety`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from dataclasses import replace
@@ -26,7 +27,7 @@ from typing import Any
 
 from sim_bridge.failures import FILE_MCU_BLIND_MODES, OTHER, classify_klipper_message
 from sim_bridge.gcode import program_path, program_source
-from sim_bridge.moonraker import MoonrakerClient, follow_print
+from sim_bridge.moonraker import HALTED_KLIPPY_STATES, MoonrakerClient, MoonrakerError, follow_print
 from sim_bridge.profiles import PrinterProfile
 from sim_bridge.report import EMBEDDED, Failure, PrintReport
 from sim_bridge.simulator import Simulator
@@ -35,8 +36,6 @@ BACKEND_TIMEOUT_S = 600.0
 """How long a print may take on the printer before the backend gives up (a file MCU takes under a second)."""
 EMBEDDED_ONLY_MODES = FILE_MCU_BLIND_MODES
 """Failures taken from the embedded simulator (:data:`~sim_bridge.failures.FILE_MCU_BLIND_MODES`)."""
-GCODE_SUFFIXES = (".gcode", ".gco", ".g")
-"""File name endings that make a one-line string a path."""
 MOONRAKER_BACKEND = "moonraker"
 """The backend's name (:data:`sim_bridge.backends.MOONRAKER`): the source of the fields Klipper gave."""
 
@@ -51,7 +50,9 @@ def simulate_via_moonraker(program: str | os.PathLike[str] | bytes, printer: Pri
     is a file (``toolhead.estimated_print_time`` stays 0 there: nothing runs the clock).
 
     Moonraker's refusals (no API key, Klippy not ready, a busy printer) raise :class:`MoonrakerError`; a
-    print still running after ``timeout_s`` is cancelled and raises :class:`PrintTimeout`.
+    print still running after ``timeout_s`` is cancelled and raises :class:`PrintTimeout`. A Klippy that
+    halts during the print (``webhooks.state`` ``shutdown`` or ``error``, e.g. M112) is a fatal failure with
+    Klippy's message at the line ``virtual_sdcard.file_position`` points to.
     """
     data, name = _program(program, filename)
     client = MoonrakerClient(url, api_key=api_key)
@@ -61,16 +62,42 @@ def simulate_via_moonraker(program: str | os.PathLike[str] | bytes, printer: Pri
     try:
         status, followed_by = follow_print(client, timeout_s)
     except TimeoutError:
-        client.print_cancel()
+        # A printer that cannot cancel (Klippy halted meanwhile) must not hide the timeout.
+        with contextlib.suppress(MoonrakerError):
+            client.print_cancel()
         raise
     stats, sdcard = status.get("print_stats", {}), status.get("virtual_sdcard", {})
     state, message = str(stats.get("state")), str(stats.get("message") or "").strip()
+    webhooks, position = status.get("webhooks", {}), int(sdcard.get("file_position") or 0)
     stop_line, executed = None, data
-    if state == "error":
-        executed = data[:int(sdcard.get("file_position") or 0)]
+    halted = webhooks.get("state") in HALTED_KLIPPY_STATES
+    if halted or state == "error":
+        # file_position is an offset into the file Klipper ran: the stored one, which a printer with
+        # enable_object_processing rewrote on upload (the line numbers are then that file's).
+        data = _stored(client, name, data)
+    if halted:
+        # Klippy halted (M112, an MCU error): print_stats still says paused; the reason is Klippy's own, its
+        # first paragraph (the rest is advice on FIRMWARE_RESTART). The halting line ran to its end, so
+        # file_position is past it: the stop line is the last one before that offset.
+        state = "error"
+        message = str(webhooks.get("state_message") or "").strip().split("\n\n")[0] or \
+            f"Klippy {webhooks.get('state')}"
+        executed = data[:position]
+        stop_line = data[:max(position - 1, 0)].count(b"\n") + 1
+    elif state == "error":
+        # A refused line never ran: file_position is its first byte.
+        executed = data[:position]
         stop_line = executed.count(b"\n") + 1
     report = Simulator(printer, material).run(executed, name=name)
     return _merge(report, status, state, message, stop_line, followed_by, planned_before_s)
+
+
+def _stored(client: MoonrakerClient, name: str, uploaded: bytes) -> bytes:
+    """The file as Moonraker stored it, or ``uploaded`` where it cannot be read back."""
+    try:
+        return client.download(name)
+    except MoonrakerError:
+        return uploaded
 
 
 def _merge(report: PrintReport, status: dict[str, Any], state: str, message: str, stop_line: int | None,
@@ -89,7 +116,8 @@ def _merge(report: PrintReport, status: dict[str, Any], state: str, message: str
         kept.insert(0, Failure(OTHER, f"print {state}: {message or 'no message'}", 0, fatal=True,
                                source=MOONRAKER_BACKEND))
     report.failures = kept
-    report.success = state == "complete" and not any(f.fatal for f in kept)
+    # The embedded simulator's rule, as the klipper-batch backend has it: a print succeeds with no failure at all.
+    report.success = state == "complete" and not kept
     report.stopped_at_line = stop_line if stop_line is not None else next(
         (f.line for f in kept if f.fatal), None)
     stats, toolhead = status.get("print_stats", {}), status.get("toolhead", {})

@@ -44,9 +44,15 @@ HOST = "127.0.0.1"
 """The only address a virtual printer listens on."""
 READY_TIMEOUT_S = 30.0
 """How long Klippy and Moonraker together may take to reach ``klippy_state == ready``."""
-READY_SETTLE_S = 0.5
-"""Moonraker reports ``ready`` as soon as Klippy is, then still sets up its job tracking (``job_state``,
-``history``) for a few hundred ms: a print started in that window completes unrecorded."""
+READY_LOG_LINES = ("Klippy ready", "Configuring available sensors")
+"""What Moonraker 0.11 logs, in this order, before it is ready for a print: ``klippy_connection.py`` once its
+``server:klippy_started`` handlers are done (``job_state`` has subscribed to ``print_stats``), then
+``data_store.py`` at the end of its ``server:klippy_ready`` handler (its sensor subscription). ``/server/info``
+says ``ready`` before both; a print started before the second completes unrecorded by ``history`` (the
+re-subscription loses the print's state changes). Every layerloop printer has an extruder, so the sensor line
+always comes."""
+READY_SETTLE_S = 0.05
+"""A short pause after :data:`READY_LOG_LINES`, for the handlers that log nothing (``job_queue``)."""
 STOP_TIMEOUT_S = 5.0
 """How long a stopping Moonraker gets after SIGTERM before it is killed."""
 MOONRAKER_ENV = "LAYERLOOP_MOONRAKER"
@@ -82,7 +88,10 @@ def moonraker_conf(port: int, klippy_socket: Path, trusted_localhost: bool) -> s
              "[authorization]", "enable_api_key: True"]
     if trusted_localhost:
         lines += ["trusted_clients:", "    127.0.0.0/8"]
-    lines += ["", "[file_manager]", "enable_object_processing: False", "", "[history]", ""]
+    lines += ["", "[file_manager]", "enable_object_processing: False", "", "[history]", "",
+              # No remote announcement feeds: Moonraker 0.11 always subscribes to its "moonraker" and
+              # "klipper" feeds; with enable_moonlight off it fetches none of them.
+              "[announcements]", "enable_moonlight: False", ""]
     return "\n".join(lines)
 
 
@@ -175,8 +184,10 @@ class VirtualPrinter:
         # A short path: Unix socket paths are limited to 108 bytes.
         self.dir = Path(tempfile.mkdtemp(prefix="ll-vp-"))
         try:
-            for sub in ("config", "gcodes", "logs", "comms"):
+            for sub in ("config", "gcodes", "logs", "comms", "misc"):
                 (self.data_path / sub).mkdir(parents=True)
+            # Moonraker's machine component downloads usb.ids from linux-usb.org unless the file exists.
+            (self.data_path / "misc" / "usb.ids").write_text("# empty: no USB ids needed (layerloop)\n")
             cfg = self.data_path / "config" / "printer.cfg"
             printer_cfg.write_printer_cfg(self.profile, cfg,
                                           printer_cfg.PrinterCfgOptions(sdcard_path=str(self.gcodes_dir)))
@@ -214,7 +225,7 @@ class VirtualPrinter:
                 raise KlippyError(f"Klippy exited on {self.klippy.printer_cfg}:\n{self.klippy.log_tail()}")
             try:
                 state = str(self.client.server_info().get("klippy_state"))
-                if state == KLIPPY_READY:
+                if state == KLIPPY_READY and _logged_in_order(self.moonraker_log, READY_LOG_LINES):
                     self.client.objects_query(("print_stats",))
                     time.sleep(READY_SETTLE_S)
                     return
@@ -263,6 +274,21 @@ def _stop_group(process: subprocess.Popen[bytes]) -> None:
         process.wait(STOP_TIMEOUT_S)
     except ProcessLookupError:
         pass
+
+
+def _logged_in_order(path: Path, needles: tuple[str, ...]) -> bool:
+    """Whether the log at ``path`` holds each of ``needles``, each after the one before."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return False  # not written yet
+    at = 0
+    for needle in needles:
+        at = text.find(needle, at)
+        if at < 0:
+            return False
+        at += len(needle)
+    return True
 
 
 def _tail(path: Path, lines: int = 15) -> str:

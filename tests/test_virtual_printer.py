@@ -9,6 +9,7 @@ prints complete at once and heaters read 0 °C (see :mod:`sim_bridge.virtual_pri
 from __future__ import annotations
 
 import os
+import selectors
 import signal
 import socket
 import subprocess
@@ -34,6 +35,37 @@ STARTUP_LIMIT_S = 15.0
 SMALL_PRINT = b"G28\nG1 Z1 F600\nG1 X10 Y10 F3000\nG1 X50 Y10\nG1 X50 Y50\nG1 X10 Y50\n"
 BAD_PRINT = b"G28\nG1 Z1 F600\nG1 X10 Y10 F3000\nG1 X999 Y10\nG1 X20 Y20\n"
 """Line 4 leaves the bed: Klipper stops the print there."""
+SHUTDOWN_PRINT = b"G28\nG1 Z1 F600\nM112\nG1 X10\n"
+"""Line 3 shuts Klippy down mid-print: ``print_stats`` stays ``paused``, ``webhooks.state`` is ``shutdown``."""
+TCP_LISTEN = "0A"
+"""The ``st`` column of a listening socket in ``/proc/net/tcp``."""
+
+
+def _listening_addresses(port: int) -> list[str]:
+    """The local addresses (``IP:port``, IPv4 and IPv6) of the sockets listening on ``port``."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        path = Path(table)
+        if not path.is_file():
+            continue
+        for row in path.read_text().splitlines()[1:]:
+            local, state = row.split()[1], row.split()[3]
+            address, port_hex = local.rsplit(":", 1)
+            if state == TCP_LISTEN and int(port_hex, 16) == port:
+                if len(address) == 8:  # IPv4, little-endian hex
+                    found.append(".".join(str(int(address[i:i + 2], 16)) for i in (6, 4, 2, 0)))
+                else:
+                    found.append(f"ipv6:{address}")
+    return found
+
+
+def _restart(client: MoonrakerClient) -> None:
+    """Firmware restart and wait for ``ready`` (after a test shut Klippy down)."""
+    started = time.monotonic()
+    client.firmware_restart()
+    while client.server_info()["klippy_state"] != "ready":
+        assert time.monotonic() - started < 15, "not ready after firmware restart"
+        time.sleep(0.1)
 
 
 def _print(client: MoonrakerClient, name: str, data: bytes) -> dict:
@@ -47,7 +79,16 @@ def test_ready_within_limit(virtual_printer: VirtualPrinter) -> None:
     assert virtual_printer.startup_s < STARTUP_LIMIT_S
     info = virtual_printer.client.server_info()
     assert info["klippy_state"] == "ready"
-    assert virtual_printer.url.startswith("http://127.0.0.1:")
+    assert _listening_addresses(virtual_printer.port) == ["127.0.0.1"]
+
+
+def test_moonraker_fetches_nothing_from_the_internet(virtual_printer: VirtualPrinter) -> None:
+    # The fetches Moonraker 0.11 would start: announcement feeds (moonlight) and usb.ids (linux-usb.org).
+    log = virtual_printer.moonraker_log.read_text()
+    assert "Moonlight Disabled" in log
+    assert (virtual_printer.data_path / "misc" / "usb.ids").is_file()
+    for fetch in ("linux-usb.org", "usb.ids", "Failed to update subscription", "moonlight.arksine"):
+        assert fetch not in log, fetch
 
 
 def test_no_api_key_is_401(virtual_printer: VirtualPrinter) -> None:
@@ -118,7 +159,7 @@ def test_follow_print_polls_without_websocket(virtual_printer: VirtualPrinter,
 def test_moonraker_backend_on_a_slicer_file(virtual_printer: VirtualPrinter) -> None:
     url, key = virtual_printer.url, VIRTUAL_PRINTER_API_KEY
     report = simulate_via_moonraker(FIXTURES / "prusaslicer" / "cube20_ender3.gcode", "ender3-klipper", url,
-                                    api_key=key, timeout_s=120)
+                                    api_key=key, timeout_s=60)
     assert report.success, report.summary()
     assert report.final_state["print_state"] == "complete"
     # Klipper's planned time (the MCU is a file: no clock, no heater waits) against the embedded estimate,
@@ -140,7 +181,8 @@ def test_print_time_through_moonraker_is_batch_modes(virtual_printer: VirtualPri
     exit_line = next(line for line in (tmp_path / "log").read_text().splitlines()
                      if line.startswith(host.EXIT_LINE_PREFIX))
     batch_s = float(exit_line.removeprefix(host.EXIT_LINE_PREFIX).split("s")[0])
-    report = simulate_via_moonraker(gcode, "ender3-klipper", virtual_printer.url, api_key=VIRTUAL_PRINTER_API_KEY)
+    report = simulate_via_moonraker(gcode, "ender3-klipper", virtual_printer.url, api_key=VIRTUAL_PRINTER_API_KEY,
+                                    timeout_s=60)
     # Within the start offset Klippy adds when a print begins on a printer that has printed before.
     assert report.print_time_s == pytest.approx(batch_s, abs=0.5)
 
@@ -155,6 +197,46 @@ def test_moonraker_backend_reports_klippers_error_and_line(virtual_printer: Virt
     assert report.stopped_at_line == 6
 
 
+def test_moonraker_backend_lines_from_a_rewritten_upload(virtual_printer: VirtualPrinter,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A printer with enable_object_processing rewrites what it is sent; here the upload itself prepends three
+    # lines, so Klipper (real) runs a file three lines longer than the program: the line is the stored file's.
+    header = b"; rewritten on upload (test)\n; EXCLUDE_OBJECT_DEFINE would go here\n; end of header\n"
+    real_upload = MoonrakerClient.upload
+    monkeypatch.setattr(MoonrakerClient, "upload",
+                        lambda self, name, content: real_upload(self, name, header + bytes(content)))
+    report = simulate_via_moonraker(BAD_PRINT, "ender3-klipper", virtual_printer.url,
+                                    api_key=VIRTUAL_PRINTER_API_KEY, timeout_s=60, filename="rewritten.gcode")
+    first = report.failures[0]
+    assert first.message.startswith("Move out of range: 999.000 10.000 1.000"), first.message
+    assert first.line == report.stopped_at_line == 3 + 4
+
+
+def test_upload_refuses_names_that_break_the_form(virtual_printer: VirtualPrinter) -> None:
+    for name in ('a"b.gcode', "a\r\nX-Evil: 1.gcode", "sub/x.gcode", "line\n.gcode", ""):
+        with pytest.raises(ValueError, match="upload file name"):
+            virtual_printer.client.upload(name, SMALL_PRINT)
+
+
+def test_shutdown_mid_print_ends_the_follow(virtual_printer: VirtualPrinter) -> None:
+    # Destructive (M112): it restarts the printer, also when it fails.
+    client = virtual_printer.client
+    try:
+        started = time.monotonic()
+        report = simulate_via_moonraker(SHUTDOWN_PRINT, "ender3-klipper", virtual_printer.url,
+                                        api_key=VIRTUAL_PRINTER_API_KEY, timeout_s=60)
+        assert time.monotonic() - started < 15, "followed the print past Klippy's shutdown"
+        assert not report.success
+        first = report.failures[0]
+        assert first.fatal and first.source == "moonraker"
+        assert "M112" in first.message, first.message
+        assert first.line == report.stopped_at_line == 3
+        assert report.final_state["print_state"] == "error"
+    finally:
+        _restart(client)
+    client.gcode_script("G28")
+
+
 def test_emergency_stop_then_firmware_restart(virtual_printer: VirtualPrinter) -> None:
     # Destructive: last in the module, and it leaves the printer ready again.
     client = virtual_printer.client
@@ -165,11 +247,7 @@ def test_emergency_stop_then_firmware_restart(virtual_printer: VirtualPrinter) -
         time.sleep(0.1)
     with pytest.raises(MoonrakerError):
         client.gcode_script("G28")
-    started = time.monotonic()
-    client.firmware_restart()
-    while client.server_info()["klippy_state"] != "ready":
-        assert time.monotonic() - started < 15, "not ready after firmware restart"
-        time.sleep(0.1)
+    _restart(client)
     client.gcode_script("G28")
 
 
@@ -195,21 +273,46 @@ def test_bad_inputs_fail_fast_with_the_reason(monkeypatch: pytest.MonkeyPatch) -
                 VirtualPrinter("ender3-klipper").start()
 
 
-@pytest.mark.parametrize(("stop_signal", "api_key"), [(signal.SIGTERM, "cli-key"), (signal.SIGINT, None)],
-                         ids=["SIGTERM-api-key", "Ctrl-C-trusted"])
-def test_command_line_starts_and_stops_on_a_signal(stop_signal: signal.Signals, api_key: str | None) -> None:
+READY_LINE_TIMEOUT_S = 40.0
+"""How long the command may take to print its ready line (its own start timeout is 30 s)."""
+
+
+def _read_line(stream: object, deadline_s: float) -> str:
+    """One line of ``stream`` (a text pipe), or "" when none comes within ``deadline_s``."""
+    with selectors.DefaultSelector() as selector:
+        selector.register(stream, selectors.EVENT_READ)  # type: ignore[arg-type]
+        if not selector.select(deadline_s):
+            return ""
+    return stream.readline()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("stop_signal", "key_source"), [(signal.SIGTERM, "file"), (signal.SIGINT, None)],
+                         ids=["SIGTERM-api-key-file", "Ctrl-C-trusted"])
+def test_command_line_starts_and_stops_on_a_signal(stop_signal: signal.Signals, key_source: str | None,
+                                                   tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    key_args = ["--api-key", api_key] if api_key else []
-    process = subprocess.Popen([sys.executable, "-m", "sim_bridge", "virtual-printer", "--printer",
-                                "ender3-klipper", *key_args], cwd=ROOT, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    api_key = "cli-key" if key_source else None
+    key_args: list[str] = []
+    if key_source == "file":
+        key_file = tmp_path / "key"
+        key_file.write_text(f"{api_key}\nnot part of the key\n")
+        key_file.chmod(0o600)
+        key_args = ["--api-key-file", str(key_file)]
+    with open(tmp_path / "stderr", "w") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "sim_bridge", "virtual-printer", "--printer",
+                                    "ender3-klipper", *key_args], cwd=ROOT, env=env,
+                                   stdout=subprocess.PIPE, stderr=stderr, text=True)
     try:
         assert process.stdout is not None
-        line = process.stdout.readline()  # the ready line; the command has its own timeouts
-        assert "ready at http://127.0.0.1:" in line, process.stderr.read() if process.poll() is not None else line
+        line = _read_line(process.stdout, READY_LINE_TIMEOUT_S)
+        assert "ready at http://127.0.0.1:" in line, (line, (tmp_path / "stderr").read_text())
+        assert "cli-key" not in Path(f"/proc/{process.pid}/cmdline").read_text()
         url = line.split("ready at ", 1)[1].split()[0]
-        # Without --api-key, 127.0.0.1 is a trusted client: no key needed.
+        # Without a key, 127.0.0.1 is a trusted client: no key needed.
         assert MoonrakerClient(url, api_key=api_key).server_info()["klippy_state"] == "ready"
+        if api_key:
+            with pytest.raises(MoonrakerError):
+                MoonrakerClient(url, timeout_s=2).server_info()
         children = _children(process.pid)
         assert len(children) == 2
         process.send_signal(stop_signal)
@@ -221,6 +324,7 @@ def test_command_line_starts_and_stops_on_a_signal(stop_signal: signal.Signals, 
         if process.poll() is None:
             process.kill()
             process.wait(10)
+        process.stdout.close()  # type: ignore[union-attr]
 
 
 def test_client_and_config_refuse_bad_values() -> None:
