@@ -23,13 +23,9 @@ from sim_bridge.config import ConfigError
 from sim_bridge.options import SimOptions
 from sim_bridge.printers import load_material, load_printer
 from sim_bridge.profiles import PrinterProfile
-from sim_bridge.report import EMBEDDED, PrintReport
+from sim_bridge.report import EMBEDDED, KLIPPER_BATCH, MOONRAKER, PrintReport
 from sim_bridge.simulator import Simulator
 
-KLIPPER_BATCH = "klipper-batch"
-"""Klippy's batch mode (:mod:`sim_bridge.klippy.batch`)."""
-MOONRAKER = "moonraker"
-"""A printer behind Moonraker (:mod:`sim_bridge.moonraker_backend`)."""
 BACKENDS = (EMBEDDED, KLIPPER_BATCH, MOONRAKER)
 """The backend names, the default first."""
 OFFLINE_BACKENDS = (EMBEDDED, KLIPPER_BATCH)

@@ -21,9 +21,12 @@ def field_bounds(cls: type, name: str) -> tuple[float | None, float | None]:
     raise KeyError(name)
 
 
-def in_range(value: float, lo: float | None, hi: float | None) -> bool:
-    """Whether ``value`` lies in ``[lo, hi]`` (``None``: unbounded on that side)."""
-    return (lo is None or value >= lo) and (hi is None or value <= hi)
+def check_field_range(value: float, target: tuple[type, str], where: str) -> None:
+    """Raise a :class:`ConfigError` naming ``where`` when ``value`` is outside the allowed range of the
+    profile field ``target`` (its class and name)."""
+    lo, hi = field_bounds(*target)
+    if not ((lo is None or value >= lo) and (hi is None or value <= hi)):
+        raise ConfigError(f"{where}: out of range, allowed [{lo}, {hi}] (for {target[1]})")
 
 
 def parse_float(text: str) -> float | None:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from sim_bridge.config import ConfigError, to_dict
-from sim_bridge.foreign_config import build_profile, field_bounds, in_range, located, parse_float
+from sim_bridge.foreign_config import build_profile, check_field_range, field_bounds, located, parse_float
 from sim_bridge.klipper_defaults import (
     KLIPPER_CHECK_GAIN_TIME_BED_S,
     KLIPPER_CHECK_GAIN_TIME_EXTRUDER_S,
@@ -176,9 +176,7 @@ class _KlipperConfig:
         if above is not None and value <= above:
             raise ConfigError(f"{where}: must be above {above}")
         if target is not None:
-            lo, hi = field_bounds(*target)
-            if not in_range(value, lo, hi):
-                raise ConfigError(f"{where}: out of range, allowed [{lo}, {hi}] (for {target[1]})")
+            check_field_range(value, target, where)
         return value
 
 

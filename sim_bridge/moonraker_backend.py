@@ -10,7 +10,7 @@ embedded simulator, run on the lines Klipper executed: what Moonraker cannot tel
 collisions, the time breakdown). A Klippy whose MCU is a file (:mod:`sim_bridge.virtual_printer`) paces
 nothing: its ``print_duration`` is the wall time of planning the file (its planned time is
 ``toolhead.print_time``), heaters read 0 °C and it skips the cold-extrusion check, so the embedded
-simulator's heater failures (:data:`EMBEDDED_ONLY_MODES`) are kept. ``report.backend`` is ``moonraker`` and
+simulator's heater failures (:data:`~sim_bridge.failures.FILE_MCU_BLIND_MODES`) are kept. ``report.backend`` is ``moonraker`` and
 ``report.sources`` names the source of each field.
 
 Nothing here sends a program to a printer without the caller asking: the deployment gate does not use this
@@ -29,15 +29,11 @@ from sim_bridge.failures import FILE_MCU_BLIND_MODES, OTHER, classify_klipper_me
 from sim_bridge.gcode import program_path, program_source
 from sim_bridge.moonraker import HALTED_KLIPPY_STATES, MoonrakerClient, MoonrakerError, follow_print
 from sim_bridge.profiles import PrinterProfile
-from sim_bridge.report import EMBEDDED, Failure, PrintReport
+from sim_bridge.report import EMBEDDED, MOONRAKER, Failure, PrintReport
 from sim_bridge.simulator import Simulator
 
 BACKEND_TIMEOUT_S = 600.0
 """How long a print may take on the printer before the backend gives up (a file MCU takes under a second)."""
-EMBEDDED_ONLY_MODES = FILE_MCU_BLIND_MODES
-"""Failures taken from the embedded simulator (:data:`~sim_bridge.failures.FILE_MCU_BLIND_MODES`)."""
-MOONRAKER_BACKEND = "moonraker"
-"""The backend's name (:data:`sim_bridge.backends.MOONRAKER`): the source of the fields Klipper gave."""
 
 
 def simulate_via_moonraker(program: str | os.PathLike[str] | bytes, printer: PrinterProfile | str,
@@ -104,17 +100,17 @@ def _merge(report: PrintReport, status: dict[str, Any], state: str, message: str
            followed_by: str, planned_before_s: float) -> PrintReport:
     sources = {name: EMBEDDED for name in report.to_dict() if name not in {"backend", "sources"}}
     sources.update(dict.fromkeys(("success", "failures", "stopped_at_line", "final_state", "print_time_s"),
-                                 MOONRAKER_BACKEND))
+                                 MOONRAKER))
     embedded_time_s = report.print_time_s
-    kept = [replace(f, source=EMBEDDED) for f in report.failures if f.mode in EMBEDDED_ONLY_MODES or not f.fatal]
+    kept = [replace(f, source=EMBEDDED) for f in report.failures if f.mode in FILE_MCU_BLIND_MODES or not f.fatal]
     if stop_line is not None:
         first_line = message.splitlines()[0] if message else "print error"
         layer = max((m.index for m in report.layers if m.first_line <= stop_line), default=-1)
         kept.insert(0, Failure(classify_klipper_message(first_line) or OTHER, first_line, stop_line, layer,
-                               fatal=True, source=MOONRAKER_BACKEND))
+                               fatal=True, source=MOONRAKER))
     elif state != "complete":
         kept.insert(0, Failure(OTHER, f"print {state}: {message or 'no message'}", 0, fatal=True,
-                               source=MOONRAKER_BACKEND))
+                               source=MOONRAKER))
     report.failures = kept
     # The embedded simulator's rule, as the klipper-batch backend has it: a print succeeds with no failure at all.
     report.success = state == "complete" and not kept
@@ -126,17 +122,17 @@ def _merge(report: PrintReport, status: dict[str, Any], state: str, message: str
         0.0, float(toolhead.get("print_time") or 0.0) - planned_before_s)
     # print_stats counts filament on a timer while printing: on a file MCU the print is over before it counts.
     if clocked and float(stats.get("filament_used") or 0.0) > 0:
-        report.filament_mm, sources["filament_mm"] = float(stats["filament_used"]), MOONRAKER_BACKEND
+        report.filament_mm, sources["filament_mm"] = float(stats["filament_used"]), MOONRAKER
     extruder, bed = status.get("extruder", {}), status.get("heater_bed", {})
     report.final_state = {
-        "backend": "moonraker", "followed_by": followed_by, "print_state": state, "message": message,
+        "backend": MOONRAKER, "followed_by": followed_by, "print_state": state, "message": message,
         "mcu_clocked": clocked, "embedded_print_time_s": embedded_time_s,
         "position_mm": list(toolhead.get("position") or []), "homed_axes": toolhead.get("homed_axes", ""),
         "hotend_c": extruder.get("temperature"), "hotend_target_c": extruder.get("target"),
         "bed_c": bed.get("temperature"), "bed_target_c": bed.get("target"),
         "embedded_final_state": report.final_state,
     }
-    report.backend, report.sources = MOONRAKER_BACKEND, sources
+    report.backend, report.sources = MOONRAKER, sources
     return report
 
 

@@ -11,6 +11,10 @@ from sim_bridge.gcode import GcodeError
 
 EMBEDDED = "embedded"
 """The name of the embedded simulator as a backend (the default source of every report field)."""
+KLIPPER_BATCH = "klipper-batch"
+"""Klippy's batch mode as a backend (:mod:`sim_bridge.klippy.batch`)."""
+MOONRAKER = "moonraker"
+"""A printer behind Moonraker as a backend (:mod:`sim_bridge.moonraker_backend`)."""
 
 
 @dataclass

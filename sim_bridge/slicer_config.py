@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sim_bridge.config import ConfigError, to_dict
-from sim_bridge.foreign_config import build_profile, field_bounds, in_range, parse_float
+from sim_bridge.foreign_config import build_profile, check_field_range, parse_float
 from sim_bridge.profiles import PrinterProfile
 
 DUMP_TAIL_MAX_BYTES = 8 * 1024 * 1024
@@ -84,9 +84,7 @@ class _Dump:
         if value is None:
             raise ConfigError(f"{self.origin(key)}: expected a number")
         if target is not None:
-            lo, hi = field_bounds(*target)
-            if not in_range(value, lo, hi):
-                raise ConfigError(f"{self.origin(key)}: out of range, allowed [{lo}, {hi}] (for {target[1]})")
+            check_field_range(value, target, self.origin(key))
         return value
 
     def numbers(self, key: str) -> list[float]:

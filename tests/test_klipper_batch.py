@@ -23,11 +23,11 @@ from sim_bridge.__main__ import main as sim_main
 from sim_bridge.backends import BACKENDS, simulate
 from sim_bridge.gcode import GcodeError, parse_line, to_text
 from sim_bridge.klippy import batch
-from sim_bridge.klippy.batch import KLIPPER_BATCH, KlippyError, KlippyRun, split_lines
+from sim_bridge.klippy.batch import KlippyError, KlippyRun, split_lines
 from sim_bridge.moonraker import MoonrakerError
 from sim_bridge.options import SimOptions
 from sim_bridge.printers import load_material, load_printer
-from sim_bridge.report import EMBEDDED, PrintReport
+from sim_bridge.report import EMBEDDED, KLIPPER_BATCH, PrintReport
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CUBE = FIXTURES / "prusaslicer" / "cube20_ender3.gcode"

@@ -47,11 +47,9 @@ from sim_bridge.klippy.printer_cfg import write_printer_cfg
 from sim_bridge.options import SimOptions
 from sim_bridge.printers import load_material, load_printer
 from sim_bridge.profiles import PrinterProfile
-from sim_bridge.report import EMBEDDED, Failure, Notice, PrintReport
+from sim_bridge.report import EMBEDDED, KLIPPER_BATCH, Failure, Notice, PrintReport
 from sim_bridge.simulator import Simulator
 
-KLIPPER_BATCH = "klipper-batch"
-"""This backend's name (:data:`sim_bridge.backends.BACKENDS`)."""
 BASE_TIMEOUT_S = 60.0
 """Time a Klippy run may take on an empty file (start-up, compiling the C helper on a fresh install)."""
 TIMEOUT_S_PER_MB = 60.0
@@ -70,7 +68,6 @@ READY_PREFIX = "Configured MCU "
 """The log line after which Klippy reads the G-code."""
 SHUTDOWN_PREFIX = "Transition to shutdown state: "
 """How the log names the reason of a shutdown."""
-_EXIT_RE = re.compile(r"^Exiting \(print time ([0-9.]+)s\)$")
 _UNKNOWN_RE = re.compile(r'^Unknown command:"(.*)"$')
 _M204_RE = re.compile(r'^Invalid M204 command "(.*)"$')
 _POSITION_RE = re.compile(r"^(?:Move out of range|Must home axis first): (-?[0-9.]+) (-?[0-9.]+) (-?[0-9.]+)")
@@ -133,8 +130,8 @@ def parse_log(text: str, exit_code: int) -> KlippyRun:
     run.body = body
     run.restarts = sum(1 for line in lines if line.startswith(READY_PREFIX)) - 1
     for line in body:
-        if (m := _EXIT_RE.match(line)) is not None:
-            run.print_time_s = float(m.group(1))
+        if (time_s := host.exit_print_time_s(line)) is not None:
+            run.print_time_s = time_s
         elif (m := _UNKNOWN_RE.match(line)) is not None:
             run.unknown_commands.append(m.group(1))
         elif (m := _M204_RE.match(line)) is not None:
@@ -357,7 +354,7 @@ def error_text(failing: KlippyRun, clean: KlippyRun) -> str | None:
     >>> error_text(failing, clean)
     'Bad move\\nSee the hint'
     """
-    before = [line for line in clean.body if not _EXIT_RE.match(line)]
+    before = [line for line in clean.body if host.exit_print_time_s(line) is None]
     if failing.body[: len(before)] != before or len(failing.body) <= len(before):
         return failing.error
     new = failing.body[len(before):]

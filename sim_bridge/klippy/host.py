@@ -185,15 +185,22 @@ def decode_argv(output: str | os.PathLike[str], dictionary: str | os.PathLike[st
     return [str(host.python), "-m", "klippy.parsedump", str(dictionary), str(output)]
 
 
+def exit_print_time_s(line: str) -> float | None:
+    """The print time of batch mode's last log line (``Exiting (print time 12.345s)``), else None."""
+    start = line.find(EXIT_LINE_PREFIX)
+    if start < 0:
+        return None
+    try:
+        return float(line[start + len(EXIT_LINE_PREFIX):].split("s)", 1)[0])
+    except ValueError:
+        return None
+
+
 def print_time_from_log(log_text: str) -> float | None:
     """The print time batch mode reports at the end of an accepted file (``Exiting (print time 12.345s)``),
     or None when the log has no such line (the file was rejected, or Klippy died)."""
     for line in reversed(log_text.splitlines()):
-        start = line.find(EXIT_LINE_PREFIX)
-        if start >= 0:
-            value = line[start + len(EXIT_LINE_PREFIX):].split("s)", 1)[0]
-            try:
-                return float(value)
-            except ValueError:
-                return None
+        if (time_s := exit_print_time_s(line)) is not None:
+            return time_s
+    return None
     return None
