@@ -312,39 +312,11 @@ class GcodeReader:
                 yield cmd
 
 
-_TOO_LONG = b"\0<too long>"
-
-
 _EOL_RE = re.compile(rb"\r{0,2}\n|\r")
 _EOL_STR_RE = re.compile(r"\r{0,2}\n|\r")
 """Line endings: LF, CRLF, a lone CR (old Mac files), and CR CR LF (a CRLF file converted to CRLF once more,
 as in IceSL and Creality Print output) counted as one ending, as ``grep -n`` and Klipper count it."""
 _READ_CHUNK_BYTES = 64 * 1024
-
-
-def _bounded_lines(fh: io.BufferedIOBase | io.BytesIO, limit: int) -> Iterator[bytes]:
-    """Lines without their ending (see ``_EOL_RE``), never longer than ``limit`` (else ``_TOO_LONG``)."""
-    pending = b""
-    while True:
-        chunk = fh.read(_READ_CHUNK_BYTES)
-        data = pending + chunk
-        # CRs at the end may start a CRLF or CR CR LF: decide once more data is read (or the input ends).
-        hold = 0 if not chunk else 2 if data.endswith(b"\r\r") else 1 if data.endswith(b"\r") else 0
-        start = 0
-        for match in _EOL_RE.finditer(data, 0, len(data) - hold):
-            if match.start() - start > limit:
-                yield _TOO_LONG
-                return
-            yield data[start:match.start()]
-            start = match.end()
-        pending = data[start:]
-        if not chunk:
-            if pending:
-                yield pending if len(pending) <= limit else _TOO_LONG
-            return
-        if len(pending) > limit + hold:
-            yield _TOO_LONG
-            return
 
 
 def _decode(raw: bytes, line_no: int, reader: GcodeReader) -> str:

@@ -14,7 +14,7 @@ from conftest import GOLDEN
 from conftest import ROOT as REPO
 
 from sim_bridge import simulate
-from sim_bridge.failures import DEFECT_MODES, FATAL_MODES
+from sim_bridge.failures import DEFECT_MODES, FATAL_MODES, NOTICE_KINDS
 
 EXPECT_RE = re.compile(r'^; expect: (\w+) line (\d+) "(.*)"$')
 
@@ -53,6 +53,7 @@ def test_notices(path: Path) -> None:
     assert report.success, "a notice is not a failure (Klipper goes on after 'Unknown command')"
     hits = [n for n in report.notices if n.kind == kind]
     assert hits and hits[0].line == line and text in hits[0].message
+    assert {n.kind for n in report.notices} <= NOTICE_KINDS, "every notice kind is in the one vocabulary"
 
 
 @pytest.mark.parametrize("path", sorted((GOLDEN / "must_pass").glob("*.gcode")), ids=lambda p: p.stem)
