@@ -53,14 +53,15 @@ def test_rule_supervisor_acts_on_telemetry_only_when_needed() -> None:
 
 
 def test_sb3_policy_and_zero_action() -> None:
-    class Fixed:
+    # A fake model to pin the adapter's arithmetic; tests/test_supervisor.py runs it on a real trained PPO.
+    class FakeModel:
         def predict(self, observation: np.ndarray, deterministic: bool = False) -> tuple[np.ndarray, None]:
             assert deterministic
             return observation[:2] * 2.0, None
 
     obs = np.array([1.0, 2.0, 3.0], dtype=np.float32)
-    assert SB3Policy(Fixed())(obs).tolist() == [2.0, 4.0]
-    assert SB3Policy(Fixed(), normalize=lambda o: o - 1.0)(obs).tolist() == [0.0, 2.0]
+    assert SB3Policy(FakeModel())(obs).tolist() == [2.0, 4.0]
+    assert SB3Policy(FakeModel(), normalize=lambda o: o - 1.0)(obs).tolist() == [0.0, 2.0]
     space = gym.spaces.Box(-1.0, 1.0, (5,), dtype=np.float32)
     assert zero_action(space).shape == (5,) and not zero_action(space).any()
 

@@ -10,6 +10,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import envs  # noqa: F401  (registers the environments)
+from agent.baselines import SB3Policy
 from envs.jobs import PartSpec, PrintJob, ProcessSettings
 from envs.randomization import FaultRanges, RandomizationConfig, SensorRanges, load_randomization
 from envs.supervisor import (
@@ -227,7 +228,9 @@ def test_ppo_beats_doing_nothing() -> None:
         env = gym.make("layerloop/PrintSupervisorBox-v1", job=SMALL_JOB)
         return float(np.mean([sum(run_episode(env, policy, seed=10_000 + s)[1]) for s in range(30)]))
 
-    learned = mean_return(lambda o, k: model.predict(venv.normalize_obs(o), deterministic=True)[0])
+    # The trained model through the agent's SB3 adapter, as a user runs it.
+    policy = SB3Policy(model, normalize=venv.normalize_obs)
+    learned = mean_return(lambda o, k: policy(o))
     nothing = mean_return(lambda o, k: np.zeros(5, np.float32))
     assert learned > nothing + 0.5, (learned, nothing)
 
