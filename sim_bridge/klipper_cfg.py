@@ -58,19 +58,19 @@ class _Option:
 
 
 @dataclass
-class _Section:
+class CfgSection:
     name: str
     file: Path
     line: int
     options: dict[str, _Option] = field(default_factory=dict)
 
 
-class _KlipperConfig:
+class KlipperConfig:
     """A Klipper config read the way klippy reads it (sections → options with their file and line)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.sections: dict[str, _Section] = {}
+        self.sections: dict[str, CfgSection] = {}
         text = self._read_text(path, None)
         regular, autosave = _split_autosave(text)
         self._parse(path, regular, 0, [])
@@ -90,7 +90,7 @@ class _KlipperConfig:
 
     def _parse(self, path: Path, text: str, first_line: int, stack: list[Path]) -> None:
         stack.append(path.resolve())
-        section: _Section | None = None
+        section: CfgSection | None = None
         option: _Option | None = None
         for index, raw in enumerate(text.split("\n")):
             line_no = first_line + index + 1
@@ -112,7 +112,7 @@ class _KlipperConfig:
                 name = " ".join(header.group("header").split())
                 kind, _, rest = name.partition(" ")
                 key = f"{kind.lower()} {rest}".strip()
-                section = self.sections.setdefault(key, _Section(key, path, line_no))
+                section = self.sections.setdefault(key, CfgSection(key, path, line_no))
                 option = None
                 continue
             match = _OPTION_RE.match(stripped)
@@ -139,22 +139,22 @@ class _KlipperConfig:
 
     # --- typed getters, bounds-checked against the profile field they feed --------------------------
 
-    def section(self, name: str) -> _Section | None:
+    def section(self, name: str) -> CfgSection | None:
         return self.sections.get(name)
 
-    def require_section(self, name: str) -> _Section:
+    def require_section(self, name: str) -> CfgSection:
         section = self.sections.get(name)
         if section is None:
             raise ConfigError(f"{self.path}: no [{name}] section (Klipper requires it)")
         return section
 
-    def origin(self, section: _Section, key: str) -> str:
+    def origin(self, section: CfgSection, key: str) -> str:
         option = section.options.get(key)
         if option is None:
             return f"{section.file}:{section.line}: [{section.name}]"
         return f"{option.file}:{option.line}: [{section.name}] {key} = {option.value}"
 
-    def text(self, section: _Section, key: str, default: Any = _REQUIRED) -> Any:
+    def text(self, section: CfgSection, key: str, default: Any = _REQUIRED) -> Any:
         option = section.options.get(key)
         if option is None:
             if default is _REQUIRED:
@@ -163,7 +163,7 @@ class _KlipperConfig:
             return default
         return option.value
 
-    def number(self, section: _Section, key: str, default: Any = _REQUIRED,
+    def number(self, section: CfgSection, key: str, default: Any = _REQUIRED,
                target: tuple[type, str] | None = None, *, above: float | None = None) -> Any:
         """A float option; ``target`` names the profile field whose range it must fit."""
         option = section.options.get(key)
@@ -200,7 +200,7 @@ def printer_from_klipper_cfg(path: str | os.PathLike[str]) -> PrinterProfile:
     defaults; limits, PID gains, verify_heater settings and macros come from the config.
     """
     path = Path(path)
-    cfg = _KlipperConfig(path)
+    cfg = KlipperConfig(path)
     origins: dict[str, str] = {}
     data: dict[str, Any] = {"name": path.stem, "description": f"imported from Klipper config {path.name}",
                             "firmware": "klipper"}
@@ -301,7 +301,7 @@ def printer_from_klipper_cfg(path: str | os.PathLike[str]) -> PrinterProfile:
     return build_profile(data, str(path), origins)
 
 
-def _probe_z_offset(cfg: _KlipperConfig) -> float:
+def _probe_z_offset(cfg: KlipperConfig) -> float:
     """Where homing with the probe as Z endstop leaves Z: the probe's ``z_offset``."""
     for name in ("probe", "bltouch"):
         section = cfg.section(name)
@@ -310,7 +310,7 @@ def _probe_z_offset(cfg: _KlipperConfig) -> float:
     return 0.0
 
 
-def _read_heater(cfg: _KlipperConfig, section: _Section, heater: dict[str, Any], name: str) -> None:
+def _read_heater(cfg: KlipperConfig, section: CfgSection, heater: dict[str, Any], name: str) -> None:
     """Fill ``heater`` (a HeaterProfile mapping) from a heater section and its [verify_heater NAME]."""
     H = HeaterProfile
     heater["min_temp_c"] = cfg.number(section, "min_temp", target=(H, "min_temp_c"))

@@ -55,6 +55,10 @@ class SimOptions:
     """Build the height map and check collisions, support and adhesion."""
     start_position_mm: tuple[float, float, float] = ranged((0.0, 0.0, 0.0), -2000.0, 2000.0)
     """Where the firmware believes the toolhead is at power-on (Klipper and Marlin assume 0, 0, 0)."""
+    start_hotend_temp_c: float | None = ranged(None, -20.0, 500.0)
+    """Hotend temperature at the start (None: the profile's ambient; a printer still warm from a print)."""
+    start_bed_temp_c: float | None = ranged(None, -20.0, 200.0)
+    """Bed temperature at the start (None: the profile's ambient)."""
 
     def __post_init__(self) -> None:
         check_ranges(self)

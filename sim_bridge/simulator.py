@@ -94,8 +94,9 @@ class Simulator:
             raise ValueError(f"planner {self.planner!r}: must be 'klipper' or 'marlin'")
         p = self.profile
         self.state = new_state(p, self.options)
-        self.hot = heater_state(p.ambient_temp_c)
-        self.bed = heater_state(p.ambient_temp_c)
+        start_hot, start_bed = self.options.start_hotend_temp_c, self.options.start_bed_temp_c
+        self.hot = heater_state(p.ambient_temp_c if start_hot is None else start_hot)
+        self.bed = heater_state(p.ambient_temp_c if start_bed is None else start_bed)
         self.time_s = 0.0
         self.fan = 0.0
         self.heightmap = dep.HeightMap(p.position_min_mm[0], p.position_min_mm[1], p.position_max_mm[0],

@@ -103,10 +103,18 @@ def _pid_step(p: np.ndarray, s: np.ndarray, dt: float) -> None:
 
 
 @njit(cache=True)
-def _physics_step(p: np.ndarray, s: np.ndarray, dt: float, ambient: float, fan: float) -> None:
+def temperature_after(p: np.ndarray, temp_c: float, duty: float, dt_s: float, ambient_c: float,
+                      fan: float) -> float:
+    """The heater's temperature ``dt_s`` later with ``duty`` held (the one thermal physics: the embedded
+    simulator's timeline and the virtual MCU's heaters both step through it)."""
     k = p[H_LOSS] + p[H_FAN_LOSS] * fan
-    t_inf = ambient + p[H_POWER] * s[S_DUTY] / k
-    s[S_TEMP] = t_inf + (s[S_TEMP] - t_inf) * math.exp(-k * dt / p[H_CAP])
+    t_inf = ambient_c + p[H_POWER] * duty / k
+    return t_inf + (temp_c - t_inf) * math.exp(-k * dt_s / p[H_CAP])
+
+
+@njit(cache=True)
+def _physics_step(p: np.ndarray, s: np.ndarray, dt: float, ambient: float, fan: float) -> None:
+    s[S_TEMP] = temperature_after(p, s[S_TEMP], s[S_DUTY], dt, ambient, fan)
 
 
 @njit(cache=True)

@@ -12,11 +12,18 @@ it 127.0.0.0/8 is a trusted client and no key is needed. Moonraker 0.11 makes a 
 first start and keeps it in its database; a chosen key is written there before it starts (the
 ``_API_KEY_USER_`` row of its ``authorized_users`` table, as Moonraker's authorization component reads it).
 
-What the MCU is: a file (``-o /dev/null``), so nothing paces it: a print completes as fast as Klippy can
-plan it, ``print_stats.print_duration`` is that wall time, heaters read 0 °C, and Klippy itself skips heater
-waits (M109/M190 return at once) and the cold-extrusion check when its MCU output is a file. Moves, limits,
-homing, macros, errors and the G-code line where a print stopped are Klipper's own; times and temperatures
-are not (the embedded simulator supplies those).
+What the MCU is (``mcu``):
+
+- ``virtual`` (the default): the virtual MCU (:mod:`sim_bridge.klippy.virtual_mcu`), a process of its own
+  on a pseudo-terminal that Klippy connects to as to a board. It runs in real time: homing moves until the
+  simulated carriage reaches its endstop, heaters heat on the embedded simulator's thermal model under
+  Klippy's own PID and ``verify_heater``, a print takes its time, and faults can be injected
+  (:meth:`VirtualPrinter.inject_fault`, :mod:`sim_bridge.klippy.mcu_control`).
+- ``file``: a file (``-o /dev/null``), so nothing paces it: a print completes as fast as Klippy can plan
+  it, ``print_stats.print_duration`` is that wall time, heaters read 0 °C, and Klippy itself skips heater
+  waits (M109/M190 return at once) and the cold-extrusion check when its MCU output is a file. Moves,
+  limits, homing, macros, errors and the G-code line where a print stopped are Klipper's own; times and
+  temperatures are not (the embedded simulator supplies those). The fast check of a file.
 """
 
 from __future__ import annotations
@@ -32,10 +39,14 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+import yaml
+
+from sim_bridge.config import to_dict
 from sim_bridge.klippy import dictionary, printer_cfg
 from sim_bridge.klippy.dictionary import DictionaryError
 from sim_bridge.klippy.host import KlippyMissing
 from sim_bridge.klippy.live import KlippyError, KlippyLive, die_with_parent
+from sim_bridge.klippy.mcu_process import McuProcessError, VirtualMcuProcess
 from sim_bridge.moonraker import KLIPPY_READY, MoonrakerClient, MoonrakerError
 from sim_bridge.printers import load_printer
 from sim_bridge.profiles import PrinterProfile
@@ -59,6 +70,8 @@ MOONRAKER_ENV = "LAYERLOOP_MOONRAKER"
 """Environment variable naming Moonraker's executable (default: ``.venv-moonraker/bin/moonraker`` of the
 repository, made by ``scripts/setup.sh``)."""
 SETUP_HINT = "run scripts/setup.sh (it makes .venv-klippy and .venv-moonraker)"
+MCU_KINDS = ("virtual", "file")
+"""What Klippy's MCU is (module docstring)."""
 API_KEY_USER = "_API_KEY_USER_"
 """The user row under which Moonraker keeps its API key (``authorized_users`` table, Moonraker 0.11)."""
 
@@ -135,8 +148,16 @@ class VirtualPrinter:
 
     def __init__(self, printer: str | Path | PrinterProfile, port: int | None = None,
                  api_key: str | None = None, ready_timeout_s: float = READY_TIMEOUT_S,
-                 extra_cfg: str = "") -> None:
+                 extra_cfg: str = "", mcu: str = "virtual", start_temps_c: dict[str, float] | None = None) -> None:
         self.profile = printer if isinstance(printer, PrinterProfile) else load_printer(printer)
+        if mcu not in MCU_KINDS:
+            raise VirtualPrinterError(f"mcu {mcu!r}: one of {list(MCU_KINDS)}")
+        if start_temps_c and mcu != "virtual":
+            raise VirtualPrinterError("start_temps_c needs mcu='virtual' (a file MCU has no heaters)")
+        self.mcu_kind = mcu
+        self.start_temps_c = dict(start_temps_c or {})
+        """Heater temperatures at power-on (``{"extruder": 150.0}``; default the profile's ambient)."""
+        self.mcu: VirtualMcuProcess | None = None
         if port is not None:
             _check_port(port)
         if api_key is not None and (not api_key.strip() or any(c.isspace() for c in api_key)):
@@ -189,12 +210,26 @@ class VirtualPrinter:
             # Moonraker's machine component downloads usb.ids from linux-usb.org unless the file exists.
             (self.data_path / "misc" / "usb.ids").write_text("# empty: no USB ids needed (layerloop)\n")
             cfg = self.data_path / "config" / "printer.cfg"
-            printer_cfg.write_printer_cfg(self.profile, cfg,
-                                          printer_cfg.PrinterCfgOptions(sdcard_path=str(self.gcodes_dir)))
+            virtual = self.mcu_kind == "virtual"
+            options = printer_cfg.PrinterCfgOptions(sdcard_path=str(self.gcodes_dir))
+            if virtual:
+                options = printer_cfg.PrinterCfgOptions(sdcard_path=str(self.gcodes_dir),
+                                                        mcu_serial=str(self.dir / "mcu.tty"),
+                                                        mcu_baud=printer_cfg.MCU_BAUD)
+            printer_cfg.write_printer_cfg(self.profile, cfg, options)
             if self.extra_cfg:
                 with cfg.open("a", encoding="utf-8") as handle:
                     handle.write("\n" + self.extra_cfg.strip() + "\n")
-            self.klippy = KlippyLive(cfg, klippy_dictionary, self.dir)
+            if virtual:
+                # The profile as a file: the MCU process takes the heaters' physics from it.
+                profile_yaml = self.dir / "printer-profile.yaml"
+                profile_yaml.write_text(yaml.safe_dump(to_dict(self.profile), sort_keys=False))
+                self.mcu = VirtualMcuProcess(cfg, profile_yaml, klippy_dictionary, self.dir, self.start_temps_c)
+                try:
+                    self.mcu.start()
+                except McuProcessError as exc:
+                    raise VirtualPrinterError(str(exc)) from None
+            self.klippy = KlippyLive(cfg, None if virtual else klippy_dictionary, self.dir)
             self.klippy.start()
             conf = self.data_path / "config" / "moonraker.conf"
             conf.write_text(moonraker_conf(self.port, self.klippy.socket_path, self.api_key is None))
@@ -223,6 +258,8 @@ class VirtualPrinter:
                                           f"{_tail(self.moonraker_log)}\n{_tail(self.moonraker_log.with_suffix('.out'))}")
             if not self.klippy.running():
                 raise KlippyError(f"Klippy exited on {self.klippy.printer_cfg}:\n{self.klippy.log_tail()}")
+            if self.mcu is not None and not self.mcu.running():
+                raise VirtualPrinterError(f"the virtual MCU exited:\n{self.mcu.output()}")
             try:
                 state = str(self.client.server_info().get("klippy_state"))
                 if state == KLIPPY_READY and _logged_in_order(self.moonraker_log, READY_LOG_LINES):
@@ -241,9 +278,29 @@ class VirtualPrinter:
                                   f"{message}):\n{self.klippy.log_tail()}")
 
     def running(self) -> bool:
-        """Whether Klippy and Moonraker are both still running."""
+        """Whether Klippy and Moonraker (and the virtual MCU) are all still running."""
         return (self.moonraker is not None and self.moonraker.poll() is None and self.klippy is not None
-                and self.klippy.running())
+                and self.klippy.running() and (self.mcu is None or self.mcu.running()))
+
+    # -- the virtual MCU's hardware
+    def _mcu(self) -> VirtualMcuProcess:
+        if self.mcu is None:
+            raise VirtualPrinterError(f"{self.url}: no virtual MCU (mcu={self.mcu_kind!r})")
+        return self.mcu
+
+    def inject_fault(self, fault: str, **params: object) -> None:
+        """Break something in the simulated hardware (:mod:`sim_bridge.klippy.mcu_control` lists the faults:
+        ``heater_disconnected``, ``thermistor_open``/``_shorted``, ``endstop_stuck``, ``serial_disconnect``,
+        ``stall``); Klippy's reaction is its own."""
+        self._mcu().request({"fault": fault, **params})
+
+    def clear_fault(self, fault: str = "all", **params: object) -> None:
+        """Repair what :meth:`inject_fault` broke (``all``: every fault)."""
+        self._mcu().request({"clear": fault, **params})
+
+    def mcu_status(self) -> dict[str, object]:
+        """The simulated hardware: carriage positions, heater temperatures and duties, faults, MCU clock."""
+        return self._mcu().request({"status": True})
 
     def stop(self) -> None:
         """Stop Moonraker, then Klippy (SIGTERM, SIGKILL after a timeout); remove the temp dir."""
@@ -253,6 +310,9 @@ class VirtualPrinter:
         if self.klippy is not None:
             self.klippy.stop()
             self.klippy = None
+        if self.mcu is not None:
+            self.mcu.stop()
+            self.mcu = None
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None

@@ -1,9 +1,14 @@
-"""Command line: ``python -m sim_bridge.klippy dictionary [--out FILE] [--refresh]`` and
-``python -m sim_bridge.klippy printer-cfg --printer NAME|FILE [--out FILE]``.
+"""Command line: ``python -m sim_bridge.klippy dictionary [--out FILE] [--refresh]``,
+``python -m sim_bridge.klippy printer-cfg --printer NAME|FILE [--out FILE]`` and
+``python -m sim_bridge.klippy mcu --printer-cfg FILE --serial PATH [--control SOCKET] [--profile NAME|FILE]
+[--start-temp HEATER=C …]``.
 
 ``dictionary`` derives the MCU data dictionary from the installed Klippy host (cached per host version) and
 prints its path, or writes it to ``--out``. ``printer-cfg`` writes a Klipper ``printer.cfg`` for a printer
-profile (stdout without ``--out``). Exit 2 on a usage error or a missing host (with the set-up hint).
+profile (stdout without ``--out``). ``mcu`` runs the virtual MCU (:mod:`sim_bridge.klippy.virtual_mcu`) on a
+pseudo-terminal linked at ``--serial`` until SIGTERM; the printer.cfg says what its pins drive, the profile
+(default: read from the printer.cfg) gives the heaters' physics. Exit 2 on a usage error or a missing host
+(with the set-up hint).
 """
 
 from __future__ import annotations
@@ -28,7 +33,46 @@ def _parser() -> argparse.ArgumentParser:
     cfg = sub.add_parser("printer-cfg", help="write a Klipper printer.cfg for a printer profile")
     cfg.add_argument("--printer", required=True, help="bundled profile name or a profile/printer.cfg file")
     cfg.add_argument("--out", type=Path, help="write it here (default: stdout)")
+    mcu = sub.add_parser("mcu", help="run the virtual MCU on a pseudo-terminal until SIGTERM")
+    mcu.add_argument("--printer-cfg", required=True, type=Path, help="the printer.cfg Klippy runs")
+    mcu.add_argument("--serial", required=True, type=Path, help="where to link the pseudo-terminal")
+    mcu.add_argument("--control", type=Path, help="Unix socket for faults and status (sim_bridge.klippy.mcu_control)")
+    mcu.add_argument("--profile", help="printer profile for the heaters' physics (default: from the printer.cfg)")
+    mcu.add_argument("--dictionary", type=Path, help="host-derived data dictionary (default: the cached one)")
+    mcu.add_argument("--start-temp", action="append", default=[], metavar="HEATER=C",
+                     help="a heater's temperature at power-on (default: the profile's ambient)")
     return parser
+
+
+def _start_temps(pairs: list[str]) -> dict[str, float]:
+    temps = {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        try:
+            temps[name.strip()] = float(value)
+        except ValueError:
+            raise ConfigError(f"--start-temp {pair!r}: expected HEATER=CELSIUS (extruder=150)") from None
+        if name.strip() not in ("extruder", "heater_bed") or not -20.0 <= temps[name.strip()] <= 500.0:
+            raise ConfigError(f"--start-temp {pair!r}: heater extruder or heater_bed, -20 … 500 °C")
+    return temps
+
+
+def _run_mcu(args: argparse.Namespace) -> int:
+    # Imported here: the MCU loads numba's compiled thermal model, which the other commands do not need.
+    import json
+
+    from sim_bridge.klippy.virtual_mcu import VirtualMcu
+    from sim_bridge.klippy.wiring import read_wiring
+    from sim_bridge.printers import load_printer
+
+    profile = load_printer(args.profile or args.printer_cfg)
+    wiring = read_wiring(args.printer_cfg, profile)
+    dictionary = json.loads((args.dictionary or dictionary_path()).read_text(encoding="utf-8"))
+    mcu = VirtualMcu(dictionary, wiring, args.serial, args.control, _start_temps(args.start_temp))
+    mcu.open_serial()
+    print(f"virtual MCU on {args.serial}", flush=True)
+    mcu.run()
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
                 path = args.out
             print(path)
             return 0
+        if args.command == "mcu":
+            return _run_mcu(args)
         text = write_printer_cfg_for(args.printer, args.out)
         if args.out is None:
             sys.stdout.write(text)

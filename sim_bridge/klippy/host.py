@@ -169,13 +169,14 @@ def batch_argv(printer_cfg: str | os.PathLike[str], gcode: str | os.PathLike[str
 
 
 def live_argv(printer_cfg: str | os.PathLike[str], api_socket: str | os.PathLike[str],
-              pty: str | os.PathLike[str], dictionary: str | os.PathLike[str],
+              pty: str | os.PathLike[str], dictionary: str | os.PathLike[str] | None,
               log: str | os.PathLike[str], host: KlippyHost | None = None) -> list[str]:
     """Live mode: the API server on the Unix socket ``api_socket`` (what Moonraker connects to), G-code
-    from the pseudo-terminal ``pty``, the MCU stream thrown away (``-o /dev/null``: nothing paces it)."""
+    from the pseudo-terminal ``pty``. With ``dictionary`` the MCU stream is thrown away (``-o /dev/null``:
+    nothing paces it); without, Klippy connects to the MCU its printer.cfg names (``[mcu] serial``)."""
     host = host or find_host()
-    return [str(host.executable), str(printer_cfg), "-o", os.devnull, "-d", str(dictionary),
-            "-a", str(api_socket), "-I", str(pty), "-l", str(log)]
+    mcu = ["-o", os.devnull, "-d", str(dictionary)] if dictionary is not None else []
+    return [str(host.executable), str(printer_cfg), *mcu, "-a", str(api_socket), "-I", str(pty), "-l", str(log)]
 
 
 def decode_argv(output: str | os.PathLike[str], dictionary: str | os.PathLike[str],

@@ -1,8 +1,9 @@
 """Klippy in live mode as a managed process: started, waited for, stopped, its errors read from its log.
 
-Live mode is Klippy serving its API socket (``-a``) and a G-code pseudo-terminal (``-I``) while its MCU
-is a file (``-o /dev/null`` with a derived dictionary, ``-d``): nothing paces that MCU, so moves complete at
-once and heaters read 0 °C (:mod:`sim_bridge.virtual_printer` documents what that means for a print).
+Live mode is Klippy serving its API socket (``-a``) and a G-code pseudo-terminal (``-I``). Its MCU is
+either a file (``-o /dev/null`` with a derived dictionary, ``-d``: nothing paces it, so moves complete at
+once and heaters read 0 °C) or, with no dictionary given, the MCU its printer.cfg names: the virtual MCU
+(:mod:`sim_bridge.klippy.virtual_mcu`) on its pseudo-terminal.
 The command line itself is :mod:`sim_bridge.klippy.host`'s; this module owns the process: its own process
 group (so a stop ends Klippy's children too), a timeout on every wait, the socket removed afterwards.
 """
@@ -37,9 +38,10 @@ class KlippyError(RuntimeError):
 class KlippyLive:
     """One Klippy in live mode on ``printer_cfg``; files (socket, pseudo-terminal link, log) in ``run_dir``."""
 
-    def __init__(self, printer_cfg: Path, dictionary: Path, run_dir: Path) -> None:
+    def __init__(self, printer_cfg: Path, dictionary: Path | None, run_dir: Path) -> None:
         self.printer_cfg = Path(printer_cfg)
-        self.dictionary = Path(dictionary)
+        self.dictionary = Path(dictionary) if dictionary is not None else None
+        """The file-mode MCU's dictionary; None: Klippy connects to the MCU on ``[mcu] serial``."""
         self.run_dir = Path(run_dir)
         self.socket_path = self.run_dir / "klippy.sock"
         """Klippy's API socket (Moonraker's ``klippy_uds_address``)."""

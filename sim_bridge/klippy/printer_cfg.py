@@ -44,7 +44,10 @@ from sim_bridge.profiles import HeaterProfile, MacroProfile, PrinterProfile
 THERMISTOR = "EPCOS 100K B57560G104F"
 """Sensor type of both heaters: a common 100 k NTC thermistor, read through an ADC channel."""
 MCU_SERIAL = "/tmp/klipper_host_mcu"
-"""The Linux-process MCU's usual socket; never opened, as Klippy runs with ``-o`` (file output)."""
+"""The Linux-process MCU's usual socket: never opened when Klippy runs with ``-o`` (file output); the virtual
+MCU (:mod:`sim_bridge.klippy.virtual_mcu`) gets its own terminal (:attr:`PrinterCfgOptions.mcu_serial`)."""
+MCU_BAUD = 250000
+"""``[mcu] baud`` for the virtual MCU's terminal (a pseudo-terminal ignores it; Klippy opens it as a UART)."""
 PURGE_LENGTH_MM = 100.0
 """Length of the purge line a purging macro draws."""
 PURGE_FILAMENT_MM = 10.0
@@ -59,6 +62,10 @@ class PrinterCfgOptions:
 
     sdcard_path: str = "~/printer_data/gcodes"
     """``[virtual_sdcard] path``: the folder Moonraker uploads G-code into (not opened in batch mode)."""
+    mcu_serial: str = MCU_SERIAL
+    """``[mcu] serial``: the MCU's serial port (the virtual MCU's pseudo-terminal link)."""
+    mcu_baud: int | None = ranged(None, 2400, 4_000_000)
+    """``[mcu] baud``; None writes none (Klippy's default for a serial port, or a pipe for its own MCU)."""
     arc_resolution_mm: float = ranged(1.0, 0.01, 10.0)
     """``[gcode_arcs] resolution``: length of the chords G2/G3 are split into (Klipper's default 1 mm)."""
     microsteps: int = ranged(16, 1, 256)
@@ -74,6 +81,8 @@ class PrinterCfgOptions:
         check_ranges(self)
         if not self.sdcard_path.strip():
             raise ConfigError("sdcard_path = '': needs a folder")
+        if not self.mcu_serial.strip() or any(c.isspace() for c in self.mcu_serial):
+            raise ConfigError(f"mcu_serial = {self.mcu_serial!r}: needs a path without spaces")
 
 
 def _num(value: float) -> str:
@@ -192,7 +201,9 @@ def printer_cfg_text(profile: PrinterProfile, options: PrinterCfgOptions | None 
                ("max_z_velocity", _num(profile.max_z_velocity_mm_s)),
                ("max_z_accel", _num(profile.max_z_accel_mm_s2))]
     sections = [
-        _section("mcu", [("serial", MCU_SERIAL)], "Linux-process MCU (the derived data dictionary's pins)"),
+        _section("mcu", [("serial", options.mcu_serial)]
+                 + ([("baud", str(options.mcu_baud))] if options.mcu_baud else []),
+                 "Linux-process MCU (the derived data dictionary's pins)"),
         _section("printer", printer),
         *(_section(f"stepper_{'xyz'[axis]}", _stepper(axis, profile, options, pins)) for axis in range(3)),
     ]

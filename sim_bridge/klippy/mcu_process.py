@@ -1,0 +1,100 @@
+"""The virtual MCU as a managed process: started beside Klippy, waited for, asked, stopped.
+
+A process of its own (``python -m sim_bridge.klippy mcu …``), so that Klippy talks to it over a real
+pseudo-terminal exactly as to a board, its CPU use is measured on its own, and a stall fault stalls only it.
+Its own process group and ``PR_SET_PDEATHSIG`` (:func:`sim_bridge.klippy.live.die_with_parent`), so a test
+run killed outright leaves no MCU behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from sim_bridge.klippy import mcu_control
+from sim_bridge.klippy.live import die_with_parent
+
+START_TIMEOUT_S = 30.0
+"""How long the MCU may take to open its terminal (it loads numba's cached thermal model: ~1–3 s)."""
+STOP_TIMEOUT_S = 5.0
+
+
+class McuProcessError(RuntimeError):
+    """The virtual MCU did not start; carries its own output."""
+
+
+class VirtualMcuProcess:
+    """One virtual MCU for ``printer_cfg``, its terminal at ``run_dir/mcu.tty``."""
+
+    def __init__(self, printer_cfg: Path, profile: Path, dictionary: Path, run_dir: Path,
+                 start_temps_c: dict[str, float] | None = None) -> None:
+        self.printer_cfg = Path(printer_cfg)
+        self.profile = Path(profile)
+        self.dictionary = Path(dictionary)
+        self.run_dir = Path(run_dir)
+        self.serial_path = self.run_dir / "mcu.tty"
+        """The pseudo-terminal's link: ``[mcu] serial`` of the printer.cfg."""
+        self.control_path = self.run_dir / "mcu.sock"
+        self.output_path = self.run_dir / "mcu.out"
+        self.start_temps_c = dict(start_temps_c or {})
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def argv(self) -> list[str]:
+        argv = [sys.executable, "-m", "sim_bridge.klippy", "mcu", "--printer-cfg", str(self.printer_cfg),
+                "--serial", str(self.serial_path), "--control", str(self.control_path),
+                "--profile", str(self.profile), "--dictionary", str(self.dictionary)]
+        for name, temp_c in sorted(self.start_temps_c.items()):
+            argv += ["--start-temp", f"{name}={temp_c}"]
+        return argv
+
+    def start(self) -> None:
+        env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+        with open(self.output_path, "wb") as out:
+            self.process = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=out,
+                                            stderr=subprocess.STDOUT, start_new_session=True,
+                                            preexec_fn=die_with_parent, env=env)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not (self.serial_path.is_symlink() and self.control_path.exists()):
+            if self.process.poll() is not None:
+                raise McuProcessError(f"the virtual MCU exited ({self.process.returncode}):\n{self.output()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise McuProcessError(f"the virtual MCU opened no terminal in {START_TIMEOUT_S:.0f} s:\n"
+                                      f"{self.output()}")
+            time.sleep(0.02)
+
+    def output(self) -> str:
+        return self.output_path.read_text(errors="replace")[-4000:] if self.output_path.is_file() else ""
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def request(self, message: dict[str, Any]) -> dict[str, Any]:
+        """One control request (:mod:`sim_bridge.klippy.mcu_control`)."""
+        return mcu_control.request(self.control_path, message)
+
+    def cpu_s(self) -> float:
+        """CPU seconds the MCU process has used (user + system, from ``/proc``)."""
+        if self.process is None:
+            return 0.0
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            try:
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(STOP_TIMEOUT_S)
+            except ProcessLookupError:
+                pass
+        for path in (self.serial_path, self.control_path):
+            path.unlink(missing_ok=True)
