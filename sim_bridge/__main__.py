@@ -1,7 +1,8 @@
 """Command line: ``python -m sim_bridge simulate FILE.gcode --printer NAME_OR_PRINTER_CFG [--backend B]``.
 
-``python -m sim_bridge virtual-printer --printer NAME|printer.cfg [--port N] [--api-key-file F]`` runs real
-Klippy and Moonraker on 127.0.0.1 until Ctrl-C or SIGTERM (:mod:`sim_bridge.virtual_printer`);
+``python -m sim_bridge virtual-printer --printer NAME|printer.cfg [--mcu virtual|file] [--port N]
+[--api-key-file F] [--start-temp HEATER=C]`` runs real Klippy and Moonraker on 127.0.0.1, on the virtual MCU
+(default) or a file MCU, until Ctrl-C or SIGTERM (:mod:`sim_bridge.virtual_printer`);
 ``--api-key KEY`` is for throwaway keys only (any local user can read a command line).
 
 Prints a readable summary (with a progress bar on large files) and exits 1 when the print fails, 2 on a
@@ -26,6 +27,7 @@ from sim_bridge.backends import BACKENDS, check_backend, simulate
 from sim_bridge.config import ConfigError, load_yaml
 from sim_bridge.failures import UNREADABLE
 from sim_bridge.gcode import GcodeError
+from sim_bridge.klippy.mcu_process import parse_start_temps
 from sim_bridge.options import SimOptions
 from sim_bridge.printers import MATERIALS, bundled_printers, load_material, load_printer
 from sim_bridge.report import EMBEDDED
@@ -64,6 +66,11 @@ def _parser() -> argparse.ArgumentParser:
     vp.add_argument("--printer", default="ender3-klipper",
                     help=f"bundled profile ({', '.join(bundled_printers())}), a profile .yaml or a printer.cfg")
     vp.add_argument("--port", type=int, help="Moonraker's port (default: a free one)")
+    vp.add_argument("--mcu", choices=("virtual", "file"), default="virtual",
+                    help="virtual: the emulated MCU in real time (homing, heating, faults); file: Klippy's "
+                         "file output, prints complete at once (default virtual)")
+    vp.add_argument("--start-temp", action="append", default=[], metavar="HEATER=C",
+                    help="with --mcu virtual: a heater's temperature at power-on (extruder=150)")
     keys = vp.add_mutually_exclusive_group()
     keys.add_argument("--api-key-file", type=Path,
                       help="require the API key on this file's first line (default: 127.0.0.1 is a trusted "
@@ -95,9 +102,12 @@ def _virtual_printer(args: argparse.Namespace, console: Console) -> int:
             api_key = lines[0].strip() if lines else ""
             if not api_key:
                 raise VirtualPrinterError(f"{args.api_key_file}: line 1: no API key")
-        with VirtualPrinter(args.printer, port=args.port, api_key=api_key) as printer:
+        with VirtualPrinter(args.printer, port=args.port, api_key=api_key, mcu=args.mcu,
+                            start_temps_c=parse_start_temps(args.start_temp)) as printer:
+            control = f", faults: {printer.mcu.control_path}" if printer.mcu is not None else ""
             print(f"virtual printer {printer.profile.name} ready at {printer.url} "
-                  f"({printer.startup_s:.1f} s){' (API key required)' if api_key else ''}", flush=True)
+                  f"({printer.startup_s:.1f} s, {args.mcu} MCU{control})"
+                  f"{' (API key required)' if api_key else ''}", flush=True)
             try:
                 while printer.running():
                     time.sleep(0.5)

@@ -70,6 +70,8 @@ MOONRAKER_ENV = "LAYERLOOP_MOONRAKER"
 """Environment variable naming Moonraker's executable (default: ``.venv-moonraker/bin/moonraker`` of the
 repository, made by ``scripts/setup.sh``)."""
 SETUP_HINT = "run scripts/setup.sh (it makes .venv-klippy and .venv-moonraker)"
+CORS_ORIGINS = ("http://127.0.0.1:*", "http://localhost:*", "https://my.mainsail.xyz", "https://app.fluidd.xyz")
+"""Browser origins Moonraker accepts (``cors_domains``): a web UI served on this machine or the hosted ones."""
 MCU_KINDS = ("virtual", "file")
 """What Klippy's MCU is (module docstring)."""
 API_KEY_USER = "_API_KEY_USER_"
@@ -101,6 +103,8 @@ def moonraker_conf(port: int, klippy_socket: Path, trusted_localhost: bool) -> s
              "[authorization]", "enable_api_key: True"]
     if trusted_localhost:
         lines += ["trusted_clients:", "    127.0.0.0/8"]
+    # A browser on this machine may run Mainsail or Fluidd (a local copy, or the hosted one) against it.
+    lines += ["cors_domains:", *(f"    {origin}" for origin in CORS_ORIGINS)]
     lines += ["", "[file_manager]", "enable_object_processing: False", "", "[history]", "",
               # No remote announcement feeds: Moonraker 0.11 always subscribes to its "moonraker" and
               # "klipper" feeds; with enable_moonlight off it fetches none of them.
@@ -154,6 +158,10 @@ class VirtualPrinter:
             raise VirtualPrinterError(f"mcu {mcu!r}: one of {list(MCU_KINDS)}")
         if start_temps_c and mcu != "virtual":
             raise VirtualPrinterError("start_temps_c needs mcu='virtual' (a file MCU has no heaters)")
+        for heater, temp_c in (start_temps_c or {}).items():
+            if heater not in ("extruder", "heater_bed") or not -20.0 <= temp_c <= 500.0:
+                raise VirtualPrinterError(f"start_temps_c[{heater!r}] = {temp_c}: heater extruder or heater_bed, "
+                                          "-20 … 500 °C")
         self.mcu_kind = mcu
         self.start_temps_c = dict(start_temps_c or {})
         """Heater temperatures at power-on (``{"extruder": 150.0}``; default the profile's ambient)."""

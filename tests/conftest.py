@@ -77,13 +77,14 @@ VIRTUAL_PRINTER_API_KEY = "layerloop-test-key"
 
 @pytest.fixture(scope="module")
 def virtual_printer() -> Any:
-    """Real Klippy (live mode) and Moonraker on 127.0.0.1 for one test module (``ender3-klipper``, API key
+    """Real Klippy (live mode, file MCU) and Moonraker on 127.0.0.1 for one test module (``ender3-klipper``, API key
     :data:`VIRTUAL_PRINTER_API_KEY`); stopped, its processes ended and its temp dir removed, even when tests
     fail. Never skipped: without Klippy or Moonraker it fails with the set-up hint."""
     # The virtual printer loads only in the modules that ask for it: it starts two processes.
     from sim_bridge.virtual_printer import VirtualPrinter
 
-    printer = VirtualPrinter("ender3-klipper", api_key=VIRTUAL_PRINTER_API_KEY)
+    # The file MCU: these tests are about Klippy's and Moonraker's behaviour, not time (tests/test_virtual_mcu.py).
+    printer = VirtualPrinter("ender3-klipper", api_key=VIRTUAL_PRINTER_API_KEY, mcu="file")
     printer.start()
     try:
         yield printer

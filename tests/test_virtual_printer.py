@@ -314,7 +314,8 @@ def test_command_line_starts_and_stops_on_a_signal(stop_signal: signal.Signals, 
             with pytest.raises(MoonrakerError):
                 MoonrakerClient(url, timeout_s=2).server_info()
         children = _children(process.pid)
-        assert len(children) == 2
+        assert len(children) == 3  # Klippy, Moonraker and the virtual MCU (the command's default)
+        assert "virtual MCU, faults: " in line
         process.send_signal(stop_signal)
         assert process.wait(20) == 0
         assert not [pid for pid in children if Path(f"/proc/{pid}").exists()]

@@ -14,6 +14,7 @@ pseudo-terminal linked at ``--serial`` until SIGTERM; the printer.cfg says what 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -21,7 +22,10 @@ from pathlib import Path
 from sim_bridge.config import ConfigError
 from sim_bridge.klippy.dictionary import DictionaryError, dictionary_path
 from sim_bridge.klippy.host import KlippyMissing
+from sim_bridge.klippy.mcu_process import parse_start_temps
 from sim_bridge.klippy.printer_cfg import write_printer_cfg_for
+from sim_bridge.klippy.wiring import read_wiring
+from sim_bridge.printers import load_printer
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,31 +48,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _start_temps(pairs: list[str]) -> dict[str, float]:
-    temps = {}
-    for pair in pairs:
-        name, _, value = pair.partition("=")
-        try:
-            temps[name.strip()] = float(value)
-        except ValueError:
-            raise ConfigError(f"--start-temp {pair!r}: expected HEATER=CELSIUS (extruder=150)") from None
-        if name.strip() not in ("extruder", "heater_bed") or not -20.0 <= temps[name.strip()] <= 500.0:
-            raise ConfigError(f"--start-temp {pair!r}: heater extruder or heater_bed, -20 … 500 °C")
-    return temps
-
-
 def _run_mcu(args: argparse.Namespace) -> int:
     # Imported here: the MCU loads numba's compiled thermal model, which the other commands do not need.
-    import json
-
     from sim_bridge.klippy.virtual_mcu import VirtualMcu
-    from sim_bridge.klippy.wiring import read_wiring
-    from sim_bridge.printers import load_printer
 
     profile = load_printer(args.profile or args.printer_cfg)
     wiring = read_wiring(args.printer_cfg, profile)
     dictionary = json.loads((args.dictionary or dictionary_path()).read_text(encoding="utf-8"))
-    mcu = VirtualMcu(dictionary, wiring, args.serial, args.control, _start_temps(args.start_temp))
+    mcu = VirtualMcu(dictionary, wiring, args.serial, args.control, parse_start_temps(args.start_temp))
     mcu.open_serial()
     print(f"virtual MCU on {args.serial}", flush=True)
     mcu.run()

@@ -140,10 +140,16 @@ class Stepper:
     def queue_step(self, interval: int, count: int, add: int) -> None:
         if self.need_reset or count == 0:
             return  # after a trigger stop the firmware drops moves until reset_step_clock
-        base = self.moves[-1][5] if self.moves else self.last_clock
-        if not self.moves and base + interval < self.core.now() - self.core.late_ticks:
-            self.core.shutdown(TIMER_TOO_CLOSE)
-            return
+        if self.moves:
+            base = self.moves[-1][5]
+        else:
+            # The firmware keeps 32-bit times: the first step is (last step + interval) mod 2³², the moment
+            # nearest now with those low bits (after reset_step_clock clock=0 the host counts from 0 too).
+            first = self.core.clock64((self.last_clock + interval) & 0xFFFFFFFF)
+            if first < self.core.now() - self.core.late_ticks:
+                self.core.shutdown(TIMER_TOO_CLOSE)
+                return
+            base = first - interval
         end = base + count * interval + add * count * (count - 1) // 2
         self.moves.append((base, interval, count, add, 1 if self.next_dir else -1, end))
 

@@ -16,12 +16,27 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sim_bridge.config import ConfigError
 from sim_bridge.klippy import mcu_control
 from sim_bridge.klippy.live import die_with_parent
 
 START_TIMEOUT_S = 30.0
 """How long the MCU may take to open its terminal (it loads numba's cached thermal model: ~1–3 s)."""
 STOP_TIMEOUT_S = 5.0
+
+
+def parse_start_temps(pairs: list[str]) -> dict[str, float]:
+    """``["extruder=150"]`` → ``{"extruder": 150.0}`` (a :class:`ConfigError` naming the bad pair)."""
+    temps = {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        try:
+            temps[name.strip()] = float(value)
+        except ValueError:
+            raise ConfigError(f"--start-temp {pair!r}: expected HEATER=CELSIUS (extruder=150)") from None
+        if name.strip() not in ("extruder", "heater_bed") or not -20.0 <= temps[name.strip()] <= 500.0:
+            raise ConfigError(f"--start-temp {pair!r}: heater extruder or heater_bed, -20 … 500 °C")
+    return temps
 
 
 class McuProcessError(RuntimeError):
