@@ -49,6 +49,12 @@ class SafetyPolicy:
     """Live tuning: commands accepted in one batch; later ones are refused."""
     tuning_commands: list[str] = field(default_factory=lambda: list(DEFAULT_TUNING_COMMANDS))
     """Live tuning: the commands a supervisor may send (``M140`` may be added)."""
+    watchdog_heater_deviation_c: float = ranged(15.0, 1.0, 200.0)
+    """Deployment watchdog: a heater this far from its target (once it had reached it) …"""
+    watchdog_heater_deviation_s: float = ranged(10.0, 0.5, 600.0)
+    """… for this long is a fault (thermal runaway that Klipper's own verify_heater has not caught yet)."""
+    watchdog_telemetry_timeout_s: float = ranged(5.0, 0.5, 300.0)
+    """Deployment watchdog: no message from the printer for this long (a dropped websocket) is a fault."""
     max_findings_per_rule: int = ranged(50, 1, 100000)
     """Findings listed per rule; the rest are counted in one last finding of that rule."""
 

@@ -81,6 +81,8 @@ OBJECTS_SUBSCRIBE = Endpoint("POST", "/printer/objects/subscribe", "printer.obje
 :data:`STATUS_NOTIFICATION` (over the websocket only)."""
 FILES_DOWNLOAD = Endpoint("GET", "/server/files/gcodes/", "")
 """Download an uploaded G-code file: the file name (relative to the ``gcodes`` root) follows the path."""
+FILES_LIST = Endpoint("GET", "/server/files/list", "server.files.list")
+"""The files of a root (``root``, default ``gcodes``): each with ``path``, ``size``, ``modified``."""
 STATUS_NOTIFICATION = "notify_status_update"
 """The websocket notification carrying changed status fields (params: ``[changes, eventtime]``)."""
 
@@ -305,6 +307,10 @@ class MoonrakerClient:
     def download(self, filename: str) -> bytes:
         """The bytes of an uploaded file (to check that what runs is what was approved)."""
         return self._request(FILES_DOWNLOAD, FILES_DOWNLOAD.path + quote(filename), None, None)
+
+    def files(self) -> list[str]:
+        """The paths of the files in the ``gcodes`` root."""
+        return [str(f.get("path", f.get("filename", ""))) for f in self._call(FILES_LIST, {"root": "gcodes"})]
 
     def print_start(self, filename: str) -> dict[str, Any]:
         return self._call(PRINT_START, {"filename": filename})

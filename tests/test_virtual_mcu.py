@@ -335,7 +335,12 @@ def test_pause_resume_and_cancel_mid_print(vp: VirtualPrinter) -> None:
 def _restart(vp: VirtualPrinter) -> None:
     vp.clear_fault("all")
     vp.client.firmware_restart()
-    wait_for(lambda: klippy_state(vp)[0] == "ready", 30, "ready after FIRMWARE_RESTART")
+    try:
+        wait_for(lambda: klippy_state(vp)[0] == "ready", 30, "ready after FIRMWARE_RESTART")
+    except AssertionError:
+        assert vp.mcu is not None and vp.klippy is not None
+        raise AssertionError(f"not ready after FIRMWARE_RESTART: {klippy_state(vp)}\nMCU:\n{vp.mcu.output()}\n"
+                             f"Klippy:\n{vp.klippy.log_tail(40)}") from None
     assert vp.mcu_status()["shutdown"] is None
 
 

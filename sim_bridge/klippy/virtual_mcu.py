@@ -180,9 +180,14 @@ class VirtualMcu:
             heater.rebase(self.now())
         self.last_housekeeping = self.last_stats = self.last_iteration = time.monotonic()
 
+    def note(self, message: str) -> None:
+        """One line on the MCU's output (``mcu.out`` in the virtual printer's folder): what a serial console shows."""
+        print(f"{time.monotonic() - self.t0:10.3f} {message}", flush=True)
+
     def shutdown(self, reason: str) -> None:
         if self.shutdown_reason is not None:
             return
+        self.note(f"shutdown: {reason}")
         self.shutdown_reason = reason
         clock = self.now()
         for output in self.outputs:
@@ -211,6 +216,8 @@ class VirtualMcu:
 
     def close_serial(self) -> None:
         """The cable pulled: the terminal closed, its link removed."""
+        if self.master >= 0:
+            self.note("serial link closed")
         for fd in (self.master, self.slave):
             if fd >= 0:
                 with contextlib.suppress(OSError):
@@ -221,6 +228,7 @@ class VirtualMcu:
 
     def replug(self) -> None:
         """The cable plugged back in: a USB-powered board restarts, on a new terminal at the same link."""
+        self.note("serial link restored (the board restarts)")
         self._reset_state()
         self.open_serial()
 
@@ -305,6 +313,7 @@ class VirtualMcu:
         self.oids = [None] * int(p["count"])
 
     def cmd_finalize_config(self, p: dict[str, Any]) -> None:
+        self.note(f"configured ({len(self.oids)} oids, crc {int(p['crc'])})")
         self.is_config = True
         self.config_crc = int(p["crc"])
 
@@ -312,14 +321,17 @@ class VirtualMcu:
         self.shutdown(COMMAND_REQUEST)
 
     def cmd_clear_shutdown(self, p: dict[str, Any]) -> None:
+        self.note("clear_shutdown")
         self.shutdown_reason = None
 
     def cmd_reset(self, p: dict[str, Any]) -> None:
+        self.note("reset")
         self._reset_state()
 
     def cmd_config_reset(self, p: dict[str, Any]) -> None:
         if self.shutdown_reason is None:
             return  # the firmware allows it only once shut down
+        self.note("config_reset")
         self._reset_state(restart_clock=False)
 
     def cmd_config_stepper(self, p: dict[str, Any]) -> None:
