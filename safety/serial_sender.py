@@ -290,10 +290,13 @@ def open_port(path: str, baud: int = 115200, write_timeout_s: float = 5.0) -> se
 
 
 class LineReader:
-    """Whole lines from a pyserial port; a partial line is kept until its newline arrives."""
+    """Whole lines from a pyserial port; a partial line is kept until its newline arrives. The port's read
+    timeout is lowered to :data:`READ_POLL_S` so that no read outlasts the wait it belongs to."""
 
     def __init__(self, port: serial.Serial) -> None:
         self.port = port
+        if port.timeout is None or port.timeout > READ_POLL_S:
+            port.timeout = READ_POLL_S
         self._buffer = bytearray()
 
     def read_line(self, timeout_s: float) -> str | None:
@@ -310,7 +313,7 @@ class LineReader:
             if time.monotonic() >= deadline:
                 return None
             try:
-                chunk = self.port.read(max(1, self.port.in_waiting))
+                chunk = self.port.read(max(1, self.port.in_waiting))  # blocks at most READ_POLL_S
             except (serial.SerialException, OSError) as exc:
                 raise PortError(f"reading {self.port.port}: {exc}") from None
             self._buffer += chunk
@@ -334,7 +337,8 @@ class _Window:
 
 
 class SerialSender:
-    """Sends programs to one printer on an open port; :meth:`emergency_stop` may be called from any thread."""
+    """Sends programs to one printer on an open port, one send at a time; :meth:`emergency_stop` may be
+    called from any thread, during a send or not."""
 
     def __init__(self, port: serial.Serial, config: SerialSenderConfig | None = None, *,
                  on_progress: Callable[[int, int], None] | None = None,
@@ -351,15 +355,18 @@ class SerialSender:
         self._write_lock = threading.Lock()
         self._stop = threading.Event()
         self._untracked = 0
-        """Transmissions given up on whose reply cycle may still come (kept across sends)."""
+        """Transmissions behind a refused line whose own refusal is still to come (kept across sends)."""
         self._recent: deque[str] = deque(maxlen=RECENT_REPLIES)
 
     @classmethod
-    def open(cls, path: str, config: SerialSenderConfig | None = None, **callbacks: Callable[..., None]
-             ) -> SerialSender:
+    def open(cls, path: str, config: SerialSenderConfig | None = None, *,
+             on_progress: Callable[[int, int], None] | None = None,
+             on_temperature: Callable[[TemperatureReport], None] | None = None,
+             on_message: Callable[[str], None] | None = None) -> SerialSender:
         """Open ``path`` with the config's baud rate and write timeout (:class:`PortError` if it cannot)."""
         config = config or SerialSenderConfig()
-        return cls(open_port(path, config.baud, config.write_timeout_s), config, **callbacks)
+        return cls(open_port(path, config.baud, config.write_timeout_s), config, on_progress=on_progress,
+                   on_temperature=on_temperature, on_message=on_message)
 
     def close(self) -> None:
         with contextlib.suppress(serial.SerialException, OSError):
