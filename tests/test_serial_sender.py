@@ -285,7 +285,14 @@ def test_a_real_program_runs_on_klippys_pseudo_terminal_and_m112_shuts_it_down(k
         assert _klippy_state(klippy.socket_path, time.monotonic() + 5.0) == "shutdown"
         with pytest.raises(EmergencyStopped):
             sender.send("G28\n")
-    assert "Shutdown due to M112 command" in klippy.log_path.read_text(errors="replace")
+    # Klippy's dump of its last G-code input at the shutdown holds the framed lines as they arrived (its log
+    # is written by a thread of its own: waited for).
+    deadline = time.monotonic() + 5.0
+    while "Dumping gcode input" not in (log := klippy.log_path.read_text(errors="replace")):
+        assert time.monotonic() < deadline, klippy.log_tail()
+        time.sleep(0.05)
+    assert "Shutdown due to M112 command" in log
+    assert repr(frame_line(1, "G28").decode())[1:-1] in log and "N17 M84*" in log
 
 
 # -- against the noisy link ------------------------------------------------------------------------------------
