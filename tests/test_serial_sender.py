@@ -68,7 +68,8 @@ class NoisyLinkPeer:
     def __init__(self, seed: int = 0, *, drop_line_p: float = 0.0, corrupt_p: float = 0.0,
                  drop_ok_p: float = 0.0, busy_p: float = 0.0, busy_s: float = 0.4, delay_p: float = 0.0,
                  max_delay_s: float = 0.0, temperature_p: float = 0.0, answer_lines: int | None = None,
-                 halt_after: int | None = None, halt_message: str = "Error:Printer halted. kill() called!") -> None:
+                 halt_after: int | None = None, halt_message: str = "Error:Printer halted. kill() called!",
+                 forced_wire: dict[int, str] | None = None, forced_reply: dict[int, str] | None = None) -> None:
         self.rng = random.Random(seed)
         self.drop_line_p, self.corrupt_p, self.drop_ok_p = drop_line_p, corrupt_p, drop_ok_p
         self.busy_p, self.busy_s, self.delay_p, self.max_delay_s = busy_p, busy_s, delay_p, max_delay_s
@@ -76,6 +77,10 @@ class NoisyLinkPeer:
         self.answer_lines = answer_lines
         """Answer only this many lines (the M110 included), then nothing: a stuck printer."""
         self.halt_after, self.halt_message = halt_after, halt_message
+        self.forced_wire, self.forced_reply = forced_wire or {}, forced_reply or {}
+        """Faults forced, beside the random ones, on the n-th line received ("line lost", "corrupted") and
+        the reply to the n-th line accepted ("busy", "ok lost", "temperatures"), so each kind happens."""
+        self._forced: str | None = None
         self.master, self.slave = os.openpty()
         self.path = os.ttyname(self.slave)
         self.accepted: list[str] = []
@@ -126,10 +131,11 @@ class NoisyLinkPeer:
         if self.halted or (self.answer_lines is not None and len(self.received) > self.answer_lines):
             return
         rng = self.rng
-        if rng.random() < self.drop_line_p:
+        self._forced = self.forced_wire.get(len(self.received))
+        if self._fault("line lost", self.drop_line_p):
             self.faults["line lost"] += 1
             return
-        if rng.random() < self.corrupt_p:
+        if self._fault("corrupted", self.corrupt_p):
             at = rng.randrange(len(text))
             text = text[:at] + "#" + text[at + 1:]
             self.faults["corrupted"] += 1
@@ -151,6 +157,11 @@ class NoisyLinkPeer:
             self.accepted.append(command)
         self._reply()
 
+    def _fault(self, kind: str, probability: float) -> bool:
+        """This fault now: the forced one where one is forced (and no other), else by chance."""
+        chance = self.rng.random() < probability
+        return self._forced == kind if self._forced is not None else chance
+
     def _refuse(self, why: str) -> None:
         self.faults["resend asked"] += 1
         self._write(f"Error:{why}, Last Line: {self.last_line}\nResend: {self.last_line + 1}\nok")
@@ -161,7 +172,8 @@ class NoisyLinkPeer:
             self._write(self.halt_message)
             self.halted = True
             return
-        if rng.random() < self.busy_p:
+        self._forced = self.forced_reply.get(len(self.accepted))
+        if self._fault("busy", self.busy_p):
             self.faults["busy"] += 1
             until = time.monotonic() + self.busy_s
             while time.monotonic() < until and not self._stop.is_set():
@@ -169,10 +181,10 @@ class NoisyLinkPeer:
                 time.sleep(0.1)
         if rng.random() < self.delay_p:
             time.sleep(rng.uniform(0.0, self.max_delay_s))
-        if rng.random() < self.drop_ok_p:
+        if self._fault("ok lost", self.drop_ok_p):
             self.faults["ok lost"] += 1
             return
-        if rng.random() < self.temperature_p:
+        if self._fault("temperatures", self.temperature_p):
             self.faults["temperatures"] += 1
             self._write(" T:201.3 /200.0 B:59.8 /60.0 @:120 B@:0")
             self._write("ok T:200.0 /200.0 B:60.0 /60.0 @:127 B@:0")
@@ -305,7 +317,9 @@ def test_nothing_is_lost_or_sent_twice_over_a_noisy_link(lines_in_flight: int, l
     temperatures: list[TemperatureReport] = []
     config = SerialSenderConfig(lines_in_flight=lines_in_flight, ok_timeout_s=0.2, max_resends_per_line=10)
     with NoisyLinkPeer(seed, drop_line_p=0.02, corrupt_p=0.03, drop_ok_p=0.02, busy_p=0.01, delay_p=0.1,
-                       max_delay_s=0.05, temperature_p=0.05) as peer, \
+                       max_delay_s=0.05, temperature_p=0.05,
+                       forced_wire={10: "line lost", 20: "corrupted"},
+                       forced_reply={30: "ok lost", 40: "busy", 50: "temperatures"}) as peer, \
             SerialSender.open(peer.path, config, on_progress=lambda a, t: progress.append((a, t)),
                               on_temperature=temperatures.append) as sender:
         result = sender.send(program)
@@ -393,3 +407,15 @@ def test_without_resend_on_timeout_a_silent_line_is_an_error_at_once() -> None:
             pytest.raises(SendError, match="not resent: resend_on_timeout is off"):
         sender.send("G28\nG1 X1\n")
     assert len(peer.received) == 3
+
+
+def test_busy_keeps_a_long_command_waiting_past_the_timeout_but_not_past_max_line_s() -> None:
+    program = "G28\nM109 S200\nG1 X1\n"
+    config = SerialSenderConfig(ok_timeout_s=0.2, max_resends_per_line=0)  # any timeout would fail the send
+    with NoisyLinkPeer(busy_s=0.7, forced_reply={2: "busy"}) as peer, SerialSender.open(peer.path, config) as sender:
+        result = sender.send(program)
+    assert result.timeouts == 0 and result.elapsed_s > 0.6 and peer.accepted == ["G28", "M109 S200", "G1 X1"]
+    config = SerialSenderConfig(ok_timeout_s=0.2, max_line_s=0.4)
+    with NoisyLinkPeer(busy_s=0.7, forced_reply={2: "busy"}) as peer, SerialSender.open(peer.path, config) as sender, \
+            pytest.raises(SendError, match=r"busy for more than max_line_s = 0.4 s: N2 \(program line 2\) 'M109 S200'"):
+        sender.send(program)
