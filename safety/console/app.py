@@ -73,6 +73,7 @@ LIVE_PAGE_CSP = ("default-src 'none'; style-src 'self'; script-src 'self'; conne
 REQUEST_LABELS = {"confirm-first-layer": "confirm first layer", "pause": "pause", "resume": "resume",
                   "abort": "abort", "estop": "emergency stop"}
 MAX_CONFIRM_COMMENT_CHARS = 2000
+ROLE_ARTICLES = {REVIEWER: "a reviewer", OPERATOR: "an operator"}
 AUDIT_PAGE_ACTIONS = 500
 """The newest console actions the audit page lists (the CLI's ``actions`` prints them all)."""
 
@@ -154,8 +155,8 @@ def create_app(store: ApprovalStore, config: ConsoleConfig, secret: bytes) -> Fa
     def require_role(request: Request, session: Session, role: str, action: str, target: str) -> None:
         if not store.accounts.has_role(session.user or "", role):
             record(request, session, action, target, REFUSED, reason=f"not a {role}")
-            raise HTTPException(403, f"Your account ({session.user}) is not a {role}: only a {role} may "
-                                     f"{REQUEST_LABELS.get(action, action)}.")
+            raise HTTPException(403, f"Your account ({session.user}) is not {ROLE_ARTICLES[role]}: only "
+                                     f"{ROLE_ARTICLES[role]} may {REQUEST_LABELS.get(action, action)}.")
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Any) -> Response:
