@@ -23,6 +23,8 @@ MAX_PLOT_POINTS = 600
 """Temperature samples sent to the page at most (evenly thinned, the newest always kept)."""
 RECENT_ROWS = 20
 """How many of the newest proposals/verdicts/sends, watchdog events, requests and actions are sent."""
+MAX_TEXT_CHARS = 500
+"""Longest text of one field sent to the page (a command, a reason, a watchdog's detail)."""
 TEMPERATURE_KEYS = ("hotend_temp_c", "hotend_target_c", "bed_temp_c", "bed_target_c")
 TELEMETRY_KEYS = TEMPERATURE_KEYS + ("layer", "progress", "eta_s", "print_state")
 TUNING_KINDS = ("proposal", "verdict", "sent")
@@ -57,11 +59,11 @@ def _number(value: Any) -> float | None:
 
 def _scalar(value: Any) -> Any:
     """A JSON-safe scalar for the page (numbers finite, anything else as short text)."""
-    if value is None or isinstance(value, bool | str):
-        return value if not isinstance(value, str) else value[:500]
+    if value is None or isinstance(value, bool):
+        return value
     if isinstance(value, int | float):
         return _number(value)
-    return str(value)[:500]
+    return str(value)[:MAX_TEXT_CHARS]
 
 
 def _thin(n: int, most: int) -> list[int]:
@@ -71,14 +73,16 @@ def _thin(n: int, most: int) -> list[int]:
     return sorted({round(i * step) for i in range(most)})
 
 
+def _texts(value: Any) -> list[str]:
+    """A list of short texts from a list, a single value or nothing."""
+    items = value if isinstance(value, list) else ([] if value in (None, "") else [value])
+    return [str(v)[:MAX_TEXT_CHARS] for v in items]
+
+
 def _tuning_row(e: Event) -> dict[str, Any]:
-    commands = e.body.get("commands")
-    reasons = e.body.get("reasons")
-    return {"id": e.id, "time_utc": utc(e.at), "kind": e.kind,
-            "commands": commands if isinstance(commands, str) else "\n".join(map(str, commands or [])),
-            "allowed": e.body.get("allowed") if isinstance(e.body.get("allowed"), bool) else None,
-            "reasons": [str(r)[:500] for r in reasons] if isinstance(reasons, list) else
-                       ([str(reasons)[:500]] if reasons else [])}
+    allowed = e.body.get("allowed")
+    return {"id": e.id, "time_utc": utc(e.at), "kind": e.kind, "commands": "\n".join(_texts(e.body.get("commands"))),
+            "allowed": allowed if isinstance(allowed, bool) else None, "reasons": _texts(e.body.get("reasons"))}
 
 
 def _event_row(e: Event) -> dict[str, Any]:
