@@ -56,13 +56,17 @@
     const parts = [];
     let top = 1;
     for (const [key] of SERIES) for (const v of (series[key] || [])) if (typeof v === "number") top = Math.max(top, v);
-    const tEnd = Math.max(1, t.length ? t[t.length - 1] : 1);
-    const x = (ti) => (pad + (w - pad - 4) * ti / tEnd).toFixed(1);
+    // The x axis spans the samples sent (seconds since the deployment started), first to last.
+    const t0 = t.length ? t[0] : 0, tEnd = t.length ? t[t.length - 1] : 0;
+    const span = Math.max(tEnd - t0, 1e-3);
+    const x = (ti) => (pad + (w - pad - 4) * (ti - t0) / span).toFixed(1);
+    const digits = span < 10 ? 1 : 0;
     const y = (v) => (h - pad - (h - pad - 6) * v / top).toFixed(1);
     const axis = document.createElementNS(SVG, "line");
     for (const [k, v] of [["x1", pad], ["y1", h - pad], ["x2", w], ["y2", h - pad], ["stroke", "#888"]]) axis.setAttribute(k, v);
     parts.push(axis);
-    for (const [label, lx, ly] of [[top.toFixed(0) + " °C", 2, 12], [tEnd.toFixed(0) + " s", w - 60, h - 8]]) {
+    for (const [label, lx, ly] of [[top.toFixed(0) + " °C", 2, 12], [t0.toFixed(digits) + " s", pad, h - 8],
+                                   [tEnd.toFixed(digits) + " s", w - 60, h - 8]]) {
       const el = document.createElementNS(SVG, "text");
       el.setAttribute("x", lx); el.setAttribute("y", ly); el.setAttribute("font-size", "10");
       el.textContent = label;
