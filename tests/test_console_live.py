@@ -63,7 +63,8 @@ SHA_NEVER_GATED = hashlib.sha256(program(shift_mm=3.0)).hexdigest()
 def telemetry(layer: int, progress: float, hotend_c: float = 204.6, bed_c: float = 59.8) -> dict[str, Any]:
     """A ``telemetry`` event body as the deployment process writes it."""
     return {"hotend_temp_c": hotend_c, "hotend_target_c": 205.0, "bed_temp_c": bed_c, "bed_target_c": 60.0,
-            "layer": layer, "progress": progress, "eta_s": 600.0 * (1 - progress), "print_state": "printing"}
+            "layer": layer, "progress": progress, "eta_s": 600.0 * (1 - progress), "print_state": "printing",
+            "layer_count": 5, "speed_factor": 0.9}
 
 
 def record_printing(store: DeploymentStore, url: str = "http://127.0.0.1:7125") -> int:
@@ -473,6 +474,8 @@ def test_an_operator_watches_a_deployment_live_and_pauses_and_stops_it(live: Liv
         assert driver.find_element(By.ID, "hotend").text == "205.0 °C (target 205 °C)"
         assert driver.find_element(By.ID, "bed").text == "62.0 °C (target 60 °C)"
         assert driver.find_element(By.ID, "progress").text == "22.0 %"
+        assert driver.find_element(By.ID, "layer-count").text == "(5 layers)"
+        assert driver.find_element(By.ID, "factors").text == "speed 90 %"
         plot = driver.find_element(By.ID, "temps")
         assert plot.get_attribute("data-points") == "12"
         assert len(plot.find_elements(By.CSS_SELECTOR, "polyline")) == 4

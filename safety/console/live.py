@@ -27,6 +27,9 @@ MAX_TEXT_CHARS = 500
 """Longest text of one field sent to the page (a command, a reason, a watchdog's detail)."""
 TEMPERATURE_KEYS = ("hotend_temp_c", "hotend_target_c", "bed_temp_c", "bed_target_c")
 TELEMETRY_KEYS = TEMPERATURE_KEYS + ("layer", "progress", "eta_s", "print_state")
+"""What a ``telemetry`` event holds (the contract with the deployment process)."""
+OPTIONAL_TELEMETRY_KEYS = ("layer_count", "klippy_state", "speed_factor", "extrude_factor", "fan")
+"""Shown too when the deployment process writes them."""
 TUNING_KINDS = ("proposal", "verdict", "sent")
 FIRST_LAYER_STAGE = "first-layer"
 COMPLETE_STATE = "complete"
@@ -115,7 +118,8 @@ def snapshot(store: DeploymentStore, deployment_id: int) -> dict[str, Any]:
     latest = None
     if telemetry:
         last = telemetry[-1]
-        latest = {"time_utc": utc(last.at), **{k: _scalar(last.body.get(k)) for k in TELEMETRY_KEYS}}
+        latest = {"time_utc": utc(last.at),
+                  **{k: _scalar(last.body.get(k)) for k in TELEMETRY_KEYS + OPTIONAL_TELEMETRY_KEYS}}
     keep = _thin(len(telemetry), MAX_PLOT_POINTS)
     series: dict[str, list[float | None]] = {"t_s": [round(telemetry[i].at - d.started_at, 2) for i in keep]}
     for key in TEMPERATURE_KEYS:

@@ -97,10 +97,17 @@
       text("hotend", fmt(tm.hotend_temp_c, 1, " °C") + " (target " + fmt(tm.hotend_target_c, 0, " °C") + ")");
       text("bed", fmt(tm.bed_temp_c, 1, " °C") + " (target " + fmt(tm.bed_target_c, 0, " °C") + ")");
       text("layer", tm.layer === null || tm.layer === undefined ? "—" : String(tm.layer));
+      text("layer-count", typeof tm.layer_count === "number" ? " (" + tm.layer_count + " layers)" : "");
       text("progress", typeof tm.progress === "number" ? (100 * tm.progress).toFixed(1) + " %" : "—");
       document.getElementById("progress-bar").value = typeof tm.progress === "number" ? tm.progress : 0;
       text("eta", duration(tm.eta_s));
       text("print-state", tm.print_state || "—");
+      const tuning = [];
+      if (typeof tm.speed_factor === "number") tuning.push("speed " + (100 * tm.speed_factor).toFixed(0) + " %");
+      if (typeof tm.extrude_factor === "number") tuning.push("flow " + (100 * tm.extrude_factor).toFixed(0) + " %");
+      if (typeof tm.fan === "number") tuning.push("fan " + (100 * tm.fan).toFixed(0) + " %");
+      if (tm.klippy_state) tuning.push("Klippy " + tm.klippy_state);
+      text("factors", tuning.join(" · ") || "—");
     }
     plot(live.series || {});
     fill("tuning-rows", (live.tuning || []).map((r) => row([
