@@ -11,7 +11,9 @@ The approvals database (:mod:`safety.database`: one SQLite file in WAL mode, sha
   Triggers make the database itself refuse UPDATE and DELETE on it, and refuse rewriting a program's
   G-code or SHA-256, so an approval always names the exact bytes that were reviewed.
 
-A program is pending until its one decision is recorded. :meth:`ApprovalStore.is_approved` answers by
+A decision is made by a user with the ``reviewer`` role; the user who submitted a program cannot approve it
+(unless the caller allows it: the console's ``submitter_may_approve``). A program is pending until its one
+decision is recorded. :meth:`ApprovalStore.is_approved` answers by
 SHA-256 alone: the gate hashes the bytes it is about to send, so a program changed by one byte after
 approval is not approved.
 """
@@ -27,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from safety.accounts import Accounts
+from safety.accounts import REVIEWER, Accounts
 from safety.console.preview import simulate_for_review
 from safety.database import StoreError, connect, open_database
 from safety.validator import validate
@@ -240,11 +242,14 @@ class ApprovalStore:
                        json.loads(zlib.decompress(r["preview_zjson"])), _audit_row(a) if a else None)
 
     # -- decisions -------------------------------------------------------------------------------------
-    def decide(self, program_id: int, user: str, decision: str, comment: str) -> AuditRow:
-        """Record ``approve`` or ``reject`` of a pending program by a known user, with a comment.
+    def decide(self, program_id: int, user: str, decision: str, comment: str, *,
+               submitter_may_approve: bool = False) -> AuditRow:
+        """Record ``approve`` or ``reject`` of a pending program by a known reviewer, with a comment.
 
-        A program the validator blocked can only be rejected. Raises :class:`ApprovalError` (or
-        :class:`UnknownProgram`) and records nothing when the request is refused.
+        The user must hold the ``reviewer`` role (:data:`safety.accounts.REVIEWER`). A program the validator
+        blocked can only be rejected. The user who submitted the program may reject it but not approve it,
+        unless ``submitter_may_approve`` (the console's option of that name). Raises :class:`ApprovalError`
+        (or :class:`UnknownProgram`) and records nothing when the request is refused.
         """
         if decision not in DECISIONS:
             raise ApprovalError(f"decision {decision!r}: must be one of {', '.join(DECISIONS)}")
@@ -255,12 +260,15 @@ class ApprovalStore:
             raise ApprovalError(f"comment: at most {MAX_COMMENT_CHARS} characters")
         if not self.accounts.has_user(user):  # users are never removed: checking before the lock is enough
             raise ApprovalError(f"user {user!r}: no such user (add one with `adduser`)")
+        if not self.accounts.has_role(user, REVIEWER):
+            raise ApprovalError(f"user {user!r} is not a {REVIEWER}: only a {REVIEWER} approves or rejects "
+                                f"(python -m safety.console set-roles {user} --role {REVIEWER} ...)")
         with connect(self.path) as db:
             # BEGIN IMMEDIATE takes the write lock first, so two reviewers deciding the same program at
             # once cannot both see it pending.
             db.execute("BEGIN IMMEDIATE")
             try:
-                prog = db.execute("SELECT sha256, verdict_json FROM programs WHERE id = ?",
+                prog = db.execute("SELECT sha256, verdict_json, submitted_by FROM programs WHERE id = ?",
                                   (int(program_id),)).fetchone()
                 if prog is None:
                     raise UnknownProgram(f"program {program_id}: no such program")
@@ -271,6 +279,10 @@ class ApprovalStore:
                                         f"{done['user']} at {done['time_utc']}")
                 if decision == "approve" and json.loads(prog["verdict_json"]).get("verdict") != "allow":
                     raise ApprovalError(f"program {program_id}: the validator blocked it; it can only be rejected")
+                if decision == "approve" and prog["submitted_by"] == user and not submitter_may_approve:
+                    raise ApprovalError(f"program {program_id} was submitted by {user}: the submitter cannot "
+                                        "approve it alone; another reviewer must (console option "
+                                        "submitter_may_approve)")
                 cur = db.execute("INSERT INTO audit (time_utc, user, program_id, sha256, decision, comment)"
                                  " VALUES (?, ?, ?, ?, ?, ?)",
                                  (_now_utc(), user, int(program_id), prog["sha256"], decision, comment))

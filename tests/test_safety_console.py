@@ -20,6 +20,7 @@ import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import uvicorn
@@ -242,14 +243,9 @@ class Served:
     programs: dict[str, int] = field(default_factory=dict)
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    folder = tmp_path_factory.mktemp("console")
-    config = ConsoleConfig(db=str(folder / "approvals.db"), max_upload_mib=UPLOAD_LIMIT_MIB)
-    store = ApprovalStore(config.db)
-    store.accounts.add_user("alice", PASSWORD)
-    programs = {name: store.submit(gcode, printer="ender3-klipper", job=name, expert_gcode=EXPERT)
-                for name, gcode in (("browser", GOOD), ("http", program(shift_mm=5.0)))}
+@contextlib.contextmanager
+def serve(store: ApprovalStore, config: ConsoleConfig) -> Iterator[Served]:
+    """The console of ``store`` served by a real uvicorn on 127.0.0.1 (a free port) while the block runs."""
     app = create_app(store, config, load_or_create_secret(config.db))
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -262,10 +258,25 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     while not server.started:
         assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
         time.sleep(0.02)
-    yield Served(f"http://127.0.0.1:{port}", "127.0.0.1", port, store, app, programs)
-    server.should_exit = True
-    thread.join(10)
-    sock.close()
+    try:
+        yield Served(f"http://127.0.0.1:{port}", "127.0.0.1", port, store, app)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    folder = tmp_path_factory.mktemp("console")
+    config = ConsoleConfig(db=str(folder / "approvals.db"), max_upload_mib=UPLOAD_LIMIT_MIB)
+    store = ApprovalStore(config.db)
+    store.accounts.add_user("alice", PASSWORD)
+    programs = {name: store.submit(gcode, printer="ender3-klipper", job=name, expert_gcode=EXPERT)
+                for name, gcode in (("browser", GOOD), ("http", program(shift_mm=5.0)))}
+    with serve(store, config) as s:
+        s.programs.update(programs)
+        yield s
 
 
 @dataclass
@@ -343,14 +354,15 @@ def test_no_page_is_reachable_without_login(served: Served) -> None:
     routes = [r for r in served.app.routes if isinstance(r, APIRoute)]
     paths = {r.path for r in routes}
     assert {"/", "/programs", "/program/{program_id}", "/program/{program_id}/decision", "/audit",
-            "/submit", "/logout", "/login"} <= paths
+            "/submit", "/logout", "/login", "/logout-everywhere", "/deployments", "/deployment/{deployment_id}",
+            "/deployment/{deployment_id}/live.json", "/deployment/{deployment_id}/request"} <= paths
     pid = str(served.programs["http"])
     forged = SESSION_COOKIE + "=" + "eyJ1c2VyIjoiYWxpY2UiLCJjc3JmIjoieCJ9.AAAAAA.forged"
     checked = 0
     for route in routes:
         if route.path.startswith(PUBLIC_PATHS):
             continue
-        path = route.path.replace("{program_id}", pid)
+        path = route.path.replace("{program_id}", pid).replace("{deployment_id}", "1")
         for method in route.methods:
             for headers in ({}, {"Cookie": forged}):
                 reply = request(served, method, path, b"" if method == "POST" else None, headers)
@@ -360,7 +372,7 @@ def test_no_page_is_reachable_without_login(served: Served) -> None:
                     assert reply.status == 401, (method, path)
                 assert "G28" not in reply.body and "alice" not in reply.body
                 checked += 1
-    assert checked >= 2 * 9
+    assert checked >= 2 * 14
     # The login page and the stylesheet are the only things a stranger gets.
     assert request(served, "GET", "/login").status == 200
     assert request(served, "GET", "/static/style.css").status == 200
@@ -475,21 +487,27 @@ def _browser_missing() -> str:
     return ""
 
 
-@pytest.mark.integration
-@pytest.mark.skipif(bool(_browser_missing()), reason=_browser_missing() or "browser present")
-def test_a_reviewer_logs_in_previews_approves_and_sees_the_audit_row(served: Served) -> None:
-    from selenium import webdriver
+def chrome() -> object:
+    """A headless Chromium driven by Selenium (the caller quits it)."""
+    from selenium import webdriver  # optional: only the browser tests need it (see _browser_missing)
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
-    from selenium.webdriver.support.ui import WebDriverWait
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium")
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1600"):
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER if os.path.exists(CHROMEDRIVER)
-                                              else shutil.which("chromedriver")), options=options)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER if os.path.exists(CHROMEDRIVER)
+                                            else shutil.which("chromedriver")), options=options)
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(bool(_browser_missing()), reason=_browser_missing() or "browser present")
+def test_a_reviewer_logs_in_previews_approves_and_sees_the_audit_row(served: Served) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver: Any = chrome()
     pid = served.programs["browser"]
     sha = served.store.program(pid).sha256
     try:

@@ -47,7 +47,7 @@ def store(tmp_path: Path) -> tuple[ApprovalStore, GateLog]:
 
 
 def _approve(approvals: ApprovalStore, program: bytes) -> None:
-    pid = approvals.submit(program, printer="ender3-klipper", job="cube20", submitted_by="ada")
+    pid = approvals.submit(program, printer="ender3-klipper", job="cube20", submitted_by="trainer")
     approvals.decide(pid, "ada", "approve", "looks right")
 
 

@@ -26,6 +26,16 @@ class ConsoleConfig:
     """How long a login lasts."""
     secure_cookie: bool = False
     """Mark the session cookie ``Secure`` (only sent over HTTPS): set it when a TLS proxy fronts the console."""
+    submitter_may_approve: bool = False
+    """Whether the user who submitted a program may approve it themself. Off: another reviewer must (the
+    submitter may still reject it)."""
+    login_max_failures: int = ranged(5, 1, 1000)
+    """Failed logins allowed within :attr:`login_window_s`, per user name and per client address; the next
+    attempt gets HTTP 429 with the time to retry, until enough of them have aged out."""
+    login_window_s: float = ranged(15 * 60.0, 0.1, 24 * 3600.0)
+    """The window of the login rate limit (s)."""
+    live_poll_s: float = ranged(1.5, 0.2, 60.0)
+    """How often a deployment's live page asks for news (s)."""
 
     def __post_init__(self) -> None:
         check_ranges(self)

@@ -1,7 +1,9 @@
 """Sessions, CSRF tokens, the secret key and the request-size limit of the console.
 
 A session is a signed cookie (``itsdangerous``, HMAC-SHA1 over a timestamped payload) holding the user
-name and the session's CSRF token; it is HttpOnly and SameSite=Strict. The signing key is made on first
+name, the session's CSRF token and the user's session generation at login
+(:meth:`safety.accounts.Accounts.session_generation`: revoking a user's sessions makes it stale, and the
+console refuses the cookie); it is HttpOnly and SameSite=Strict. The signing key is made on first
 start and kept beside the database with mode 0600; deleting it logs everyone out.
 """
 
@@ -54,10 +56,12 @@ def load_or_create_secret(db: str | Path) -> bytes:
 
 @dataclass(frozen=True)
 class Session:
-    """What the cookie says: who is logged in (``None`` before login) and the CSRF token."""
+    """What the cookie says: who is logged in (``None`` before login), the CSRF token, and the user's
+    session generation when the session was made."""
 
     user: str | None
     csrf: str
+    generation: int = -1
 
 
 class Sessions:
@@ -67,10 +71,10 @@ class Sessions:
         self._serializer = URLSafeTimedSerializer(secret, salt="layerloop-console-session")
         self.max_age_s = max_age_s
 
-    def new(self, user: str | None) -> tuple[Session, str]:
+    def new(self, user: str | None, generation: int = -1) -> tuple[Session, str]:
         """A fresh session (new CSRF token) and its cookie value."""
-        session = Session(user, secrets.token_urlsafe(32))
-        return session, self._serializer.dumps({"user": user, "csrf": session.csrf})
+        session = Session(user, secrets.token_urlsafe(32), generation)
+        return session, self._serializer.dumps({"user": user, "csrf": session.csrf, "gen": generation})
 
     def read(self, cookie: str | None) -> Session | None:
         """The session in a cookie, or ``None`` if there is none, it was forged or it expired."""
@@ -83,7 +87,10 @@ class Sessions:
         if not isinstance(data, dict) or not isinstance(data.get("csrf"), str):
             return None
         user = data.get("user")
-        return Session(user if isinstance(user, str) else None, data["csrf"])
+        generation = data.get("gen")
+        # A cookie from before generations existed reads as -1, which no user has: it must log in again.
+        return Session(user if isinstance(user, str) else None, data["csrf"],
+                       generation if isinstance(generation, int) else -1)
 
 
 def csrf_ok(session: Session | None, token: object) -> bool:
