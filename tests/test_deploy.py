@@ -29,7 +29,7 @@ from safety.approvals import ApprovalStore
 from safety.deploy import credentials, deadman, run
 from safety.deploy.config import DeployConfig
 from safety.deployments import DeploymentStore
-from safety.gate import CONFIRMED, GateLog
+from safety.gate import CONFIRMED, FIRST_LAYER_STOP, GateLog
 from sim_bridge.moonraker import MoonrakerClient
 from sim_bridge.printers import load_material
 from sim_bridge.virtual_printer import VirtualPrinter
@@ -349,3 +349,35 @@ def test_credentials_and_urls_are_checked(tmp_path: Path) -> None:
         credentials.read_api_key(empty)
     empty.write_text("abc\nignored\n")
     assert credentials.read_api_key(empty) == "abc"
+
+
+def test_serial_deployment_through_klippys_own_terminal(tmp_path: Path) -> None:
+    """The gate's payload over a serial line, numbered and checksummed, to Klippy's G-code pseudo-terminal
+    (a real peer that answers ``ok``); the printer ends where the program's last move put it."""
+    from safety.deploy.serial_run import deploy_serial
+    from safety.serial_sender import SerialSenderConfig
+
+    db = tmp_path / "approvals.db"
+    store = ApprovalStore(db)
+    store.accounts.add_user("rita", "reviewer-password-1")
+    store.decide(store.submit(PROGRAM.read_bytes(), printer="ender3-klipper", job="serial", submitted_by="sam"),
+                 "rita", "approve", "ok")
+    # Klippy's terminal ignores line numbers and never asks for a resend: a timeout there is an error.
+    sender = SerialSenderConfig(resend_on_timeout=False, ok_timeout_s=30.0)
+    with VirtualPrinter(fast_hotend(), mcu="file") as printer:
+        assert printer.klippy is not None
+        pty = str(printer.klippy.pty_path)
+        for stage in ("dry-run", "first-layer"):
+            cfg = DeployConfig(program=PROGRAM, printer="ender3-klipper", url=f"serial:{pty}", stage=stage, db=db,
+                               user="olga", on_fault="estop")
+            outcome = deploy_serial(cfg, pty, sender)
+            assert outcome.code == run.OK, outcome.summary
+        position = printer.client.objects_query(("toolhead",))["toolhead"]["position"]
+        # The first-layer payload ends with the gate's safe stop: lifted 5 mm from its last Z.
+        payload = (outcome.gate.payload or b"").decode().split(FIRST_LAYER_STOP)[0] if outcome.gate else ""
+        last_z = [float(w[1:]) for line in payload.splitlines() if line.startswith("G1 ")
+                  for w in line.split() if w.startswith("Z")][-1]
+        assert position[2] == pytest.approx(last_z + 5.0, abs=1e-6)
+        assert DeploymentStore(db).state(outcome.deployment_id or 0) == "starting"
+        summary = DeploymentStore(db).events(outcome.deployment_id or 0, "summary")
+        assert summary and summary[-1].body["code"] == run.OK

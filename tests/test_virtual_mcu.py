@@ -336,6 +336,12 @@ def _restart(vp: VirtualPrinter) -> None:
     vp.clear_fault("all")
     vp.client.firmware_restart()
     try:
+        state = wait_for(lambda: (s := klippy_state(vp))[0] in ("ready", "error") and s, 30, "restarted")
+        if state[0] == "error" and "is shutdown" in state[1]:
+            # Klippy sends `reset` and closes the port 15 ms later; on a loaded machine its serial thread may
+            # not have written it by then, so the MCU stays shut down. A person presses FIRMWARE_RESTART
+            # again, which now goes over a live connection.
+            vp.client.firmware_restart()
         wait_for(lambda: klippy_state(vp)[0] == "ready", 30, "ready after FIRMWARE_RESTART")
     except AssertionError:
         assert vp.mcu is not None and vp.klippy is not None

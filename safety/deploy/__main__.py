@@ -1,7 +1,9 @@
 """``python -m safety.deploy PROGRAM --printer PROFILE --url URL --stage dry-run|first-layer|full --db DB
 [--api-key-file F] [--supervisor none|rule|MODEL] [--on-fault pause|cancel|estop] [--policy P.yaml]``
 
-and ``python -m safety.deploy deadman-cfg`` (the printer.cfg sections of the dead-man switch).
+or, for a Marlin-style printer on a serial port, ``--serial PORT [--baud N]`` instead of ``--url``
+(:mod:`safety.deploy.serial_run`); and ``python -m safety.deploy deadman-cfg`` (the printer.cfg sections of
+the dead-man switch).
 
 The API key comes from ``--api-key-file`` or ``$LAYERLOOP_MOONRAKER_API_KEY`` (never the command line). A live
 status line shows temperatures, layer, progress and ETA. Exit status: :mod:`safety.deploy.run`. Ctrl-C or
@@ -28,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("program", help="the G-code file, or `deadman-cfg` to print the dead-man sections")
     parser.add_argument("--printer", help="printer profile (bundled name, profile YAML or printer.cfg)")
     parser.add_argument("--url", help="Moonraker's URL, e.g. http://127.0.0.1:7125")
+    parser.add_argument("--serial", help="a Marlin-style printer's serial port (instead of --url)")
+    parser.add_argument("--baud", type=int, default=115200, help="with --serial: the port's baud rate")
     parser.add_argument("--api-key-file", type=Path, help=f"Moonraker API key on line 1 (else ${credentials.API_KEY_ENV})")
     parser.add_argument("--stage", choices=("dry-run", "first-layer", "full"), default="dry-run")
     parser.add_argument("--db", type=Path, default=Path("approvals.db"), help="the approvals database")
@@ -59,6 +63,25 @@ def _shower(console: Console) -> object:
     return show
 
 
+def _serial(args: argparse.Namespace, console: Console) -> int:
+    # Loaded for a serial deployment only (pyserial).
+    from safety.deploy.serial_run import deploy_serial
+    from safety.serial_sender import SerialSenderConfig, SerialSenderError  # (the same)
+
+    program = Path(args.program)
+    if not program.is_file():
+        raise ConfigError(f"{program}: no such file")
+    config = DeployConfig(program=program, printer=args.printer, url=f"serial:{args.serial}", stage=args.stage,
+                          db=args.db, user=args.user, on_fault="estop", policy=args.policy, material=args.material)
+    try:
+        outcome = deploy_serial(config, args.serial, SerialSenderConfig(baud=args.baud))
+    except SerialSenderError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        return run.USAGE
+    console.print(f"{'done' if outcome.code == run.OK else 'stopped'}: {outcome.summary}", highlight=False)
+    return outcome.code
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     console = Console(stderr=True)
@@ -66,8 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(deadman.DEADMAN_CFG)
         return 0
     try:
-        if not args.printer or not args.url:
-            raise ConfigError("--printer and --url are required")
+        if not args.printer or bool(args.url) == bool(args.serial):
+            raise ConfigError("--printer and one of --url or --serial are required")
+        if args.serial:
+            return _serial(args, console)
         url = credentials.check_url(args.url, args.allow_insecure_http)
         key = credentials.read_api_key(args.api_key_file)
         program = Path(args.program)
