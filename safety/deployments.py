@@ -7,7 +7,8 @@ process that moves a printer (:mod:`safety.deploy`) and the people watching it (
 - ``deployment_events``: what happened, in order — ``state`` (printing, paused, complete …), ``telemetry``
   (temperatures, layer, progress, ETA), ``proposal``/``verdict``/``sent`` (the supervisor's tuning),
   ``watchdog`` (a watchdog fired and the action taken), ``action`` (an operator's request carried out),
-  ``summary`` (the end). Each with a JSON body.
+  ``summary`` (the end), ``label`` (a person's verdict on the printed part: outcome, failure mode, note).
+  Each with a JSON body.
 - ``deployment_requests``: an operator's request (``confirm-first-layer``, ``pause``, ``resume``, ``abort``,
   ``estop``) with the user; the deployment process polls for the ones it has not handled and records each
   as an ``action`` event when done.
@@ -65,10 +66,13 @@ CREATE TRIGGER IF NOT EXISTS deployment_requests_no_delete BEFORE DELETE ON depl
 BEGIN SELECT RAISE(ABORT, 'deployment_requests is append-only'); END;
 """
 
-EVENT_KINDS = ("state", "telemetry", "proposal", "verdict", "sent", "watchdog", "action", "summary", "error")
+EVENT_KINDS = ("state", "telemetry", "proposal", "verdict", "sent", "watchdog", "action", "summary", "error",
+               "label")
 """What a deployment event can be (module docstring)."""
 REQUESTS = ("confirm-first-layer", "pause", "resume", "abort", "estop")
 """What an operator can ask of a running deployment."""
+LABEL_OUTCOMES = ("success", "failure")
+"""A person's verdict on a printed part (the feedback CSV's ``outcome``)."""
 
 
 @dataclass(frozen=True)
@@ -163,6 +167,16 @@ class DeploymentStore:
         with connect(self.path) as db:
             rows = db.execute(query + " ORDER BY id", args).fetchall()
         return [Event(r["id"], r["deployment_id"], r["at"], r["kind"], json.loads(r["body"])) for r in rows]
+
+    def label(self, deployment_id: int, user: str, outcome: str, failure_mode: str = "", note: str = "") -> None:
+        """A person's verdict on what the deployment printed (what a real-world dataset may learn from)."""
+        if outcome not in LABEL_OUTCOMES:
+            raise StoreError(f"outcome {outcome!r}: one of {', '.join(LABEL_OUTCOMES)}")
+        if not user.strip():
+            raise StoreError("a label needs the name of the person who looked at the part")
+        self.deployment(deployment_id)
+        self.event(deployment_id, "label", {"user": user, "outcome": outcome, "failure_mode": failure_mode,
+                                            "note": note})
 
     def state(self, deployment_id: int) -> str:
         """The deployment's last ``state`` event (``starting`` before the first)."""

@@ -344,8 +344,11 @@ class MoonrakerClient:
 
     def history(self, limit: int = 50) -> list[HistoryJob]:
         """The job history, newest first, each job checked by :func:`parse_history_job`."""
-        result = self._call(HISTORY_LIST, {"limit": limit})
-        return [parse_history_job(job, i) for i, job in enumerate(history_jobs(result))]
+        return [parse_history_job(job, i) for i, job in enumerate(history_jobs(self.history_response(limit)))]
+
+    def history_response(self, limit: int = 50) -> dict[str, Any]:
+        """The history as Moonraker answers it (``{"count": N, "jobs": […]}``), for saving."""
+        return dict(self._call(HISTORY_LIST, {"limit": limit}))
 
     # -- plumbing
     def _call(self, endpoint: Endpoint, args: Mapping[str, Any] | None = None, *, body: bytes | None = None,

@@ -122,6 +122,36 @@ def test_staged_deployment_end_to_end(vp: VirtualPrinter, db: Path, policy: Path
     assert any("M220" in row["command"] for row in tuning)
 
 
+def test_labelled_outcomes_flow_into_the_real_world_dataset(vp: VirtualPrinter, db: Path, tmp_path: Path) -> None:
+    """A person labels one deployed print; the export holds that one only, and training.import_real makes a
+    real-world dataset from it whose one program carries the person's verdict and Moonraker's outcome."""
+    from safety.deploy import outcomes
+    from training.data import load_table
+    from training.import_real import run_import
+
+    _ready_for_full(vp, db)
+    store = DeploymentStore(db)
+    done = [d for d in store.deployments() if d.stage != "dry-run" and store.state(d.id) == "complete"]
+    assert done, "the staged test leaves completed deployments"
+    store.label(done[0].id, "rita", "success", note="clean walls")
+    with pytest.raises(ValueError, match="outcome 'fine'"):
+        store.label(done[0].id, "rita", "fine")
+    out = tmp_path / "export"
+    assert outcomes.export(store, vp.client, out) == [done[0].id]
+    files = sorted(p.name for p in (out / "gcodes").iterdir())
+    assert files == [f"layerloop-{done[0].sha256[:16]}-{done[0].stage}.gcode"]
+    assert (out / "traces" / f"{done[0].id}.jsonl").read_text().count("\n") >= 3
+    provenance = __import__("json").loads((out / "provenance.json").read_text())
+    assert provenance[0]["labelled_by"] == "rita" and provenance[0]["deployed_by"] == "olga"
+    dataset = tmp_path / "real"
+    run_import([out / "gcodes"], dataset, history=out / "history.json", feedback=out / "labels.csv",
+               printer="ender3-klipper")
+    programs = load_table(str(dataset), "programs")
+    assert len(programs) == 1
+    row = programs[0]
+    assert row["success"] is True and "feedback: success" in row["note"] and "completed" in row["note"]
+
+
 def test_what_must_not_start_does_not(vp: VirtualPrinter, db: Path, tmp_path: Path) -> None:
     client = vp.client
     before_files, before_jobs = ours(vp), len(client.history(limit=50))

@@ -168,7 +168,8 @@ class Deployment:
         self.client.gcode_script(deadman.arm(deadman.arm_duration_s(blocking, 1)))
         rearm = Rearmer(self.client)
         self.client.print_start(name)
-        self._event("state", {"state": "started", "file": name})
+        self._event("state", {"state": "started", "file": name,
+                              "payload_sha256": hashlib.sha256(payload).hexdigest()})
         watcher = TelemetryWatcher(self.client).start()
         self._event("state", {"state": "watching", "transport": watcher.transport})
         # Ctrl-C and SIGTERM become the fault action (Python lets only the main thread take signals).
