@@ -479,10 +479,14 @@ def test_an_operator_watches_a_deployment_live_and_pauses_and_stops_it(live: Liv
         plot = driver.find_element(By.ID, "temps")
         assert plot.get_attribute("data-points") == "12"
         assert len(plot.find_elements(By.CSS_SELECTOR, "polyline")) == 4
-        refused = driver.find_element(By.CSS_SELECTOR, "#tuning-rows tr.tuning-verdict")
-        assert refused.find_element(By.CLASS_NAME, "commands").text == "M104 S290"
-        assert refused.find_element(By.CLASS_NAME, "allowed").text == "refused"
-        assert "outside the live window" in refused.find_element(By.CLASS_NAME, "reasons").text
+        # Read in one script: the page's poller replaces these rows, so an element found first may be gone
+        # (stale) by the time it is read.
+        refused = driver.execute_script(
+            "const r = document.querySelector('#tuning-rows tr.tuning-verdict');"
+            "return ['commands', 'allowed', 'reasons'].map(c => r.querySelector('.' + c).textContent.trim());")
+        assert refused[0] == "M104 S290"
+        assert refused[1] == "refused"
+        assert "outside the live window" in refused[2]
         assert "M220 S90" in driver.find_element(By.ID, "tuning-rows").text
         assert "heater-deviation" in driver.find_element(By.ID, "watchdog-rows").text
         assert not driver.find_element(By.ID, "confirm-form").is_displayed()

@@ -317,7 +317,9 @@ def test_dropped_websocket_takes_the_configured_action(vp: VirtualPrinter, db: P
         wait_for(lambda: print_state(vp) == "cancelled", 10, "cancelled")
 
 
-def _deploy_process(vp: VirtualPrinter, db: Path, policy: Path, tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path]:
+def _deploy_process(vp: VirtualPrinter, db: Path, policy: Path, tmp_path: Path,
+                    layer: int = 0) -> tuple[subprocess.Popen[bytes], Path]:
+    """``python -m safety.deploy`` in a process, returned once the print reaches ``layer``."""
     _ready_for_full(vp, db)
     env = dict(os.environ, **{credentials.API_KEY_ENV: KEY})
     out = tmp_path / "deploy.out"
@@ -332,7 +334,7 @@ def _deploy_process(vp: VirtualPrinter, db: Path, policy: Path, tmp_path: Path) 
         assert process.poll() is None, out.read_text()
         new = [d.id for d in DeploymentStore(db).deployments() if d.id not in before]
         telemetry = DeploymentStore(db).events(new[0], "telemetry") if new else []
-        return bool(telemetry) and telemetry[-1].body["layer"] >= 0
+        return bool(telemetry) and telemetry[-1].body["layer"] >= layer
 
     wait_for(in_layers, 90, "printing its layers")
     return process, out
@@ -340,25 +342,32 @@ def _deploy_process(vp: VirtualPrinter, db: Path, policy: Path, tmp_path: Path) 
 
 def test_killed_deployment_leaves_the_printer_paused(vp: VirtualPrinter, db: Path, policy: Path,
                                                      tmp_path: Path) -> None:
-    process, out = _deploy_process(vp, db, policy, tmp_path)
-    process.kill()
-    process.wait(10)
-    killed = time.monotonic()
-    wait_for(lambda: print_state(vp) == "paused", deadman.DEADMAN_S + 5, "paused by the dead-man switch")
-    assert time.monotonic() - killed <= deadman.DEADMAN_S + 5
-    vp.client.print_cancel()
-    wait_for(lambda: print_state(vp) == "cancelled", 10, "cancelled")
+    # Two layers in (7 s): the last re-arm was made in the layers, where it covers 10 s (during the heat-up
+    # it covers the heat-up).
+    process, out = _deploy_process(vp, db, policy, tmp_path, layer=2)
+    try:
+        process.kill()
+        process.wait(10)
+        killed = time.monotonic()
+        wait_for(lambda: print_state(vp) == "paused", deadman.DEADMAN_S + 5, "paused by the dead-man switch")
+        assert time.monotonic() - killed <= deadman.DEADMAN_S + 5
+    finally:
+        if print_state(vp) in ("printing", "paused"):
+            vp.client.print_cancel()
+        wait_for(lambda: print_state(vp) == "cancelled", 10, "cancelled")
 
 
 def test_ctrl_c_takes_the_fault_action_and_the_key_is_in_no_log(vp: VirtualPrinter, db: Path, policy: Path,
                                                                tmp_path: Path) -> None:
     process, out = _deploy_process(vp, db, policy, tmp_path)
-    time.sleep(2.0)
-    process.send_signal(signal.SIGINT)
-    assert process.wait(20) == run.ABORTED, out.read_text()
-    assert print_state(vp) == "paused"
-    vp.client.print_cancel()
-    wait_for(lambda: print_state(vp) == "cancelled", 10, "cancelled")
+    try:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(20) == run.ABORTED, out.read_text()
+        assert print_state(vp) == "paused"
+    finally:
+        if print_state(vp) in ("printing", "paused"):
+            vp.client.print_cancel()
+        wait_for(lambda: print_state(vp) == "cancelled", 10, "cancelled")
     assert "KEY" not in Path(f"/proc/{os.getpid()}/cmdline").read_text()
     places = [out, db, *db.parent.glob(db.name + "-*"), *Path(vp.dir or "").rglob("*.log")]
     for place in places:
