@@ -392,6 +392,27 @@ def test_confirming_a_first_layer_needs_a_completed_first_layer_deployment(live:
     assert len(actions_of(live, "otto", "confirm-first-layer", REFUSED)) == 2
 
 
+def test_an_operator_labels_a_finished_print(live: Live) -> None:
+    served = live.served
+    otto, token = login_as(served, "otto")
+    fields = {"outcome": "failure", "failure_mode": "layer shift", "note": "at 12 mm", "csrf_token": token}
+    reply = post(served, f"/deployment/{live.printing}/label", otto, fields)
+    assert reply.status == 409 and "only a finished print" in reply.body
+    assert not live.deployments.events(live.printing, "label")
+    reply = post(served, f"/deployment/{live.first_layer}/label", otto, {**fields, "outcome": "meh"})
+    assert reply.status == 409 and "one of success, failure" in reply.body
+    reply = post(served, f"/deployment/{live.first_layer}/label", otto, {**fields, "csrf_token": "forged"})
+    assert reply.status == 403
+    reply = post(served, f"/deployment/{live.first_layer}/label", otto, fields)
+    assert (reply.status, reply.headers["Location"]) == (303, f"/deployment/{live.first_layer}?done=label")
+    (label,) = live.deployments.events(live.first_layer, "label")
+    assert label.body == {"user": "otto", "outcome": "failure", "failure_mode": "layer shift", "note": "at 12 mm"}
+    assert actions_of(live, "otto", "label", "done")
+    rita, rita_token = login_as(served, "rita")
+    reply = post(served, f"/deployment/{live.first_layer}/label", rita, {**fields, "csrf_token": rita_token})
+    assert reply.status == 403 and len(live.deployments.events(live.first_layer, "label")) == 1
+
+
 def test_revoked_sessions_are_refused_on_the_next_request(live: Live) -> None:
     served = live.served
     first, first_csrf = login_as(served, "ada")

@@ -8,7 +8,8 @@ listing page by page, ``GET /program/{id}/gcode`` its bytes, ``POST /program/{id
 ``GET|POST /submit``, ``GET /audit``, ``GET|POST /login``, ``POST /logout``, ``POST /logout-everywhere``
 (revokes all of the user's sessions), ``GET /deployments``, ``GET /deployment/{id}`` a deployment's live
 page, ``GET /deployment/{id}/live.json`` what the page polls (:func:`safety.console.live.snapshot`),
-``POST /deployment/{id}/request`` an operator's request (operators). Ids are integers; no route takes a
+``POST /deployment/{id}/request`` an operator's request (operators), ``POST /deployment/{id}/label`` an
+operator's verdict on a finished print (the real-world dataset's label). Ids are integers; no route takes a
 file name or path. Every action, and every refusal of one, is a row of the action log
 (:mod:`safety.console.activity`).
 """
@@ -70,6 +71,9 @@ SECURITY_HEADERS = {
 LIVE_PAGE_CSP = ("default-src 'none'; style-src 'self'; script-src 'self'; connect-src 'self'; img-src 'self' data:; "
                  "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 """The live page alone runs a script: the console's own ``/static/live.js``, which polls its JSON."""
+FINISHED_STATES = ("complete", "cancelled", "error")
+"""Deployment states whose print can be labelled."""
+MAX_LABEL_CHARS = 2000
 REQUEST_LABELS = {"confirm-first-layer": "confirm first layer", "pause": "pause", "resume": "resume",
                   "abort": "abort", "estop": "emergency stop"}
 MAX_CONFIRM_COMMENT_CHARS = 2000
@@ -388,7 +392,8 @@ def create_app(store: ApprovalStore, config: ConsoleConfig, secret: bytes) -> Fa
 
     @app.get("/deployment/{deployment_id}")
     def deployment_page(request: Request, deployment_id: int, session: CurrentUser, done: str = "") -> Response:
-        return render_deployment(request, session, deployment_id, done=done if done in REQUESTS else "")
+        return render_deployment(request, session, deployment_id,
+                                 done=done if done in REQUESTS or done == "label" else "")
 
     @app.get("/deployment/{deployment_id}/live.json")
     def deployment_live(deployment_id: int, session: CurrentUser) -> Response:
@@ -429,5 +434,31 @@ def create_app(store: ApprovalStore, config: ConsoleConfig, secret: bytes) -> Fa
         request_id = deployments.request(d.id, user, action)
         record(request, session, action, target, request_id=request_id, **detail)
         return RedirectResponse(f"/deployment/{d.id}?done={action}", status_code=303)
+
+    @app.post("/deployment/{deployment_id}/label")
+    def deployment_label(request: Request, deployment_id: int, session: CurrentUser, outcome: FormText = "",
+                         failure_mode: FormText = "", note: FormText = "", csrf_token: FormText = "") -> Response:
+        """A person's verdict on what a finished deployment printed (what the real-world dataset learns from)."""
+        require_csrf(request, session, csrf_token)
+        target = f"deployment:{deployment_id}"
+        require_role(request, session, OPERATOR, "label", target)
+        try:
+            d = deployments.deployment(deployment_id)
+        except StoreError:
+            raise HTTPException(404, f"No deployment {deployment_id}.") from None
+        state = deployments.state(d.id)
+        problem = "" if state in FINISHED_STATES else (f"Deployment {d.id} is {state}: only a finished print "
+                                                       "(complete, cancelled or error) can be labelled.")
+        if not problem:
+            try:
+                deployments.label(d.id, session.user or "", outcome, failure_mode.strip()[:MAX_LABEL_CHARS],
+                                  note.strip()[:MAX_LABEL_CHARS])
+            except StoreError as exc:
+                problem = str(exc)
+        if problem:
+            record(request, session, "label", target, REFUSED, reason=problem, sha256=d.sha256)
+            return render_deployment(request, session, d.id, error=problem, status_code=409)
+        record(request, session, "label", target, sha256=d.sha256, verdict=outcome)
+        return RedirectResponse(f"/deployment/{d.id}?done=label", status_code=303)
 
     return app
