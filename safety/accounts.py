@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from safety.database import StoreError, connect, open_database
+from safety.database import StoreError, append_only, connect, open_database
 
 SCRYPT_N = 2**14
 """scrypt cost (CPU/memory); 16 MiB and about 50 ms per check: slow for a guesser, quick for a login."""
@@ -62,11 +62,7 @@ CREATE TABLE IF NOT EXISTS session_revocations (
     revoked_by TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS session_revocations_name ON session_revocations (name);
-CREATE TRIGGER IF NOT EXISTS session_revocations_no_update BEFORE UPDATE ON session_revocations
-BEGIN SELECT RAISE(ABORT, 'session_revocations is append-only: rows cannot be changed'); END;
-CREATE TRIGGER IF NOT EXISTS session_revocations_no_delete BEFORE DELETE ON session_revocations
-BEGIN SELECT RAISE(ABORT, 'session_revocations is append-only: rows cannot be deleted'); END;
-"""
+""" + append_only("session_revocations")
 ROLES_COLUMN = f"ALTER TABLE users ADD COLUMN roles TEXT NOT NULL DEFAULT '{LEGACY_ROLES}'"
 """The additive change for databases made before roles: existing rows take the default, both roles."""
 

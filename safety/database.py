@@ -25,6 +25,15 @@ class StoreError(ValueError):
     """A request the approvals database refuses (bad input, an unknown name, a missing folder)."""
 
 
+def append_only(*tables: str) -> str:
+    """SQL triggers that make the database itself refuse ``UPDATE`` and ``DELETE`` on ``tables`` (for every
+    client of the file, not only ours)."""
+    return "".join(
+        f"CREATE TRIGGER IF NOT EXISTS {t}_no_{op.lower()} BEFORE {op} ON {t}\n"
+        f"BEGIN SELECT RAISE(ABORT, '{t} is append-only: rows cannot be {verb}'); END;\n"
+        for t in tables for op, verb in (("UPDATE", "changed"), ("DELETE", "deleted")))
+
+
 def open_database(path: str | Path, schema: str) -> Path:
     """Create the database file if needed (owner-only), switch it to WAL mode and apply ``schema``
     (``CREATE … IF NOT EXISTS`` statements); returns the path."""

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from safety.database import StoreError, connect, open_database
+from safety.database import StoreError, append_only, connect, open_database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS deployments (
@@ -52,19 +52,7 @@ CREATE TABLE IF NOT EXISTS deployment_requests (
     user TEXT NOT NULL,
     action TEXT NOT NULL
 );
-CREATE TRIGGER IF NOT EXISTS deployments_append_only BEFORE UPDATE ON deployments
-BEGIN SELECT RAISE(ABORT, 'deployments is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS deployments_no_delete BEFORE DELETE ON deployments
-BEGIN SELECT RAISE(ABORT, 'deployments is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS deployment_events_append_only BEFORE UPDATE ON deployment_events
-BEGIN SELECT RAISE(ABORT, 'deployment_events is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS deployment_events_no_delete BEFORE DELETE ON deployment_events
-BEGIN SELECT RAISE(ABORT, 'deployment_events is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS deployment_requests_append_only BEFORE UPDATE ON deployment_requests
-BEGIN SELECT RAISE(ABORT, 'deployment_requests is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS deployment_requests_no_delete BEFORE DELETE ON deployment_requests
-BEGIN SELECT RAISE(ABORT, 'deployment_requests is append-only'); END;
-"""
+""" + append_only("deployments", "deployment_events", "deployment_requests")
 
 EVENT_KINDS = ("state", "telemetry", "proposal", "verdict", "sent", "watchdog", "action", "summary", "error",
                "label")

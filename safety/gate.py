@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from safety.approvals import ApprovalStore
-from safety.database import open_database
+from safety.database import append_only, open_database
 from safety.policy import SafetyPolicy
 from safety.tuning import TuningState, validate_tuning
 from safety.validator import Verdict, validate
@@ -112,15 +112,7 @@ CREATE TABLE IF NOT EXISTS gate_log (
 CREATE TABLE IF NOT EXISTS tuning_log (
     id INTEGER PRIMARY KEY AUTOINCREMENT, time TEXT NOT NULL, sha256 TEXT NOT NULL, command TEXT NOT NULL,
     allowed INTEGER NOT NULL, detail TEXT NOT NULL);
-CREATE TRIGGER IF NOT EXISTS gate_log_no_update BEFORE UPDATE ON gate_log
-    BEGIN SELECT RAISE(ABORT, 'gate_log is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS gate_log_no_delete BEFORE DELETE ON gate_log
-    BEGIN SELECT RAISE(ABORT, 'gate_log is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS tuning_log_no_update BEFORE UPDATE ON tuning_log
-    BEGIN SELECT RAISE(ABORT, 'tuning_log is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS tuning_log_no_delete BEFORE DELETE ON tuning_log
-    BEGIN SELECT RAISE(ABORT, 'tuning_log is append-only'); END;
-"""
+""" + append_only("gate_log", "tuning_log")
 GATE_LOG_BUSY_TIMEOUT_S = 30.0
 """How long the gate's log waits for another writer's lock (longer than a reviewer's: a deployment waits)."""
 CONFIRMED = "first-layer-confirmed"

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -45,7 +44,7 @@ from sim_bridge.config import to_dict
 from sim_bridge.klippy import dictionary, printer_cfg
 from sim_bridge.klippy.dictionary import DictionaryError
 from sim_bridge.klippy.host import KlippyMissing
-from sim_bridge.klippy.live import KlippyError, KlippyLive, die_with_parent
+from sim_bridge.klippy.live import KlippyError, KlippyLive, die_with_parent, stop_group
 from sim_bridge.klippy.mcu_process import McuProcessError, VirtualMcuProcess
 from sim_bridge.moonraker import KLIPPY_READY, MoonrakerClient, MoonrakerError
 from sim_bridge.printers import load_printer
@@ -314,7 +313,7 @@ class VirtualPrinter:
         """Stop Moonraker, then Klippy (SIGTERM, SIGKILL after a timeout); remove the temp dir."""
         moonraker, self.moonraker = self.moonraker, None
         if moonraker is not None and moonraker.poll() is None:
-            _stop_group(moonraker)
+            stop_group(moonraker, STOP_TIMEOUT_S)
         if self.klippy is not None:
             self.klippy.stop()
             self.klippy = None
@@ -331,17 +330,6 @@ class VirtualPrinter:
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
                  traceback: TracebackType | None) -> None:
         self.stop()
-
-
-def _stop_group(process: subprocess.Popen[bytes]) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(STOP_TIMEOUT_S)
-    except ProcessLookupError:
-        pass
 
 
 def _logged_in_order(path: Path, needles: tuple[str, ...]) -> bool:

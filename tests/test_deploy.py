@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import signal
 import socket
@@ -141,7 +142,7 @@ def test_labelled_outcomes_flow_into_the_real_world_dataset(vp: VirtualPrinter, 
     files = sorted(p.name for p in (out / "gcodes").iterdir())
     assert files == [f"layerloop-{done[0].sha256[:16]}-{done[0].stage}.gcode"]
     assert (out / "traces" / f"{done[0].id}.jsonl").read_text().count("\n") >= 3
-    provenance = __import__("json").loads((out / "provenance.json").read_text())
+    provenance = json.loads((out / "provenance.json").read_text())
     assert provenance[0]["labelled_by"] == "rita" and provenance[0]["deployed_by"] == "olga"
     dataset = tmp_path / "real"
     run_import([out / "gcodes"], dataset, history=out / "history.json", feedback=out / "labels.csv",

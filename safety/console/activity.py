@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from safety.database import connect, open_database
+from safety.database import append_only, connect, open_database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS console_audit (
@@ -39,11 +39,7 @@ CREATE TABLE IF NOT EXISTS console_audit (
     detail TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS console_audit_action_at ON console_audit (action, at);
-CREATE TRIGGER IF NOT EXISTS console_audit_no_update BEFORE UPDATE ON console_audit
-BEGIN SELECT RAISE(ABORT, 'console_audit is append-only: rows cannot be changed'); END;
-CREATE TRIGGER IF NOT EXISTS console_audit_no_delete BEFORE DELETE ON console_audit
-BEGIN SELECT RAISE(ABORT, 'console_audit is append-only: rows cannot be deleted'); END;
-"""
+""" + append_only("console_audit")
 
 DONE = "done"
 REFUSED = "refused"

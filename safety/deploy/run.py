@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from safety.approvals import ApprovalStore
@@ -50,7 +50,6 @@ class Outcome:
     summary: str
     deployment_id: int | None = None
     gate: GateResult | None = None
-    events: list[str] = field(default_factory=list)
 
 
 def job_hotend_temp_c(program: bytes) -> float:

@@ -97,13 +97,8 @@ class KlippyLive:
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after :data:`STOP_TIMEOUT_S`; the socket and pseudo-terminal link removed."""
         process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            _signal_group(process, signal.SIGTERM)
-            try:
-                process.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                _signal_group(process, signal.SIGKILL)
-                process.wait(STOP_TIMEOUT_S)
+        if process is not None:
+            stop_group(process)
         for path in (self.socket_path, self.pty_path):
             path.unlink(missing_ok=True)
 
@@ -115,6 +110,19 @@ def die_with_parent() -> None:
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def stop_group(process: subprocess.Popen[bytes], timeout_s: float = STOP_TIMEOUT_S) -> None:
+    """End ``process`` and its process group: SIGTERM, then SIGKILL after ``timeout_s`` (Klippy, Moonraker and
+    the virtual MCU each run in a group of their own)."""
+    if process.poll() is not None:
+        return
+    _signal_group(process, signal.SIGTERM)
+    try:
+        process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        _signal_group(process, signal.SIGKILL)
+        process.wait(timeout_s)
 
 
 def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:

@@ -9,7 +9,6 @@ run killed outright leaves no MCU behind.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from typing import Any
 
 from sim_bridge.config import ConfigError
 from sim_bridge.klippy import mcu_control
-from sim_bridge.klippy.live import die_with_parent
+from sim_bridge.klippy.live import die_with_parent, stop_group
 
 START_TIMEOUT_S = 30.0
 """How long the MCU may take to open its terminal (it loads numba's cached thermal model: ~1–3 s)."""
@@ -102,14 +101,7 @@ class VirtualMcuProcess:
 
     def stop(self) -> None:
         process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            try:
-                os.killpg(process.pid, signal.SIGTERM)
-                process.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(STOP_TIMEOUT_S)
-            except ProcessLookupError:
-                pass
+        if process is not None:
+            stop_group(process, STOP_TIMEOUT_S)
         for path in (self.serial_path, self.control_path):
             path.unlink(missing_ok=True)
