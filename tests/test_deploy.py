@@ -19,9 +19,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import tls_proxy
 from conftest import FIXTURES, ROOT
 from test_virtual_mcu import fast_hotend, wait_for
 
@@ -31,7 +33,8 @@ from safety.deploy import credentials, deadman, run
 from safety.deploy.config import DeployConfig
 from safety.deployments import DeploymentStore
 from safety.gate import CONFIRMED, FIRST_LAYER_STOP, GateLog
-from sim_bridge.moonraker import MoonrakerClient
+from sim_bridge.moonraker import MoonrakerClient, MoonrakerError
+from sim_bridge.moonraker_watch import TelemetryWatcher
 from sim_bridge.printers import load_material
 from sim_bridge.virtual_printer import VirtualPrinter
 
@@ -389,6 +392,32 @@ def test_credentials_and_urls_are_checked(tmp_path: Path) -> None:
         credentials.read_api_key(empty)
     empty.write_text("abc\nignored\n")
     assert credentials.read_api_key(empty) == "abc"
+
+
+def test_https_and_wss_through_a_tls_front(vp: VirtualPrinter, db: Path, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Moonraker behind TLS (our test proxy, a self-signed certificate the client is told to trust): the gate's
+    printer check, an upload read back, and the websocket telemetry all run over ``https``/``wss``."""
+    cert, key = tls_proxy.self_signed(tmp_path)
+    port = int(vp.url.rsplit(":", 1)[1])
+    with tls_proxy.TlsProxy(port, cert, key) as proxy:
+        url = f"https://127.0.0.1:{proxy.port}"
+        untrusting = MoonrakerClient(url, api_key=KEY)
+        with pytest.raises(MoonrakerError, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+            untrusting.server_info()
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        client = MoonrakerClient(url, api_key=KEY)
+        assert client.server_info()["klippy_state"] == "ready"
+        client.upload("tls-check.gcode", b"G4 P1\n")  # not ours: the other tests count layerloop-* files
+        assert client.download("tls-check.gcode") == b"G4 P1\n"
+        watcher = TelemetryWatcher(client).start()
+        try:
+            assert watcher.transport == "websocket" and watcher.connected
+            assert "extruder" in watcher.status()
+        finally:
+            watcher.stop()
+        outcome = run.Deployment(replace(config(vp, db, "dry-run"), url=url), client).run()
+        assert outcome.code == run.OK, outcome.summary
 
 
 def test_serial_deployment_through_klippys_own_terminal(tmp_path: Path) -> None:

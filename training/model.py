@@ -26,7 +26,7 @@ import torch
 import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from agent.llm import IM_END, IM_START, stop_token_ids
+from agent.llm import IM_END, IM_START, MARKER_FILE, load_pretrained, stop_token_ids
 from envs.gcode_writer import GcodeWriterEnv
 from envs.prompts import program_prompt
 from envs.sampler import sample_job
@@ -40,7 +40,6 @@ CORPUS_VERSION = 1
 """Bump when the corpus generator changes what it yields (it is part of the cache key)."""
 BUILDER_VERSION = 1
 """Bump when the tokenizer spec, chat template or model construction changes (part of the cache key)."""
-MARKER_FILE = "layerloop-model.json"
 """Written last into a cache entry; an entry without it is incomplete and is rebuilt."""
 CORPUS_DIFFICULTIES = 5
 """Corpus jobs cycle through difficulties 0..4 so every kind of step (start, layer, end) is seen."""
@@ -227,11 +226,6 @@ def ensure_embedded(config: ModelConfig) -> tuple[Path, bool]:
 
 
 # -- loading --------------------------------------------------------------------------------------------------
-def _default_dtype(device: str) -> torch.dtype | str:
-    # CPU training runs in float32 (TRL's bf16 default is switched off there); GPUs keep the checkpoint's dtype.
-    return "auto" if str(device).startswith("cuda") else torch.float32
-
-
 def load_model_and_tokenizer(config: ModelConfig, device: str = "cpu"
                              ) -> tuple[transformers.PreTrainedModel, transformers.PreTrainedTokenizerBase]:
     """The policy model and its tokenizer, on ``device``; prints one line saying what was done."""
@@ -240,18 +234,7 @@ def load_model_and_tokenizer(config: ModelConfig, device: str = "cpu"
         source, verb = str(path), "built" if built else "loaded"
     else:
         source, verb = config.name, "loaded"
-    if config.name == EMBEDDED or (Path(source) / MARKER_FILE).is_file():
-        # AutoTokenizer would pick Qwen2Tokenizer from config.json and swap in Qwen2's pre-tokenizer regex;
-        # the fast tokenizer keeps the one the embedded tokenizer was trained with.
-        tokenizer = transformers.PreTrainedTokenizerFast.from_pretrained(source)
-    else:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(source)
-    model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=_default_dtype(device))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if model.generation_config.pad_token_id is None:
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.to(device)
+    model, tokenizer = load_pretrained(source, device)
     what = f"embedded model ({path})" if config.name == EMBEDDED else f"model {config.name}"
     print(f"model: {verb} {what}, {parameter_count(model):,} parameters, vocabulary {len(tokenizer):,}")
     return model, tokenizer

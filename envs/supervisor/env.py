@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import string
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -30,14 +29,9 @@ from envs.supervisor.measure import (
     supervisor_reward,
 )
 from envs.supervisor.physics import HiddenPhysics, hidden_simulator, printer
+from envs.supervisor.prompt import MAX_PROMPT_CHARS, TEXT_CHARSET, supervisor_prompt
 from envs.supervisor.tuning import (
     FAN_PWM_MAX,
-    FLOW_PERCENT_MAX,
-    FLOW_PERCENT_MIN,
-    HOTEND_TUNE_DELTA_C,
-    PRESSURE_ADVANCE_MAX_S,
-    SPEED_PERCENT_MAX,
-    SPEED_PERCENT_MIN,
     check_tuning,
 )
 from sim_bridge.gcode import parse_line
@@ -46,8 +40,6 @@ from sim_bridge.simulator import Simulator
 DIFFICULTIES = (2, 3, 4)
 """Difficulties a job is sampled at when the env is given none."""
 MAX_ACTION_CHARS = 2000
-MAX_PROMPT_CHARS = 4000
-TEXT_CHARSET = string.printable
 
 
 class PrintSupervisorEnv(gym.Env):
@@ -274,40 +266,15 @@ class PrintSupervisorEnv(gym.Env):
         return np.clip(np.nan_to_num(vec), TELEMETRY_LOW, TELEMETRY_HIGH).astype(np.float32)
 
     def render_prompt(self, telemetry: np.ndarray) -> str:
-        """The telemetry as text for a language model (printable ASCII)."""
+        """The telemetry as text for a language model (:func:`envs.supervisor.prompt.supervisor_prompt`)."""
         assert self.job is not None
-        job, p = self.job, self.job.process
-        t = dict(zip(TELEMETRY_NAMES, (float(v) for v in telemetry), strict=True))
-        n = job.layer_count
-        done = round(t["layers_done_fraction"] * n)
-        target = p.hotend_temp_c + t["hotend_target_offset_c"]
-        hi = min(p.hotend_temp_c + HOTEND_TUNE_DELTA_C, printer(job.printer).hotend.max_temp_c)
-        lines = [
-            f"You supervise a print of job {job.job_id} ({job.part.kind}, {job.material} on {job.printer}): "
-            f"{done} of {n} layers printed.",
-            f"Hotend {target + t['hotend_error_c']:.1f} C (target {target:.0f}, job {p.hotend_temp_c:.0f}); "
-            f"bed error {t['bed_error_c']:+.1f} C.",
-        ]
-        if done:
-            lines.append(
-                f"Last layer: delivered {100 * t['delivered_fraction']:.0f}% of commanded flow, peak flow "
-                f"{t['peak_flow_mm3_s']:.2f} mm3/s; bead width {t['width_ratio'] * p.line_width_mm:.3f} mm "
-                f"(x{t['width_ratio']:.3f} nominal), height x{t['height_ratio']:.3f} nominal; volume "
-                f"x{t['volume_ratio']:.3f} expected; outline off by {t['extent_error_mm']:.2f} mm; time "
-                f"x{t['time_ratio']:.2f} expected; "
-                f"{t['defects']:.0f} defects.")
-        lines.append(f"Settings: flow {100 * t['flow_factor']:.0f}%, speed {100 * t['speed_factor']:.0f}%, fan "
-                     f"{FAN_PWM_MAX * t['fan']:.0f}/255, pressure advance {t['pressure_advance_s']:.3f} s.")
-        lines += [f"Warning: {w}" for w in self.warnings[:5]]
-        lines += [f"Refused: {r}" for r in self.refused[:5]]
-        lines.append(
-            f"Reply with tuning commands for the next layer, one per line, or nothing: "
-            f"M221 S{FLOW_PERCENT_MIN:g}-{FLOW_PERCENT_MAX:g} (flow %), M220 S{SPEED_PERCENT_MIN:g}-"
-            f"{SPEED_PERCENT_MAX:g} (speed %), M104 S{p.hotend_temp_c - HOTEND_TUNE_DELTA_C:g}-{hi:g}, "
-            f"M106 S0-255, SET_PRESSURE_ADVANCE ADVANCE=0-{PRESSURE_ADVANCE_MAX_S:g}.")
-        text = "\n".join(lines)
-        text = "".join(c if c in TEXT_CHARSET else "?" for c in text)
-        return text[:MAX_PROMPT_CHARS]
+        job = self.job
+        return supervisor_prompt(dict(zip(TELEMETRY_NAMES, (float(v) for v in telemetry), strict=True)),
+                                 title=f"job {job.job_id} ({job.part.kind}, {job.material} on {job.printer})",
+                                 layer_count=job.layer_count, job_hotend_c=job.process.hotend_temp_c,
+                                 line_width_mm=job.process.line_width_mm,
+                                 hotend_max_temp_c=printer(job.printer).hotend.max_temp_c,
+                                 warnings=self.warnings, refused=self.refused)
 
     def _observation(self) -> dict:
         telemetry = self.telemetry()

@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--stage", choices=("dry-run", "first-layer", "full"), default="dry-run")
     parser.add_argument("--db", type=Path, default=Path("approvals.db"), help="the approvals database")
     parser.add_argument("--user", default="operator", help="who deploys (recorded)")
-    parser.add_argument("--supervisor", default="none", help="none, rule, or a trained supervisor model path")
+    parser.add_argument("--supervisor", default="none", help="none, rule, or a trained PrintSupervisor-v1 model (folder or Hugging Face id)")
     parser.add_argument("--on-fault", choices=FAULT_ACTIONS, default="pause")
     parser.add_argument("--on-refused-tuning", choices=REFUSED_TUNING, default="log")
     parser.add_argument("--policy", type=Path, help="safety policy YAML")

@@ -241,6 +241,7 @@ class Deployment:
             reasons = [v.message for v in verdict.violations]
             self._event("verdict", {"layer": live.layer, "commands": [command], "allowed": allowed, "reasons": reasons})
             if not allowed:
+                self.supervisor.refused(command, reasons)
                 if self.config.on_refused_tuning == "fault":
                     return self._fault(WATCHDOG, "refused-tuning", f"refused {command!r}: {'; '.join(reasons)}",
                                        result)

@@ -69,6 +69,9 @@ class Supervisor(Protocol):
 
     def propose(self, telemetry: LiveTelemetry, next_layer: LayerPlan) -> str: ...
 
+    def refused(self, command: str, reasons: list[str]) -> None:
+        """``command`` of the last proposal was refused by the gate for ``reasons`` (a model reads it next layer)."""
+
 
 def layer_plans(report: PrintReport, filament_diameter_mm: float) -> list[LayerPlan]:
     area = math.pi * (filament_diameter_mm / 2.0) ** 2
