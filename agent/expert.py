@@ -61,7 +61,7 @@ class ExpertPolicy:
 
 
 def expert_policy(suite: str | Sequence[PrintJob] = "tiny-v0") -> Policy:
-    """The reference program as a :class:`~agent.policy.Policy` over a suite's ``GcodeWriter-v0`` prompts,
+    """The reference program as a :class:`~agent.policy.Policy` over a suite's ``GcodeWriter-v1`` prompts,
     matched by prompt; a revision request is answered with the same reference step as its task."""
     jobs = load_suite(suite) if isinstance(suite, str) else list(suite)
     answers: dict[str, str] = {}

@@ -6,7 +6,7 @@ Reports, per backend that can run on this machine: SFT training tokens/s (prompt
 trainer consumed, from TRL's ``num_tokens``), GRPO completions/s and generated tokens/s, and peak memory
 (CUDA's max allocated on a GPU, the process's max RSS on a CPU). A backend that cannot run here (Unsloth
 without an NVIDIA GPU) is reported with the reason instead of a number. Writes
-``benchmarks/out/bench_training.json``.
+``benchmarks/out/bench_training.json`` (``--out``).
 """
 
 from __future__ import annotations
@@ -94,15 +94,16 @@ def main() -> int:
     parser.add_argument("--backend", nargs="+", default=["trl", "unsloth"])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--jobs", type=int, default=24)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "bench_training.json",
+                        help="the JSON report")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         data = _dataset(Path(tmp) / "data", args.jobs)
         results = [bench(b, args.model, data, args.steps, Path(tmp)) for b in args.backend]
     report = {"date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
               "cpus": os.cpu_count(), "results": results}
-    out = ROOT / "benchmarks" / "out"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_training.json").write_text(json.dumps(report, indent=1))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1))
     print(json.dumps(report, indent=1))
     return 0
 

@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m envs", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     roll = sub.add_parser("rollout", help="run whole episodes with a built-in policy")
-    roll.add_argument("--env", default="layerloop/GcodeWriter-v0", help="registered environment id")
+    roll.add_argument("--env", default="layerloop/GcodeWriter-v1", help="registered environment id")
     roll.add_argument("--policy", choices=POLICIES, default="expert")
     roll.add_argument("--suite", help="held-out suite (heldout = envs/suites/heldout-v0.json)")
     roll.add_argument("--difficulty", type=int, help="sampled jobs of this difficulty (0-4) when no suite")

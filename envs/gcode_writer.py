@@ -1,4 +1,4 @@
-"""``layerloop/GcodeWriter-v0`` and ``layerloop/GcodeProgram-v0``: a language model writes G-code."""
+"""``layerloop/GcodeWriter-v1`` (``-v0``) and ``layerloop/GcodeProgram-v0``: a language model writes G-code."""
 
 from __future__ import annotations
 
@@ -90,17 +90,25 @@ class GcodeWriterEnv(gym.Env):
 
     ## Arguments
     ``job`` (PrintJob or JSON dict), ``suite`` (held-out suite name), ``difficulty`` (0–4, default 0),
-    ``resolution_mm`` (height-map cell, default 0.1), ``render_mode`` (``"rgb_array"``).
+    ``resolution_mm`` (height-map cell, default 0.1), ``render_mode`` (``"rgb_array"``), ``toolpath``
+    (list the planner's toolpath in layer prompts: ``True`` is v1, ``False`` v0).
 
     ## Version history
-    * v0: first version.
+    * v1: a layer's prompt also lists the planner's toolpath — each path's travel point, then every move's
+      end point and filament E, in print order, the numbers as the reference program writes them
+      (:func:`envs.prompts.toolpath_lines`). The model's job becomes writing the G-code of a planned layer
+      (Z, fan, feeds, travel, retraction, the moves, the loop closed), not planning it: v0's outline alone
+      asked a small model to inset, reorder and re-seam a polygon in its head (docs/results.md). Rewards,
+      success and suites are unchanged.
+    * v0: first version (the outline only).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 2}
 
     def __init__(self, job: PrintJob | dict | None = None, suite: str | None = None, difficulty: int = 0,
-                 resolution_mm: float = 0.1, render_mode: str | None = None) -> None:
+                 resolution_mm: float = 0.1, render_mode: str | None = None, toolpath: bool = True) -> None:
         self.jobs = JobSource(job, suite, difficulty)
+        self.toolpath = toolpath
         self.options = SimOptions(resolution_mm=resolution_mm)
         self.render_mode = render_mode
         self.observation_space = spaces.Dict({
@@ -159,7 +167,8 @@ class GcodeWriterEnv(gym.Env):
         elif kind == "end":
             prompt = end_prompt(self.job, state, self.feedback)
         else:
-            prompt = layer_prompt(self.job, k, state, self.feedback)
+            paths = cached_slice(self.job).layer_paths[k] if self.toolpath else None
+            prompt = layer_prompt(self.job, k, state, self.feedback, paths)
         pos = state["position_mm"]
         vec = np.array([self.step_index, n, zs[k] if kind == "layer" else 0.0, state["hotend_c"],
                         state["hotend_target_c"], state["bed_c"], state["bed_target_c"], pos[0], pos[1], pos[2],

@@ -9,11 +9,13 @@ environments' ``Text`` spaces are ASCII).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import shapely
 from shapely.geometry import MultiPolygon, Polygon
 
 from envs.jobs import PrintJob
+from envs.slicer import Toolpath
 from sim_bridge.printers import load_printer
 
 MAX_PROMPT_CHARS = 16000
@@ -69,14 +71,51 @@ def state_line(state: dict[str, float | list[float] | list[bool]]) -> str:
             f"(target {state.get('bed_target_c', 0):.0f}); homed {state.get('homed', [False] * 3)}.")
 
 
-def layer_prompt(job: PrintJob, layer: int, state: dict, feedback: str = "") -> str:
-    """The prompt for writing layer ``layer``."""
+def toolpath_lines(paths: Sequence[Toolpath]) -> list[str]:
+    """The planner's paths of a layer, one move per line in G-code's own words: each path's travel, then
+    each extruding move's end point and filament E (the numbers as the reference program writes them)."""
+    lines = ["Toolpath (nozzle centre, mm; E in mm of filament; feeds, retraction and fan are yours):"]
+    for path in paths:
+        lines.append(f"  travel X{path.start[0]} Y{path.start[1]}")
+        lines.extend(f"  extrude X{x} Y{y} E{e}" for x, y, e in path.moves)
+    return lines
+
+
+def layer_prompt(job: PrintJob, layer: int, state: dict, feedback: str = "",
+                 toolpath: Sequence[Toolpath] | None = None) -> str:
+    """The prompt for writing layer ``layer``: v0 (``toolpath`` None) lists the outline to fill; v1 lists the
+    planner's toolpath instead (:func:`planned_layer_prompt`)."""
+    if toolpath is not None:
+        return planned_layer_prompt(job, layer, toolpath, feedback)
     zs = job.layer_zs()
     lines = [f"Task: write the G-code for layer {layer + 1} of {len(zs)} at Z={zs[layer]:.3f} mm.", *job_header(job)]
     lines.append(f"Extrusion: {extrusion_per_mm(job, layer):.5f} mm of filament per mm of line.")
     lines.append("Outline to fill (mm):")
     lines.extend(_rings(job.target(layer)))
     lines.append(state_line(state))
+    if feedback:
+        lines.append(f"Feedback on the previous step: {feedback}")
+    lines.append("Answer with G-code only.")
+    return _ascii("\n".join(lines))
+
+
+def planned_layer_prompt(job: PrintJob, layer: int, toolpath: Sequence[Toolpath], feedback: str = "") -> str:
+    """``GcodeWriter-v1``'s layer prompt: what writing a planned layer needs and nothing else — the layer's Z,
+    the temperatures and fan, every speed the program uses, and the toolpath. (The outline, the printer's
+    limits and the machine state are v0's: with the plan given they only lengthen the prompt, and a small
+    model pays for every token.)"""
+    printer = load_printer(job.printer)
+    p = job.process
+    zs = job.layer_zs()
+    lines = [
+        f"Task: write the G-code for layer {layer + 1} of {len(zs)} at Z={zs[layer]:.3f} mm.",
+        f"Printer: {printer.name} ({printer.firmware}). Material: {job.material}; hotend {p.hotend_temp_c:g} C, bed "
+        f"{p.bed_temp_c:g} C, fan {p.fan:g} from layer 2.",
+        f"Speeds: first layer {p.first_layer_speed_mm_s:g} mm/s, print {p.print_speed_mm_s:g} mm/s, travel "
+        f"{p.travel_speed_mm_s:g} mm/s, Z {p.z_speed_mm_s:g} mm/s; retract {p.retract_mm:g} mm at "
+        f"{p.retract_speed_mm_s:g} mm/s. Relative extrusion (M83 is active), F in mm/min.",
+        *toolpath_lines(toolpath),
+    ]
     if feedback:
         lines.append(f"Feedback on the previous step: {feedback}")
     lines.append("Answer with G-code only.")

@@ -71,6 +71,19 @@ SLICES_KEPT = 512
 """Jobs whose slice :func:`cached_slice` keeps (a training dataset's jobs, an evaluation suite)."""
 
 
+@dataclass(frozen=True)
+class Toolpath:
+    """One path of a layer as written: travel to ``start``, then extrude through ``moves``.
+
+    Numbers are kept as the program writes them (rounded text), so a prompt that lists them and the
+    program that prints them agree to the digit."""
+
+    start: tuple[str, str]
+    """X and Y of the travel's end (mm)."""
+    moves: tuple[tuple[str, str, str], ...]
+    """X, Y (mm) and E (mm of filament) of each extruding move."""
+
+
 @dataclass
 class SlicedJob:
     """A job as G-code: start, one program per layer, end (see the module docstring)."""
@@ -86,6 +99,8 @@ class SlicedJob:
     """Heat and home without a prime line: run silently before an episode of a job without start/end."""
     layer_volume_mm3: list[float] = field(default_factory=list)
     """Filament volume each layer extrudes on its XYZ moves (retractions excluded, as the simulator counts)."""
+    layer_paths: list[list[Toolpath]] = field(default_factory=list)
+    """Each layer's toolpath as its program prints it: the planner's paths, in order."""
 
     def text(self) -> str:
         """The whole program: start (or setup, for a job without start/end), the layers, the end."""
@@ -99,12 +114,14 @@ def slice_job(job: PrintJob) -> SlicedJob:
     printer = load_printer(job.printer)
     layers: list[str] = []
     volumes: list[float] = []
+    paths: list[list[Toolpath]] = []
     for layer in range(job.layer_count):
-        text, volume = _layer(job, printer, layer, None)
-        layers.append(text)
-        volumes.append(volume)
+        w = _layer_writer(job, printer, layer, None)
+        layers.append(w.text())
+        volumes.append(w.volume_mm3)
+        paths.append(w.paths)
     return SlicedJob(job=job, start=_start(job, printer, prime=True), layers=layers, end=_end(job, printer),
-                     setup=_start(job, printer, prime=False), layer_volume_mm3=volumes)
+                     setup=_start(job, printer, prime=False), layer_volume_mm3=volumes, layer_paths=paths)
 
 
 @lru_cache(maxsize=SLICES_KEPT)
@@ -126,7 +143,7 @@ def layer_gcode(job: PrintJob, layer: int, start_xy: tuple[float, float] | None 
     """
     if not 0 <= layer < job.layer_count:
         raise ValueError(f"layer {layer}: out of range, the job has layers 0..{job.layer_count - 1}")
-    return _layer(job, load_printer(job.printer), layer, start_xy)[0]
+    return _layer_writer(job, load_printer(job.printer), layer, start_xy).text()
 
 
 # -- the G-code writer -------------------------------------------------------------------------------------
@@ -156,6 +173,7 @@ class _Writer:
         self.filament_area_mm2 = printer.filament_area_mm2
         self.multiplier = p.extrusion_multiplier
         self.volume_mm3 = 0.0
+        self.paths: list[Toolpath] = []
 
     def emit(self, line: str) -> None:
         self.lines.append(line)
@@ -208,13 +226,23 @@ class _Writer:
         self.xy = (x, y)
 
     def path(self, coords: np.ndarray, width_mm: float, height_mm: float, feed_mm_min: float) -> None:
-        """Travel to the first point, then extrude through the rest."""
+        """Travel to the first point, then extrude through the rest (recorded in :attr:`paths`)."""
         self.travel(float(coords[0, 0]), float(coords[0, 1]))
+        start = self.xy
+        first = len(self.lines)
         for x, y in coords[1:]:
             self.extrude(float(x), float(y), width_mm, height_mm, feed_mm_min)
+        moves = tuple(_xye(line) for line in self.lines[first:] if line.startswith("G1 X"))
+        if start is not None and moves:
+            self.paths.append(Toolpath((_num(start[0], XYZ_DECIMALS), _num(start[1], XYZ_DECIMALS)), moves))
 
     def text(self) -> str:
         return "".join(line + "\n" for line in self.lines)
+
+
+def _xye(line: str) -> tuple[str, str, str]:
+    words = dict((w[0], w[1:]) for w in line.split()[1:])
+    return words["X"], words["Y"], words["E"]
 
 
 # -- start, setup and end ----------------------------------------------------------------------------------
@@ -302,9 +330,9 @@ def _layer_is_solid(job: PrintJob, layer: int) -> bool:
     return layer < p.solid_layers or layer >= job.layer_count - p.solid_layers or p.infill_density >= 1.0
 
 
-def _layer(job: PrintJob, printer: PrinterProfile, layer: int, start_xy: tuple[float, float] | None
-           ) -> tuple[str, float]:
-    """One layer's program and the filament volume its XYZ moves extrude."""
+def _layer_writer(job: PrintJob, printer: PrinterProfile, layer: int, start_xy: tuple[float, float] | None
+                  ) -> _Writer:
+    """One layer written: its program, the filament volume its XYZ moves extrude, its toolpath."""
     p = job.process
     zs = job.layer_zs()
     z = zs[layer]
@@ -336,7 +364,7 @@ def _layer(job: PrintJob, printer: PrinterProfile, layer: int, start_xy: tuple[f
             w.path(segment, lw, height, feed)
             here = w.xy or here
     w.retract()
-    return w.text(), w.volume_mm3
+    return w
 
 
 def _perimeter_rings(island: Polygon, lw: float, count: int, here: tuple[float, float]) -> list[np.ndarray]:

@@ -7,10 +7,12 @@ dataclasses are built recursively, and a value out of range fails naming the key
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -145,8 +147,8 @@ def from_dict(cls: type[T], data: dict[str, Any], source: str = "") -> T:
     return obj
 
 
-def load_yaml(cls: type[T], path: str | Path) -> T:
-    """Load a YAML file onto ``cls`` (keys map 1:1 onto fields)."""
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """A YAML file's top-level mapping (an empty file is ``{}``); unreadable or not a mapping is a ConfigError."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -156,7 +158,44 @@ def load_yaml(cls: type[T], path: str | Path) -> T:
         raise ConfigError(f"{path}: cannot read the config: {getattr(exc, 'strerror', None) or exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    return from_dict(cls, data, str(path))
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str] = (), seed: int | None = None) -> dict[str, Any]:
+    """``data`` with command-line overrides applied (a new mapping): each ``KEY=VALUE`` sets a key, nested keys
+    joined by dots (``grpo.max_steps=300``), the value read as YAML (``true``, ``0.5``, ``[0, 1]``, text);
+    ``seed`` is ``seed=N``. The result is validated by :func:`from_dict` like the file itself, so an unknown
+    key or a value out of range fails naming it."""
+    out = copy.deepcopy(data)
+    settings = [*overrides, *([f"seed={seed}"] if seed is not None else [])]
+    for item in settings:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE (nested keys with dots, e.g. grpo.max_steps=300)")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML: {exc}") from None
+        parts = key.strip().split(".")
+        node = out
+        for depth, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {'.'.join(parts[:depth + 1])} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def load_yaml(cls: type[T], path: str | Path | None, overrides: Sequence[str] = (), seed: int | None = None) -> T:
+    """Load a YAML file (``None``: the defaults) onto ``cls`` (keys map 1:1 onto fields), with command-line
+    overrides (:func:`apply_overrides`)."""
+    data = read_yaml_mapping(path) if path is not None else {}
+    source = str(path) if path is not None else "defaults"
+    if overrides or seed is not None:
+        data = apply_overrides(data, overrides, seed)
+        source += " with --set/--seed"
+    return from_dict(cls, data, source)
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

@@ -410,7 +410,8 @@ def test_https_and_wss_through_a_tls_front(vp: VirtualPrinter, db: Path, tmp_pat
         assert client.server_info()["klippy_state"] == "ready"
         client.upload("tls-check.gcode", b"G4 P1\n")  # not ours: the other tests count layerloop-* files
         assert client.download("tls-check.gcode") == b"G4 P1\n"
-        watcher = TelemetryWatcher(client).start()
+        # A generous connect time: the suite's other processes may keep both cores busy during the handshake.
+        watcher = TelemetryWatcher(client, connect_timeout_s=20.0).start()
         try:
             assert watcher.transport == "websocket" and watcher.connected
             assert "extruder" in watcher.status()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import json
 from pathlib import Path
 
@@ -22,7 +23,7 @@ SMALL = PrintJob(job_id="test-small", part=PartSpec("rectangle", [16.0, 12.0], 0
                  process=ProcessSettings(perimeters=2, infill_density=0.2, solid_layers=1))
 
 
-@pytest.mark.parametrize("env_id", ["layerloop/GcodeWriter-v0", "layerloop/GcodeProgram-v0"])
+@pytest.mark.parametrize("env_id", ["layerloop/GcodeWriter-v1", "layerloop/GcodeProgram-v0"])
 def test_check_env(env_id: str) -> None:
     env = gym.make(env_id, job=SMALL.to_dict())
     check_env(env.unwrapped, skip_render_check=True)
@@ -30,7 +31,7 @@ def test_check_env(env_id: str) -> None:
 
 def test_same_seed_same_episode() -> None:
     def episode(seed: int) -> list[float]:
-        env = gym.make("layerloop/GcodeWriter-v0", difficulty=2)
+        env = gym.make("layerloop/GcodeWriter-v1", difficulty=2)
         obs, info = env.reset(seed=seed)
         rewards = [info["job_id"], obs["prompt"]]
         done = False
@@ -45,7 +46,7 @@ def test_same_seed_same_episode() -> None:
 
 
 def test_expert_scores_at_least_095_on_the_heldout_suite() -> None:
-    summary = rollout("layerloop/GcodeWriter-v0", "expert", len(load_suite("heldout-v0")), suite="heldout")
+    summary = rollout("layerloop/GcodeWriter-v1", "expert", len(load_suite("heldout-v0")), suite="heldout")
     scores = [e["normalized_score"] for e in summary["episodes"]]
     assert min(scores) >= 0.95, scores
     assert summary["success_rate"] == 1.0
@@ -54,14 +55,37 @@ def test_expert_scores_at_least_095_on_the_heldout_suite() -> None:
 
 def test_random_and_noop_score_near_zero() -> None:
     for policy in ("random", "noop"):
-        summary = rollout("layerloop/GcodeWriter-v0", policy, 4, suite="heldout")
+        summary = rollout("layerloop/GcodeWriter-v1", policy, 4, suite="heldout")
         assert summary["mean_normalized_score"] < 0.1, (policy, summary["mean_normalized_score"])
         assert summary["success_rate"] == 0.0
 
 
+@pytest.mark.parametrize("difficulty", [0, 2, 4])
+def test_v1_prompts_list_the_toolpath_the_reference_prints(difficulty: int) -> None:
+    """Every travel and extruding move of the reference layer is in v1's prompt, in order, to the digit; v0's
+    prompt has the outline only. The reward is the same for both."""
+    v1 = gym.make("layerloop/GcodeWriter-v1", difficulty=difficulty)
+    v0 = gym.make("layerloop/GcodeWriter-v0", difficulty=difficulty)
+    obs1, _ = v1.reset(seed=difficulty)
+    obs0, _ = v0.reset(seed=difficulty)
+    if obs1["prompt"].startswith("Task: write the start sequence"):
+        obs1, *_ = v1.step(v1.unwrapped.expert_action())
+        obs0, *_ = v0.step(v0.unwrapped.expert_action())
+    assert "Toolpath" not in obs0["prompt"] and "Toolpath" in obs1["prompt"]
+    listed = obs1["prompt"].split("Toolpath", 1)[1]
+    expert = v1.unwrapped.expert_action()
+    moves = [line.split() for line in expert.splitlines() if line.startswith(("G0 X", "G1 X"))]
+    points = re.findall(r"(?:travel|extrude) X([-\d.]+) Y([-\d.]+)(?: E([\d.]+))?", listed.split("Machine:")[0])
+    written = [(w[1][1:], w[2][1:], w[3][1:] if w[0] == "G1" else "") for w in moves]
+    assert points == written and len(points) >= 4
+    _, r1, *_ = v1.step(expert)
+    _, r0, *_ = v0.step(v0.unwrapped.expert_action())
+    assert r1 == pytest.approx(r0) and r1 > 0.95
+
+
 def test_short_outputs_do_not_pay() -> None:
     """One valid line, or an empty layer, scores low: the geometry must be printed."""
-    env = gym.make("layerloop/GcodeWriter-v0", job=SMALL.to_dict())
+    env = gym.make("layerloop/GcodeWriter-v1", job=SMALL.to_dict())
     env.reset(seed=0)
     expert = env.unwrapped.expert_action()
     first_lines = "\n".join(expert.splitlines()[:6]) + "\n"
@@ -79,7 +103,7 @@ def test_short_outputs_do_not_pay() -> None:
     ("M104 S400\n", "temperature_out_of_range"),
 ])
 def test_bad_actions_give_their_failure_modes(action: str, mode: str | None) -> None:
-    env = gym.make("layerloop/GcodeWriter-v0", job=SMALL.to_dict())
+    env = gym.make("layerloop/GcodeWriter-v1", job=SMALL.to_dict())
     env.reset(seed=0)
     _, reward, terminated, _, info = env.step(action)
     assert reward < 0.0
@@ -89,7 +113,7 @@ def test_bad_actions_give_their_failure_modes(action: str, mode: str | None) -> 
 
 
 def test_render_and_vector_envs() -> None:
-    env = gym.make("layerloop/GcodeWriter-v0", job=SMALL.to_dict(), render_mode="rgb_array")
+    env = gym.make("layerloop/GcodeWriter-v1", job=SMALL.to_dict(), render_mode="rgb_array")
     env.reset(seed=0)
     env.step(env.unwrapped.expert_action())
     frame = env.render()

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from agent.expert import expert_policy
-from training.evaluate import eval_metrics, evaluate, gcode_validity
+from envs.sampler import load_suite
+from envs.slicer import cached_slice
+from training.evaluate import eval_metrics, evaluate, gcode_validity, toolpath_match
 
 EPISODES = 8
 
@@ -15,6 +19,33 @@ def test_reference_program_is_the_upper_bound() -> None:
     assert result.success_rate == 1.0 and result.valid_gcode_rate == 1.0
     assert result.mean_reward == pytest.approx(1.0, abs=0.01)
     assert result.safety_violations_per_1k_lines == 0.0 and result.episodes == EPISODES
+    assert result.vertex_error_mm == 0.0 and result.closed_loop_rate == 1.0
+
+
+def test_the_randomised_suite_runs_the_same_jobs_on_perturbed_printers() -> None:
+    nominal = evaluate(expert_policy("tiny-v0"), "tiny-v0", EPISODES)
+    randomized = evaluate(expert_policy("tiny-v0"), "tiny-v0", EPISODES, randomized=True)
+    again = evaluate(expert_policy("tiny-v0"), "tiny-v0", EPISODES, randomized=True)
+    assert randomized == again  # the printers are seeded by episode: every policy meets the same ones
+    assert randomized.success_rate == 1.0 and randomized.vertex_error_mm == 0.0
+    assert randomized.mean_reward < nominal.mean_reward - 0.01  # the reference was planned for the nominal one
+
+
+def test_vertex_error_and_closed_loops_measure_the_answer_against_the_plan() -> None:
+    job = load_suite("tiny-v0")[0]
+    paths = cached_slice(job).layer_paths[0]
+    reference = cached_slice(job).layers[0]
+    assert toolpath_match(reference, paths) == (0.0, True)
+    # Every Y one millimetre off: each planned point is 1 mm from the nearest point reached.
+    shifted = re.sub(r"Y([\d.]+)", lambda m: f"Y{float(m.group(1)) + 1:.3f}", reference)
+    error, closed = toolpath_match(shifted, paths)
+    assert error == pytest.approx(1.0, abs=1e-6) and not closed
+    # The loop left open: the last move dropped.
+    lines = reference.splitlines()
+    last_move = max(i for i, line in enumerate(lines) if line.startswith("G1 X"))
+    error, closed = toolpath_match("\n".join(lines[:last_move] + lines[last_move + 1:]), paths)
+    assert error == 0.0 and not closed  # the start was reached by the travel, but not extruded to
+    assert toolpath_match("", paths)[1] is False
 
 
 def test_empty_and_unsafe_answers() -> None:
@@ -38,4 +69,5 @@ def test_metrics_carry_their_own_names() -> None:
     metrics = eval_metrics(result)
     assert metrics["safety/violations_per_1k_lines"] == pytest.approx(1000.0)
     assert set(metrics) == {"eval/success_rate", "eval/mean_reward", "eval/valid_gcode_rate", "eval/episodes",
-                            "eval/mean_geometry", "safety/violations_per_1k_lines"}
+                            "eval/mean_geometry", "eval/vertex_error_mm", "eval/closed_loop_rate",
+                            "safety/violations_per_1k_lines"}

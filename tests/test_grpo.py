@@ -220,7 +220,7 @@ def test_multi_turn_needs_the_writer(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(data))
     done = _run(["-m", "training.sim_loop", "--config", str(path)])
-    assert done.returncode == 2 and "grpo.multi_turn: true needs task GcodeWriter-v0" in done.stderr
+    assert done.returncode == 2 and "grpo.multi_turn: true needs task GcodeWriter-v1" in done.stderr
 
 
 def test_grpo_cli_reports_config_errors(tmp_path: Path) -> None:

@@ -208,9 +208,24 @@ def test_generate_stops_at_im_end(loaded):
 def test_unsloth_fails_clearly_without_a_gpu_or_the_extra():
     with pytest.raises(BackendError, match=r"CUDA|unsloth") as err:
         check_backend("unsloth")
-    assert "layerloop[gpu]" in str(err.value)
-    with pytest.raises(BackendError, match="layerloop"):
+    assert "scripts/setup-gpu.sh" in str(err.value)
+    with pytest.raises(BackendError, match="setup-gpu.sh"):
         backend.load_model(ModelConfig(), backend="unsloth")
+
+
+def test_vllm_and_trl_features_fail_clearly_where_missing():
+    from training.grpo import GRPOSettings
+
+    features = backend.trl_features()
+    assert set(features) == {"rollout_func", "vllm_mode"} and all(isinstance(v, bool) for v in features.values())
+    with pytest.raises(ConfigError, match="use_vllm: true with multi_turn: true"):
+        GRPOSettings(use_vllm=True, multi_turn=True)
+    if not torch.cuda.is_available() or importlib.util.find_spec("vllm") is None:
+        with pytest.raises(BackendError, match="grpo.use_vllm: true needs") as err:
+            backend.check_vllm()
+        assert "use_vllm: false" in str(err.value)
+    with pytest.raises(BackendError, match="lacks"):
+        backend.require_trl_feature("no_such_feature", "a test")
 
 
 def test_unknown_backend_lists_choices():

@@ -52,11 +52,13 @@ def _losses(run_dir: Path, phase: str) -> dict[int, float]:
 @pytest.mark.slow
 def test_smoke_run_kill_and_resume(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "training.sim_loop", "--config"]
-    # An uninterrupted run, the reference.
-    full = subprocess.run([*cmd, str(_config(tmp_path, "full"))], cwd=ROOT, env=ENV, capture_output=True,
-                          text=True, timeout=300)
+    # An uninterrupted run, the reference; its output folder set on the command line (it lands in config.yaml).
+    full = subprocess.run([*cmd, str(_config(tmp_path, "elsewhere")), "--set", f"output_dir={tmp_path / 'full'}"],
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert full.returncode == 0, full.stderr[-3000:]
     full_dir = _run_dir(tmp_path / "full")
+    assert not (tmp_path / "elsewhere").exists()
+    assert yaml.safe_load((full_dir / "config.yaml").read_text())["output_dir"] == str(tmp_path / "full")
     report = json.loads((full_dir / "report.json").read_text())
     for phase in ("before", "sft", "grpo"):
         for key in ("success_rate", "mean_reward", "valid_gcode_rate", "safety_violations_per_1k_lines", "episodes"):
@@ -124,6 +126,30 @@ def test_config_errors_name_key_and_range(tmp_path: Path) -> None:
     assert load_config(ROOT / "configs" / "tiny-cpu.yaml") == load_config(None)
 
 
+def test_seed_and_set_override_the_yaml_and_are_checked_like_it(tmp_path: Path) -> None:
+    config = load_config(ROOT / "configs" / "tiny-cpu.yaml", ["grpo.max_steps=7", "grpo.randomize=true",
+                                                              "train_difficulties=[0, 1]", "eval_suite=tiny-v0"], 2)
+    assert (config.seed, config.grpo.max_steps, config.grpo.randomize, config.train_difficulties) == (2, 7, True, [0, 1])
+    assert load_config(None, [], 1).seed == 1
+    with pytest.raises(ConfigError, match=r"grpo.max_stps: unknown key \(did you mean 'max_steps'\?\)"):
+        load_config(None, ["grpo.max_stps=7"])
+    with pytest.raises(ConfigError, match=r"sft.learning_rate = 5.0: out of range"):
+        load_config(None, ["sft.learning_rate=5"])
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        load_config(None, ["grpo.max_steps"])
+    with pytest.raises(ConfigError, match="seed is a value, not a section"):
+        load_config(ROOT / "configs" / "tiny-cpu.yaml", ["seed.x=1"])
+    with pytest.raises(ConfigError, match="seed = -1: out of range"):
+        load_config(None, [], -1)
+    done = subprocess.run([sys.executable, "-m", "training.sim_loop", "--set", "grpo.beta=lots"], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "grpo.beta" in done.stderr, done.stderr[-2000:]
+    done = subprocess.run([sys.executable, "-m", "training.make_dataset", "--out", str(tmp_path / "d"), "--set",
+                           "jobs=0"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "jobs = 0" in done.stderr, done.stderr[-2000:]
+    assert not (tmp_path / "d").exists()
+
+
 def test_old_flat_keys_name_their_new_place(tmp_path: Path) -> None:
     old = tmp_path / "old.yaml"
     old.write_text("grpo_steps: 10\nlearning_rate: 0.001\nlora: true\n")
@@ -149,7 +175,7 @@ def test_loop_config_checks_itself_when_built_in_python() -> None:
         SimLoopConfig(sft=SFTConfig(seed=3))
     with pytest.raises(ConfigError, match="max_polygon_sides = 65: out of range"):
         SimLoopConfig(max_polygon_sides=65)
-    with pytest.raises(ConfigError, match="grpo.multi_turn: true needs task GcodeWriter-v0"):
+    with pytest.raises(ConfigError, match="grpo.multi_turn: true needs task GcodeWriter-v1"):
         SimLoopConfig(task="PrintSupervisor-v1", grpo=GRPOSettings(multi_turn=True))
     config = SimLoopConfig(seed=4)
     assert config.grpo_phase(Path("r/grpo")).seed == 4 and config.sft_phase(Path("r/sft")).output_dir == "r/sft"
@@ -165,13 +191,14 @@ def test_sft_runs_on_its_own(tmp_path: Path) -> None:
                                workers=1), tmp_path / "data", progress=False)
     smoke = yaml.safe_load((ROOT / "configs" / "smoke.yaml").read_text())
     config = {"model": "embedded", "embedded": {**smoke["embedded"], "cache_dir": str(tmp_path / "models")},
-              "dataset_path": str(tmp_path / "data"), "batch_size": 1, "max_steps": 3, "checkpoint_interval": 2,
+              "dataset_path": str(tmp_path / "data"), "batch_size": 1, "max_steps": 9, "checkpoint_interval": 2,
               "output_dir": str(tmp_path / "sft"), "lora": True, "lora_r": 4}
     path = tmp_path / "sft.yaml"
     path.write_text(yaml.safe_dump(config))
-    done = subprocess.run([sys.executable, "-m", "training.sft", "--config", str(path)], cwd=ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-m", "training.sft", "--config", str(path), "--set", "max_steps=3",
+                           "--seed", "4"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert not (tmp_path / "sft" / "checkpoint-4").exists()  # --set max_steps=3 won over the file's 9
     # The LoRA adapter is merged: the final model is a whole model, no adapter beside it.
     assert (tmp_path / "sft" / "final" / "model.safetensors").is_file()
     assert not (tmp_path / "sft" / "final" / "adapter_config.json").exists()

@@ -164,7 +164,7 @@ def test_domain_randomization_is_seeded_and_in_range() -> None:
     for f in dataclasses.fields(ranges):
         lo, hi = getattr(ranges, f.name)
         assert lo <= draws[0][f.name] <= hi
-    writer = DomainRandomization(gym.make("layerloop/GcodeWriter-v0", difficulty=0))
+    writer = DomainRandomization(gym.make("layerloop/GcodeWriter-v1", difficulty=0))
     writer.reset(seed=1)
     assert writer.unwrapped.sim.profile.hotend.power_w != 40.0
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import inspect
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,7 +36,8 @@ if TYPE_CHECKING:
     import trl
 
 BACKENDS = ("trl", "unsloth")
-INSTALL_HINT = "pip install 'layerloop[gpu]' on a machine with an NVIDIA GPU and a CUDA build of torch"
+INSTALL_HINT = ("bash scripts/setup-gpu.sh on a machine with an NVIDIA GPU, then run with .venv-unsloth/bin/python "
+                "(Unsloth pins trl<=0.24, so it has an environment of its own)")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 """Linear layers LoRA adapts (Qwen2/Llama names; Unsloth needs them listed)."""
 LORA_ALPHA_PER_RANK = 2
@@ -56,10 +58,42 @@ def check_backend(name: str) -> None:
     if not torch.cuda.is_available():
         missing.append("a CUDA GPU (torch.cuda.is_available() is False: no NVIDIA GPU, or a CPU-only torch)")
     if importlib.util.find_spec("unsloth") is None:
-        missing.append("the 'unsloth' package (the gpu extra)")
+        missing.append("the 'unsloth' package (in .venv-unsloth)")
     if missing:
         raise BackendError(f"backend 'unsloth' needs {' and '.join(missing)}; install with {INSTALL_HINT}, "
                            "or use backend: trl (runs on CPU)")
+
+
+def trl_features() -> dict[str, bool]:
+    """What the installed TRL offers that layerloop uses: ``rollout_func`` (multi-turn GRPO, TRL ≥ 0.25) and
+    ``vllm_mode`` (vLLM generation colocated with training). Unsloth's environment pins an older TRL, so a
+    feature can be missing there; :func:`require_trl_feature` fails naming it."""
+    import trl
+
+    init = inspect.signature(trl.GRPOTrainer.__init__).parameters
+    fields = {f.name for f in dataclasses.fields(trl.GRPOConfig)}
+    return {"rollout_func": "rollout_func" in init, "vllm_mode": "vllm_mode" in fields}
+
+
+def require_trl_feature(feature: str, wanted_by: str) -> None:
+    """Fail with the TRL version and what to do when ``feature`` (:func:`trl_features`) is missing."""
+    import trl
+
+    if not trl_features().get(feature, False):
+        raise BackendError(f"{wanted_by} needs TRL's {feature}, which TRL {trl.__version__} lacks (Unsloth pins an "
+                           "older TRL): use backend: trl in the main environment, or switch the setting off")
+
+
+def check_vllm() -> None:
+    """Fail with what is missing unless TRL can generate with vLLM here (a CUDA GPU and the vllm package)."""
+    missing = []
+    if not torch.cuda.is_available():
+        missing.append("a CUDA GPU")
+    if importlib.util.find_spec("vllm") is None:
+        missing.append("the 'vllm' package (pip install vllm, matching the CUDA torch)")
+    if missing:
+        raise BackendError(f"grpo.use_vllm: true needs {' and '.join(missing)}; set use_vllm: false to generate "
+                           "with transformers")
 
 
 def _checkpointing_field() -> str:
@@ -255,8 +289,9 @@ def make_grpo_trainer(model: transformers.PreTrainedModel, tokenizer: transforme
                       lora: bool = False, lora_r: int = 16, backend: str = "trl",
                       rollout_func: RolloutFunc | None = None, reward_weights: list[float] | None = None,
                       ref_model_sync_steps: int = 0, ref_model_mixup_alpha: float = 0.6,
-                      report_to: Sequence[str] = ()) -> trl.GRPOTrainer:
-    """A TRL ``GRPOTrainer`` generating with the model itself (no vLLM).
+                      use_vllm: bool = False, report_to: Sequence[str] = ()) -> trl.GRPOTrainer:
+    """A TRL ``GRPOTrainer`` generating with the model itself, or with ``use_vllm`` through vLLM colocated on
+    the training GPU (TRL's ``vllm_mode="colocate"``; not with a ``rollout_func``, which generates itself).
 
     ``batch_size`` counts completions per device step: ``batch_size / num_generations`` prompts, each
     sampled ``num_generations`` times. ``beta`` weighs the KL penalty to the model as it is now (0: no
@@ -276,6 +311,16 @@ def make_grpo_trainer(model: transformers.PreTrainedModel, tokenizer: transforme
         raise ValueError(f"batch_size = {batch_size}: must be a multiple of num_generations ({num_generations}), "
                          f"e.g. {num_generations * max(1, batch_size // num_generations)}")
     trl = _import_trl(backend)
+    if rollout_func is not None:
+        require_trl_feature("rollout_func", "multi-turn GRPO (grpo.multi_turn)")
+    vllm: dict[str, Any] = {"use_vllm": False}
+    if use_vllm:
+        if rollout_func is not None:
+            raise BackendError("grpo.use_vllm: true with grpo.multi_turn: true — the revision rollout generates with "
+                               "transformers itself; switch one of them off")
+        check_vllm()
+        require_trl_feature("vllm_mode", "grpo.use_vllm")
+        vllm = {"use_vllm": True, "vllm_mode": "colocate"}
     model, peft_config = _adapter(model, backend, lora, lora_r, seed, int(model.config.max_position_embeddings))
     if beta > 0 and peft_config is None and not _is_peft(model):
         _snapshot_reference(model, Path(output_dir) / REFERENCE_DIR)
@@ -284,9 +329,10 @@ def make_grpo_trainer(model: transformers.PreTrainedModel, tokenizer: transforme
         gradient_accumulation_steps=1, num_generations=num_generations, max_completion_length=max_completion_length,
         beta=beta, max_steps=max_steps, seed=seed, data_seed=seed, logging_steps=logging_steps,
         save_strategy="steps" if save_steps > 0 else "no", save_steps=save_steps if save_steps > 0 else 500,
-        temperature=temperature, use_vllm=False, reward_weights=reward_weights, log_completions=False,
+        temperature=temperature, reward_weights=reward_weights, log_completions=False, **vllm,
         sync_ref_model=ref_model_sync_steps > 0, ref_model_sync_steps=max(1, ref_model_sync_steps),
         ref_model_mixup_alpha=ref_model_mixup_alpha, **cpu_safe_kwargs(report_to))
+    rollout = {"rollout_func": rollout_func} if rollout_func is not None else {}
     return trl.GRPOTrainer(
         model=model, reward_funcs=reward_funcs, args=args, train_dataset=grpo_dataset(train_dataset, tokenizer),
-        processing_class=tokenizer, peft_config=peft_config, rollout_func=rollout_func)
+        processing_class=tokenizer, peft_config=peft_config, **rollout)

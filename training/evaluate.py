@@ -1,6 +1,6 @@
 """Evaluate a policy (a language model, or any function from prompts to G-code) on a held-out suite.
 
-Metrics (namespaced ``eval/`` in the logs), over ``episodes`` episodes of ``GcodeWriter-v0``:
+Metrics (namespaced ``eval/`` in the logs), over ``episodes`` episodes of ``GcodeWriter-v1``:
 
 * ``success_rate`` — episodes that completed every step without failure and with geometry ≥ 0.9;
 * ``mean_reward`` — mean episode reward (attainable: 1 per step);
@@ -11,7 +11,11 @@ Metrics (namespaced ``eval/`` in the logs), over ``episodes`` episodes of ``Gcod
   (Klipper errors, cold extrusion, heater faults, forbidden commands such as ``M302`` or ``SAVE_CONFIG``),
   per 1,000 generated lines (logged as ``safety/violations_per_1k_lines``);
 * ``episodes``;
-* ``mean_geometry`` — mean geometry score of the steps.
+* ``mean_geometry`` — mean geometry score of the steps;
+* ``vertex_error_mm`` — what limits geometry: for each point of a layer's planned toolpath, the distance to
+  the nearest point the answer moved the nozzle to, averaged (0 when every planned point was reached);
+* ``closed_loop_rate`` — layer answers whose every planned closed path was closed: the answer extruded to
+  the path's start point again, within 0.05 mm.
 
 The policies themselves live in :mod:`agent`; the supervisor task has its own evaluation
 (:func:`training.supervise.evaluate_supervisor`).
@@ -24,13 +28,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from agent.llm import revise_answers
 from agent.policy import Policy
 from envs.gcode_writer import GcodeWriterEnv
 from envs.jobs import PrintJob
 from envs.sampler import load_suite
+from envs.slicer import Toolpath, cached_slice
+from envs.wrappers import DomainRandomization
 from sim_bridge.commands import deployable, forbidden_reason
-from sim_bridge.gcode import Command, GcodeError, GcodeReader
+from sim_bridge.gcode import Command, GcodeError, GcodeReader, parse_line
 
 SAFETY_KEY = "safety_violations_per_1k_lines"
 """The one metric logged under ``safety/`` (as ``safety/violations_per_1k_lines``) instead of ``eval/``."""
@@ -38,7 +46,7 @@ SAFETY_KEY = "safety_violations_per_1k_lines"
 
 @dataclass
 class EvalResult:
-    """The metrics of one evaluation of the writer (``GcodeWriter-v0``)."""
+    """The metrics of one evaluation of the writer (``GcodeWriter-v1``)."""
 
     success_rate: float
     mean_reward: float
@@ -47,6 +55,10 @@ class EvalResult:
     episodes: int
     mean_geometry: float = 0.0
     """Mean geometry score of the episodes' steps."""
+    vertex_error_mm: float = 0.0
+    """Mean distance from each planned toolpath point to the nearest point the answer moved to."""
+    closed_loop_rate: float = 0.0
+    """Layer answers that closed every closed path of the plan (extruded back to its start)."""
 
     def as_dict(self, prefix: str = "") -> dict[str, float]:
         return {f"{prefix}{k}": float(v) for k, v in dataclasses.asdict(self).items()}
@@ -76,14 +88,52 @@ def gcode_validity(text: str) -> tuple[bool, int, int]:
     return bool(commands) and _known_commands(commands) and not reader.warnings, lines, forbidden
 
 
+CLOSED_TOLERANCE_MM = 0.05
+
+
+def toolpath_match(text: str, paths: Sequence[Toolpath]) -> tuple[float, bool]:
+    """``(mean vertex error in mm, every closed path closed)`` of an answer against a layer's plan: the error
+    of each planned point is its distance to the nearest XY the answer moved to (travel or extrusion); a
+    closed path (it ends where it starts) is closed when the answer extruded to its start point."""
+    reached: list[tuple[float, float]] = []
+    extruded: list[tuple[float, float]] = []
+    x = y = 0.0
+    for raw in text.splitlines():
+        try:
+            cmd = parse_line(raw)
+        except GcodeError:
+            continue
+        if cmd is None or cmd.code not in ("G0", "G1") or not ({"X", "Y"} & cmd.params.keys()):
+            continue
+        x, y = cmd.params.get("X", x), cmd.params.get("Y", y)
+        reached.append((x, y))
+        if cmd.params.get("E", 0.0) > 0:
+            extruded.append((x, y))
+    planned = [(float(p.start[0]), float(p.start[1])) for p in paths]
+    planned += [(float(mx), float(my)) for p in paths for mx, my, _ in p.moves]
+    if not planned:
+        return 0.0, True
+    points = np.asarray(reached) if reached else np.full((1, 2), np.inf)
+    errors = [float(np.min(np.hypot(points[:, 0] - px, points[:, 1] - py))) for px, py in planned]
+    ends = np.asarray(extruded) if extruded else np.full((1, 2), np.inf)
+    closed = all(float(np.min(np.hypot(ends[:, 0] - float(p.start[0]), ends[:, 1] - float(p.start[1]))))
+                 <= CLOSED_TOLERANCE_MM for p in paths if p.moves and p.moves[-1][:2] == p.start)
+    return float(np.mean(np.minimum(errors, 1000.0))), closed
+
+
 def _known_commands(commands: list[Command]) -> bool:
     return all(not cmd.code or deployable(cmd.code) for cmd in commands)
 
 
 def evaluate(policy: Policy, suite: str | Sequence[PrintJob] = "tiny-v0", episodes: int = 64,
-             batch_size: int = 16, revisions: int = 0, revise: str = "failures") -> EvalResult:
+             batch_size: int = 16, revisions: int = 0, revise: str = "failures",
+             randomized: bool = False) -> EvalResult:
     """Run ``episodes`` episodes (cycling through the suite's jobs) with ``policy``, steps batched across
     episodes, and return the metrics.
+
+    With ``randomized`` each episode runs on a printer perturbed within ``configs/randomization.yaml``'s
+    ``printer`` ranges (:class:`envs.wrappers.DomainRandomization`, seeded by the episode index: the same
+    printers for every policy) — the randomised held-out suite; the prompts are the nominal ones.
 
     With ``revisions`` > 0 (multi-turn mode) each answer goes through :func:`agent.llm.revise_answers`
     (``revise``: ``"failures"`` or ``"always"``) and only the last answer is committed to the episode (and
@@ -91,9 +141,12 @@ def evaluate(policy: Policy, suite: str | Sequence[PrintJob] = "tiny-v0", episod
     """
     jobs = load_suite(suite) if isinstance(suite, str) else list(suite)
     envs = [GcodeWriterEnv(job=jobs[i % len(jobs)]) for i in range(episodes)]
-    observations = [env.reset(seed=i)[0] for i, env in enumerate(envs)]
+    resets = [DomainRandomization(env) if randomized else env for env in envs]
+    observations = [env.reset(seed=i)[0] for i, env in enumerate(resets)]
     rewards = [0.0] * episodes
     geometry: list[float] = []
+    vertex_errors: list[float] = []
+    closed_loops: list[bool] = []
     done = [False] * episodes
     successes = [False] * episodes
     completions = valid = lines = violations = 0
@@ -106,6 +159,11 @@ def evaluate(policy: Policy, suite: str | Sequence[PrintJob] = "tiny-v0", episod
                 texts = revise_answers(policy, [envs[i] for i in chunk], [observations[i]["prompt"] for i in chunk],
                                        texts, revisions, revise)
             for i, text in zip(chunk, texts, strict=True):
+                kind, layer = envs[i].steps[envs[i].step_index]
+                if kind == "layer":
+                    error, closed = toolpath_match(text, cached_slice(envs[i].job).layer_paths[layer])
+                    vertex_errors.append(error)
+                    closed_loops.append(closed)
                 ok, n_lines, forbidden = gcode_validity(text)
                 completions += 1
                 valid += ok
@@ -123,4 +181,6 @@ def evaluate(policy: Policy, suite: str | Sequence[PrintJob] = "tiny-v0", episod
         success_rate=sum(successes) / episodes, mean_reward=sum(rewards) / episodes,
         valid_gcode_rate=valid / max(completions, 1),
         safety_violations_per_1k_lines=1000.0 * violations / max(lines, 1), episodes=episodes,
-        mean_geometry=sum(geometry) / max(len(geometry), 1))
+        mean_geometry=sum(geometry) / max(len(geometry), 1),
+        vertex_error_mm=float(np.mean(vertex_errors)) if vertex_errors else 0.0,
+        closed_loop_rate=float(np.mean(closed_loops)) if closed_loops else 0.0)

@@ -96,6 +96,9 @@ class GRPOSettings:
     """Sim-to-real: score each group of answers on a printer randomised within ``configs/randomization.yaml``
     (``printer`` ranges), a new one per prompt and step (False: the nominal printer). Off by default: at the
     CPU default's budget it lowered the held-out reward (docs/results.md)."""
+    use_vllm: bool = False
+    """Generate the groups with vLLM on the training GPU (TRL's colocate mode; a CUDA GPU and the ``vllm``
+    package; not with ``multi_turn``, whose rollout generates itself). Off: transformers generates."""
     checkpoint_interval: int = ranged(25, 1, 10_000_000)
     """Save a checkpoint every this many steps."""
     log_dir: str = ""
@@ -115,6 +118,9 @@ class GRPOSettings:
             raise ConfigError(f"batch_size = {self.batch_size} must be a multiple of num_generations = "
                               f"{self.num_generations}: e.g. "
                               f"{self.num_generations * max(1, self.batch_size // self.num_generations)}")
+        if self.use_vllm and self.multi_turn:
+            raise ConfigError("use_vllm: true with multi_turn: true — the revision rollout generates with "
+                              "transformers itself; switch one of them off")
         if self.ref_model_sync_steps > 0 and (self.beta == 0 or self.lora):
             raise ConfigError(f"ref_model_sync_steps = {self.ref_model_sync_steps}: syncing the reference model "
                               f"needs beta > 0 (beta = {self.beta}) and full fine-tuning (lora = "
@@ -274,7 +280,7 @@ def make_trainer(model: transformers.PreTrainedModel, tokenizer: transformers.Pr
         save_steps=settings.checkpoint_interval, temperature=settings.temperature, lora=settings.lora,
         lora_r=settings.lora_r, backend=settings.backend, rollout_func=rollout,
         ref_model_sync_steps=settings.ref_model_sync_steps, ref_model_mixup_alpha=settings.ref_model_mixup_alpha,
-        report_to=report_to)
+        use_vllm=settings.use_vllm, report_to=report_to)
     trainer.add_callback(RewardTiming(funcs))
     return trainer
 

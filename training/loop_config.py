@@ -9,18 +9,17 @@ the model, the data, the output folders, the backend and the seed the loop sets 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from sim_bridge.config import ConfigError, check_ranges, from_dict, ranged
+from sim_bridge.config import ConfigError, apply_overrides, check_ranges, from_dict, ranged, read_yaml_mapping
 from training.grpo import GRPOSettings
 from training.model import ModelConfig
 from training.sft import SFTConfig
 
-TASKS = ("GcodeWriter-v0", "PrintSupervisor-v1")
+TASKS = ("GcodeWriter-v1", "PrintSupervisor-v1")
 """The environments the loop trains a model for."""
 LOOP_OWNED = {
     "sft": ("model", "embedded", "dataset_path", "output_dir", "log_dir", "backend", "seed", "eval_interval"),
@@ -50,8 +49,8 @@ class SimLoopConfig:
     """``embedded`` (built locally) or any Hugging Face causal LM id or local path."""
     embedded: ModelConfig = field(default_factory=lambda: ModelConfig(max_length_tokens=2048))
     """Shape of the embedded model (ignored for other models, except ``max_length_tokens``)."""
-    task: str = ranged("GcodeWriter-v0", choices=TASKS)
-    """Environment the model learns: ``GcodeWriter-v0`` (one layer of G-code per turn) or
+    task: str = ranged("GcodeWriter-v1", choices=TASKS)
+    """Environment the model learns: ``GcodeWriter-v1`` (one layer of G-code per turn) or
     ``PrintSupervisor-v1`` (live-tuning commands between layers; see :mod:`training.supervise`)."""
     backend: str = ranged("trl", choices=("trl", "unsloth"))
     """``trl`` (any device) or ``unsloth`` (NVIDIA GPU and the ``gpu`` extra), for every phase."""
@@ -87,6 +86,9 @@ class SimLoopConfig:
     """Held-out suite (envs/suites/NAME.json) for evaluation."""
     eval_episodes: int = ranged(64, 1, 100_000)
     """Episodes per phase evaluation (the suite is cycled)."""
+    eval_randomized: bool = False
+    """Also evaluate each phase on the randomised held-out suite: the same jobs, each episode on a printer
+    perturbed within ``configs/randomization.yaml`` (seeded by episode; report section ``randomized``)."""
     eval_interval: int = ranged(0, 0, 10_000_000)
     """Evaluate every this many training steps on ``eval_episodes_during`` episodes (0: only at phase ends)."""
     eval_episodes_during: int = ranged(8, 1, 100_000)
@@ -110,8 +112,8 @@ class SimLoopConfig:
             for key in owned:
                 if getattr(given, key) != getattr(default, key):
                     raise ConfigError(_owned_message(section, key))
-        if self.grpo.multi_turn and self.task != "GcodeWriter-v0":
-            raise ConfigError(f"grpo.multi_turn: true needs task GcodeWriter-v0 (task is {self.task!r}): only a "
+        if self.grpo.multi_turn and self.task != "GcodeWriter-v1":
+            raise ConfigError(f"grpo.multi_turn: true needs task GcodeWriter-v1 (task is {self.task!r}): only a "
                               "written layer has simulator feedback to revise against")
 
     @property
@@ -150,26 +152,23 @@ def _owned_message(section: str, key: str) -> str:
     return f"{section}.{key}: the loop sets it; use {where}"
 
 
-def load_config(path: str | Path | None) -> SimLoopConfig:
-    """The config from a YAML file (or the defaults), validated; a key of the flat layout before the
+def load_config(path: str | Path | None, overrides: Sequence[str] = (), seed: int | None = None) -> SimLoopConfig:
+    """The config from a YAML file (or the defaults) with command-line overrides (``--set KEY=VALUE``,
+    ``--seed N``: :func:`sim_bridge.config.apply_overrides`), validated; a key of the flat layout before the
     ``sft:``/``grpo:`` sections fails naming its new place."""
-    if path is None:
-        return SimLoopConfig()
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
+    data = read_yaml_mapping(path) if path is not None else {}
+    source = str(path) if path is not None else "defaults"
+    if overrides or seed is not None:
+        data = apply_overrides(data, overrides, seed)
+        source += " with --set/--seed"
     moved = [f"{key} moved to {MOVED_KEYS[key]}" for key in data if key in MOVED_KEYS]
     if moved:
-        raise ConfigError(f"{path}: " + "; ".join(moved) + " (the loop config has sft: and grpo: sections)")
+        raise ConfigError(f"{source}: " + "; ".join(moved) + " (the loop config has sft: and grpo: sections)")
     for section in ("sft", "grpo"):
         given = data.get(section)
         if not isinstance(given, dict):
             continue
         for key in given:
             if key in LOOP_OWNED[section]:
-                raise ConfigError(f"{path}: {_owned_message(section, key)}")
-    return from_dict(SimLoopConfig, data, str(path))
+                raise ConfigError(f"{source}: {_owned_message(section, key)}")
+    return from_dict(SimLoopConfig, data, source)

@@ -47,6 +47,7 @@ from sim_bridge.plots import render_rgb
 from sim_bridge.report import EMBEDDED, PrintReport
 from sim_bridge.simulator import Simulator
 from training import datafmt
+from training.cli import add_override_arguments
 from training.defects import DEFECTS
 
 
@@ -277,9 +278,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="dataset folder (made or resumed)")
     parser.add_argument("--workers", type=int, help="override the config's workers")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_override_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        config = load_yaml(DatasetConfig, args.config) if args.config else DatasetConfig()
+        config = load_yaml(DatasetConfig, args.config, args.set, args.seed)
         if args.workers is not None:
             config = replace(config, workers=args.workers)
         manifest = make_dataset(config, args.out, progress=not args.quiet)

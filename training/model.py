@@ -1,7 +1,7 @@
 """The policy's language model: the embedded default (built locally, no hub) or any Hugging Face causal LM.
 
 The embedded default is a byte-level BPE tokenizer trained on a simulated corpus — the prompts and expert
-G-code of sampled jobs, played through ``GcodeWriter-v0`` — with every digit its own token, and a small
+G-code of sampled jobs, played through ``GcodeWriter-v1`` — with every digit its own token, and a small
 Qwen2-architecture causal LM initialised from a seed. It is built once, saved under
 ``cache_dir/<key>/`` (the key is a SHA-256 of everything that shapes it) and loaded from there afterwards.
 Any other ``name`` is a Hugging Face model id or local path, loaded with ``from_pretrained`` (its own chat
@@ -36,11 +36,11 @@ from sim_bridge.config import ConfigError, check_ranges, ranged
 EMBEDDED = "embedded"
 EOS_TOKEN = "<|endoftext|>"
 SPECIAL_TOKENS = (EOS_TOKEN, IM_START, IM_END)
-CORPUS_VERSION = 1
-"""Bump when the corpus generator changes what it yields (it is part of the cache key)."""
+CORPUS_VERSION = 2
+"""Bump when the corpus generator changes what it yields (it is part of the cache key). 2: GcodeWriter-v1's
+layer prompts list the toolpath."""
 BUILDER_VERSION = 1
 """Bump when the tokenizer spec, chat template or model construction changes (part of the cache key)."""
-"""Written last into a cache entry; an entry without it is incomplete and is rebuilt."""
 CORPUS_DIFFICULTIES = 5
 """Corpus jobs cycle through difficulties 0..4 so every kind of step (start, layer, end) is seen."""
 
@@ -109,7 +109,7 @@ class ModelConfig:
 # -- corpus and tokenizer -----------------------------------------------------------------------------------
 def corpus_texts(jobs: int, seed: int) -> Iterator[str]:
     """The embedded tokenizer's training texts: for each of ``jobs`` sampled jobs, the whole-program prompt
-    and the heat-and-home setup, then every ``GcodeWriter-v0`` step's prompt and expert G-code (the
+    and the heat-and-home setup, then every ``GcodeWriter-v1`` step's prompt and expert G-code (the
     whole-program answer is these steps' G-code joined, so it adds nothing). Deterministic."""
     for i in range(jobs):
         job = sample_job(np.random.default_rng([seed, i]), i % CORPUS_DIFFICULTIES)

@@ -41,6 +41,7 @@ from sim_bridge.config import ConfigError
 from training import grpo, sft
 from training.backend import check_backend
 from training.checkpoints import FINAL_DIR, train_and_save
+from training.cli import add_override_arguments
 from training.data import load_table, to_grpo, to_sft
 from training.datafmt import DatasetError, read_manifest
 from training.evaluate import EvalResult, eval_metrics, evaluate
@@ -57,13 +58,14 @@ EVAL_BATCH = 8
 """Prompts the evaluations generate together."""
 
 
-def _evaluate(model: Any, tokenizer: Any, config: SimLoopConfig, episodes: int
+def _evaluate(model: Any, tokenizer: Any, config: SimLoopConfig, episodes: int, randomized: bool = False
               ) -> EvalResult | SupervisorEvalResult:
     policy = LLMPolicy(model, tokenizer, max_new_tokens=config.grpo.max_completion_length, batch_size=EVAL_BATCH)
     if config.supervising:
         return evaluate_supervisor(policy, episodes, config.seed, config.supervisor_difficulties)
     return evaluate(policy, config.eval_suite, episodes,
-                    revisions=config.grpo.revision_turns if config.grpo.multi_turn else 0, revise=config.grpo.revise)
+                    revisions=config.grpo.revision_turns if config.grpo.multi_turn else 0, revise=config.grpo.revise,
+                    randomized=randomized)
 
 
 class _Metrics(transformers.TrainerCallback):
@@ -172,6 +174,12 @@ def run(config: SimLoopConfig, run_dir: Path, progress: bool = True) -> dict[str
         result = _evaluate(model, tokenizer, config, config.eval_episodes)
         report["phases"][phase] = dataclasses.asdict(result)
         logger.log(phase, step, eval_metrics(result))
+        if config.eval_randomized and not config.supervising:
+            randomized = _evaluate(model, tokenizer, config, config.eval_episodes, randomized=True)
+            report.setdefault("randomized", {})[phase] = dataclasses.asdict(randomized)
+            logger.log(phase, step, {f"randomized/{k}": v for k, v in randomized.as_dict().items()})
+            print(f"[{phase}, randomised printers] "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in report["randomized"][phase].items()))
         state["done"].append(phase)
         _save_state(run_dir, state)
         (run_dir / "report.json").write_text(json.dumps(report, indent=1))
@@ -241,15 +249,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.sim_loop", description=__doc__.split("\n")[0])
     parser.add_argument("--config", type=Path, help="YAML config (default: the embedded default)")
     parser.add_argument("--resume", type=Path, help="continue the run in this directory")
+    add_override_arguments(parser)
     args = parser.parse_args(argv)
     try:
+        if args.resume and (args.set or args.seed is not None):
+            raise ConfigError("--resume continues a run with its own config.yaml: --set/--seed apply to new runs only")
         if args.resume:
             if not (args.resume / "config.yaml").is_file():
                 raise ConfigError(f"{args.resume}: no config.yaml (not a run directory)")
             config = load_config(args.resume / "config.yaml")
             run_dir = args.resume
         else:
-            config = load_config(args.config)
+            config = load_config(args.config, args.set, args.seed)
             stamp = shared_stamp()
             run_dir = Path(config.output_dir) / f"{config.task.split('-')[0]}-{config.seed}-{stamp}"
             if is_main():

@@ -1,7 +1,7 @@
 """A trained model writes a whole program for a job, for a person to review:
 ``python -m training.write --model RUN/grpo/final --suite tiny-v0 --job 0 --out part.gcode [--db approvals.db]``.
 
-The model plays a ``GcodeWriter-v0`` episode (one layer per turn, greedy; with ``--revisions`` the
+The model plays a ``GcodeWriter-v1`` episode (one layer per turn, greedy; with ``--revisions`` the
 simulator's feedback on a failing answer goes back to it, as in multi-turn training), and its answers are
 joined into one program: for a job without start/end sequences, the expert's heat-and-home setup comes first
 and the expert's end sequence last (the model never wrote those). The program is written to ``--out`` and,
