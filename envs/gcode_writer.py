@@ -65,9 +65,11 @@ class GcodeWriterEnv(gym.Env):
 
     ## Observation space
     ``spaces.Dict``:
-    * ``prompt`` — ``spaces.Text(16000)``: the step's task, printer, material, temperatures, the layer's
-      outline coordinates and Z, line width and extrusion per mm, machine state, and feedback on the previous
-      step (failures with line numbers, scores) — see :mod:`envs.prompts`.
+    * ``prompt`` — ``spaces.Text(16000)``: the step's task; for a layer (v1) its Z, the printer, material,
+      temperatures and fan, every speed and the retraction, the planner's toolpath (each path's travel point,
+      each move's end point and filament E), and feedback on the previous step (failures with line numbers,
+      scores); v0 lists the outline to fill, line width and extrusion per mm and the machine state instead of
+      the toolpath — see :mod:`envs.prompts`.
     * ``state`` — ``spaces.Box(14,)``: step index, steps in the episode, target Z (mm), hotend and its
       target, bed and its target (°C), nozzle X, Y, Z (mm), and the last step's geometry, extrusion and time
       scores and reward.
@@ -94,12 +96,13 @@ class GcodeWriterEnv(gym.Env):
     (list the planner's toolpath in layer prompts: ``True`` is v1, ``False`` v0).
 
     ## Version history
-    * v1: a layer's prompt also lists the planner's toolpath — each path's travel point, then every move's
-      end point and filament E, in print order, the numbers as the reference program writes them
-      (:func:`envs.prompts.toolpath_lines`). The model's job becomes writing the G-code of a planned layer
-      (Z, fan, feeds, travel, retraction, the moves, the loop closed), not planning it: v0's outline alone
-      asked a small model to inset, reorder and re-seam a polygon in its head (docs/results.md). Rewards,
-      success and suites are unchanged.
+    * v1: a layer's prompt lists the planner's toolpath instead of the outline — each path's travel point,
+      then every move's end point and filament E, in print order, the numbers as the reference program
+      writes them (:func:`envs.prompts.planned_layer_prompt`) — with the layer's Z, temperatures, fan and
+      every speed, and nothing else (no printer limits, no machine state). The model's job becomes writing
+      the G-code of a planned layer (Z, fan, feeds, travel, retraction, the moves, the loop closed), not
+      planning it: v0 asked a small model to inset, reorder and re-seam a polygon in its head
+      (docs/results.md). Rewards, success and suites are unchanged.
     * v0: first version (the outline only).
     """
 

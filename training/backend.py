@@ -223,6 +223,7 @@ def sft_dataset(dataset: datasets.Dataset, tokenizer: transformers.PreTrainedTok
 def make_sft_trainer(model: transformers.PreTrainedModel, tokenizer: transformers.PreTrainedTokenizerBase,
                      train_dataset: datasets.Dataset, eval_dataset: datasets.Dataset | None = None, *,
                      output_dir: str, learning_rate: float = 2e-4, batch_size: int = 4, epochs: float = 1.0,
+                     warmup_steps: int = 0,
                      max_steps: int = -1, lora: bool = False, lora_r: int = 16, seed: int = 0,
                      logging_steps: int = 10, eval_steps: int = 0, save_steps: int = 0,
                      max_length_tokens: int | None = None, gradient_accumulation_steps: int = 1,
@@ -238,7 +239,8 @@ def make_sft_trainer(model: transformers.PreTrainedModel, tokenizer: transformer
     model, peft_config = _adapter(model, backend, lora, lora_r, seed, max_length)
     evaluate = eval_dataset is not None and eval_steps > 0
     args = trl.SFTConfig(
-        output_dir=output_dir, learning_rate=learning_rate, per_device_train_batch_size=batch_size,
+        output_dir=output_dir, learning_rate=learning_rate, warmup_steps=warmup_steps,
+        per_device_train_batch_size=batch_size,
         per_device_eval_batch_size=batch_size, gradient_accumulation_steps=gradient_accumulation_steps,
         num_train_epochs=epochs, max_steps=max_steps, seed=seed, data_seed=seed, logging_steps=logging_steps,
         eval_strategy="steps" if evaluate else "no", eval_steps=eval_steps if evaluate else None,

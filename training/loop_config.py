@@ -47,8 +47,9 @@ class SimLoopConfig:
 
     model: str = "embedded"
     """``embedded`` (built locally) or any Hugging Face causal LM id or local path."""
-    embedded: ModelConfig = field(default_factory=lambda: ModelConfig(max_length_tokens=2048))
-    """Shape of the embedded model (ignored for other models, except ``max_length_tokens``)."""
+    embedded: ModelConfig = field(default_factory=lambda: ModelConfig(max_length_tokens=2048, num_layers=4))
+    """Shape of the embedded model (ignored for other models, except ``max_length_tokens``). Four layers: the
+    copy of the toolpath's numbers forms there within the CPU budget, not in two (docs/results.md)."""
     task: str = ranged("GcodeWriter-v1", choices=TASKS)
     """Environment the model learns: ``GcodeWriter-v1`` (one layer of G-code per turn) or
     ``PrintSupervisor-v1`` (live-tuning commands between layers; see :mod:`training.supervise`)."""
@@ -56,11 +57,15 @@ class SimLoopConfig:
     """``trl`` (any device) or ``unsloth`` (NVIDIA GPU and the ``gpu`` extra), for every phase."""
     seed: int = ranged(0, 0, 2**31 - 1)
     """Seed of data order, sampling and initial weights, for every phase."""
-    sft: SFTConfig = field(default_factory=SFTConfig)
+    cpu_threads: int = ranged(2, 1, 256)
+    """Torch threads on a machine without a GPU (at most its cores). More than one only with
+    ``OMP_WAIT_POLICY=PASSIVE`` in the environment (``make run`` sets it): busy-waiting threads on shared cores
+    can make a run many times slower."""
+    sft: SFTConfig = field(default_factory=lambda: SFTConfig(max_steps=2500))
     """Phase 1 (and the settings phase 3 does not set itself: batch size 1, its own learning rate and
     epochs): supervised fine-tuning; without ``model``, ``embedded``, ``dataset_path``, ``output_dir``,
     ``log_dir``, ``backend``, ``seed``, ``eval_interval``."""
-    grpo: GRPOSettings = field(default_factory=GRPOSettings)
+    grpo: GRPOSettings = field(default_factory=lambda: GRPOSettings(max_steps=40))
     """Phase 2: GRPO (``max_steps: 0`` skips it); ``multi_turn`` and ``revise`` also shape the SFT data and
     the evaluations; ``max_completion_length`` is also the evaluations' budget. Without ``model``,
     ``embedded``, ``dataset_path``, ``output_dir``, ``log_dir``, ``backend``, ``seed``."""
@@ -72,7 +77,7 @@ class SimLoopConfig:
     """``PrintSupervisor-v1``: difficulties of the training and evaluation jobs."""
     dataset_path: str = ""
     """Supervised dataset folder; made there (or in the run directory when empty) if missing."""
-    train_jobs: int = ranged(256, 1, 10_000_000)
+    train_jobs: int = ranged(1024, 1, 10_000_000)
     """Jobs in the supervised dataset when it has to be made."""
     train_difficulties: list[int] = ranged([0], 0, 4)
     """Difficulties of the training jobs."""
@@ -86,7 +91,7 @@ class SimLoopConfig:
     """Held-out suite (envs/suites/NAME.json) for evaluation."""
     eval_episodes: int = ranged(64, 1, 100_000)
     """Episodes per phase evaluation (the suite is cycled)."""
-    eval_randomized: bool = False
+    eval_randomized: bool = True
     """Also evaluate each phase on the randomised held-out suite: the same jobs, each episode on a printer
     perturbed within ``configs/randomization.yaml`` (seeded by episode; report section ``randomized``)."""
     eval_interval: int = ranged(0, 0, 10_000_000)

@@ -41,7 +41,9 @@ class SFTConfig:
     batch_size: int = ranged(4, 1, 4096)
     """Examples per step."""
     learning_rate: float = ranged(2e-3, 1e-9, 1.0)
-    """Peak learning rate."""
+    """Peak learning rate (reached after ``warmup_steps``, then decayed linearly to 0)."""
+    warmup_steps: int = ranged(0, 0, 10_000_000)
+    """Steps over which the learning rate rises linearly from 0 to its peak."""
     epochs: float = ranged(16.0, 0.01, 1000.0)
     """Passes over the training split."""
     max_steps: int = ranged(-1, -1, 10_000_000)
@@ -79,7 +81,7 @@ def make_trainer(model: transformers.PreTrainedModel, tokenizer: transformers.Pr
     return make_sft_trainer(
         model, tokenizer, train_rows, eval_rows if eval_rows is not None and len(eval_rows) else None,
         output_dir=config.output_dir, learning_rate=config.learning_rate, batch_size=config.batch_size,
-        epochs=config.epochs, max_steps=config.max_steps, lora=config.lora, lora_r=config.lora_r, seed=config.seed,
+        warmup_steps=config.warmup_steps, epochs=config.epochs, max_steps=config.max_steps, lora=config.lora, lora_r=config.lora_r, seed=config.seed,
         logging_steps=1, eval_steps=config.eval_interval, save_steps=config.checkpoint_interval,
         max_length_tokens=config.embedded.max_length_tokens, backend=config.backend, report_to=report_to)
 

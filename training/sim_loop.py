@@ -157,7 +157,8 @@ def run(config: SimLoopConfig, run_dir: Path, progress: bool = True) -> dict[str
     """Run (or resume) the loop in ``run_dir``; returns the report."""
     check_backend(config.backend)
     if not torch.cuda.is_available():
-        torch.set_num_threads(1)
+        passive = os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE"
+        torch.set_num_threads(min(config.cpu_threads, os.cpu_count() or 1) if passive else 1)
     torch.manual_seed(config.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     state_path = run_dir / "state.json"
