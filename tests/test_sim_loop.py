@@ -124,6 +124,13 @@ def test_config_errors_name_key_and_range(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"eval_episodes = 0: out of range"):
         load_config(bad)
     assert load_config(ROOT / "configs" / "tiny-cpu.yaml") == load_config(None)
+    # Every shipped loop config loads and validates (the GPU one included: it cannot run here).
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        if path.name in ("tiny-cpu.yaml", "gpu.yaml", "tiny-cpu-multiturn.yaml", "supervisor-tiny.yaml", "smoke.yaml",
+                         "smoke-multiturn.yaml", "smoke-supervisor.yaml"):
+            load_config(path)
+    gpu = load_config(ROOT / "configs" / "gpu.yaml")
+    assert gpu.embedded.num_layers > 4 and gpu.grpo.randomize and not gpu.grpo.use_vllm
 
 
 def test_seed_and_set_override_the_yaml_and_are_checked_like_it(tmp_path: Path) -> None:

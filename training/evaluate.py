@@ -127,20 +127,21 @@ def _known_commands(commands: list[Command]) -> bool:
 
 def evaluate(policy: Policy, suite: str | Sequence[PrintJob] = "tiny-v0", episodes: int = 64,
              batch_size: int = 16, revisions: int = 0, revise: str = "failures",
-             randomized: bool = False) -> EvalResult:
+             randomized: bool = False, toolpath: bool = True) -> EvalResult:
     """Run ``episodes`` episodes (cycling through the suite's jobs) with ``policy``, steps batched across
     episodes, and return the metrics.
 
     With ``randomized`` each episode runs on a printer perturbed within ``configs/randomization.yaml``'s
     ``printer`` ranges (:class:`envs.wrappers.DomainRandomization`, seeded by the episode index: the same
     printers for every policy) — the randomised held-out suite; the prompts are the nominal ones.
+    ``toolpath`` False evaluates on ``GcodeWriter-v0``'s prompts (the outline, for models trained on v0).
 
     With ``revisions`` > 0 (multi-turn mode) each answer goes through :func:`agent.llm.revise_answers`
     (``revise``: ``"failures"`` or ``"always"``) and only the last answer is committed to the episode (and
     counted in the metrics). The policy then receives conversations (lists of chat turns) for the revisions.
     """
     jobs = load_suite(suite) if isinstance(suite, str) else list(suite)
-    envs = [GcodeWriterEnv(job=jobs[i % len(jobs)]) for i in range(episodes)]
+    envs = [GcodeWriterEnv(job=jobs[i % len(jobs)], toolpath=toolpath) for i in range(episodes)]
     resets = [DomainRandomization(env) if randomized else env for env in envs]
     observations = [env.reset(seed=i)[0] for i, env in enumerate(resets)]
     rewards = [0.0] * episodes

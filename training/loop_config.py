@@ -61,11 +61,11 @@ class SimLoopConfig:
     """Torch threads on a machine without a GPU (at most its cores). More than one only with
     ``OMP_WAIT_POLICY=PASSIVE`` in the environment (``make run`` sets it): busy-waiting threads on shared cores
     can make a run many times slower."""
-    sft: SFTConfig = field(default_factory=lambda: SFTConfig(max_steps=2500))
+    sft: SFTConfig = field(default_factory=lambda: SFTConfig(max_steps=2400, learning_rate=3e-3, warmup_steps=100))
     """Phase 1 (and the settings phase 3 does not set itself: batch size 1, its own learning rate and
     epochs): supervised fine-tuning; without ``model``, ``embedded``, ``dataset_path``, ``output_dir``,
     ``log_dir``, ``backend``, ``seed``, ``eval_interval``."""
-    grpo: GRPOSettings = field(default_factory=lambda: GRPOSettings(max_steps=40))
+    grpo: GRPOSettings = field(default_factory=lambda: GRPOSettings(max_steps=30, learning_rate=1e-5))
     """Phase 2: GRPO (``max_steps: 0`` skips it); ``multi_turn`` and ``revise`` also shape the SFT data and
     the evaluations; ``max_completion_length`` is also the evaluations' budget. Without ``model``,
     ``embedded``, ``dataset_path``, ``output_dir``, ``log_dir``, ``backend``, ``seed``."""
@@ -91,7 +91,7 @@ class SimLoopConfig:
     """Held-out suite (envs/suites/NAME.json) for evaluation."""
     eval_episodes: int = ranged(64, 1, 100_000)
     """Episodes per phase evaluation (the suite is cycled)."""
-    eval_randomized: bool = True
+    eval_randomized: bool = False
     """Also evaluate each phase on the randomised held-out suite: the same jobs, each episode on a printer
     perturbed within ``configs/randomization.yaml`` (seeded by episode; report section ``randomized``)."""
     eval_interval: int = ranged(0, 0, 10_000_000)
