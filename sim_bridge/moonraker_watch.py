@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import ssl
 import threading
 import time
 import warnings
@@ -136,7 +137,10 @@ class TelemetryWatcher:
         url = urlsplit(self.client.url)
         secure = url.scheme == "https"
         port = url.port or (443 if secure else DEFAULT_PORT)
-        async with aiohttp.ClientSession() as session:
+        # A verifying context made now, not aiohttp's, which it builds once at import: a certificate trusted
+        # through SSL_CERT_FILE then counts for the websocket exactly as for the HTTP calls.
+        connector = aiohttp.TCPConnector(ssl=ssl.create_default_context()) if secure else None
+        async with aiohttp.ClientSession(connector=connector) as session:
             ws = WebsocketClient(Listener(), url.hostname, port, api_key=self.client.api_key, ssl=secure,
                                  timeout=int(self.connect_timeout_s), session=session)
             with warnings.catch_warnings():
