@@ -48,17 +48,23 @@ class BackendError(RuntimeError):
     """The requested training backend is unknown or cannot run on this machine."""
 
 
+def _missing_for_gpu(package: str, package_hint: str) -> list[str]:
+    """What of a CUDA GPU and ``package`` this machine lacks, as phrases for an error message."""
+    missing = []
+    if not torch.cuda.is_available():
+        missing.append("a CUDA GPU (torch.cuda.is_available() is False: no NVIDIA GPU, or a CPU-only torch)")
+    if importlib.util.find_spec(package) is None:
+        missing.append(package_hint)
+    return missing
+
+
 def check_backend(name: str) -> None:
     """Fail with what is missing and how to get it unless backend ``name`` can run here."""
     if name not in BACKENDS:
         raise BackendError(f"backend {name!r}: unknown, choose one of {', '.join(map(repr, BACKENDS))}")
     if name == "trl":
         return
-    missing = []
-    if not torch.cuda.is_available():
-        missing.append("a CUDA GPU (torch.cuda.is_available() is False: no NVIDIA GPU, or a CPU-only torch)")
-    if importlib.util.find_spec("unsloth") is None:
-        missing.append("the 'unsloth' package (in .venv-unsloth)")
+    missing = _missing_for_gpu("unsloth", "the 'unsloth' package (in .venv-unsloth)")
     if missing:
         raise BackendError(f"backend 'unsloth' needs {' and '.join(missing)}; install with {INSTALL_HINT}, "
                            "or use backend: trl (runs on CPU)")
@@ -86,11 +92,7 @@ def require_trl_feature(feature: str, wanted_by: str) -> None:
 
 def check_vllm() -> None:
     """Fail with what is missing unless TRL can generate with vLLM here (a CUDA GPU and the vllm package)."""
-    missing = []
-    if not torch.cuda.is_available():
-        missing.append("a CUDA GPU")
-    if importlib.util.find_spec("vllm") is None:
-        missing.append("the 'vllm' package (pip install vllm, matching the CUDA torch)")
+    missing = _missing_for_gpu("vllm", "the 'vllm' package (pip install vllm, matching the CUDA torch)")
     if missing:
         raise BackendError(f"grpo.use_vllm: true needs {' and '.join(missing)}; set use_vllm: false to generate "
                            "with transformers")
