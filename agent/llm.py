@@ -14,6 +14,7 @@ again. Multi-turn GRPO (``training.grpo``) splices the same turns into its rollo
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,18 +42,34 @@ MARKER_FILE = "layerloop-model.json"
 
 
 # -- loading ------------------------------------------------------------------------------------------------------
+def load_tokenizer(source: str | Path) -> transformers.PreTrainedTokenizerBase:
+    """The tokenizer of a Hugging Face id or local folder: for a folder with :data:`MARKER_FILE`, the plain
+    fast tokenizer saved there. ``AutoTokenizer`` (transformers 5) builds ``Qwen2Tokenizer`` for every
+    ``qwen2`` model and swaps in Qwen2's pre-tokenizer (one token per digit), which splits numbers
+    differently from the embedded tokenizer's three-digit groups."""
+    import transformers
+
+    if (Path(source) / MARKER_FILE).is_file():
+        return transformers.PreTrainedTokenizerFast.from_pretrained(source)
+    return transformers.AutoTokenizer.from_pretrained(source)
+
+
+def mark_plain_tokenizer(tokenizer: transformers.PreTrainedTokenizerBase, folder: str | Path) -> None:
+    """Write :data:`MARKER_FILE` into ``folder`` when ``tokenizer`` is a plain fast tokenizer (the embedded
+    family's), so :func:`load_tokenizer` reloads it as saved."""
+    import transformers
+
+    if type(tokenizer) is transformers.PreTrainedTokenizerFast:
+        (Path(folder) / MARKER_FILE).write_text(json.dumps({"tokenizer": "PreTrainedTokenizerFast"}) + "\n")
+
+
 def load_pretrained(source: str, device: str = "cpu"
                     ) -> tuple[transformers.PreTrainedModel, transformers.PreTrainedTokenizerBase]:
     """A causal LM and its tokenizer from a Hugging Face id or a local folder (a trained checkpoint), on
     ``device``: float32 on a CPU, the checkpoint's dtype on a GPU; a pad token set."""
     import transformers
 
-    if (Path(source) / MARKER_FILE).is_file():
-        # AutoTokenizer would pick Qwen2Tokenizer from config.json and swap in Qwen2's pre-tokenizer regex;
-        # the fast tokenizer keeps the one the embedded tokenizer was trained with.
-        tokenizer = transformers.PreTrainedTokenizerFast.from_pretrained(source)
-    else:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(source)
+    tokenizer = load_tokenizer(source)
     dtype = "auto" if str(device).startswith("cuda") else torch.float32
     model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
     if tokenizer.pad_token is None:

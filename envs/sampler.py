@@ -14,6 +14,7 @@ Held-out suites live in ``envs/suites/NAME.json`` as lists of jobs; no training 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -154,6 +155,22 @@ def heldout_ids() -> frozenset[str]:
     for path in SUITE_DIR.glob("*.json"):
         ids.update(d["job_id"] for d in json.loads(path.read_text())["jobs"])
     return frozenset(ids)
+
+
+def part_key(part: PartSpec) -> str:
+    """Identifier of a part's geometry (jobs of the same part share it; dataset splits are made by it)."""
+    text = f"{part.kind}|{part.size_mm}|{part.height_mm}|{part.stl_path}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@lru_cache(maxsize=1)
+def heldout_parts() -> frozenset[str]:
+    """:func:`part_key` of every part in every held-out suite: training data must not use these parts (small
+    parts are drawn from a small space, so a training job can repeat a held-out job's part by chance)."""
+    keys: set[str] = set()
+    for path in SUITE_DIR.glob("*.json"):
+        keys.update(part_key(PrintJob.from_dict(d).part) for d in json.loads(path.read_text())["jobs"])
+    return frozenset(keys)
 
 
 def make_suite(name: str, seed: int, per_difficulty: int) -> dict[str, object]:

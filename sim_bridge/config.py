@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from collections.abc import Sequence
@@ -19,6 +20,9 @@ from typing import Any, TypeVar
 import yaml
 
 T = TypeVar("T")
+
+_YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+"""Exponent notation without a dot (``1e-4``), which YAML 1.1 reads as a string."""
 
 
 class ConfigError(ValueError):
@@ -89,6 +93,8 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{key} = {value!r}: expected a mapping")
         return {k: _convert(val_tp, v, f"{key}.{k}") for k, v in value.items()}
     if tp is float:
+        if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 (PyYAML) reads 1e-4, without a dot, as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key} = {value!r}: expected a number")
         return float(value)

@@ -130,7 +130,7 @@ class Interpreter(HeaterCommands):
                 body = text[3:semi] if semi >= 0 else text[3:]
                 if "=" not in body and body.upper() == body:
                     count += 1
-                    move({k: float(v) if v else math.nan for k, v in words_re.findall(body)}, line_no)
+                    move({k: float(v) if v else math.nan for k, v in words_re.findall(body)}, line_no, text)
                     continue
             cmd = parse_line(text, line_no, name, warnings, True)
             if cmd is not None:
@@ -142,7 +142,7 @@ class Interpreter(HeaterCommands):
         """Apply one command to the machine state (moves are queued, events added to the timeline)."""
         code = cmd.code
         if code == "G1" or code == "G0":
-            self._move(cmd.params, cmd.line)
+            self._move(cmd.params, cmd.line, f"{code} {cmd.text}")
         elif not code:
             self.observe_comment(cmd.comment)
         else:
@@ -190,7 +190,9 @@ class Interpreter(HeaterCommands):
         return f"{pos[0]:.3f} {pos[1]:.3f} {pos[2]:.3f} [{pos[3]:.3f}]"
 
     # -- motion ----------------------------------------------------------------------------------------
-    def _move(self, p: dict[str, float], line: int) -> None:
+    def _move(self, p: dict[str, float], line: int, text: str = "") -> None:
+        # A letter without a number (``G1 X F1200``) reads as nan: Marlin ignores that axis, Klipper refuses the
+        # move (``float('')`` fails in its G1 handler) and stops the print. The checks sit on the rare branches.
         st = self.state
         u = st.units_mm
         f = p.get("F")
@@ -198,6 +200,8 @@ class Interpreter(HeaterCommands):
             if f <= 0.0:
                 self._fail(fail.INVALID_COMMAND, f"Invalid speed in 'G1 F{f:g}'", line)
             st.feed_mm_s = f * u / 60.0
+        elif f is not None and self.klipper:
+            self._unparsable_move(text, line)
         gx, gy, gz, ge = st.gpos
         target = [gx, gy, gz]
         moved = False
@@ -206,6 +210,8 @@ class Interpreter(HeaterCommands):
             if v is not None and v == v:
                 target[i] = v * u if st.absolute_xyz else target[i] + v * u
                 moved = True
+            elif v is not None and self.klipper:
+                self._unparsable_move(text, line)
         e = p.get("E")
         if e is None:
             e = p.get("A")
@@ -220,6 +226,8 @@ class Interpreter(HeaterCommands):
             else:
                 de = e
                 ge += e
+        elif e is not None and self.klipper:
+            self._unparsable_move(text, line)
         if not moved and de == 0.0:
             st.gpos[3] = ge
             return
@@ -228,6 +236,9 @@ class Interpreter(HeaterCommands):
         dz = target[2] - gz
         st.gpos = [target[0], target[1], target[2], ge]
         self._queue_move(dx, dy, dz, de * st.extrude_factor, st.feed_mm_s * st.speed_factor, line)
+
+    def _unparsable_move(self, text: str, line: int) -> None:
+        self._fail(fail.INVALID_COMMAND, f"Unable to parse move '{text.split(';')[0].strip()}'", line)
 
     def _queue_move(self, dx: float, dy: float, dz: float, de: float, speed: float, line: int) -> None:
         st = self.state
@@ -525,7 +536,7 @@ class Interpreter(HeaterCommands):
             self.state.extrude_factor = value / 100.0
 
     def _g1(self, cmd: Command) -> None:
-        self._move(cmd.params, cmd.line)
+        self._move(cmd.params, cmd.line, f"{cmd.code} {cmd.text}")
 
     def _t(self, cmd: Command) -> None:
         self.state.tool = 0

@@ -16,7 +16,7 @@ import pytest
 import torch
 import transformers
 
-from agent.llm import format_prompt, generate
+from agent.llm import MARKER_FILE, format_prompt, generate, load_tokenizer
 from training import export
 from training.backend import lora_config
 from training.export import (
@@ -112,7 +112,8 @@ def test_safetensors_reload_generates_identically(exported, prompts, expected):
     folder = exported["safetensors"]
     assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
     model = transformers.AutoModelForCausalLM.from_pretrained(folder)
-    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    tok = load_tokenizer(folder)
+    assert (folder / MARKER_FILE).is_file() and type(tok) is transformers.PreTrainedTokenizerFast
     assert isinstance(model, transformers.Qwen2ForCausalLM)
     assert not any("lora" in k for k in model.state_dict()), "the adapter must be merged, not saved beside"
     assert generate(model, tok, prompts, NEW_TOKENS) == expected
@@ -134,7 +135,7 @@ def test_gguf_metadata_is_what_llama_cpp_reads(exported, tuned):
                                               c.num_attention_heads, c.num_key_value_heads,
                                               c.max_position_embeddings)
     assert meta["qwen2.rope.freq_base"] == pytest.approx(10000.0)
-    assert meta["tokenizer.ggml.model"] == "gpt2" and meta["tokenizer.ggml.pre"] == "smollm"
+    assert meta["tokenizer.ggml.model"] == "gpt2" and meta["tokenizer.ggml.pre"] == "llama3"
     assert len(meta["tokenizer.ggml.tokens"]) == len(tok) == c.vocab_size
     assert meta["tokenizer.ggml.tokens"][:3] == ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     assert meta["tokenizer.ggml.token_type"][:4] == [gguf.TokenType.CONTROL] * 3 + [gguf.TokenType.NORMAL]
@@ -218,11 +219,15 @@ def test_gguf_refuses_what_it_cannot_write_faithfully(exported, tmp_path, cfg):
         export_gguf(exported["safetensors"], tmp_path / "x.gguf", dtype="q4_0")
     with pytest.raises(ExportError, match="no config.json"):
         export_gguf(tmp_path, tmp_path / "x.gguf")
-    # The tokenizer as built (digits, then GPT-2's regex) is llama.cpp's "smollm" split; an unknown one is refused.
+    # The tokenizer as built (Llama 3's split: digits in groups of three) is llama.cpp's "llama3"; the older
+    # build (digits one by one, then GPT-2's regex) is "smollm"; an unknown split is refused.
     raw = build_tokenizer(["G1 X10 Y20\n"] * 3, 300)
-    assert gguf_pre_tokenizer(raw) == "smollm"
+    assert gguf_pre_tokenizer(raw) == "llama3"
     from tokenizers import pre_tokenizers
 
+    raw.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    assert gguf_pre_tokenizer(raw) == "smollm"
     raw.backend_tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     with pytest.raises(ExportError, match="no llama.cpp pre-tokenizer"):
         gguf_pre_tokenizer(raw)
@@ -258,7 +263,7 @@ def test_gguf_runs_in_llama_cpp(exported, prompts, expected, tuned, cfg, tmp_pat
                 break
             out.append(token)
         assert tok.decode(out, skip_special_tokens=True) == want
-    # The tokenizer as training.model builds it (digits, then GPT-2's regex) is declared "smollm", and
+    # The tokenizer as training.model builds it (Llama 3's split) is declared "llama3", and
     # llama.cpp then splits text exactly as it does.
     as_built = transformers.PreTrainedTokenizerFast.from_pretrained(ensure_embedded(cfg)[0])
     assert any(as_built(t)["input_ids"] != tok(t)["input_ids"] for t in texts), "the two splits should differ here"
@@ -320,4 +325,4 @@ def test_cli_merges_an_adapter_folder_and_prints_sizes(tuned, cfg, prompts, expe
     assert "safetensors: " in out and "gguf: " in out and " MB)" in out
     folder = tmp_path / "out" / export.SAFETENSORS_DIR
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(folder)
-    assert generate(reloaded, transformers.AutoTokenizer.from_pretrained(folder), prompts, NEW_TOKENS) == expected
+    assert generate(reloaded, load_tokenizer(folder), prompts, NEW_TOKENS) == expected

@@ -101,6 +101,21 @@ def test_off_bed_error_has_klippers_message_and_line(tmp_path: Path) -> None:
     assert embedded.failures[-1].message == error.message
 
 
+def test_a_move_letter_without_a_number_stops_klipper_as_the_simulator_says(tmp_path: Path) -> None:
+    """``G1 X F1200`` (a model's slip): Klipper refuses the move and stops; Marlin would skip the axis."""
+    path = tmp_path / "bare_letter.gcode"
+    path.write_text("G28\nG1 X10 Y10 F1200\nG1 X F1200\nG1 X20\n")
+    report = simulate(path, klipper_cfg(tmp_path), backend=KLIPPER_BATCH)
+    klippy = [f for f in report.failures if f.source == KLIPPER_BATCH]
+    assert len(klippy) == 1 and klippy[0].line == 3 and klippy[0].fatal, report.failures
+    assert klippy[0].message == "Unable to parse move 'G1 X F1200'"
+    embedded = simulate(path, klipper_cfg(tmp_path), options=SimOptions(klipper_batch_mode=True, deposition=False))
+    assert embedded.stopped_at_line == 3 and embedded.failures[-1].message == klippy[0].message
+    assert embedded.failures[-1].mode == fail.INVALID_COMMAND
+    marlin = Simulator(load_printer("mk3s-marlin")).run("G28\nG1 X10 Y10 F1200\nG1 X F1200\nG1 X20\n")
+    assert not any(f.fatal for f in marlin.failures)
+
+
 def test_notices_and_json_round_trip(tmp_path: Path) -> None:
     report = simulate(CUBE_MK3S, klipper_cfg(tmp_path), backend=KLIPPER_BATCH)
     reference = REFERENCE[(CUBE_MK3S.name, "ender3.cfg")]

@@ -89,14 +89,21 @@ def test_round_trip_is_exact_on_real_prompts_and_gcode(loaded, unseen_texts):
         assert tok.decode(tok(text)["input_ids"]) == text
 
 
-def test_every_digit_is_its_own_token(loaded):
+def test_numbers_are_split_in_groups_of_three_digits(loaded):
     _, tok = loaded
-    pieces = [tok.decode([i]) for i in tok(GCODE)["input_ids"]]
-    assert "".join(pieces) == GCODE
-    assert [p for p in pieces if any(c.isdigit() for c in p)] == [c for c in GCODE if c.isdigit()]
+    pieces = [tok.decode([i]) for i in tok("G1 X140.944 Y9.5 E0.41881 F12000\n")["input_ids"]]
+    assert [p for p in pieces if any(c.isdigit() for c in p)] == ["1", "140", "944", "9", "5", "0", "418", "81",
+                                                                   "120", "00"]
     for token_id in range(len(tok)):
         piece = tok.decode([token_id])
-        assert not any(c.isdigit() for c in piece) or len(piece) == 1, piece
+        assert not any(c.isdigit() for c in piece) or (piece.isdigit() and len(piece) <= 3), piece
+
+
+def test_every_group_of_up_to_three_digits_is_one_token(loaded):
+    """The default vocabulary holds every digit group, whether or not the corpus wrote it."""
+    _, tok = loaded
+    for group in ["0", "7", "00", "09", "99", "000", "007", "100", "999", "318", "642"]:
+        assert len(tok(group)["input_ids"]) == 1, group
 
 
 def test_special_tokens_and_chat_template(loaded):

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -17,8 +18,10 @@ import yaml
 
 from agent.llm import generate
 from sim_bridge.config import ConfigError, from_dict
+from training.backend import KEEP_CHECKPOINTS
+from training.data import load_table
 from training.grpo import GRPOSettings
-from training.loop_config import SimLoopConfig, load_config
+from training.loop_config import GRPO_DATA_DIR, SimLoopConfig, load_config
 from training.make_dataset import DatasetConfig, make_dataset
 from training.model import ModelConfig, load_model_and_tokenizer
 from training.sft import SFTConfig
@@ -73,6 +76,16 @@ def test_smoke_run_kill_and_resume(tmp_path: Path) -> None:
     timed = [r for r in metrics if r["phase"] == "grpo" and "train/reward_time_s" in r]
     assert [r["step"] for r in timed] == [1, 2]
     assert all(r["train/reward_time_s"] > 0 and 0 < r["train/reward_share"] < 1 for r in timed)
+    # GRPO samples its own fresh jobs (grpo_jobs), drawn from another stream than the supervised dataset's.
+    phase2 = load_table(full_dir / GRPO_DATA_DIR, "jobs")
+    supervised = load_table(tmp_path / "data", "jobs")
+    def drawn(table: Any) -> set[str]:  # a job as drawn, without the id naming its dataset
+        return {json.dumps({k: v for k, v in json.loads(j).items() if k != "job_id"}, sort_keys=True)
+                for j in table["job"]}
+
+    assert len(phase2) == 8 and not drawn(phase2) & drawn(supervised)
+    # Only the newest checkpoints stay on disk (KEEP_CHECKPOINTS), not one per interval.
+    assert len(list((full_dir / "sft").glob("checkpoint-*"))) <= KEEP_CHECKPOINTS
 
     # The same run killed with SIGKILL after its first SFT checkpoint, then resumed.
     config = _config(tmp_path, "killed")
@@ -135,6 +148,8 @@ def test_seed_and_set_override_the_yaml_and_are_checked_like_it(tmp_path: Path) 
     config = load_config(ROOT / "configs" / "tiny-cpu.yaml", ["grpo.max_steps=7", "grpo.randomize=true",
                                                               "train_difficulties=[0, 1]", "eval_suite=tiny-v0"], 2)
     assert (config.seed, config.grpo.max_steps, config.grpo.randomize, config.train_difficulties) == (2, 7, True, [0, 1])
+    # Exponent notation without a dot is a number, though YAML 1.1 reads it as a string.
+    assert load_config(None, ["grpo.learning_rate=1e-4"]).grpo.learning_rate == 1e-4
     assert load_config(None, [], 1).seed == 1
     with pytest.raises(ConfigError, match=r"grpo.max_stps: unknown key \(did you mean 'max_steps'\?\)"):
         load_config(None, ["grpo.max_stps=7"])

@@ -189,6 +189,11 @@ def _import_trl(backend: str) -> Any:
     return trl
 
 
+KEEP_CHECKPOINTS = 2
+"""Checkpoints a trainer keeps on disk (the newest, for resuming, and one before it); the default loop's SFT
+saves one every 25 steps, 1.8 GB over a run if all were kept."""
+
+
 # -- SFT --------------------------------------------------------------------------------------------------------
 def sft_dataset(dataset: datasets.Dataset, tokenizer: transformers.PreTrainedTokenizerBase) -> datasets.Dataset:
     """``dataset`` as TRL prompt-completion rows rendered the way :func:`format_prompt` renders at inference.
@@ -247,6 +252,7 @@ def make_sft_trainer(model: transformers.PreTrainedModel, tokenizer: transformer
         num_train_epochs=epochs, max_steps=max_steps, seed=seed, data_seed=seed, logging_steps=logging_steps,
         eval_strategy="steps" if evaluate else "no", eval_steps=eval_steps if evaluate else None,
         save_strategy="steps" if save_steps > 0 else "no", save_steps=save_steps if save_steps > 0 else 500,
+        save_total_limit=KEEP_CHECKPOINTS,
         max_length=max_length, completion_only_loss=True, assistant_only_loss=False, packing=False,
         **cpu_safe_kwargs(report_to))
     return trl.SFTTrainer(
@@ -333,6 +339,7 @@ def make_grpo_trainer(model: transformers.PreTrainedModel, tokenizer: transforme
         gradient_accumulation_steps=1, num_generations=num_generations, max_completion_length=max_completion_length,
         beta=beta, max_steps=max_steps, seed=seed, data_seed=seed, logging_steps=logging_steps,
         save_strategy="steps" if save_steps > 0 else "no", save_steps=save_steps if save_steps > 0 else 500,
+        save_total_limit=KEEP_CHECKPOINTS,
         temperature=temperature, reward_weights=reward_weights, log_completions=False, **vllm,
         sync_ref_model=ref_model_sync_steps > 0, ref_model_sync_steps=max(1, ref_model_sync_steps),
         ref_model_mixup_alpha=ref_model_mixup_alpha, **cpu_safe_kwargs(report_to))

@@ -17,13 +17,15 @@ Metrics (namespaced ``eval/`` in the logs), over ``episodes`` episodes of ``Gcod
 * ``closed_loop_rate`` — layer answers whose every planned closed path was closed: the answer extruded to
   the path's start point again, within 0.05 mm.
 
-The policies themselves live in :mod:`agent`; the supervisor task has its own evaluation
+``python -m training.evaluate`` (:mod:`training.eval_report`) evaluates any policies on a suite side by
+side and writes a report with confidence intervals. The policies themselves live in :mod:`agent`; the supervisor task has its own evaluation
 (:func:`training.supervise.evaluate_supervisor`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -59,16 +61,44 @@ class EvalResult:
     """Mean distance from each planned toolpath point to the nearest point the answer moved to."""
     closed_loop_rate: float = 0.0
     """Layer answers that closed every closed path of the plan (extruded back to its start)."""
+    per_episode: list[EpisodeRecord] = dataclasses.field(default_factory=list, repr=False, compare=False)
+    """What each episode did (for confidence intervals and reports); not a logged metric."""
 
     def as_dict(self, prefix: str = "") -> dict[str, float]:
-        return {f"{prefix}{k}": float(v) for k, v in dataclasses.asdict(self).items()}
+        return {f"{prefix}{k}": float(v) for k, v in scalar_fields(self).items()}
+
+
+@dataclass
+class EpisodeRecord:
+    """One evaluation episode of the writer."""
+
+    job_id: str
+    part_kind: str
+    reward: float
+    success: bool
+    geometry: float
+    """Mean geometry score of its steps."""
+    valid: bool
+    """Every answer read as G-code with known commands only."""
+    lines: int
+    violations: int
+    print_time_s: float
+    filament_mm: float
+    size_error_mm: tuple[float, float]
+    """Extruded extent minus planned extent, X and Y (mm), over the layer answers; nan without extrusion."""
+    answers: list[str]
+
+
+def scalar_fields(result: Any) -> dict[str, float]:
+    """A result dataclass's number fields (lists such as ``per_episode`` left out)."""
+    return {k: v for k, v in dataclasses.asdict(result).items() if isinstance(v, (int, float))}
 
 
 def eval_metrics(result: Any) -> dict[str, float]:
     """An evaluation result (a dataclass of metrics) as namespaced log metrics: ``eval/<name>``, and the
     safety metric as ``safety/violations_per_1k_lines``."""
     return {("safety/violations_per_1k_lines" if k == SAFETY_KEY else f"eval/{k}"): float(v)
-            for k, v in dataclasses.asdict(result).items()}
+            for k, v in scalar_fields(result).items()}
 
 
 def gcode_validity(text: str) -> tuple[bool, int, int]:
@@ -95,20 +125,9 @@ def toolpath_match(text: str, paths: Sequence[Toolpath]) -> tuple[float, bool]:
     """``(mean vertex error in mm, every closed path closed)`` of an answer against a layer's plan: the error
     of each planned point is its distance to the nearest XY the answer moved to (travel or extrusion); a
     closed path (it ends where it starts) is closed when the answer extruded to its start point."""
-    reached: list[tuple[float, float]] = []
-    extruded: list[tuple[float, float]] = []
-    x = y = 0.0
-    for raw in text.splitlines():
-        try:
-            cmd = parse_line(raw)
-        except GcodeError:
-            continue
-        if cmd is None or cmd.code not in ("G0", "G1") or not ({"X", "Y"} & cmd.params.keys()):
-            continue
-        x, y = cmd.params.get("X", x), cmd.params.get("Y", y)
-        reached.append((x, y))
-        if cmd.params.get("E", 0.0) > 0:
-            extruded.append((x, y))
+    moves = xy_moves(text)
+    reached = [(m[2], m[3]) for m in moves]
+    extruded = [(m[2], m[3]) for m in moves if m[4]]
     planned = [(float(p.start[0]), float(p.start[1])) for p in paths]
     planned += [(float(mx), float(my)) for p in paths for mx, my, _ in p.moves]
     if not planned:
@@ -145,12 +164,16 @@ def evaluate(policy: Policy, suite: str | Sequence[PrintJob] = "tiny-v0", episod
     resets = [DomainRandomization(env) if randomized else env for env in envs]
     observations = [env.reset(seed=i)[0] for i, env in enumerate(resets)]
     rewards = [0.0] * episodes
-    geometry: list[float] = []
+    geometry: list[list[float]] = [[] for _ in range(episodes)]
     vertex_errors: list[float] = []
     closed_loops: list[bool] = []
     done = [False] * episodes
     successes = [False] * episodes
-    completions = valid = lines = violations = 0
+    valid_all = [True] * episodes
+    ep_lines, ep_violations = [0] * episodes, [0] * episodes
+    answers: list[list[str]] = [[] for _ in range(episodes)]
+    size_errors: list[list[tuple[float, float]]] = [[] for _ in range(episodes)]
+    completions = valid = 0
     while not all(done):
         active = [i for i in range(episodes) if not done[i]]
         for start in range(0, len(active), batch_size):
@@ -162,26 +185,84 @@ def evaluate(policy: Policy, suite: str | Sequence[PrintJob] = "tiny-v0", episod
             for i, text in zip(chunk, texts, strict=True):
                 kind, layer = envs[i].steps[envs[i].step_index]
                 if kind == "layer":
-                    error, closed = toolpath_match(text, cached_slice(envs[i].job).layer_paths[layer])
+                    paths = cached_slice(envs[i].job).layer_paths[layer]
+                    error, closed = toolpath_match(text, paths)
                     vertex_errors.append(error)
                     closed_loops.append(closed)
+                    size_errors[i].append(size_error(text, paths))
                 ok, n_lines, forbidden = gcode_validity(text)
                 completions += 1
                 valid += ok
-                lines += n_lines
-                violations += forbidden
+                valid_all[i] = valid_all[i] and ok
+                ep_lines[i] += n_lines
+                ep_violations[i] += forbidden
+                answers[i].append(text)
                 obs, reward, terminated, truncated, info = envs[i].step(text)
                 observations[i] = obs
                 rewards[i] += reward
-                geometry.append(info["geometry"])
-                violations += 1 if info["fatal"] else 0
+                geometry[i].append(info["geometry"])
+                ep_violations[i] += 1 if info["fatal"] else 0
                 if terminated or truncated:
                     done[i] = True
                     successes[i] = bool(info.get("success"))
+    records = []
+    for i, env in enumerate(envs):
+        report = env.sim.report()
+        sizes = np.asarray(size_errors[i], dtype=float).reshape(-1, 2)
+        records.append(EpisodeRecord(
+            job_id=env.job.job_id, part_kind=env.job.part.kind, reward=rewards[i], success=successes[i],
+            geometry=float(np.mean(geometry[i])), valid=valid_all[i], lines=ep_lines[i], violations=ep_violations[i],
+            print_time_s=float(report.print_time_s), filament_mm=float(report.filament_mm),
+            size_error_mm=(_nanmean(sizes[:, 0]), _nanmean(sizes[:, 1])), answers=answers[i]))
+    lines, violations = sum(ep_lines), sum(ep_violations)
+    steps = [g for gs in geometry for g in gs]
     return EvalResult(
         success_rate=sum(successes) / episodes, mean_reward=sum(rewards) / episodes,
         valid_gcode_rate=valid / max(completions, 1),
         safety_violations_per_1k_lines=1000.0 * violations / max(lines, 1), episodes=episodes,
-        mean_geometry=sum(geometry) / max(len(geometry), 1),
+        mean_geometry=sum(steps) / max(len(steps), 1),
         vertex_error_mm=float(np.mean(vertex_errors)) if vertex_errors else 0.0,
-        closed_loop_rate=float(np.mean(closed_loops)) if closed_loops else 0.0)
+        closed_loop_rate=float(np.mean(closed_loops)) if closed_loops else 0.0, per_episode=records)
+
+
+def _nanmean(values: np.ndarray) -> float:
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else math.nan
+
+
+def xy_moves(text: str) -> list[tuple[float, float, float, float, bool]]:
+    """Each G0/G1 move of an answer that changes X or Y: ``(x0, y0, x1, y1, extruding)``, starting from 0, 0;
+    a letter without a number leaves its axis where it was; unreadable lines are skipped."""
+    x = y = 0.0
+    out = []
+    for raw in text.splitlines():
+        try:
+            cmd = parse_line(raw)
+        except GcodeError:
+            continue
+        if cmd is None or cmd.code not in ("G0", "G1") or not ({"X", "Y"} & cmd.params.keys()):
+            continue
+        nx, ny = (v if (v := cmd.params.get(k, old)) == v else old for k, old in (("X", x), ("Y", y)))
+        out.append((x, y, nx, ny, cmd.params.get("E", 0.0) > 0))
+        x, y = nx, ny
+    return out
+
+
+def size_error(text: str, paths: Sequence[Toolpath]) -> tuple[float, float]:
+    """``(X, Y)`` extent of the answer's extruding moves minus the planned toolpath's extent (mm): how much
+    larger (positive) or smaller the layer came out than planned; nan when the answer extruded nothing."""
+    moves = [m for m in xy_moves(text) if m[4]]
+    xs = [v for m in moves for v in (m[0], m[2])]
+    ys = [v for m in moves for v in (m[1], m[3])]
+    planned = [(float(p.start[0]), float(p.start[1])) for p in paths] + \
+        [(float(mx), float(my)) for p in paths for mx, my, _ in p.moves]
+    if not xs or not planned:
+        return math.nan, math.nan
+    px, py = zip(*planned, strict=True)
+    return (max(xs) - min(xs)) - (max(px) - min(px)), (max(ys) - min(ys)) - (max(py) - min(py))
+
+
+if __name__ == "__main__":
+    from training.eval_report import main
+
+    raise SystemExit(main())

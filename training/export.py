@@ -31,7 +31,8 @@ import numpy as np
 import torch
 import transformers
 
-from agent.llm import format_prompt, stop_token_ids
+from agent.llm import format_prompt, load_tokenizer, mark_plain_tokenizer, stop_token_ids
+from training.model import NUMBER_SPLIT
 
 FORMATS = ("safetensors", "gguf", "onnx")
 GGUF_DTYPES = ("f32", "f16")
@@ -45,7 +46,9 @@ ONNX_INLINE_MAX_BYTES = 1_500_000_000
 
 GGUF_PRE_TOKENIZERS = {
     "qwen2": "Split on Qwen2's regex (single digits), then byte-level without its own regex",
-    "smollm": "Digits one by one, then GPT-2's byte-level regex (how training.model builds its tokenizer)",
+    "llama3": "Split on Llama 3's regex (digits in groups of up to three), then byte-level without its own "
+              "regex (how training.model builds its tokenizer)",
+    "smollm": "Digits one by one, then GPT-2's byte-level regex (training.model's tokenizer before builder 2)",
 }
 """llama.cpp ``tokenizer.ggml.pre`` names this exporter can declare, and the Hugging Face pre-tokenizer
 each one reproduces exactly (the regexes llama.cpp runs for these names). A tokenizer whose
@@ -87,6 +90,7 @@ def export_safetensors(model: transformers.PreTrainedModel, tokenizer: transform
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    mark_plain_tokenizer(tokenizer, out)
     return out
 
 
@@ -139,6 +143,9 @@ def gguf_pre_tokenizer(tokenizer: transformers.PreTrainedTokenizerBase) -> str:
     if kinds == ["Split", "ByteLevel"] and steps[0]["pattern"].get("Regex") == _QWEN2_SPLIT \
             and steps[0].get("behavior") == "Isolated" and not steps[1].get("use_regex", True):
         return "qwen2"
+    if kinds == ["Split", "ByteLevel"] and steps[0]["pattern"].get("Regex") == NUMBER_SPLIT \
+            and steps[0].get("behavior") == "Isolated" and not steps[1].get("use_regex", True):
+        return "llama3"
     if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits") and steps[1].get("use_regex", True):
         return "smollm"
     raise ExportError(f"pre-tokenizer {json.dumps(spec)}: no llama.cpp pre-tokenizer is known to split text the "
@@ -205,8 +212,8 @@ def export_gguf(model_dir: str | Path, out_file: str | Path, dtype: str = "f32",
     """Write the Qwen2 model in safetensors folder ``model_dir`` as a GGUF file; returns its path.
 
     ``dtype`` ``"f32"`` keeps the weights exact, ``"f16"`` halves the file (matrices only). ``tokenizer`` is
-    the one the model was used with; by default the one ``AutoTokenizer`` loads from ``model_dir``, as
-    :func:`training.model.load_model_and_tokenizer` does. ``name`` is the file's ``general.name``.
+    the one the model was used with; by default the one :func:`agent.llm.load_tokenizer` loads from
+    ``model_dir``, as :func:`training.model.load_model_and_tokenizer` does. ``name`` is the file's ``general.name``.
     """
     if dtype not in GGUF_DTYPES:
         raise ExportError(f"dtype = {dtype!r}: choose one of {', '.join(map(repr, GGUF_DTYPES))}")
@@ -217,7 +224,7 @@ def export_gguf(model_dir: str | Path, out_file: str | Path, dtype: str = "f32",
     config = transformers.AutoConfig.from_pretrained(model_dir)
     _check_qwen2(config)
     if tokenizer is None:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+        tokenizer = load_tokenizer(model_dir)
     tensors = _state_dict(model_dir)
     if config.tie_word_embeddings:
         tensors.pop("lm_head.weight", None)  # llama.cpp falls back to token_embd when output is absent
@@ -363,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             tokenizer_source = Path(model.peft_config["default"].base_model_name_or_path)
     else:
         model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_source)
+    tokenizer = load_tokenizer(tokenizer_source)
     try:
         paths = export_all(model, tokenizer, args.out, args.formats, args.gguf_dtype)
     except ExportError as err:

@@ -41,6 +41,12 @@ MOVED_KEYS = {
 """Flat keys of loop configs before the ``sft:``/``grpo:`` sections, and where each went."""
 
 
+GRPO_SEED_OFFSET = 1_000_003
+"""Added to ``seed`` for phase 2's jobs (``grpo_jobs``): a job stream no seed's supervised dataset uses."""
+GRPO_DATA_DIR = "data-grpo"
+"""Phase 2's dataset folder in the run directory."""
+
+
 @dataclass(frozen=True)
 class SimLoopConfig:
     """The main job's settings (YAML keys map 1:1; see configs/tiny-cpu.yaml)."""
@@ -61,11 +67,11 @@ class SimLoopConfig:
     """Torch threads on a machine without a GPU (at most its cores). More than one only with
     ``OMP_WAIT_POLICY=PASSIVE`` in the environment (``make run`` sets it): busy-waiting threads on shared cores
     can make a run many times slower."""
-    sft: SFTConfig = field(default_factory=lambda: SFTConfig(max_steps=2400, learning_rate=3e-3, warmup_steps=100))
+    sft: SFTConfig = field(default_factory=lambda: SFTConfig(max_steps=3000, learning_rate=3e-3, warmup_steps=100))
     """Phase 1 (and the settings phase 3 does not set itself: batch size 1, its own learning rate and
     epochs): supervised fine-tuning; without ``model``, ``embedded``, ``dataset_path``, ``output_dir``,
     ``log_dir``, ``backend``, ``seed``, ``eval_interval``."""
-    grpo: GRPOSettings = field(default_factory=lambda: GRPOSettings(max_steps=30, learning_rate=1e-5))
+    grpo: GRPOSettings = field(default_factory=lambda: GRPOSettings(max_steps=40, learning_rate=1e-4))
     """Phase 2: GRPO (``max_steps: 0`` skips it); ``multi_turn`` and ``revise`` also shape the SFT data and
     the evaluations; ``max_completion_length`` is also the evaluations' budget. Without ``model``,
     ``embedded``, ``dataset_path``, ``output_dir``, ``log_dir``, ``backend``, ``seed``."""
@@ -79,6 +85,11 @@ class SimLoopConfig:
     """Supervised dataset folder; made there (or in the run directory when empty) if missing."""
     train_jobs: int = ranged(1024, 1, 10_000_000)
     """Jobs in the supervised dataset when it has to be made."""
+    grpo_jobs: int = ranged(512, 0, 10_000_000)
+    """Jobs of phase 2's own dataset (``GRPO_DATA_DIR`` in the run directory): fresh jobs of the same kinds,
+    from a seed stream apart from the supervised dataset's (``seed`` + :data:`GRPO_SEED_OFFSET`), so GRPO
+    samples prompts SFT did not fit (on its own training prompts the SFT model's groups all score about
+    1.0 and GRPO has nothing to learn from). 0 reuses the supervised dataset's training rows."""
     train_difficulties: list[int] = ranged([0], 0, 4)
     """Difficulties of the training jobs."""
     part_kinds: list[str] = field(default_factory=lambda: ["rectangle", "polygon"])

@@ -22,7 +22,6 @@ byte-identical shards. ``kind: adaptation`` perturbs every simulated printer wit
 from __future__ import annotations
 
 import argparse
-import hashlib
 import multiprocessing as mp
 import os
 import struct
@@ -38,7 +37,7 @@ from rich.progress import Progress
 from envs.gcode_writer import GcodeWriterEnv
 from envs.jobs import PrintJob
 from envs.randomization import load_randomization, randomize_simulator
-from envs.sampler import sample_job
+from envs.sampler import heldout_parts, part_key, sample_job
 from envs.slicer import slice_job
 from sim_bridge.backends import KLIPPER_BATCH, simulate
 from sim_bridge.config import ConfigError, check_ranges, load_yaml, ranged
@@ -108,8 +107,10 @@ class DatasetConfig:
 
 
 def job_wanted(config: DatasetConfig, job: Any) -> bool:
-    """Whether a sampled job passes the config's part filters."""
+    """Whether a sampled job passes the config's part filters; never a part of a held-out suite."""
     if config.part_kinds and job.part.kind not in config.part_kinds:
+        return False
+    if part_id(job) in heldout_parts():
         return False
     return not (config.max_polygon_sides and job.part.kind == "polygon"
                 and job.part.size_mm[1] > config.max_polygon_sides)
@@ -117,8 +118,7 @@ def job_wanted(config: DatasetConfig, job: Any) -> bool:
 
 def part_id(job: Any) -> str:
     """Identifier of a job's part geometry (jobs of the same part share it; splits are made by it)."""
-    text = f"{job.part.kind}|{job.part.size_mm}|{job.part.height_mm}|{job.part.stl_path}"
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return part_key(job.part)
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:

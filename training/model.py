@@ -1,7 +1,8 @@
 """The policy's language model: the embedded default (built locally, no hub) or any Hugging Face causal LM.
 
 The embedded default is a byte-level BPE tokenizer trained on a simulated corpus — the prompts and expert
-G-code of sampled jobs, played through ``GcodeWriter-v1`` — with every digit its own token, and a small
+G-code of sampled jobs, played through ``GcodeWriter-v1`` — with numbers split into groups of up to three
+digits, each group one token (:data:`NUMBER_SPLIT`), and a small
 Qwen2-architecture causal LM initialised from a seed. It is built once, saved under
 ``cache_dir/<key>/`` (the key is a SHA-256 of everything that shapes it) and loaded from there afterwards.
 Any other ``name`` is a Hugging Face model id or local path, loaded with ``from_pretrained`` (its own chat
@@ -13,6 +14,7 @@ template is kept). Prompting and decoding — what a policy needs at inference �
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -24,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import transformers
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from agent.llm import IM_END, IM_START, MARKER_FILE, load_pretrained, stop_token_ids
+from agent.llm import IM_END, IM_START, MARKER_FILE, load_pretrained, mark_plain_tokenizer, stop_token_ids
 from envs.gcode_writer import GcodeWriterEnv
 from envs.prompts import program_prompt
 from envs.sampler import sample_job
@@ -39,8 +41,19 @@ SPECIAL_TOKENS = (EOS_TOKEN, IM_START, IM_END)
 CORPUS_VERSION = 2
 """Bump when the corpus generator changes what it yields (it is part of the cache key). 2: GcodeWriter-v1's
 layer prompts list the toolpath."""
-BUILDER_VERSION = 1
-"""Bump when the tokenizer spec, chat template or model construction changes (part of the cache key)."""
+BUILDER_VERSION = 2
+"""Bump when the tokenizer spec, chat template or model construction changes (part of the cache key).
+2: numbers in groups of up to three digits (was: one token per digit)."""
+NUMBER_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+"""The pre-tokenizer's split (Llama 3's regex): runs of digits in groups of up to three from the left, so
+``X140.944`` is ``X`` ``140`` ``.`` ``944``. Copying a coordinate from the prompt is then two or three
+token look-ups instead of six or seven; with one token per digit the default model copied rectangles
+(whose coordinates repeat) but not pentagons (docs/results.md)."""
+DIGIT_GROUPS = " ".join([*(f"{i:03d}" for i in range(1000)), *(f"{i:02d}" for i in range(100)), *map(str, range(10))])
+"""Added to the tokenizer's corpus (a few times over) so that, given the vocabulary for it (about 1,150
+merges: ``vocab_size`` ≥ 2,048 with the default corpus), every group of up to three digits is one token,
+whether or not the corpus wrote it."""
 CORPUS_DIFFICULTIES = 5
 """Corpus jobs cycle through difficulties 0..4 so every kind of step (start, layer, end) is seen."""
 
@@ -68,8 +81,9 @@ class ModelConfig:
     """``"embedded"`` (built locally) or a Hugging Face causal LM id or local path
     (e.g. ``Qwen/Qwen2.5-0.5B-Instruct``). All fields below except ``max_length_tokens`` and ``cache_dir``
     shape only the embedded model."""
-    vocab_size: int = ranged(768, 300, 65536)
-    """Embedded tokenizer vocabulary (256 byte tokens + 3 special tokens + learned merges)."""
+    vocab_size: int = ranged(2048, 300, 65536)
+    """Embedded tokenizer vocabulary (256 byte tokens + 3 special tokens + learned merges); from about 2,048
+    every group of up to three digits is one token (:data:`DIGIT_GROUPS`)."""
     hidden_size: int = ranged(128, 16, 4096)
     """Embedded model width (must divide by ``num_heads``)."""
     num_layers: int = ranged(2, 1, 64)
@@ -82,9 +96,9 @@ class ModelConfig:
     """Embedded model MLP width."""
     max_length_tokens: int = ranged(8192, 128, 131072)
     """Longest sequence (prompt + completion) in tokens: the embedded model's position range, and the
-    training ``max_length`` (and Unsloth's ``max_seq_length``) for any model. G-code costs about 1.1
-    characters per token (digits are single tokens): a typical layer step is 3,000–5,000 tokens with its
-    prompt, a large one up to 14,000."""
+    training ``max_length`` (and Unsloth's ``max_seq_length``) for any model. G-code costs about 1.5
+    characters per embedded token (digits in groups of three): a typical layer step is 2,000–3,500 tokens
+    with its prompt, a large one up to 10,000."""
     seed: int = ranged(0, 0, 2**31 - 1)
     """Seeds the embedded corpus (which jobs are sampled) and the initial weights."""
     corpus_jobs: int = ranged(60, 1, 100000)
@@ -128,15 +142,17 @@ def corpus_texts(jobs: int, seed: int) -> Iterator[str]:
 
 def build_tokenizer(texts: Iterator[str] | Sequence[str], vocab_size: int,
                     max_length_tokens: int = 2048) -> transformers.PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer trained on ``texts``: every digit is its own token, any text round-trips
-    exactly, ``<|endoftext|>`` is eos and pad, and the chat template is Qwen-style ChatML."""
+    """A byte-level BPE tokenizer trained on ``texts`` (plus :data:`DIGIT_GROUPS`), split by
+    :data:`NUMBER_SPLIT`: any text round-trips exactly, ``<|endoftext|>`` is eos and pad, and the chat
+    template is Qwen-style ChatML."""
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
-                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(NUMBER_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(texts, trainer=trainer)
+    tok.train_from_iterator(itertools.chain(texts, [DIGIT_GROUPS] * 4), trainer=trainer)
     fast = transformers.PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token=EOS_TOKEN, pad_token=EOS_TOKEN,
         extra_special_tokens=[IM_START, IM_END], clean_up_tokenization_spaces=False,
@@ -247,8 +263,7 @@ def save_model(model: transformers.PreTrainedModel, tokenizer: transformers.PreT
     path = Path(path)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
-    if isinstance(tokenizer, transformers.PreTrainedTokenizerFast) and type(tokenizer) is transformers.PreTrainedTokenizerFast:
-        (path / MARKER_FILE).write_text(json.dumps({"tokenizer": "PreTrainedTokenizerFast"}) + "\n")
+    mark_plain_tokenizer(tokenizer, path)
     return path
 
 

@@ -23,7 +23,6 @@ batches it had already seen.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -44,8 +43,8 @@ from training.checkpoints import FINAL_DIR, train_and_save
 from training.cli import add_override_arguments
 from training.data import load_table, to_grpo, to_sft
 from training.datafmt import DatasetError, read_manifest
-from training.evaluate import EvalResult, eval_metrics, evaluate
-from training.loop_config import SimLoopConfig, load_config
+from training.evaluate import EvalResult, eval_metrics, evaluate, scalar_fields
+from training.loop_config import GRPO_DATA_DIR, GRPO_SEED_OFFSET, SimLoopConfig, load_config
 from training.make_dataset import DatasetConfig, make_dataset
 from training.model import load_model_and_tokenizer
 from training.processes import is_main, shared_stamp, wait_for_everyone
@@ -104,17 +103,23 @@ def _read_jsonl(path: Path) -> datasets.Dataset:
     return datasets.Dataset.from_list([json.loads(line) for line in path.read_text().splitlines()])
 
 
-def _dataset(config: SimLoopConfig, run_dir: Path) -> Path:
-    path = Path(config.dataset_path) if config.dataset_path else run_dir / "data"
+def _dataset(config: SimLoopConfig, run_dir: Path, phase2: bool = False) -> Path:
+    """The supervised dataset (``dataset_path``, or made in the run directory), or with ``phase2`` GRPO's own
+    fresh jobs (``grpo_jobs``; made in the run directory)."""
+    if phase2:
+        path, name, seed, jobs = run_dir / GRPO_DATA_DIR, "loop-grpo", config.seed + GRPO_SEED_OFFSET, config.grpo_jobs
+    else:
+        path = Path(config.dataset_path) if config.dataset_path else run_dir / "data"
+        name, seed, jobs = "loop", config.seed, config.train_jobs
     try:
         read_manifest(path)
         return path
     except DatasetError:
         pass
-    data_config = DatasetConfig(name="loop", kind="simulation", seed=config.seed, jobs=config.train_jobs,
+    data_config = DatasetConfig(name=name, kind="simulation", seed=seed, jobs=jobs,
                                 difficulties=list(config.train_difficulties), part_kinds=list(config.part_kinds),
                                 max_polygon_sides=config.max_polygon_sides, defects_per_job=0, traces=False,
-                                images=False, jobs_per_shard=max(1, config.train_jobs // 8), workers=config.workers)
+                                images=False, jobs_per_shard=max(1, jobs // 8), workers=config.workers)
     make_dataset(data_config, path)
     return path
 
@@ -173,11 +178,11 @@ def run(config: SimLoopConfig, run_dir: Path, progress: bool = True) -> dict[str
             wait_for_everyone()
             return
         result = _evaluate(model, tokenizer, config, config.eval_episodes)
-        report["phases"][phase] = dataclasses.asdict(result)
+        report["phases"][phase] = scalar_fields(result)
         logger.log(phase, step, eval_metrics(result))
         if config.eval_randomized and not config.supervising:
             randomized = _evaluate(model, tokenizer, config, config.eval_episodes, randomized=True)
-            report.setdefault("randomized", {})[phase] = dataclasses.asdict(randomized)
+            report.setdefault("randomized", {})[phase] = scalar_fields(randomized)
             logger.log(phase, step, {f"randomized/{k}": v for k, v in randomized.as_dict().items()})
             print(f"[{phase}, randomised printers] "
                   + ", ".join(f"{k} {v:.3f}" for k, v in report["randomized"][phase].items()))
@@ -201,6 +206,8 @@ def run(config: SimLoopConfig, run_dir: Path, progress: bool = True) -> dict[str
             _supervisor_table(config, run_dir)
         elif config.grpo.multi_turn:
             _sft_rows(config, data, run_dir)
+        if not config.supervising and config.grpo_jobs and config.grpo.max_steps > 0:
+            _dataset(config, run_dir, phase2=True)
     wait_for_everyone()
     data = None if config.supervising else _dataset(config, run_dir)
     sft_final, grpo_final = run_dir / "sft" / FINAL_DIR, run_dir / "grpo" / FINAL_DIR
@@ -229,7 +236,8 @@ def run(config: SimLoopConfig, run_dir: Path, progress: bool = True) -> dict[str
             rows = _supervisor_table(config, run_dir).remove_columns(["completion", "step_kind"])
             trainer = grpo.make_trainer(model, tokenizer, rows, settings, reward_funcs=[SupervisorReward()])
         else:
-            trainer = grpo.make_trainer(model, tokenizer, to_grpo(load_table(data, "sft", split="train")), settings)
+            prompts = _dataset(config, run_dir, phase2=True) if config.grpo_jobs else data
+            trainer = grpo.make_trainer(model, tokenizer, to_grpo(load_table(prompts, "sft", split="train")), settings)
         model = train_phase("grpo", trainer)
 
     if config.real_world_dataset and "real_world" not in state["done"]:

@@ -1,0 +1,107 @@
+"""Print-success prediction: predictors on hand-checked programs, real Klippy labels, the classifier and the
+command's report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sim_bridge.printers import load_printer
+from training.make_dataset import DatasetConfig, make_dataset
+from training.predict import (
+    FEATURES,
+    FeatureClassifier,
+    Labelled,
+    klippy_files,
+    klippy_labelled,
+    main,
+    predictor,
+    score,
+    simulated_programs,
+    static_features,
+)
+
+GOLDEN = Path(__file__).parent / "golden"
+GOOD = (GOLDEN / "must_pass" / "minimal_square.gcode").read_text()
+OFF_BED = (GOLDEN / "must_fail" / "move_out_of_range.gcode").read_text()  # fails at line 6
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("predict") / "data"
+    make_dataset(DatasetConfig(name="predict-test", jobs=40, difficulties=[0], defects_per_job=2, traces=False,
+                               images=False, jobs_per_shard=10, workers=1), out, progress=False)
+    return out
+
+
+def test_validator_and_simulator_predict_and_place_the_failure() -> None:
+    good, bad = Labelled("good", GOOD, "ender3-klipper", True), Labelled("bad", OFF_BED, "ender3-klipper", False)
+    for name in ("validator", "embedded"):
+        predict = predictor(name)
+        assert predict(good).p_success == 1.0 and not predict(good).modes, name
+        out = predict(bad)
+        assert out.p_success == 0.0 and "move_out_of_range" in out.modes and out.first_line == 6, name
+
+
+def test_static_features_by_hand() -> None:
+    program = "G28\nM104 S205\nG1 X10 Y10 F6000\nM109 S205\nG1 X20 E1.0 F1200\nG1 E-0.8\nM106 S128\n"
+    f = dict(zip(FEATURES, static_features(program, load_printer("ender3-klipper")), strict=True))
+    assert f["lines"] == 7 and f["moves"] == 3 and f["extruding_moves"] == 1 and f["retracts"] == 1
+    assert f["max_feed_mm_s"] == 100.0 and f["e_per_mm_max"] == pytest.approx(0.1)  # 1 mm of E over 10 mm
+    assert f["hotend_target_max_c"] == 205 and f["hotend_waited"] == 1.0 and f["extrusion_before_heat_wait"] == 0.0
+    assert f["homed_before_move"] == 1.0 and f["fan_max"] == 128
+    assert f["x_max_frac"] == pytest.approx(20 / load_printer("ender3-klipper").position_max_mm[0])
+    cold = dict(zip(FEATURES, static_features("G28\nG1 X20 E1 F600\nM109 S200\n", load_printer("ender3-klipper")),
+                    strict=True))
+    assert cold["extrusion_before_heat_wait"] == 1.0
+
+
+def test_simulated_programs_carry_the_simulators_labels_by_split(dataset: Path) -> None:
+    train, test = simulated_programs(dataset, "train"), simulated_programs(dataset, "test")
+    assert train and test and not {i.name for i in train} & {i.name for i in test}
+    assert any(i.success for i in train) and any(not i.success for i in train)
+    # The embedded simulator made the labels, so it predicts them exactly: the ceiling row.
+    ceiling = score("embedded", predictor("embedded"), test, "simulated")
+    assert ceiling.success.accuracy.value == 1.0
+    assert all(i.modes for i in test if not i.success)
+
+
+def test_classifier_learns_from_the_training_split(dataset: Path) -> None:
+    train, test = simulated_programs(dataset, "train"), simulated_programs(dataset, "test")
+    model = FeatureClassifier().fit(train)
+    result = score("classifier", model, test, "simulated")
+    probabilities = np.array(result.p_success)
+    assert ((probabilities >= 0) & (probabilities <= 1)).all() and len(probabilities) == len(test)
+    # On its own training programs the trees separate successes from failures.
+    fitted = score("classifier", model, train, "train")
+    assert fitted.success.roc_auc > 0.9, fitted.success.roc_auc
+    with pytest.raises(ValueError, match="all successes"):
+        FeatureClassifier().fit([i for i in train if i.success])
+
+
+def test_real_klippy_labels(tmp_path: Path) -> None:
+    files = klippy_files([GOLDEN / "must_pass" / "minimal_square.gcode", GOLDEN / "must_fail" / "move_out_of_range.gcode"])
+    assert [p for _, p in files] == ["ender3-klipper", "ender3-klipper"]
+    good, bad = klippy_labelled(files)
+    assert good.success and not good.modes and good.first_line is None
+    assert not bad.success and bad.modes == {"move_out_of_range"} and bad.first_line == 6
+
+
+def test_the_command_writes_one_table(dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--dataset", str(dataset), "--out", str(tmp_path / "out"), "--predictor", "validator",
+                 "--predictor", "classifier", "--klippy", str(GOLDEN / "must_fail" / "move_out_of_range.gcode"),
+                 "--klippy", str(GOLDEN / "must_fail" / "cold_extrusion.gcode")]) == 0
+    rows = json.loads((tmp_path / "out" / "prediction.json").read_text())
+    assert [(r["test_set"], r["predictor"]) for r in rows] == [
+        ("simulated (held-out parts)", "validator"), ("simulated (held-out parts)", "classifier"),
+        ("real Klippy labels", "validator"), ("real Klippy labels", "classifier")]
+    klippy_validator = rows[2]
+    # Klippy in batch mode has no heaters: it runs the cold extrusion the validator blocks (a false block
+    # against Klippy's label) and stops at the move off the bed, as the validator does.
+    assert klippy_validator["n"] == 2 and klippy_validator["accuracy"]["value"] == 0.5
+    assert klippy_validator["false_block_rate"]["value"] == 1.0 and klippy_validator["missed_failure_rate"]["value"] == 0
+    assert (tmp_path / "out" / "calibration.png").is_file() and "| real Klippy labels | validator |" in \
+        capsys.readouterr().out

@@ -1,0 +1,297 @@
+"""One command, one report: ``python -m training.evaluate --policy P [--policy Q ...] --suite NAME``.
+
+Each policy plays the suite's ``GcodeWriter-v1`` episodes (:func:`training.evaluate.evaluate`); the report
+puts the policies side by side with 95 % confidence intervals (Wilson for rates, bootstrap for means), the
+time and filament of each episode against the reference program's (the expert) on the same job, the size
+error of the printed layer per axis, and with ``--backend klipper-batch`` whether the real Klipper host
+accepts each whole program. It writes ``report.json``, ``report.md`` and plots into ``--out``.
+
+Policies (``--policy``): a run directory of ``training.sim_loop`` (its GRPO model, else its SFT model), a
+model folder or Hugging Face id, ``expert`` (the reference program), ``random`` (random G-code-alphabet text,
+seeded) or ``noop`` (an empty answer). Suites (``--suite``): the held-out suites in ``envs/suites`` by name;
+``NAME:randomized`` runs the same jobs each on a printer perturbed within ``configs/randomization.yaml``
+(unseen printers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.baselines import RandomTextPolicy
+from agent.expert import expert_policy
+from agent.policy import Policy
+from envs.sampler import load_suite
+from sim_bridge.backends import EMBEDDED, KLIPPER_BATCH, simulate
+from training.eval_stats import Estimate, bootstrap_mean, wilson
+from training.evaluate import EpisodeRecord, EvalResult, evaluate
+
+BUILTIN_POLICIES = ("expert", "random", "noop")
+"""Policies named by a word rather than a path."""
+RANDOMIZED_SUFFIX = ":randomized"
+"""Appended to a suite name: the same jobs on randomised printers."""
+MAX_NEW_TOKENS = 1024
+"""Longest answer a language-model policy may write per step."""
+
+
+# -- policies ------------------------------------------------------------------------------------------------------
+def model_folder(spec: str) -> str:
+    """The model a ``--policy`` path means: a run directory's GRPO final model, else its SFT one; any other
+    folder or name as given."""
+    path = Path(spec)
+    for sub in ("grpo/final", "sft/final", "real_world/final"):
+        if (path / sub / "config.json").is_file():
+            return str(path / sub)
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise ValueError(f"--policy {spec}: neither a run directory (no grpo/final or sft/final) nor a model folder "
+                         "(no config.json)")
+    return spec
+
+
+def make_policy(spec: str, suite: str, seed: int = 0) -> Policy:
+    """The policy ``spec`` names (see the module docstring)."""
+    if spec == "expert":
+        return expert_policy(suite)
+    if spec == "random":
+        return RandomTextPolicy(seed=seed)
+    if spec == "noop":
+        return lambda prompts: ["" for _ in prompts]
+    from agent.llm import LLMPolicy, load_pretrained
+
+    model, tokenizer = load_pretrained(model_folder(spec))
+    model.eval()
+    return LLMPolicy(model, tokenizer, max_new_tokens=MAX_NEW_TOKENS)
+
+
+def parse_suite(name: str) -> tuple[str, bool]:
+    """``(suite, randomized)`` of a ``--suite`` value; an unknown suite is a clear error."""
+    randomized = name.endswith(RANDOMIZED_SUFFIX)
+    base = name[: -len(RANDOMIZED_SUFFIX)] if randomized else name
+    load_suite(base)  # raises naming the suites there are
+    return base, randomized
+
+
+# -- metrics -------------------------------------------------------------------------------------------------------
+@dataclass
+class PolicyReport:
+    """One policy's results on one suite."""
+
+    policy: str
+    result: EvalResult
+    metrics: dict[str, Estimate]
+    klippy_accepted: Estimate | None = None
+
+
+def _ratios(records: Sequence[EpisodeRecord], reference: Sequence[EpisodeRecord], attr: str) -> list[float]:
+    """Per-episode policy/reference ratios of ``attr``, over episodes both completed successfully."""
+    return [getattr(r, attr) / getattr(e, attr) for r, e in zip(records, reference, strict=True)
+            if r.success and e.success and getattr(e, attr) > 0]
+
+
+def episode_metrics(records: Sequence[EpisodeRecord], reference: Sequence[EpisodeRecord] | None, seed: int = 0
+                    ) -> dict[str, Estimate]:
+    """The report's metrics with confidence intervals from per-episode records (``reference``: the
+    expert's records on the same episodes, for the time and filament ratios)."""
+    n = len(records)
+    out = {
+        "success_rate": wilson(sum(r.success for r in records), n),
+        "mean_reward": bootstrap_mean([r.reward for r in records], seed),
+        "valid_program_rate": wilson(sum(r.valid for r in records), n),
+        "mean_geometry": bootstrap_mean([r.geometry for r in records], seed),
+        "refused_per_1k_lines": Estimate(1000.0 * sum(r.violations for r in records)
+                                         / max(sum(r.lines for r in records), 1), math.nan, math.nan, n),
+    }
+    for axis, i in (("x", 0), ("y", 1)):
+        out[f"size_error_{axis}_mm"] = bootstrap_mean(
+            [abs(r.size_error_mm[i]) for r in records if math.isfinite(r.size_error_mm[i])], seed)
+    if reference is not None:
+        out["time_vs_expert"] = bootstrap_mean(_ratios(records, reference, "print_time_s"), seed)
+        out["filament_vs_expert"] = bootstrap_mean(_ratios(records, reference, "filament_mm"), seed)
+    return out
+
+
+def klippy_acceptance(records: Sequence[EpisodeRecord], suite: str, episodes: int) -> Estimate:
+    """Whether the real Klipper host (batch mode) runs each episode's whole program without an error: the
+    answers joined, after the heat-and-home setup the environment ran first for a job without its own start."""
+    from envs.slicer import cached_slice
+
+    jobs = load_suite(suite)
+    accepted = 0
+    for i, record in enumerate(records):
+        job = jobs[i % len(jobs)]
+        setup = "" if job.start_end else cached_slice(job).setup
+        program = setup + "\n".join(record.answers) + "\n"
+        report = simulate(program, job.printer, backend=KLIPPER_BATCH, material=job.material)
+        accepted += not any(f.fatal and f.source == KLIPPER_BATCH for f in report.failures)
+    return wilson(accepted, len(records))
+
+
+# -- writing -------------------------------------------------------------------------------------------------------
+METRIC_LABELS = {
+    "success_rate": "success rate", "mean_reward": "mean reward", "valid_program_rate": "valid programs",
+    "mean_geometry": "mean geometry", "refused_per_1k_lines": "refused / 1k lines",
+    "size_error_x_mm": "|size error X| (mm)", "size_error_y_mm": "|size error Y| (mm)",
+    "time_vs_expert": "time / expert", "filament_vs_expert": "filament / expert",
+    "klippy_accepted": "accepted by Klippy",
+}
+
+
+def _cell(est: Estimate | None) -> str:
+    if est is None or est.n == 0 or math.isnan(est.value):
+        return "—"
+    if math.isnan(est.low):
+        return f"{est.value:.3f}"
+    return f"{est.value:.3f} [{est.low:.3f}, {est.high:.3f}]"
+
+
+def write_report(reports: Sequence[PolicyReport], suite: str, episodes: int, out: Path) -> dict[str, Any]:
+    """``report.json``, ``report.md`` and plots of ``reports`` in ``out``; returns the JSON object."""
+    out.mkdir(parents=True, exist_ok=True)
+    data: dict[str, Any] = {"suite": suite, "episodes": episodes, "policies": {}}
+    for rep in reports:
+        metrics = {k: v.as_dict() for k, v in rep.metrics.items()}
+        if rep.klippy_accepted is not None:
+            metrics["klippy_accepted"] = rep.klippy_accepted.as_dict()
+        data["policies"][rep.policy] = {
+            "metrics": metrics,
+            "episodes": [{"job_id": r.job_id, "part_kind": r.part_kind, "reward": r.reward, "success": r.success,
+                          "geometry": r.geometry, "valid": r.valid, "print_time_s": r.print_time_s,
+                          "filament_mm": r.filament_mm} for r in rep.result.per_episode]}
+    (out / "report.json").write_text(json.dumps(data, indent=2, allow_nan=True) + "\n", encoding="utf-8")
+    keys = [k for k in METRIC_LABELS if any(k in r.metrics or (k == "klippy_accepted" and r.klippy_accepted)
+                                            for r in reports)]
+    lines = [f"# Evaluation on `{suite}` ({episodes} episodes)", "",
+             "Values with 95 % confidence intervals (Wilson for rates, bootstrap for means); "
+             "docs/evaluation.md defines each metric.", "",
+             "| metric | " + " | ".join(f"`{r.policy}`" for r in reports) + " |",
+             "| --- |" + " ---: |" * len(reports)]
+    for key in keys:
+        cells = [_cell(r.klippy_accepted if key == "klippy_accepted" else r.metrics.get(key)) for r in reports]
+        lines.append(f"| {METRIC_LABELS[key]} | " + " | ".join(cells) + " |")
+    lines += ["", "![metrics](metrics.png)", "", "![reward distributions](rewards.png)", "",
+              "![best and worst layers](toolpaths.png)", ""]
+    (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
+    _plots(reports, suite, out)
+    return data
+
+
+def _plots(reports: Sequence[PolicyReport], suite: str, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from envs.slicer import cached_slice
+
+    rates = ["success_rate", "valid_program_rate", "mean_reward", "mean_geometry"]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / max(len(reports), 1)
+    for j, rep in enumerate(reports):
+        est = [rep.metrics[k] for k in rates]
+        values = np.array([e.value for e in est])
+        err = np.array([[e.value - e.low for e in est], [e.high - e.value for e in est]])
+        ax.bar(np.arange(len(rates)) + j * width, values, width, yerr=np.clip(np.nan_to_num(err), 0, None), capsize=3,
+               label=rep.policy)
+    ax.set_xticks(np.arange(len(rates)) + width * (len(reports) - 1) / 2, [METRIC_LABELS[k] for k in rates])
+    ax.set_ylim(0, 1.05)
+    ax.set_title(f"{suite}: 95 % intervals")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "metrics.png", dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for rep in reports:
+        ax.hist([r.reward for r in rep.result.per_episode], bins=20, alpha=0.5, label=rep.policy)
+    ax.set_xlabel("episode reward")
+    ax.set_ylabel("episodes")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "rewards.png", dpi=100)
+    plt.close(fig)
+
+    jobs = load_suite(parse_suite(suite)[0])
+    fig, axes = plt.subplots(len(reports), 2, figsize=(8, 4 * len(reports)), squeeze=False)
+    for row, rep in zip(axes, reports, strict=True):
+        episodes = rep.result.per_episode
+        order = sorted(range(len(episodes)), key=lambda i: episodes[i].reward)
+        for ax, index, title in ((row[0], order[-1], "best"), (row[1], order[0], "worst")):
+            job = jobs[index % len(jobs)]
+            plan = cached_slice(job).layer_paths[0] if cached_slice(job).layer_paths else []
+            for path in plan:
+                # The toolpath keeps the numbers as the reference writes them (text).
+                xs = [float(path.start[0]), *(float(m[0]) for m in path.moves)]
+                ys = [float(path.start[1]), *(float(m[1]) for m in path.moves)]
+                ax.plot(xs, ys, color="0.7", lw=4)
+            answers = episodes[index].answers
+            layer = next((a for a in answers if ";LAYER_CHANGE" in a), next((a for a in answers if "E" in a), ""))
+            ax.plot(*_extruded_xy(layer), color="C3", lw=1, label="answer")
+            ax.set_title(f"{rep.policy}: {title} ({job.job_id}, reward {episodes[index].reward:.2f})", fontsize=9)
+            ax.set_aspect("equal")
+    fig.tight_layout()
+    fig.savefig(out / "toolpaths.png", dpi=100)
+    plt.close(fig)
+
+
+def _extruded_xy(text: str) -> tuple[list[float], list[float]]:
+    """XY of the answer's extruding moves, nan-separated where it travels (for drawing)."""
+    from training.evaluate import xy_moves
+
+    xs: list[float] = []
+    ys: list[float] = []
+    for x0, y0, x1, y1, extruding in xy_moves(text):
+        xs += [x0, x1] if extruding else [math.nan]
+        ys += [y0, y1] if extruding else [math.nan]
+    return xs, ys
+
+
+# -- command -------------------------------------------------------------------------------------------------------
+def run(policies: Sequence[str], suite: str, episodes: int, out: Path, backend: str = EMBEDDED,
+        seed: int = 0) -> dict[str, Any]:
+    """Evaluate every policy on ``suite`` and write the report (see the module docstring)."""
+    base, randomized = parse_suite(suite)
+    results: dict[str, EvalResult] = {}
+    for spec in dict.fromkeys([*policies, "expert"]):  # the expert is the reference of the ratios
+        print(f"evaluate: {spec} on {suite}, {episodes} episodes", flush=True)
+        results[spec] = evaluate(make_policy(spec, base, seed), base, episodes, randomized=randomized)
+    reference = results["expert"].per_episode
+    reports = []
+    for spec in policies:
+        rep = PolicyReport(spec, results[spec], episode_metrics(results[spec].per_episode, reference, seed))
+        if backend == KLIPPER_BATCH:
+            print(f"evaluate: {spec}'s programs through the real Klipper host", flush=True)
+            rep.klippy_accepted = klippy_acceptance(results[spec].per_episode, base, episodes)
+        reports.append(rep)
+    return write_report(reports, suite, episodes, out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--policy", action="append", required=True,
+                        help="RUN_DIR, model folder or HF id, or one of " + ", ".join(BUILTIN_POLICIES) + " (repeatable)")
+    parser.add_argument("--suite", default="tiny-v0", help="held-out suite (envs/suites), NAME:randomized for "
+                        "randomised printers")
+    parser.add_argument("--episodes", type=int, default=64)
+    parser.add_argument("--backend", choices=(EMBEDDED, KLIPPER_BATCH), default=EMBEDDED,
+                        help="klipper-batch also runs every program through the real Klipper host")
+    parser.add_argument("--out", type=Path, default=Path("eval"))
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.episodes < 1:
+        parser.error(f"--episodes {args.episodes}: must be at least 1")
+    try:
+        data = run(args.policy, args.suite, args.episodes, args.out, args.backend, args.seed)
+    except (ValueError, OSError) as err:
+        parser.exit(2, f"evaluate: {err}\n")
+    for name, entry in data["policies"].items():
+        m = entry["metrics"]
+        print(f"{name}: success {m['success_rate']['value']:.3f}, mean reward {m['mean_reward']['value']:.3f}")
+    print(f"report: {args.out / 'report.md'}")
+    return 0
