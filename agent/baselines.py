@@ -120,3 +120,81 @@ class SB3Policy:
     def __call__(self, observation: np.ndarray) -> np.ndarray:
         obs = self.normalize(observation) if self.normalize is not None else observation
         return np.asarray(self.model.predict(obs, deterministic=True)[0])
+
+
+def sb3_tuning(policy: SB3Policy, env: PrintSupervisorEnv) -> str:
+    """The text commands ``policy`` (acting on ``PrintSupervisorBox-v1``'s telemetry) sends in ``env``'s state."""
+    from envs.supervisor import box_to_tuning
+
+    assert env.job is not None and env.sim is not None, "call reset() first"
+    action = policy(env.telemetry())
+    return box_to_tuning(action, env.job, env.layer, env.settings(), env.sim.profile.hotend.max_temp_c) or NO_CHANGE
+
+
+# -- training a PPO baseline ------------------------------------------------------------------------------------
+PPO_MODEL_FILE = "ppo.zip"
+PPO_NORMALIZE_FILE = "vecnormalize.pkl"
+
+
+def train_ppo(steps: int, out: str, seed: int = 0, difficulty: int = 2) -> str:
+    """PPO (Stable-Baselines3) on ``PrintSupervisorBox-v1`` for ``steps`` environment steps, observations
+    normalised; saves the model and the normalisation into folder ``out`` and returns it."""
+    from pathlib import Path
+
+    import stable_baselines3 as sb3
+    import torch
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+    import envs  # noqa: F401  (registers the environments)
+
+    torch.set_num_threads(1)
+    venv = VecNormalize(DummyVecEnv([lambda: gym.make("layerloop/PrintSupervisorBox-v1", difficulty=difficulty)]),
+                        norm_obs=True, norm_reward=False)
+    model = sb3.PPO("MlpPolicy", venv, n_steps=256, batch_size=64, learning_rate=1e-3, gamma=0.9, seed=seed,
+                    policy_kwargs={"log_std_init": -1.0, "net_arch": [64, 64]}, device="cpu")
+    model.learn(total_timesteps=steps, progress_bar=False)
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save(folder / PPO_MODEL_FILE)
+    venv.save(str(folder / PPO_NORMALIZE_FILE))
+    return str(folder)
+
+
+def load_ppo(folder: str) -> SB3Policy:
+    """A PPO baseline saved by :func:`train_ppo`, as an :class:`SB3Policy`."""
+    from pathlib import Path
+
+    import stable_baselines3 as sb3
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+    import envs  # noqa: F401
+
+    path = Path(folder)
+    if not (path / PPO_MODEL_FILE).is_file():
+        raise FileNotFoundError(f"{path}: no {PPO_MODEL_FILE} (train one with python -m agent.baselines ppo)")
+    venv = VecNormalize.load(str(path / PPO_NORMALIZE_FILE),
+                             DummyVecEnv([lambda: gym.make("layerloop/PrintSupervisorBox-v1")]))
+    venv.training = False
+    return SB3Policy(sb3.PPO.load(path / PPO_MODEL_FILE, device="cpu"), normalize=venv.normalize_obs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m agent.baselines", description="Train a supervisor baseline.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    ppo = sub.add_parser("ppo", help="PPO on PrintSupervisorBox-v1")
+    ppo.add_argument("--steps", type=int, default=20_000, help="environment steps (default 20,000)")
+    ppo.add_argument("--out", default="runs/ppo", help="folder for the model (default runs/ppo)")
+    ppo.add_argument("--seed", type=int, default=0)
+    ppo.add_argument("--difficulty", type=int, default=2, choices=range(5))
+    args = parser.parse_args(argv)
+    if args.steps < 1:
+        parser.error(f"--steps {args.steps}: must be at least 1")
+    print(f"ppo: {args.steps:,} steps on PrintSupervisorBox-v1 (difficulty {args.difficulty})", flush=True)
+    print(f"ppo: saved {train_ppo(args.steps, args.out, args.seed, args.difficulty)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

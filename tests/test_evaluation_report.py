@@ -73,3 +73,20 @@ def test_bad_arguments_are_clear_errors(tmp_path: Path) -> None:
                            "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120,
                           env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
     assert done.returncode == 2 and "suite 'nosuch'" in done.stderr and "tiny-v0" in done.stderr, done.stderr
+
+
+def test_supervisor_baselines_on_the_same_episodes(tmp_path: Path) -> None:
+    from agent.baselines import main as baselines_main
+
+    assert baselines_main(["ppo", "--steps", "512", "--out", str(tmp_path / "ppo")]) == 0
+    assert (tmp_path / "ppo" / "ppo.zip").is_file()
+    out = tmp_path / "sup"
+    assert main(["--suite", "supervisor", "--episodes", "3", "--out", str(out), "--policy", "noop",
+                 "--policy", "rule", "--policy", f"sb3:{tmp_path / 'ppo'}"]) == 0
+    rows = json.loads((out / "report.json").read_text())["policies"]
+    rule = rows["rule"]["metrics"]
+    # The rule, played through the table, scores what the evaluation's own rule baseline scores.
+    assert rule["mean_reward"] == pytest.approx(rule["rule_mean_reward"])
+    assert rows["noop"]["metrics"]["mean_reward"] != rule["mean_reward"]
+    assert 0.0 <= rows[f"sb3:{tmp_path / 'ppo'}"]["metrics"]["mean_reward"] <= 1.0
+    assert "| `rule` |" in (out / "report.md").read_text()

@@ -10,7 +10,8 @@ Policies (``--policy``): a run directory of ``training.sim_loop`` (its GRPO mode
 model folder or Hugging Face id, ``expert`` (the reference program), ``random`` (random G-code-alphabet text,
 seeded) or ``noop`` (an empty answer). Suites (``--suite``): the held-out suites in ``envs/suites`` by name;
 ``NAME:randomized`` runs the same jobs each on a printer perturbed within ``configs/randomization.yaml``
-(unseen printers).
+(unseen printers); ``supervisor`` compares supervisors instead (:func:`run_supervisor`: also ``rule`` and
+``sb3:FOLDER``).
 """
 
 from __future__ import annotations
@@ -252,10 +253,57 @@ def _extruded_xy(text: str) -> tuple[list[float], list[float]]:
     return xs, ys
 
 
+# -- the supervisor's table ---------------------------------------------------------------------------------------
+SUPERVISOR_SUITE = "supervisor"
+"""``--suite supervisor``: seeded ``PrintSupervisor-v1`` episodes (difficulty 2) instead of a writer suite."""
+
+
+def run_supervisor(policies: Sequence[str], episodes: int, out: Path, seed: int = 0) -> dict[str, Any]:
+    """The supervisor baselines side by side on the same seeded episodes: ``noop``, ``random``, ``rule``,
+    ``sb3:FOLDER`` (a PPO model of ``python -m agent.baselines ppo``) and language models (run directories of
+    ``task: PrintSupervisor-v1``, or model folders)."""
+    from agent.baselines import NO_CHANGE, load_ppo, rule_supervisor_action, sb3_tuning
+    from training.supervise import evaluate_supervisor
+
+    rows: dict[str, Any] = {}
+    for spec in policies:
+        print(f"evaluate: {spec} supervising {episodes} episodes", flush=True)
+        if spec == "rule":
+            result = evaluate_supervisor(None, episodes, seed, env_policy=rule_supervisor_action)
+        elif spec.startswith("sb3:"):
+            ppo = load_ppo(spec[4:])
+            result = evaluate_supervisor(None, episodes, seed, env_policy=lambda env, p=ppo: sb3_tuning(p, env))
+        elif spec == "noop":
+            result = evaluate_supervisor(lambda prompts: [NO_CHANGE for _ in prompts], episodes, seed)
+        else:
+            result = evaluate_supervisor(make_policy(spec, "tiny-v0", seed), episodes, seed)
+        rows[spec] = {"success_rate": wilson(round(result.success_rate * episodes), episodes).as_dict(),
+                      "mean_reward": result.mean_reward, "valid_gcode_rate": result.valid_gcode_rate,
+                      "refused_per_1k_lines": result.safety_violations_per_1k_lines,
+                      "rule_mean_reward": result.rule_mean_reward}
+    out.mkdir(parents=True, exist_ok=True)
+    data = {"suite": SUPERVISOR_SUITE, "episodes": episodes, "policies": {k: {"metrics": v} for k, v in rows.items()}}
+    (out / "report.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    lines = [f"# Supervisors on {episodes} seeded `PrintSupervisor-v1` episodes (difficulty 2)", "",
+             "| policy | success rate [95 %] | mean reward per layer | valid answers | refused / 1k lines |",
+             "| --- | --- | ---: | ---: | ---: |"]
+    for spec, m in rows.items():
+        sr = m["success_rate"]
+        lines.append(f"| `{spec}` | {sr['value']:.3f} [{sr['low']:.3f}, {sr['high']:.3f}] | {m['mean_reward']:.3f} | "
+                     f"{m['valid_gcode_rate']:.3f} | {m['refused_per_1k_lines']:.2f} |")
+    if rows:
+        lines += ["", f"The rule supervisor's mean reward on the same episodes: "
+                  f"{next(iter(rows.values()))['rule_mean_reward']:.3f}.", ""]
+    (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
+    return data
+
+
 # -- command -------------------------------------------------------------------------------------------------------
 def run(policies: Sequence[str], suite: str, episodes: int, out: Path, backend: str = EMBEDDED,
         seed: int = 0) -> dict[str, Any]:
     """Evaluate every policy on ``suite`` and write the report (see the module docstring)."""
+    if suite == SUPERVISOR_SUITE:
+        return run_supervisor(policies, episodes, out, seed)
     base, randomized = parse_suite(suite)
     results: dict[str, EvalResult] = {}
     for spec in dict.fromkeys([*policies, "expert"]):  # the expert is the reference of the ratios
@@ -275,7 +323,8 @@ def run(policies: Sequence[str], suite: str, episodes: int, out: Path, backend: 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--policy", action="append", required=True,
-                        help="RUN_DIR, model folder or HF id, or one of " + ", ".join(BUILTIN_POLICIES) + " (repeatable)")
+                        help="RUN_DIR, model folder or HF id, or one of " + ", ".join(BUILTIN_POLICIES)
+                        + "; with --suite supervisor also rule and sb3:FOLDER (repeatable)")
     parser.add_argument("--suite", default="tiny-v0", help="held-out suite (envs/suites), NAME:randomized for "
                         "randomised printers")
     parser.add_argument("--episodes", type=int, default=64)
@@ -292,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"evaluate: {err}\n")
     for name, entry in data["policies"].items():
         m = entry["metrics"]
-        print(f"{name}: success {m['success_rate']['value']:.3f}, mean reward {m['mean_reward']['value']:.3f}")
+        reward = m["mean_reward"]["value"] if isinstance(m["mean_reward"], dict) else m["mean_reward"]
+        print(f"{name}: success {m['success_rate']['value']:.3f}, mean reward {reward:.3f}")
     print(f"report: {args.out / 'report.md'}")
     return 0

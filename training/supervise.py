@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -98,10 +98,16 @@ def restore_state(job_json: str, hidden_json: str, history_json: str) -> PrintSu
     return env
 
 
-def evaluate_supervisor(policy: Policy, episodes: int, seed: int = 0, difficulties: Sequence[int] = (2,),
-                        batch_size: int = 16) -> SupervisorEvalResult:
+def evaluate_supervisor(policy: Policy | None, episodes: int, seed: int = 0, difficulties: Sequence[int] = (2,),
+                        batch_size: int = 16, env_policy: Callable[[PrintSupervisorEnv], str] | None = None
+                        ) -> SupervisorEvalResult:
     """``episodes`` seeded episodes (apart from the training seeds) supervised by ``policy``, and the rule
-    supervisor's mean reward on the same episodes (see :class:`SupervisorEvalResult`)."""
+    supervisor's mean reward on the same episodes (see :class:`SupervisorEvalResult`).
+
+    ``env_policy`` replaces ``policy`` for supervisors that read the environment rather than the prompt (the
+    rule, an SB3 model through :func:`agent.baselines.sb3_tuning`): it answers for one environment."""
+    if (policy is None) == (env_policy is None):
+        raise ValueError("give exactly one of policy and env_policy")
     envs = [_env(difficulties) for _ in range(episodes)]
     obs = [_reset(env, EVAL_SEED_OFFSET + seed + i, difficulties)[0] for i, env in enumerate(envs)]
     rule = [copy.deepcopy(env) for env in envs]
@@ -112,7 +118,9 @@ def evaluate_supervisor(policy: Policy, episodes: int, seed: int = 0, difficulti
         active = [i for i in range(episodes) if not done[i]]
         for start in range(0, len(active), batch_size):
             chunk = active[start:start + batch_size]
-            for i, text in zip(chunk, policy([obs[i]["prompt"] for i in chunk]), strict=True):
+            texts = [env_policy(envs[i]) for i in chunk] if env_policy is not None else \
+                policy([obs[i]["prompt"] for i in chunk])  # type: ignore[misc]
+            for i, text in zip(chunk, texts, strict=True):
                 obs[i], reward, terminated, truncated, info = envs[i].step(text)
                 # Saying nothing (blank or comment lines only) is a valid answer for a supervisor.
                 silent = all(not line.split(";")[0].strip() for line in text.splitlines())
