@@ -23,6 +23,7 @@ from envs.supervisor import (
     SPEED_PERCENT_MIN,
     TELEMETRY_NAMES,
     PrintSupervisorEnv,
+    box_to_tuning,
 )
 
 NO_CHANGE = "; no change"
@@ -124,8 +125,6 @@ class SB3Policy:
 
 def sb3_tuning(policy: SB3Policy, env: PrintSupervisorEnv) -> str:
     """The text commands ``policy`` (acting on ``PrintSupervisorBox-v1``'s telemetry) sends in ``env``'s state."""
-    from envs.supervisor import box_to_tuning
-
     assert env.job is not None and env.sim is not None, "call reset() first"
     action = policy(env.telemetry())
     return box_to_tuning(action, env.job, env.layer, env.settings(), env.sim.profile.hotend.max_temp_c) or NO_CHANGE

@@ -191,8 +191,7 @@ class Interpreter(HeaterCommands):
 
     # -- motion ----------------------------------------------------------------------------------------
     def _move(self, p: dict[str, float], line: int, text: str = "") -> None:
-        # A letter without a number (``G1 X F1200``) reads as nan: Marlin ignores that axis, Klipper refuses the
-        # move (``float('')`` fails in its G1 handler) and stops the print. The checks sit on the rare branches.
+        # A bare letter (``G1 X F1200``) reads as nan: Marlin skips the axis, Klipper refuses the move and stops.
         st = self.state
         u = st.units_mm
         f = p.get("F")
@@ -201,7 +200,7 @@ class Interpreter(HeaterCommands):
                 self._fail(fail.INVALID_COMMAND, f"Invalid speed in 'G1 F{f:g}'", line)
             st.feed_mm_s = f * u / 60.0
         elif f is not None and self.klipper:
-            self._unparsable_move(text, line)
+            self._fail(fail.INVALID_COMMAND, f"Unable to parse move '{text.split(';')[0].strip()}'", line)
         gx, gy, gz, ge = st.gpos
         target = [gx, gy, gz]
         moved = False
@@ -211,7 +210,7 @@ class Interpreter(HeaterCommands):
                 target[i] = v * u if st.absolute_xyz else target[i] + v * u
                 moved = True
             elif v is not None and self.klipper:
-                self._unparsable_move(text, line)
+                self._fail(fail.INVALID_COMMAND, f"Unable to parse move '{text.split(';')[0].strip()}'", line)
         e = p.get("E")
         if e is None:
             e = p.get("A")
@@ -227,7 +226,7 @@ class Interpreter(HeaterCommands):
                 de = e
                 ge += e
         elif e is not None and self.klipper:
-            self._unparsable_move(text, line)
+            self._fail(fail.INVALID_COMMAND, f"Unable to parse move '{text.split(';')[0].strip()}'", line)
         if not moved and de == 0.0:
             st.gpos[3] = ge
             return
@@ -236,9 +235,6 @@ class Interpreter(HeaterCommands):
         dz = target[2] - gz
         st.gpos = [target[0], target[1], target[2], ge]
         self._queue_move(dx, dy, dz, de * st.extrude_factor, st.feed_mm_s * st.speed_factor, line)
-
-    def _unparsable_move(self, text: str, line: int) -> None:
-        self._fail(fail.INVALID_COMMAND, f"Unable to parse move '{text.split(';')[0].strip()}'", line)
 
     def _queue_move(self, dx: float, dy: float, dz: float, de: float, speed: float, line: int) -> None:
         st = self.state

@@ -9,7 +9,7 @@ import pytest
 from agent.expert import expert_policy
 from envs.sampler import load_suite
 from envs.slicer import cached_slice
-from training.evaluate import eval_metrics, evaluate, gcode_validity, toolpath_match
+from training.writer_eval import eval_metrics, evaluate, gcode_validity, toolpath_match
 
 EPISODES = 8
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from training.eval_report import episode_metrics, main, model_folder
-from training.evaluate import EpisodeRecord
+from training.evaluate import episode_metrics, main, model_folder
+from training.writer_eval import EpisodeRecord
 
 ROOT = Path(__file__).parent.parent
 

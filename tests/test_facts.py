@@ -23,7 +23,7 @@ from sim_bridge.commands import (
 from sim_bridge.interpreter import Interpreter
 from sim_bridge.layers import LAYER_MARKERS, is_layer_marker, match_line
 from sim_bridge.printers import load_printer
-from training.evaluate import gcode_validity
+from training.writer_eval import gcode_validity
 
 ENDER3 = load_printer("ender3-klipper")
 AUTOTUNE_ARGS = {"M303": " E0 S200", "PID_CALIBRATE": " HEATER=extruder TARGET=200"}

@@ -22,12 +22,12 @@ from envs.sampler import load_suite
 from envs.scoring import layer_feedback, layer_reward
 from envs.slicer import slice_job
 from sim_bridge.config import ConfigError
-from training.evaluate import evaluate
 from training.grpo import GRPOSettings, feedback_bridge
 from training.model import ModelConfig, load_model_and_tokenizer
 from training.revisions import PERTURBATIONS, perturb_layer, revision_examples
 from training.rewards import LayerRewardPart, LayerScorer, SupervisorReward, layer_reward_functions
 from training.supervise import evaluate_supervisor, restore_state, supervisor_rows
+from training.writer_eval import evaluate
 
 ROOT = Path(__file__).parent.parent
 ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TRL_EXPERIMENTAL_SILENCE": "1"}

@@ -76,6 +76,11 @@ def test_smoke_run_kill_and_resume(tmp_path: Path) -> None:
     timed = [r for r in metrics if r["phase"] == "grpo" and "train/reward_time_s" in r]
     assert [r["step"] for r in timed] == [1, 2]
     assert all(r["train/reward_time_s"] > 0 and 0 < r["train/reward_share"] < 1 for r in timed)
+    # The phases side by side with intervals, as python -m training.evaluate writes them.
+    phases = json.loads((full_dir / "eval" / "report.json").read_text())["policies"]
+    assert list(phases) == ["before", "sft", "grpo"]
+    assert phases["grpo"]["metrics"]["success_rate"]["value"] == report["phases"]["grpo"]["success_rate"]
+    assert "| success rate |" in (full_dir / "eval" / "report.md").read_text()
     # GRPO samples its own fresh jobs (grpo_jobs), drawn from another stream than the supervised dataset's.
     phase2 = load_table(full_dir / GRPO_DATA_DIR, "jobs")
     supervised = load_table(tmp_path / "data", "jobs")

@@ -1,268 +1,379 @@
-"""Evaluate a policy (a language model, or any function from prompts to G-code) on a held-out suite.
+"""One command, one report: ``python -m training.evaluate --policy P [--policy Q ...] --suite NAME``.
 
-Metrics (namespaced ``eval/`` in the logs), over ``episodes`` episodes of ``GcodeWriter-v1``:
+Each policy plays the suite's ``GcodeWriter-v1`` episodes (:func:`training.writer_eval.evaluate`); the report
+puts the policies side by side with 95 % confidence intervals (Wilson for rates, bootstrap for means), the
+time and filament of each episode against the reference program's (the expert) on the same job, the size
+error of the printed layer per axis, and with ``--backend klipper-batch`` whether the real Klipper host
+accepts each whole program. It writes ``report.json``, ``report.md`` and plots into ``--out``.
 
-* ``success_rate`` — episodes that completed every step without failure and with geometry ≥ 0.9;
-* ``mean_reward`` — mean episode reward (attainable: 1 per step);
-* ``valid_gcode_rate`` — completions whose every line reads as G-code (no reader error or warning) and
-  whose every command a program may contain on any printer (the command table, as the validator reads it:
-  no unknown, unchecked or forbidden command);
-* ``safety_violations_per_1k_lines`` — lines that stop a real printer or that no program may send
-  (Klipper errors, cold extrusion, heater faults, forbidden commands such as ``M302`` or ``SAVE_CONFIG``),
-  per 1,000 generated lines (logged as ``safety/violations_per_1k_lines``);
-* ``episodes``;
-* ``mean_geometry`` — mean geometry score of the steps;
-* ``vertex_error_mm`` — what limits geometry: for each point of a layer's planned toolpath, the distance to
-  the nearest point the answer moved the nozzle to, averaged (0 when every planned point was reached);
-* ``closed_loop_rate`` — layer answers whose every planned closed path was closed: the answer extruded to
-  the path's start point again, within 0.05 mm.
-
-``python -m training.evaluate`` (:mod:`training.eval_report`) evaluates any policies on a suite side by
-side and writes a report with confidence intervals. The policies themselves live in :mod:`agent`; the supervisor task has its own evaluation
-(:func:`training.supervise.evaluate_supervisor`).
+Policies (``--policy``): a run directory of ``training.sim_loop`` (its GRPO model, else its SFT model), a
+model folder or Hugging Face id, ``expert`` (the reference program), ``random`` (random G-code-alphabet text,
+seeded) or ``noop`` (an empty answer). Suites (``--suite``): the held-out suites in ``envs/suites`` by name;
+``NAME:randomized`` runs the same jobs each on a printer perturbed within ``configs/randomization.yaml``
+(unseen printers); ``supervisor`` compares supervisors instead (:func:`run_supervisor`: also ``rule`` and
+``sb3:FOLDER``).
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from agent.llm import revise_answers
+from agent.baselines import NO_CHANGE, RandomTextPolicy, load_ppo, rule_supervisor_action, sb3_tuning
+from agent.expert import expert_policy
+from agent.llm import LLMPolicy, load_pretrained
 from agent.policy import Policy
-from envs.gcode_writer import GcodeWriterEnv
-from envs.jobs import PrintJob
 from envs.sampler import load_suite
-from envs.slicer import Toolpath, cached_slice
-from envs.wrappers import DomainRandomization
-from sim_bridge.commands import deployable, forbidden_reason
-from sim_bridge.gcode import Command, GcodeError, GcodeReader, parse_line
+from envs.slicer import cached_slice
+from sim_bridge.backends import EMBEDDED, KLIPPER_BATCH, simulate
+from training.eval_stats import Estimate, bootstrap_mean, wilson
+from training.supervise import evaluate_supervisor
+from training.writer_eval import EpisodeRecord, EvalResult, evaluate, xy_moves
 
-SAFETY_KEY = "safety_violations_per_1k_lines"
-"""The one metric logged under ``safety/`` (as ``safety/violations_per_1k_lines``) instead of ``eval/``."""
+BUILTIN_POLICIES = ("expert", "random", "noop")
+"""Policies named by a word rather than a path."""
+RANDOMIZED_SUFFIX = ":randomized"
+"""Appended to a suite name: the same jobs on randomised printers."""
+MAX_NEW_TOKENS = 1024
+"""Longest answer a language-model policy may write per step."""
 
 
+# -- policies ------------------------------------------------------------------------------------------------------
+def model_folder(spec: str) -> str:
+    """The model a ``--policy`` path means: a run directory's GRPO final model, else its SFT one; any other
+    folder or name as given."""
+    path = Path(spec)
+    for sub in ("grpo/final", "sft/final", "real_world/final"):
+        if (path / sub / "config.json").is_file():
+            return str(path / sub)
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise ValueError(f"--policy {spec}: neither a run directory (no grpo/final or sft/final) nor a model folder "
+                         "(no config.json)")
+    return spec
+
+
+def make_policy(spec: str, suite: str, seed: int = 0) -> Policy:
+    """The policy ``spec`` names (see the module docstring)."""
+    if spec == "expert":
+        return expert_policy(suite)
+    if spec == "random":
+        return RandomTextPolicy(seed=seed)
+    if spec == "noop":
+        return lambda prompts: ["" for _ in prompts]
+    model, tokenizer = load_pretrained(model_folder(spec))
+    model.eval()
+    return LLMPolicy(model, tokenizer, max_new_tokens=MAX_NEW_TOKENS)
+
+
+def parse_suite(name: str) -> tuple[str, bool]:
+    """``(suite, randomized)`` of a ``--suite`` value; an unknown suite is a clear error."""
+    randomized = name.endswith(RANDOMIZED_SUFFIX)
+    base = name[: -len(RANDOMIZED_SUFFIX)] if randomized else name
+    load_suite(base)  # raises naming the suites there are
+    return base, randomized
+
+
+# -- metrics -------------------------------------------------------------------------------------------------------
 @dataclass
-class EvalResult:
-    """The metrics of one evaluation of the writer (``GcodeWriter-v1``)."""
+class PolicyReport:
+    """One policy's results on one suite."""
 
-    success_rate: float
-    mean_reward: float
-    valid_gcode_rate: float
-    safety_violations_per_1k_lines: float
-    episodes: int
-    mean_geometry: float = 0.0
-    """Mean geometry score of the episodes' steps."""
-    vertex_error_mm: float = 0.0
-    """Mean distance from each planned toolpath point to the nearest point the answer moved to."""
-    closed_loop_rate: float = 0.0
-    """Layer answers that closed every closed path of the plan (extruded back to its start)."""
-    per_episode: list[EpisodeRecord] = dataclasses.field(default_factory=list, repr=False, compare=False)
-    """What each episode did (for confidence intervals and reports); not a logged metric."""
-
-    def as_dict(self, prefix: str = "") -> dict[str, float]:
-        return {f"{prefix}{k}": float(v) for k, v in scalar_fields(self).items()}
+    policy: str
+    result: EvalResult
+    metrics: dict[str, Estimate]
+    klippy_accepted: Estimate | None = None
 
 
-@dataclass
-class EpisodeRecord:
-    """One evaluation episode of the writer."""
-
-    job_id: str
-    part_kind: str
-    reward: float
-    success: bool
-    geometry: float
-    """Mean geometry score of its steps."""
-    valid: bool
-    """Every answer read as G-code with known commands only."""
-    lines: int
-    violations: int
-    print_time_s: float
-    filament_mm: float
-    size_error_mm: tuple[float, float]
-    """Extruded extent minus planned extent, X and Y (mm), over the layer answers; nan without extrusion."""
-    answers: list[str]
+def _ratios(records: Sequence[EpisodeRecord], reference: Sequence[EpisodeRecord], attr: str) -> list[float]:
+    """Per-episode policy/reference ratios of ``attr``, over episodes both completed successfully."""
+    return [getattr(r, attr) / getattr(e, attr) for r, e in zip(records, reference, strict=True)
+            if r.success and e.success and getattr(e, attr) > 0]
 
 
-def scalar_fields(result: Any) -> dict[str, float]:
-    """A result dataclass's number fields (lists such as ``per_episode`` left out)."""
-    return {k: v for k, v in dataclasses.asdict(result).items() if isinstance(v, (int, float))}
-
-
-def eval_metrics(result: Any) -> dict[str, float]:
-    """An evaluation result (a dataclass of metrics) as namespaced log metrics: ``eval/<name>``, and the
-    safety metric as ``safety/violations_per_1k_lines``."""
-    return {("safety/violations_per_1k_lines" if k == SAFETY_KEY else f"eval/{k}"): float(v)
-            for k, v in scalar_fields(result).items()}
-
-
-def gcode_validity(text: str) -> tuple[bool, int, int]:
-    """(valid, lines, forbidden commands) of one completion: valid when it reads as G-code and every command
-    is one a program may contain on any printer (the command table's :func:`~sim_bridge.commands.deployable`,
-    the same list the validator allows by default)."""
-    reader = GcodeReader(text, name="completion")
-    forbidden = 0
-    try:
-        commands = list(reader)
-    except GcodeError:
-        return False, max(1, text.count("\n")), 0
-    for cmd in commands:
-        if forbidden_reason(cmd.code) is not None:
-            forbidden += 1
-    lines = sum(1 for line in text.splitlines() if line.strip())
-    return bool(commands) and _known_commands(commands) and not reader.warnings, lines, forbidden
-
-
-CLOSED_TOLERANCE_MM = 0.05
-
-
-def toolpath_match(text: str, paths: Sequence[Toolpath]) -> tuple[float, bool]:
-    """``(mean vertex error in mm, every closed path closed)`` of an answer against a layer's plan: the error
-    of each planned point is its distance to the nearest XY the answer moved to (travel or extrusion); a
-    closed path (it ends where it starts) is closed when the answer extruded to its start point."""
-    moves = xy_moves(text)
-    reached = [(m[2], m[3]) for m in moves]
-    extruded = [(m[2], m[3]) for m in moves if m[4]]
-    planned = [(float(p.start[0]), float(p.start[1])) for p in paths]
-    planned += [(float(mx), float(my)) for p in paths for mx, my, _ in p.moves]
-    if not planned:
-        return 0.0, True
-    points = np.asarray(reached) if reached else np.full((1, 2), np.inf)
-    errors = [float(np.min(np.hypot(points[:, 0] - px, points[:, 1] - py))) for px, py in planned]
-    ends = np.asarray(extruded) if extruded else np.full((1, 2), np.inf)
-    closed = all(float(np.min(np.hypot(ends[:, 0] - float(p.start[0]), ends[:, 1] - float(p.start[1]))))
-                 <= CLOSED_TOLERANCE_MM for p in paths if p.moves and p.moves[-1][:2] == p.start)
-    return float(np.mean(np.minimum(errors, 1000.0))), closed
-
-
-def _known_commands(commands: list[Command]) -> bool:
-    return all(not cmd.code or deployable(cmd.code) for cmd in commands)
-
-
-def evaluate(policy: Policy, suite: str | Sequence[PrintJob] = "tiny-v0", episodes: int = 64,
-             batch_size: int = 16, revisions: int = 0, revise: str = "failures",
-             randomized: bool = False, toolpath: bool = True) -> EvalResult:
-    """Run ``episodes`` episodes (cycling through the suite's jobs) with ``policy``, steps batched across
-    episodes, and return the metrics.
-
-    With ``randomized`` each episode runs on a printer perturbed within ``configs/randomization.yaml``'s
-    ``printer`` ranges (:class:`envs.wrappers.DomainRandomization`, seeded by the episode index: the same
-    printers for every policy) — the randomised held-out suite; the prompts are the nominal ones.
-    ``toolpath`` False evaluates on ``GcodeWriter-v0``'s prompts (the outline, for models trained on v0).
-
-    With ``revisions`` > 0 (multi-turn mode) each answer goes through :func:`agent.llm.revise_answers`
-    (``revise``: ``"failures"`` or ``"always"``) and only the last answer is committed to the episode (and
-    counted in the metrics). The policy then receives conversations (lists of chat turns) for the revisions.
-    """
-    jobs = load_suite(suite) if isinstance(suite, str) else list(suite)
-    envs = [GcodeWriterEnv(job=jobs[i % len(jobs)], toolpath=toolpath) for i in range(episodes)]
-    resets = [DomainRandomization(env) if randomized else env for env in envs]
-    observations = [env.reset(seed=i)[0] for i, env in enumerate(resets)]
-    rewards = [0.0] * episodes
-    geometry: list[list[float]] = [[] for _ in range(episodes)]
-    vertex_errors: list[float] = []
-    closed_loops: list[bool] = []
-    done = [False] * episodes
-    successes = [False] * episodes
-    valid_all = [True] * episodes
-    ep_lines, ep_violations = [0] * episodes, [0] * episodes
-    answers: list[list[str]] = [[] for _ in range(episodes)]
-    size_errors: list[list[tuple[float, float]]] = [[] for _ in range(episodes)]
-    completions = valid = 0
-    while not all(done):
-        active = [i for i in range(episodes) if not done[i]]
-        for start in range(0, len(active), batch_size):
-            chunk = active[start:start + batch_size]
-            texts = policy([observations[i]["prompt"] for i in chunk])
-            if revisions:
-                texts = revise_answers(policy, [envs[i] for i in chunk], [observations[i]["prompt"] for i in chunk],
-                                       texts, revisions, revise)
-            for i, text in zip(chunk, texts, strict=True):
-                kind, layer = envs[i].steps[envs[i].step_index]
-                if kind == "layer":
-                    paths = cached_slice(envs[i].job).layer_paths[layer]
-                    error, closed = toolpath_match(text, paths)
-                    vertex_errors.append(error)
-                    closed_loops.append(closed)
-                    size_errors[i].append(size_error(text, paths))
-                ok, n_lines, forbidden = gcode_validity(text)
-                completions += 1
-                valid += ok
-                valid_all[i] = valid_all[i] and ok
-                ep_lines[i] += n_lines
-                ep_violations[i] += forbidden
-                answers[i].append(text)
-                obs, reward, terminated, truncated, info = envs[i].step(text)
-                observations[i] = obs
-                rewards[i] += reward
-                geometry[i].append(info["geometry"])
-                ep_violations[i] += 1 if info["fatal"] else 0
-                if terminated or truncated:
-                    done[i] = True
-                    successes[i] = bool(info.get("success"))
-    records = []
-    for i, env in enumerate(envs):
-        report = env.sim.report()
-        sizes = np.asarray(size_errors[i], dtype=float).reshape(-1, 2)
-        records.append(EpisodeRecord(
-            job_id=env.job.job_id, part_kind=env.job.part.kind, reward=rewards[i], success=successes[i],
-            geometry=float(np.mean(geometry[i])), valid=valid_all[i], lines=ep_lines[i], violations=ep_violations[i],
-            print_time_s=float(report.print_time_s), filament_mm=float(report.filament_mm),
-            size_error_mm=(_nanmean(sizes[:, 0]), _nanmean(sizes[:, 1])), answers=answers[i]))
-    lines, violations = sum(ep_lines), sum(ep_violations)
-    steps = [g for gs in geometry for g in gs]
-    return EvalResult(
-        success_rate=sum(successes) / episodes, mean_reward=sum(rewards) / episodes,
-        valid_gcode_rate=valid / max(completions, 1),
-        safety_violations_per_1k_lines=1000.0 * violations / max(lines, 1), episodes=episodes,
-        mean_geometry=sum(steps) / max(len(steps), 1),
-        vertex_error_mm=float(np.mean(vertex_errors)) if vertex_errors else 0.0,
-        closed_loop_rate=float(np.mean(closed_loops)) if closed_loops else 0.0, per_episode=records)
-
-
-def _nanmean(values: np.ndarray) -> float:
-    finite = values[np.isfinite(values)]
-    return float(finite.mean()) if finite.size else math.nan
-
-
-def xy_moves(text: str) -> list[tuple[float, float, float, float, bool]]:
-    """Each G0/G1 move of an answer that changes X or Y: ``(x0, y0, x1, y1, extruding)``, starting from 0, 0;
-    a letter without a number leaves its axis where it was; unreadable lines are skipped."""
-    x = y = 0.0
-    out = []
-    for raw in text.splitlines():
-        try:
-            cmd = parse_line(raw)
-        except GcodeError:
-            continue
-        if cmd is None or cmd.code not in ("G0", "G1") or not ({"X", "Y"} & cmd.params.keys()):
-            continue
-        nx, ny = (v if (v := cmd.params.get(k, old)) == v else old for k, old in (("X", x), ("Y", y)))
-        out.append((x, y, nx, ny, cmd.params.get("E", 0.0) > 0))
-        x, y = nx, ny
+def episode_metrics(records: Sequence[EpisodeRecord], reference: Sequence[EpisodeRecord] | None, seed: int = 0
+                    ) -> dict[str, Estimate]:
+    """The report's metrics with confidence intervals from per-episode records (``reference``: the
+    expert's records on the same episodes, for the time and filament ratios)."""
+    n = len(records)
+    out = {
+        "success_rate": wilson(sum(r.success for r in records), n),
+        "mean_reward": bootstrap_mean([r.reward for r in records], seed),
+        "valid_program_rate": wilson(sum(r.valid for r in records), n),
+        "mean_geometry": bootstrap_mean([r.geometry for r in records], seed),
+        "refused_per_1k_lines": Estimate(1000.0 * sum(r.violations for r in records)
+                                         / max(sum(r.lines for r in records), 1), math.nan, math.nan, n),
+    }
+    for axis, i in (("x", 0), ("y", 1)):
+        out[f"size_error_{axis}_mm"] = bootstrap_mean(
+            [abs(r.size_error_mm[i]) for r in records if math.isfinite(r.size_error_mm[i])], seed)
+    if reference is not None:
+        out["time_vs_expert"] = bootstrap_mean(_ratios(records, reference, "print_time_s"), seed)
+        out["filament_vs_expert"] = bootstrap_mean(_ratios(records, reference, "filament_mm"), seed)
     return out
 
 
-def size_error(text: str, paths: Sequence[Toolpath]) -> tuple[float, float]:
-    """``(X, Y)`` extent of the answer's extruding moves minus the planned toolpath's extent (mm): how much
-    larger (positive) or smaller the layer came out than planned; nan when the answer extruded nothing."""
-    moves = [m for m in xy_moves(text) if m[4]]
-    xs = [v for m in moves for v in (m[0], m[2])]
-    ys = [v for m in moves for v in (m[1], m[3])]
-    planned = [(float(p.start[0]), float(p.start[1])) for p in paths] + \
-        [(float(mx), float(my)) for p in paths for mx, my, _ in p.moves]
-    if not xs or not planned:
-        return math.nan, math.nan
-    px, py = zip(*planned, strict=True)
-    return (max(xs) - min(xs)) - (max(px) - min(px)), (max(ys) - min(ys)) - (max(py) - min(py))
+def klippy_acceptance(records: Sequence[EpisodeRecord], suite: str, episodes: int) -> Estimate:
+    """Whether the real Klipper host (batch mode) runs each episode's whole program without an error: the
+    answers joined, after the heat-and-home setup the environment ran first for a job without its own start."""
+    jobs = load_suite(suite)
+    accepted = 0
+    for i, record in enumerate(records):
+        job = jobs[i % len(jobs)]
+        setup = "" if job.start_end else cached_slice(job).setup
+        program = setup + "\n".join(record.answers) + "\n"
+        report = simulate(program, job.printer, backend=KLIPPER_BATCH, material=job.material)
+        accepted += not any(f.fatal and f.source == KLIPPER_BATCH for f in report.failures)
+    return wilson(accepted, len(records))
+
+
+# -- writing -------------------------------------------------------------------------------------------------------
+METRIC_LABELS = {
+    "success_rate": "success rate", "mean_reward": "mean reward", "valid_program_rate": "valid programs",
+    "mean_geometry": "mean geometry", "refused_per_1k_lines": "refused / 1k lines",
+    "size_error_x_mm": "|size error X| (mm)", "size_error_y_mm": "|size error Y| (mm)",
+    "time_vs_expert": "time / expert", "filament_vs_expert": "filament / expert",
+    "klippy_accepted": "accepted by Klippy",
+}
+
+
+def _cell(est: Estimate | None) -> str:
+    if est is None or est.n == 0 or math.isnan(est.value):
+        return "—"
+    if math.isnan(est.low):
+        return f"{est.value:.3f}"
+    return f"{est.value:.3f} [{est.low:.3f}, {est.high:.3f}]"
+
+
+def write_report(reports: Sequence[PolicyReport], suite: str, episodes: int, out: Path) -> dict[str, Any]:
+    """``report.json``, ``report.md`` and plots of ``reports`` in ``out``; returns the JSON object."""
+    out.mkdir(parents=True, exist_ok=True)
+    data: dict[str, Any] = {"suite": suite, "episodes": episodes, "policies": {}}
+    for rep in reports:
+        metrics = {k: v.as_dict() for k, v in rep.metrics.items()}
+        if rep.klippy_accepted is not None:
+            metrics["klippy_accepted"] = rep.klippy_accepted.as_dict()
+        data["policies"][rep.policy] = {
+            "metrics": metrics,
+            "episodes": [{"job_id": r.job_id, "part_kind": r.part_kind, "reward": r.reward, "success": r.success,
+                          "geometry": r.geometry, "valid": r.valid, "print_time_s": r.print_time_s,
+                          "filament_mm": r.filament_mm} for r in rep.result.per_episode]}
+    (out / "report.json").write_text(json.dumps(data, indent=2, allow_nan=True) + "\n", encoding="utf-8")
+    keys = [k for k in METRIC_LABELS if any(k in r.metrics or (k == "klippy_accepted" and r.klippy_accepted)
+                                            for r in reports)]
+    lines = [f"# Evaluation on `{suite}` ({episodes} episodes)", "",
+             "Values with 95 % confidence intervals (Wilson for rates, bootstrap for means); "
+             "docs/evaluation.md defines each metric.", "",
+             "| metric | " + " | ".join(f"`{r.policy}`" for r in reports) + " |",
+             "| --- |" + " ---: |" * len(reports)]
+    for key in keys:
+        cells = [_cell(r.klippy_accepted if key == "klippy_accepted" else r.metrics.get(key)) for r in reports]
+        lines.append(f"| {METRIC_LABELS[key]} | " + " | ".join(cells) + " |")
+    lines += ["", "![metrics](metrics.png)", "", "![reward distributions](rewards.png)", "",
+              "![best and worst layers](toolpaths.png)", ""]
+    (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
+    _plots(reports, suite, out)
+    return data
+
+
+def _plots(reports: Sequence[PolicyReport], suite: str, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rates = ["success_rate", "valid_program_rate", "mean_reward", "mean_geometry"]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / max(len(reports), 1)
+    for j, rep in enumerate(reports):
+        est = [rep.metrics[k] for k in rates]
+        values = np.array([e.value for e in est])
+        err = np.array([[e.value - e.low for e in est], [e.high - e.value for e in est]])
+        ax.bar(np.arange(len(rates)) + j * width, values, width, yerr=np.clip(np.nan_to_num(err), 0, None), capsize=3,
+               label=rep.policy)
+    ax.set_xticks(np.arange(len(rates)) + width * (len(reports) - 1) / 2, [METRIC_LABELS[k] for k in rates])
+    ax.set_ylim(0, 1.05)
+    ax.set_title(f"{suite}: 95 % intervals")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "metrics.png", dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for rep in reports:
+        ax.hist([r.reward for r in rep.result.per_episode], bins=20, alpha=0.5, label=rep.policy)
+    ax.set_xlabel("episode reward")
+    ax.set_ylabel("episodes")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "rewards.png", dpi=100)
+    plt.close(fig)
+
+    jobs = load_suite(parse_suite(suite)[0])
+    fig, axes = plt.subplots(len(reports), 2, figsize=(8, 4 * len(reports)), squeeze=False)
+    for row, rep in zip(axes, reports, strict=True):
+        episodes = rep.result.per_episode
+        order = sorted(range(len(episodes)), key=lambda i: episodes[i].reward)
+        for ax, index, title in ((row[0], order[-1], "best"), (row[1], order[0], "worst")):
+            job = jobs[index % len(jobs)]
+            plan = cached_slice(job).layer_paths[0] if cached_slice(job).layer_paths else []
+            for path in plan:
+                # The toolpath keeps the numbers as the reference writes them (text).
+                xs = [float(path.start[0]), *(float(m[0]) for m in path.moves)]
+                ys = [float(path.start[1]), *(float(m[1]) for m in path.moves)]
+                ax.plot(xs, ys, color="0.7", lw=4)
+            answers = episodes[index].answers
+            layer = next((a for a in answers if ";LAYER_CHANGE" in a), next((a for a in answers if "E" in a), ""))
+            ax.plot(*_extruded_xy(layer), color="C3", lw=1, label="answer")
+            ax.set_title(f"{rep.policy}: {title} ({job.job_id}, reward {episodes[index].reward:.2f})", fontsize=9)
+            ax.set_aspect("equal")
+    fig.tight_layout()
+    fig.savefig(out / "toolpaths.png", dpi=100)
+    plt.close(fig)
+
+
+def _extruded_xy(text: str) -> tuple[list[float], list[float]]:
+    """XY of the answer's extruding moves, nan-separated where it travels (for drawing)."""
+    xs: list[float] = []
+    ys: list[float] = []
+    for x0, y0, x1, y1, extruding in xy_moves(text):
+        xs += [x0, x1] if extruding else [math.nan]
+        ys += [y0, y1] if extruding else [math.nan]
+    return xs, ys
+
+
+# -- the loop's phases ---------------------------------------------------------------------------------------------
+EVAL_DIR = "eval"
+"""Folder of a run directory holding each phase's episodes and the phases' report."""
+
+
+def save_episodes(result: EvalResult, path: Path) -> None:
+    """Every episode record of ``result`` as JSON (a finished phase's evaluation, kept for the report)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps([dataclasses.asdict(r) for r in result.per_episode]) + "\n", encoding="utf-8")
+
+
+def load_episodes(path: Path) -> list[EpisodeRecord]:
+    rows = json.loads(path.read_text(encoding="utf-8"))
+    return [EpisodeRecord(**{**r, "size_error_mm": tuple(r["size_error_mm"])}) for r in rows]
+
+
+def write_phase_report(run_dir: Path, phases: Sequence[str], suite: str, episodes: int, seed: int = 0) -> None:
+    """The loop's phases side by side (each phase's model as a policy), with the same intervals and ratios
+    as ``python -m training.evaluate``: ``RUN_DIR/eval/report.md``. The expert's episodes are evaluated once
+    and kept beside the phases'."""
+    folder = run_dir / EVAL_DIR
+    expert_path = folder / "expert.json"
+    if not expert_path.is_file():
+        save_episodes(evaluate(expert_policy(suite), suite, episodes), expert_path)
+    reference = load_episodes(expert_path)
+    reports = []
+    for phase in phases:
+        if (folder / f"{phase}.json").is_file():
+            records = load_episodes(folder / f"{phase}.json")
+            result = EvalResult(0.0, 0.0, 0.0, 0.0, len(records), per_episode=records)
+            reports.append(PolicyReport(phase, result, episode_metrics(records, reference, seed)))
+    if reports:
+        write_report(reports, suite, episodes, folder)
+
+
+# -- the supervisor's table ---------------------------------------------------------------------------------------
+SUPERVISOR_SUITE = "supervisor"
+"""``--suite supervisor``: seeded ``PrintSupervisor-v1`` episodes (difficulty 2) instead of a writer suite."""
+
+
+def run_supervisor(policies: Sequence[str], episodes: int, out: Path, seed: int = 0) -> dict[str, Any]:
+    """The supervisor baselines side by side on the same seeded episodes: ``noop``, ``random``, ``rule``,
+    ``sb3:FOLDER`` (a PPO model of ``python -m agent.baselines ppo``) and language models (run directories of
+    ``task: PrintSupervisor-v1``, or model folders)."""
+    rows: dict[str, Any] = {}
+    for spec in policies:
+        print(f"evaluate: {spec} supervising {episodes} episodes", flush=True)
+        if spec == "rule":
+            result = evaluate_supervisor(None, episodes, seed, env_policy=rule_supervisor_action)
+        elif spec.startswith("sb3:"):
+            ppo = load_ppo(spec[4:])
+            result = evaluate_supervisor(None, episodes, seed, env_policy=lambda env, p=ppo: sb3_tuning(p, env))
+        elif spec == "noop":
+            result = evaluate_supervisor(lambda prompts: [NO_CHANGE for _ in prompts], episodes, seed)
+        else:
+            result = evaluate_supervisor(make_policy(spec, "tiny-v0", seed), episodes, seed)
+        rows[spec] = {"success_rate": wilson(round(result.success_rate * episodes), episodes).as_dict(),
+                      "mean_reward": result.mean_reward, "valid_gcode_rate": result.valid_gcode_rate,
+                      "refused_per_1k_lines": result.safety_violations_per_1k_lines,
+                      "rule_mean_reward": result.rule_mean_reward}
+    out.mkdir(parents=True, exist_ok=True)
+    data = {"suite": SUPERVISOR_SUITE, "episodes": episodes, "policies": {k: {"metrics": v} for k, v in rows.items()}}
+    (out / "report.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    lines = [f"# Supervisors on {episodes} seeded `PrintSupervisor-v1` episodes (difficulty 2)", "",
+             "| policy | success rate [95 %] | mean reward per layer | valid answers | refused / 1k lines |",
+             "| --- | --- | ---: | ---: | ---: |"]
+    for spec, m in rows.items():
+        sr = m["success_rate"]
+        lines.append(f"| `{spec}` | {sr['value']:.3f} [{sr['low']:.3f}, {sr['high']:.3f}] | {m['mean_reward']:.3f} | "
+                     f"{m['valid_gcode_rate']:.3f} | {m['refused_per_1k_lines']:.2f} |")
+    if rows:
+        lines += ["", f"The rule supervisor's mean reward on the same episodes: "
+                  f"{next(iter(rows.values()))['rule_mean_reward']:.3f}.", ""]
+    (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
+    return data
+
+
+# -- command -------------------------------------------------------------------------------------------------------
+def run(policies: Sequence[str], suite: str, episodes: int, out: Path, backend: str = EMBEDDED,
+        seed: int = 0) -> dict[str, Any]:
+    """Evaluate every policy on ``suite`` and write the report (see the module docstring)."""
+    if suite == SUPERVISOR_SUITE:
+        return run_supervisor(policies, episodes, out, seed)
+    base, randomized = parse_suite(suite)
+    results: dict[str, EvalResult] = {}
+    for spec in dict.fromkeys([*policies, "expert"]):  # the expert is the reference of the ratios
+        print(f"evaluate: {spec} on {suite}, {episodes} episodes", flush=True)
+        results[spec] = evaluate(make_policy(spec, base, seed), base, episodes, randomized=randomized)
+    reference = results["expert"].per_episode
+    reports = []
+    for spec in policies:
+        rep = PolicyReport(spec, results[spec], episode_metrics(results[spec].per_episode, reference, seed))
+        if backend == KLIPPER_BATCH:
+            print(f"evaluate: {spec}'s programs through the real Klipper host", flush=True)
+            rep.klippy_accepted = klippy_acceptance(results[spec].per_episode, base, episodes)
+        reports.append(rep)
+    return write_report(reports, suite, episodes, out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--policy", action="append", required=True,
+                        help="RUN_DIR, model folder or HF id, or one of " + ", ".join(BUILTIN_POLICIES)
+                        + "; with --suite supervisor also rule and sb3:FOLDER (repeatable)")
+    parser.add_argument("--suite", default="tiny-v0", help="held-out suite (envs/suites), NAME:randomized for "
+                        "randomised printers")
+    parser.add_argument("--episodes", type=int, default=64)
+    parser.add_argument("--backend", choices=(EMBEDDED, KLIPPER_BATCH), default=EMBEDDED,
+                        help="klipper-batch also runs every program through the real Klipper host")
+    parser.add_argument("--out", type=Path, default=Path("eval"))
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.episodes < 1:
+        parser.error(f"--episodes {args.episodes}: must be at least 1")
+    try:
+        data = run(args.policy, args.suite, args.episodes, args.out, args.backend, args.seed)
+    except (ValueError, OSError) as err:
+        parser.exit(2, f"evaluate: {err}\n")
+    for name, entry in data["policies"].items():
+        m = entry["metrics"]
+        reward = m["mean_reward"]["value"] if isinstance(m["mean_reward"], dict) else m["mean_reward"]
+        print(f"{name}: success {m['success_rate']['value']:.3f}, mean reward {reward:.3f}")
+    print(f"report: {args.out / 'report.md'}")
+    return 0
 
 
 if __name__ == "__main__":
-    from training.eval_report import main
-
     raise SystemExit(main())

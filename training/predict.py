@@ -34,13 +34,19 @@ from sim_bridge.backends import EMBEDDED, KLIPPER_BATCH, simulate
 from sim_bridge.gcode import GcodeError, GcodeReader, parse_line
 from sim_bridge.printers import load_printer
 from sim_bridge.profiles import PrinterProfile
+from training.data import load_table
+from training.datafmt import DatasetError, read_manifest
+from training.defects import DEFECTS
 from training.eval_stats import (
     ModeMetrics,
     PredictionMetrics,
+    abstain_curve,
+    calibration,
     localisation_accuracy,
     mode_metrics,
     prediction_metrics,
 )
+from training.make_dataset import DatasetConfig, make_dataset
 
 PREDICTORS = ("validator", EMBEDDED, KLIPPER_BATCH, "classifier")
 """The predictors :func:`predictor` makes, by name."""
@@ -82,8 +88,6 @@ Predictor = Callable[[Labelled], Prediction]
 def simulated_programs(dataset: str | Path, split: str | None = "test") -> list[Labelled]:
     """The programs of a dataset made by ``training.make_dataset`` (reference programs and their injected
     defects), labelled by the embedded simulator when the dataset was made; ``split`` keeps one split."""
-    from training.data import load_table
-
     out = []
     for row in load_table(dataset, "programs", split=split):
         failures = row["failures"] or []
@@ -343,8 +347,6 @@ def write_prediction_report(results: Sequence[PredictorResult], out: Path) -> No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from training.eval_stats import abstain_curve, calibration
-
     out.mkdir(parents=True, exist_ok=True)
     (out / "prediction.json").write_text(json.dumps([_result_dict(r) for r in results], indent=2) + "\n")
     lines = ["# Print-success prediction and failure-mode detection", "",
@@ -396,14 +398,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("eval/prediction"))
     args = parser.parse_args(argv)
     names = args.predictor or ["validator", EMBEDDED, "classifier"]
-    from training.datafmt import DatasetError, read_manifest
 
     try:
         read_manifest(args.dataset)
     except DatasetError:
-        from training.defects import DEFECTS
-        from training.make_dataset import DatasetConfig, make_dataset
-
         print(f"predict: making {args.jobs} jobs with injected defects in {args.dataset}", flush=True)
         make_dataset(DatasetConfig(name="predict", jobs=args.jobs, difficulties=[0, 1, 2], defects=sorted(DEFECTS),
                                    defects_per_job=2, traces=False, images=False, jobs_per_shard=max(1, args.jobs // 8)),

@@ -43,7 +43,7 @@ from training.checkpoints import FINAL_DIR, train_and_save
 from training.cli import add_override_arguments
 from training.data import load_table, to_grpo, to_sft
 from training.datafmt import DatasetError, read_manifest
-from training.evaluate import EvalResult, eval_metrics, evaluate, scalar_fields
+from training.evaluate import EVAL_DIR, save_episodes, write_phase_report
 from training.loop_config import GRPO_DATA_DIR, GRPO_SEED_OFFSET, SimLoopConfig, load_config
 from training.make_dataset import DatasetConfig, make_dataset
 from training.model import load_model_and_tokenizer
@@ -52,9 +52,12 @@ from training.revisions import revision_examples
 from training.rewards import SupervisorReward
 from training.run_log import RunLogger, plot_curves
 from training.supervise import SupervisorEvalResult, evaluate_supervisor, supervisor_rows
+from training.writer_eval import EvalResult, eval_metrics, evaluate, scalar_fields
 
 EVAL_BATCH = 8
 """Prompts the evaluations generate together."""
+PHASES = ("before", "sft", "grpo", "real_world")
+"""The loop's evaluated phases, in order."""
 
 
 def _evaluate(model: Any, tokenizer: Any, config: SimLoopConfig, episodes: int, randomized: bool = False
@@ -186,6 +189,10 @@ def run(config: SimLoopConfig, run_dir: Path, progress: bool = True) -> dict[str
             logger.log(phase, step, {f"randomized/{k}": v for k, v in randomized.as_dict().items()})
             print(f"[{phase}, randomised printers] "
                   + ", ".join(f"{k} {v:.3f}" for k, v in report["randomized"][phase].items()))
+        if isinstance(result, EvalResult):
+            save_episodes(result, run_dir / EVAL_DIR / f"{phase}.json")
+            write_phase_report(run_dir, [p for p in PHASES if p in (*state["done"], phase)], config.eval_suite,
+                               config.eval_episodes, config.seed)
         state["done"].append(phase)
         _save_state(run_dir, state)
         (run_dir / "report.json").write_text(json.dumps(report, indent=1))

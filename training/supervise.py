@@ -29,7 +29,7 @@ from agent.baselines import rule_supervisor_action
 from agent.policy import Policy
 from envs.jobs import PrintJob
 from envs.supervisor import PrintSupervisorEnv
-from training.evaluate import gcode_validity
+from training.writer_eval import gcode_validity
 
 EVAL_SEED_OFFSET = 1_000_003
 """Evaluation episodes are seeded apart from the training episodes."""
