@@ -232,7 +232,8 @@ def _plots(reports: Sequence[PolicyReport], suite: str, out: Path) -> None:
             answers = episodes[index].answers
             layer = next((a for a in answers if ";LAYER_CHANGE" in a), next((a for a in answers if "E" in a), ""))
             ax.plot(*_extruded_xy(layer), color="C3", lw=1, label="answer")
-            ax.set_title(f"{rep.policy}: {title} ({job.job_id}, reward {episodes[index].reward:.2f})", fontsize=9)
+            short = "/".join(Path(rep.policy).parts[-2:]) if "/" in rep.policy else rep.policy
+            ax.set_title(f"{short}: {title} ({job.job_id}, reward {episodes[index].reward:.2f})", fontsize=8)
             ax.set_aspect("equal")
     fig.tight_layout()
     fig.savefig(out / "toolpaths.png", dpi=100)
