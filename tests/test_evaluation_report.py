@@ -52,7 +52,7 @@ def test_the_command_compares_policies_with_intervals(tmp_path: Path) -> None:
     assert expert["success_rate"]["value"] == 1.0 and random["success_rate"]["value"] == 0.0
     # Wilson's interval for 3 of 3: [0.438, 1].
     assert expert["success_rate"]["low"] == pytest.approx(0.4385, abs=1e-4) and expert["success_rate"]["high"] == 1.0
-    assert expert["time_vs_expert"]["value"] == 1.0 and math.isnan(random["time_vs_expert"]["value"])
+    assert expert["time_vs_expert"]["value"] == 1.0 and random["time_vs_expert"]["value"] is None  # no NaN in JSON
     assert len(data["policies"]["random"]["episodes"]) == 3
     for name in ("report.md", "metrics.png", "rewards.png", "toolpaths.png"):
         assert (out / name).is_file(), name
@@ -88,5 +88,5 @@ def test_supervisor_baselines_on_the_same_episodes(tmp_path: Path) -> None:
     # The rule, played through the table, scores what the evaluation's own rule baseline scores.
     assert rule["mean_reward"] == pytest.approx(rule["rule_mean_reward"])
     assert rows["noop"]["metrics"]["mean_reward"] != rule["mean_reward"]
-    assert 0.0 <= rows[f"sb3:{tmp_path / 'ppo'}"]["metrics"]["mean_reward"] <= 1.0
+    assert math.isfinite(rows[f"sb3:{tmp_path / 'ppo'}"]["metrics"]["mean_reward"])
     assert "| `rule` |" in (out / "report.md").read_text()

@@ -61,6 +61,17 @@ def bootstrap_mean(values: Sequence[float], seed: int = 0, samples: int = BOOTST
     return Estimate(float(data.mean()), float(low), float(high), int(data.size))
 
 
+def json_safe(value: object) -> object:
+    """``value`` with every non-finite float replaced by None (JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
 # -- success prediction ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class PredictionMetrics:

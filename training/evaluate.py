@@ -34,7 +34,7 @@ from agent.policy import Policy
 from envs.sampler import load_suite
 from envs.slicer import cached_slice
 from sim_bridge.backends import EMBEDDED, KLIPPER_BATCH, simulate
-from training.eval_stats import Estimate, bootstrap_mean, wilson
+from training.eval_stats import Estimate, bootstrap_mean, json_safe, wilson
 from training.supervise import evaluate_supervisor
 from training.writer_eval import EpisodeRecord, EvalResult, evaluate, xy_moves
 
@@ -48,10 +48,10 @@ MAX_NEW_TOKENS = 1024
 
 # -- policies ------------------------------------------------------------------------------------------------------
 def model_folder(spec: str) -> str:
-    """The model a ``--policy`` path means: a run directory's GRPO final model, else its SFT one; any other
-    folder or name as given."""
+    """The model a ``--policy`` path means: a run directory's latest final model (phase 3's, else GRPO's,
+    else SFT's); any other folder or name as given."""
     path = Path(spec)
-    for sub in ("grpo/final", "sft/final", "real_world/final"):
+    for sub in ("real_world/final", "grpo/final", "sft/final"):
         if (path / sub / "config.json").is_file():
             return str(path / sub)
     if path.is_dir() and not (path / "config.json").is_file():
@@ -122,7 +122,9 @@ def episode_metrics(records: Sequence[EpisodeRecord], reference: Sequence[Episod
 
 def klippy_acceptance(records: Sequence[EpisodeRecord], suite: str, episodes: int) -> Estimate:
     """Whether the real Klipper host (batch mode) runs each episode's whole program without an error: the
-    answers joined, after the heat-and-home setup the environment ran first for a job without its own start."""
+    answers joined, after the heat-and-home setup the environment ran first for a job without its own start.
+    Klippy runs the job's nominal printer config, also for a randomised suite (its perturbations are the
+    embedded simulator's)."""
     jobs = load_suite(suite)
     accepted = 0
     for i, record in enumerate(records):
@@ -165,7 +167,7 @@ def write_report(reports: Sequence[PolicyReport], suite: str, episodes: int, out
             "episodes": [{"job_id": r.job_id, "part_kind": r.part_kind, "reward": r.reward, "success": r.success,
                           "geometry": r.geometry, "valid": r.valid, "print_time_s": r.print_time_s,
                           "filament_mm": r.filament_mm} for r in rep.result.per_episode]}
-    (out / "report.json").write_text(json.dumps(data, indent=2, allow_nan=True) + "\n", encoding="utf-8")
+    (out / "report.json").write_text(json.dumps(json_safe(data), indent=2) + "\n", encoding="utf-8")
     keys = [k for k in METRIC_LABELS if any(k in r.metrics or (k == "klippy_accepted" and r.klippy_accepted)
                                             for r in reports)]
     lines = [f"# Evaluation on `{suite}` ({episodes} episodes)", "",
@@ -199,7 +201,8 @@ def _plots(reports: Sequence[PolicyReport], suite: str, out: Path) -> None:
         ax.bar(np.arange(len(rates)) + j * width, values, width, yerr=np.clip(np.nan_to_num(err), 0, None), capsize=3,
                label=rep.policy)
     ax.set_xticks(np.arange(len(rates)) + width * (len(reports) - 1) / 2, [METRIC_LABELS[k] for k in rates])
-    ax.set_ylim(0, 1.05)
+    ax.set_ylim(min(0.0, *(rep.metrics[k].low for rep in reports for k in rates if math.isfinite(rep.metrics[k].low))),
+                max(1.05, *(rep.metrics[k].high for rep in reports for k in rates if math.isfinite(rep.metrics[k].high))))
     ax.set_title(f"{suite}: 95 % intervals")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -271,7 +274,7 @@ def write_phase_report(run_dir: Path, phases: Sequence[str], suite: str, episode
     as ``python -m training.evaluate``: ``RUN_DIR/eval/report.md``. The expert's episodes are evaluated once
     and kept beside the phases'."""
     folder = run_dir / EVAL_DIR
-    expert_path = folder / "expert.json"
+    expert_path = folder / f"expert-{suite}-{episodes}.json"  # a resumed run may evaluate another suite
     if not expert_path.is_file():
         save_episodes(evaluate(expert_policy(suite), suite, episodes), expert_path)
     reference = load_episodes(expert_path)
@@ -312,7 +315,7 @@ def run_supervisor(policies: Sequence[str], episodes: int, out: Path, seed: int 
                       "rule_mean_reward": result.rule_mean_reward}
     out.mkdir(parents=True, exist_ok=True)
     data = {"suite": SUPERVISOR_SUITE, "episodes": episodes, "policies": {k: {"metrics": v} for k, v in rows.items()}}
-    (out / "report.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    (out / "report.json").write_text(json.dumps(json_safe(data), indent=2) + "\n", encoding="utf-8")
     lines = [f"# Supervisors on {episodes} seeded `PrintSupervisor-v1` episodes (difficulty 2)", "",
              "| policy | success rate [95 %] | mean reward per layer | valid answers | refused / 1k lines |",
              "| --- | --- | ---: | ---: | ---: |"]

@@ -10,8 +10,8 @@ predictors compared (docs/evaluation.md):
   there is the ceiling, not a result);
 * ``klipper-batch`` — the real Klipper host in batch mode (on Klippy-labelled data the label source);
 * ``classifier`` — gradient-boosted trees on static features of the program (:func:`static_features`, one
-  pass of the reader, no simulation), trained on the training split of a labelled dataset: calibrated
-  probabilities, and one classifier per failure mode seen often enough.
+  pass of the reader, no simulation), trained on the training split of a labelled dataset (the trees'
+  probabilities, not recalibrated), and one classifier per failure mode seen often enough.
 
 Test sets: :func:`simulated_programs` (the ``programs`` table of a ``training.make_dataset`` dataset with
 injected defects: labels from the embedded simulator; by split, so the classifier's test parts were never
@@ -42,6 +42,7 @@ from training.eval_stats import (
     PredictionMetrics,
     abstain_curve,
     calibration,
+    json_safe,
     localisation_accuracy,
     mode_metrics,
     prediction_metrics,
@@ -149,7 +150,7 @@ FEATURES = ("lines", "moves", "extruding_moves", "max_feed_mm_s", "median_feed_m
             "y_min_frac", "y_max_frac", "z_max_frac", "first_extrusion_z_mm", "median_z_step_mm",
             "e_per_mm_median", "e_per_mm_max", "retracts", "hotend_target_max_c", "hotend_waited",
             "extrusion_before_heat_wait", "bed_target_max_c", "fan_commands", "fan_max", "homed_before_move",
-            "unknown_commands", "unreadable")
+            "unreadable")
 """What :func:`static_features` measures, in its order."""
 
 
@@ -217,8 +218,6 @@ def static_features(gcode: str, profile: PrinterProfile) -> np.ndarray:
             elif code == "M106":
                 f["fan_commands"] += 1
                 f["fan_max"] = max(f["fan_max"], p.get("S", 255.0) or 0.0)
-            elif not code.startswith(("G", "M", "T")) and not code.isupper():
-                f["unknown_commands"] += 1
     except GcodeError:
         f["unreadable"] = 1.0
     bed_x, bed_y, bed_z = (max(v, 1.0) for v in profile.position_max_mm)
@@ -236,7 +235,7 @@ def static_features(gcode: str, profile: PrinterProfile) -> np.ndarray:
 
 
 class FeatureClassifier:
-    """Gradient-boosted trees (scikit-learn) on :func:`static_features`: one calibrated classifier for
+    """Gradient-boosted trees (scikit-learn) on :func:`static_features`: one classifier for
     success, one per failure mode with at least :data:`MODE_MIN_POSITIVES` training examples. No line
     localisation (it reads whole-program features)."""
 
@@ -348,7 +347,7 @@ def write_prediction_report(results: Sequence[PredictorResult], out: Path) -> No
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "prediction.json").write_text(json.dumps([_result_dict(r) for r in results], indent=2) + "\n")
+    (out / "prediction.json").write_text(json.dumps(json_safe([_result_dict(r) for r in results]), indent=2) + "\n")
     lines = ["# Print-success prediction and failure-mode detection", "",
              "| test set | predictor | n | accuracy [95 %] | ROC-AUC | Brier | false blocks | missed failures | "
              "first line placed |", "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]

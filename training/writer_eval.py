@@ -85,7 +85,8 @@ class EpisodeRecord:
     print_time_s: float
     filament_mm: float
     size_error_mm: tuple[float, float]
-    """Extruded extent minus planned extent, X and Y (mm), over the layer answers; nan without extrusion."""
+    """|Extruded extent minus planned extent|, X and Y (mm), averaged over the layer answers; nan without
+    extrusion."""
     answers: list[str]
 
 
@@ -213,7 +214,7 @@ def evaluate(policy: Policy, suite: str | Sequence[PrintJob] = "tiny-v0", episod
             job_id=env.job.job_id, part_kind=env.job.part.kind, reward=rewards[i], success=successes[i],
             geometry=float(np.mean(geometry[i])), valid=valid_all[i], lines=ep_lines[i], violations=ep_violations[i],
             print_time_s=float(report.print_time_s), filament_mm=float(report.filament_mm),
-            size_error_mm=(_nanmean(sizes[:, 0]), _nanmean(sizes[:, 1])), answers=answers[i]))
+            size_error_mm=(_nanmean(np.abs(sizes[:, 0])), _nanmean(np.abs(sizes[:, 1]))), answers=answers[i]))
     lines, violations = sum(ep_lines), sum(ep_violations)
     steps = [g for gs in geometry for g in gs]
     return EvalResult(
