@@ -214,14 +214,14 @@ class GcodeProgramEnv(GcodeWriterEnv):
     sequence), plus ``0.15·time`` against the reference program, minus 1 per defect and 5 for a fatal failure.
     Attainable: 1.0.
 
-    With ``backend="klipper-batch"`` (or ``"moonraker"``), the program also runs on that backend (after the
-    job's setup sequence when the job has none of its own) and its verdict decides ``fatal``: the reward's
-    fatal penalty and ``info["fatal"]`` are the real firmware's. Geometry, extrusion and time stay the
+    With ``backend="klipper-batch"`` (or ``"moonraker"``, ``"prunt"``), the program also runs on that backend
+    (after the job's setup sequence when the job has none of its own) and its verdict decides ``fatal``: the
+    reward's fatal penalty and ``info["fatal"]`` are the real firmware's. Geometry, extrusion and time stay the
     embedded simulator's scores.
 
     ## Starting state, arguments
     As ``GcodeWriter-v0``, plus ``backend`` (:data:`sim_bridge.backends.BACKENDS`, default ``"embedded"``),
-    ``url`` and ``api_key`` (for ``moonraker``).
+    ``url`` (for ``moonraker`` and ``prunt``) and ``api_key`` (for ``moonraker``).
 
     ## Info
     As ``GcodeWriter-v0``; with another backend also ``backend``, ``backend_success``, ``backend_failures``
@@ -234,6 +234,7 @@ class GcodeProgramEnv(GcodeWriterEnv):
     * v0: first version.
     * v0 (issue 11): the ``backend`` argument. Its default, ``"embedded"``, leaves the reward as it was, so the
       id keeps its version.
+    * v0 (issue 16): ``backend="prunt"``; the default's reward is unchanged, so the id keeps its version.
     """
 
     def __init__(self, job: PrintJob | dict | None = None, suite: str | None = None, difficulty: int = 0,

@@ -46,6 +46,9 @@ class Verdict:
     """Lines read."""
     sha256: str
     """SHA-256 (hex) of the exact bytes validated: an approval names this hash."""
+    warnings: tuple[Violation, ...] = ()
+    """Findings that do not block (rule ``reinterpreted``): what the printer's firmware accepts but reads
+    otherwise than written (Prunt's ``M205 S`` is snap, not a minimum feed rate)."""
 
     @property
     def verdict(self) -> str:
@@ -62,9 +65,12 @@ class Verdict:
         return {v.rule for v in self.violations}
 
     def as_dict(self) -> dict[str, Any]:
-        """``{"verdict", "violations", "sha256", "lines"}``, JSON-ready."""
-        return {"verdict": self.verdict, "violations": [v.as_dict() for v in self.violations],
+        """``{"verdict", "violations", "sha256", "lines"}`` (and ``"warnings"`` when there are any), JSON-ready."""
+        data = {"verdict": self.verdict, "violations": [v.as_dict() for v in self.violations],
                 "sha256": self.sha256, "lines": self.lines}
+        if self.warnings:
+            data["warnings"] = [v.as_dict() for v in self.warnings]
+        return data
 
 
 class FindingList:

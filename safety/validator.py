@@ -25,6 +25,7 @@ from safety.disguise import line_findings
 from safety.findings import FindingList, Verdict, Violation
 from safety.heater_checks import HeaterChecks, num
 from safety.policy import SafetyPolicy, load_policy
+from safety.prunt_checks import PruntChecks
 from safety.rules import code_finding
 from safety.tuning import TuningState, validate_tuning
 from sim_bridge import failures as fail
@@ -41,6 +42,8 @@ from sim_bridge.commands import (
 from sim_bridge.gcode import Command, GcodeError, GcodeReader, parse_line
 from sim_bridge.machine import TrackedState, gcode_offset_after
 from sim_bridge.profiles import MacroProfile, PrinterProfile
+from sim_bridge.prunt_dialect import AXIS_NAMES, OUT_OF_BOUNDS, ada_float, limits_of, unhomed_error
+from sim_bridge.prunt_reader import PruntReader
 
 __all__ = ["FORBIDDEN_COMMANDS", "SafetyPolicy", "TuningState", "Verdict", "Violation", "load_policy",
            "validate", "validate_tuning"]
@@ -95,15 +98,17 @@ class _Machine:
     saved: dict[str, _Snapshot] = field(default_factory=dict)
 
 
-class _Checker(HeaterChecks):
+class _Checker(HeaterChecks, PruntChecks):
     """Walks one program: tracks the machine and reports every finding."""
 
     def __init__(self, profile: PrinterProfile, policy: SafetyPolicy, findings: FindingList) -> None:
         self.profile = profile
         self.policy = policy
         self.findings = findings
+        self.warnings = FindingList(policy.max_findings_per_rule)
         self.m = _Machine()
         self.klipper = profile.firmware == "klipper"
+        self.prunt = limits_of(profile) if profile.firmware == "prunt" else None
         self.lo = list(profile.position_min_mm)
         self.hi = list(profile.position_max_mm)
         self.max_e_ratio = profile.max_cross_section_mm2 / profile.filament_area_mm2
@@ -250,7 +255,12 @@ class _Checker(HeaterChecks):
     def _check_position(self, new: list[float], delta: list[float], de: float) -> None:
         m = self.m
         unhomed = [_AXES[i] for i in range(3) if delta[i] != 0.0 and not m.homed[i]]
-        if unhomed:
+        prunt_unhomed = unhomed_error(m.homed) if self.prunt is not None and any(delta) else None
+        if prunt_unhomed is not None:
+            # Prunt refuses any move until every axis is homed, not just the moving ones.
+            self.add(fail.MUST_HOME_FIRST, "home X, Y and Z before any move", "not homed",
+                     f"{prunt_unhomed.message} (Prunt skips the rest of the file)")
+        elif unhomed and self.prunt is None:
             self.add(fail.MUST_HOME_FIRST, f"home {''.join(unhomed)} before moving it", "not homed",
                      f"Must home axis first: {''.join(unhomed)} moves before it was homed")
         z_low = False
@@ -267,9 +277,11 @@ class _Checker(HeaterChecks):
             if delta[i] == 0.0 or not m.homed[i] or (i == 2 and z_low):
                 continue
             if new[i] < self.lo[i] - POSITION_EPS_MM or new[i] > self.hi[i] + POSITION_EPS_MM:
+                said = ("Move out of range" if self.prunt is None else
+                        OUT_OF_BOUNDS.format(axis=AXIS_NAMES[i], value=ada_float(new[i])).rstrip("."))
                 self.add(fail.MOVE_OUT_OF_RANGE, f"{_AXES[i]} in [{num(self.lo[i])}, {num(self.hi[i])}] mm",
                          f"{_AXES[i]}={num(new[i])} mm",
-                         f"Move out of range: {_AXES[i]} {num(new[i])} mm is outside "
+                         f"{said}: {_AXES[i]} {num(new[i])} mm is outside "
                          f"[{num(self.lo[i])}, {num(self.hi[i])}] (machine coordinates, after offsets)")
 
     def _check_extrusion(self, de: float, xy_mm: float, move_mm: float) -> None:
@@ -443,11 +455,16 @@ class _Checker(HeaterChecks):
     def _m204(self, cmd: Command) -> None:
         prof = self.profile
         cap = max(prof.max_accel_mm_s2, prof.print_accel_mm_s2, prof.travel_accel_mm_s2, prof.retract_accel_mm_s2)
+        if self.prunt is not None:
+            return  # Prunt ignores M204 (a warning says so): the configured acceleration stays
         # Klipper reads S, or P and T (it takes the smaller); Marlin also R (retraction).
         for letter in "SPT" if self.klipper else "SPTR":
             self._limit(f"M204 {letter}", cmd.get(letter), cap, "mm/s^2", fail.ACCELERATION)
 
     def _per_axis(self, cmd: Command) -> None:
+        if self.prunt is not None:
+            self._prunt_m205(cmd)  # M201/M203 never get here: Prunt refuses them as unknown
+            return
         if not runs_on(cmd.code, self.firmware):
             return  # Klipper has no M201/M203/M205: it answers "Unknown command" and changes nothing
         prof = self.profile
@@ -510,16 +527,19 @@ def validate(source: bytes | str | os.PathLike[str], profile: PrinterProfile, po
                      "the program is too large to validate")
         return Verdict(findings.result(), 0, digest)
     checker = _Checker(profile, policy, findings)
-    reader = GcodeReader(data, name=label)
+    # A Prunt printer splits lines at LF only (a CRLF line keeps its CR, which Prunt refuses).
+    reader = PruntReader(data, name=label) if checker.prunt is not None else GcodeReader(data, name=label)
     warnings = reader.warnings
     lines = 0
     try:
-        for line_no, raw in reader.numbered_lines():
+        for line_no, raw in (reader.lf_lines() if isinstance(reader, PruntReader) else reader.numbered_lines()):
             lines = line_no
+            checker.raw, checker.line = raw, line_no
+            if checker.prunt is not None and not checker.prunt_line(raw):
+                continue  # Prunt does not run the line: its refusal is the finding
             before = len(warnings)
             cmd = parse_line(raw, line_no, label, warnings, keep_comments=False)
             checksum_bad = any("checksum mismatch" in w.message for w in warnings[before:])
-            checker.raw, checker.line = raw, line_no
             for rule, limit, value, message in line_findings(raw, cmd, checksum_bad):
                 checker.add(rule, limit, value, message)
             if cmd is not None:
@@ -533,4 +553,4 @@ def validate(source: bytes | str | os.PathLike[str], profile: PrinterProfile, po
         findings.add(exc.line, "", fail.UNREADABLE, "text G-code (no NUL bytes, lines under 256 KiB)",
                      "binary or over-long line", f"not readable as G-code: {exc.reason}")
         lines = max(lines, exc.line)
-    return Verdict(findings.result(), lines, digest)
+    return Verdict(findings.result(), lines, digest, checker.warnings.result())

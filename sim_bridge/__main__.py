@@ -4,11 +4,14 @@
 [--api-key-file F] [--start-temp HEATER=C]`` runs real Klippy and Moonraker on 127.0.0.1, on the virtual MCU
 (default) or a file MCU, until Ctrl-C or SIGTERM (:mod:`sim_bridge.virtual_printer`);
 ``--api-key KEY`` is for throwaway keys only (any local user can read a command line).
+``python -m sim_bridge trajectory SAMPLES[.xz] [--decimation N]`` measures a ``prunt_simulator`` recording
+(:mod:`sim_bridge.prunt_trajectory`).
 
 Prints a readable summary (with a progress bar on large files) and exits 1 when the print fails, 2 on a
 usage error (bad file, unknown printer, a backend that cannot run). ``--json`` writes the report; ``--plot``
 a PNG of the print (embedded backend). ``--backend klipper-batch`` runs the real Klipper host in batch mode,
-``--backend moonraker --url URL [--api-key-file F]`` a printer behind Moonraker (:mod:`sim_bridge.backends`).
+``--backend moonraker --url URL [--api-key-file F]`` a printer behind Moonraker, ``--backend prunt --url URL``
+a Prunt motion controller or ``prunt_simulator`` (:mod:`sim_bridge.backends`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
@@ -28,8 +32,9 @@ from sim_bridge.config import ConfigError, load_yaml
 from sim_bridge.failures import UNREADABLE
 from sim_bridge.gcode import GcodeError
 from sim_bridge.klippy.mcu_process import parse_start_temps
-from sim_bridge.options import SimOptions
+from sim_bridge.options import PLANNERS, SimOptions
 from sim_bridge.printers import MATERIALS, bundled_printers, load_material, load_printer
+from sim_bridge.prunt_planner import plan_file
 from sim_bridge.report import EMBEDDED
 from sim_bridge.simulator import Simulator
 
@@ -46,11 +51,13 @@ def _parser() -> argparse.ArgumentParser:
                      help=f"bundled profile ({', '.join(bundled_printers())}), a profile .yaml, a Klipper "
                           "printer.cfg or a PrusaSlicer .ini/.gcode")
     sim.add_argument("--backend", choices=BACKENDS, default=EMBEDDED,
-                     help="embedded simulator, Klippy batch mode, or a Moonraker printer (needs --url)")
-    sim.add_argument("--url", help="Moonraker URL for --backend moonraker (e.g. http://127.0.0.1:7125)")
+                     help="embedded simulator, Klippy batch mode, a Moonraker printer or a Prunt (these two "
+                          "need --url)")
+    sim.add_argument("--url", help="the printer's URL for --backend moonraker (e.g. http://127.0.0.1:7125) or "
+                                   "prunt (e.g. http://127.0.0.1:8080)")
     sim.add_argument("--api-key-file", type=Path, help="file holding the Moonraker API key (first line)")
     sim.add_argument("--material", default="PLA", help=f"one of {', '.join(MATERIALS)}")
-    sim.add_argument("--planner", choices=("klipper", "marlin"), help="corner model (default: the printer's firmware)")
+    sim.add_argument("--planner", choices=PLANNERS, help="corner model (default: the printer's firmware)")
     sim.add_argument("--klipper-batch", action="store_true",
                      help="model Klipper's batch mode (no heater waits, homing runs its full length)")
     sim.add_argument("--options", type=Path, help="SimOptions YAML (keys as in configs/sim-default.yaml); "
@@ -62,6 +69,12 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--plot", type=Path, help="write a PNG (height map and toolpath) here")
     sim.add_argument("--quiet", action="store_true", help="no summary, only the exit code")
     sub.add_parser("printers", help="list the bundled printer profiles")
+    traj = sub.add_parser("trajectory", help="measure a prunt_simulator recording (its DATA OUTPUT lines)")
+    traj.add_argument("file", type=Path, help="the samples, plain text or .xz")
+    traj.add_argument("--decimation", type=int, default=1, help="the file keeps every N-th sample (default 1)")
+    traj.add_argument("--gcode", type=Path, help="compare with the prunt planner's run of this program")
+    traj.add_argument("--printer", default="prunt-sim",
+                      help="with --gcode: the printer (a Prunt config .json, or a profile; default prunt-sim)")
     vp = sub.add_parser("virtual-printer", help="run real Klippy and Moonraker on 127.0.0.1 until Ctrl-C")
     vp.add_argument("--printer", default="ender3-klipper",
                     help=f"bundled profile ({', '.join(bundled_printers())}), a profile .yaml or a printer.cfg")
@@ -123,12 +136,42 @@ def _virtual_printer(args: argparse.Namespace, console: Console) -> int:
         return 0
 
 
+def _compare_with_plan(args: argparse.Namespace) -> str:
+    """``trajectory --gcode``: the recording against the prunt planner, corner by corner."""
+    # Only this option plans a program against a recording.
+    from sim_bridge.prunt_path import compare_timing
+
+    table, prog = plan_file(load_printer(args.printer), args.gcode)
+    c = compare_timing(args.file, prog.starts, prog.xyz, prog.de, table, decimation=args.decimation)
+    planned_s = float((table[:, 3] + table[:, 4] + table[:, 5]).sum())
+    moving = c.corner_speed_real_mm_s > 0.5
+    ratio = c.corner_speed_planned_mm_s[moving] / c.corner_speed_real_mm_s[moving] - 1.0
+    lines = [f"planned {planned_s:.4f} s for {len(table)} moves ({args.gcode}, printer {args.printer})",
+             f"{c.corners} corners: time between them off by at most {1e3 * abs(c.segment_error_s).max():.2f} ms"]
+    if moving.any():
+        lines.append(f"corner speeds off by at most {100 * abs(ratio).max():.2f} % "
+                     f"(median {100 * float(np.median(abs(ratio))):.2f} %)")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     args = _parser().parse_args(argv)
     console = Console(stderr=True)
     if args.command == "virtual-printer":
         return _virtual_printer(args, console)
+    if args.command == "trajectory":
+        # The trajectory reader is this command's only; the simulator's command line does not load it.
+        from sim_bridge.prunt_trajectory import TrajectoryError, read_trajectory
+
+        try:
+            print(read_trajectory(args.file, decimation=args.decimation).summary())
+            if args.gcode is not None:
+                print(_compare_with_plan(args))
+        except (TrajectoryError, ValueError, OSError) as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            return 2
+        return 0
     if args.command == "printers":
         for name in bundled_printers():
             print(f"{name}: {load_printer(name).description}")

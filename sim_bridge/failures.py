@@ -6,7 +6,7 @@ print with ``move_out_of_range`` where the validator blocks a program with ``mov
 :data:`FATAL_MODES` stop a print (as they stop Klipper), :data:`DEFECT_MODES` spoil the part,
 :data:`REAL_WORLD_MODES` are seen only on real printers (logs, user feedback), :data:`VALIDATOR_RULES` are
 the ``rule`` of a safety finding, :data:`NOTICE_KINDS` the ``kind`` of a simulator notice. Klipper's own
-error messages map to modes with :func:`classify_klipper_message`.
+error messages map to modes with :func:`classify_klipper_message`, Prunt's with :func:`classify_prunt_error`.
 """
 
 from __future__ import annotations
@@ -110,6 +110,11 @@ VALIDATOR_RULES = frozenset({
 """The ``rule`` of a safety finding (see docs/safety.md)."""
 TUNING_ONLY_RULES = frozenset({TUNING_WINDOW, NOT_TUNING_COMMAND})
 """Rules only live tuning (not a program) can break."""
+REINTERPRETED = "reinterpreted"
+"""A validator warning (it does not block): the firmware accepts the line but reads it otherwise than written
+or than other firmwares do (Prunt's ``M205 S`` is snap, ``X1e1`` is ``X1 E1``, ``M204`` is ignored)."""
+VALIDATOR_WARNINGS = frozenset({REINTERPRETED})
+"""The ``rule`` of a validator warning (:attr:`safety.findings.Verdict.warnings`)."""
 NOTICE_KINDS = frozenset({UNKNOWN_COMMAND, UNKNOWN_TOOL, INVALID_M204, READER_WARNING, STOPPED})
 """The ``kind`` of a simulator notice."""
 
@@ -188,3 +193,37 @@ def klipper_error_text(message: str) -> tuple[str, bool]:
     message = message.removeprefix("!! ").strip()
     shutdown = _SHUTDOWN_RE.match(message)
     return (shutdown.group(1).strip(), True) if shutdown else (message, False)
+
+
+PRUNT_ERRORS: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(p), m) for p, m in (
+    (r"^Must home all axes before moving", MUST_HOME_FIRST),
+    (r"^Position is out of bounds", MOVE_OUT_OF_RANGE),
+    (r"^Command not implemented", INVALID_COMMAND),
+))
+"""Prunt's error texts (the part after ``raised EXCEPTION :`` in its log, as recorded in
+``shared/data/prunt/dialect.json``) → failure modes; :data:`PRUNT_COMMAND_EXCEPTIONS` name the rest."""
+PRUNT_COMMAND_EXCEPTIONS = frozenset({"BAD_LINE", "COMMAND_CONSTRAINT_ERROR"})
+"""Prunt exceptions of a line it cannot run (a parse error, an unknown G or M code, a zero feed rate, a fan of
+the wrong kind): ``invalid_command``. (Ada's own ``CONSTRAINT_ERROR`` is not one: it counts only with the
+text ``Command not implemented``.)"""
+PRUNT_BLIND_MODES: frozenset[str] = frozenset({
+    COLD_EXTRUSION, THERMAL_RUNAWAY, HEATER_TIMEOUT, TEMPERATURE_OUT_OF_RANGE, EXTRUSION_TOO_LARGE,
+    EXTRUDE_ONLY_TOO_LONG,
+})
+"""Fatal failures the recorded Prunt never reports (its simulator has no heaters and no temperature checks,
+and no extrusion limits showed in the dialect probe): the ``prunt`` backend takes these from the embedded
+simulator."""
+
+
+def classify_prunt_error(exception: str, text: str) -> str | None:
+    """The failure mode of a Prunt error (``exception``'s last name and its text), or ``None`` if unknown.
+
+    >>> classify_prunt_error("OUT_OF_BOUNDS_ERROR", "Position is out of bounds (X_AXIS = -5.0E+00).")
+    'move_out_of_range'
+    >>> classify_prunt_error("BAD_LINE", "Unknown G code:  2")
+    'invalid_command'
+    """
+    for pattern, mode in PRUNT_ERRORS:
+        if pattern.match(text):
+            return mode
+    return INVALID_COMMAND if exception in PRUNT_COMMAND_EXCEPTIONS else None

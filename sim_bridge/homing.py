@@ -32,6 +32,8 @@ def homed_position_mm(profile: PrinterProfile, options: SimOptions, axis: int) -
 
 def homing_time_s(profile: PrinterProfile, options: SimOptions, axis: int, homed: bool, pos_mm: float) -> float:
     """Time to home ``axis`` (0=X, 1=Y, 2=Z) from ``pos_mm`` (where the firmware believes it is)."""
+    if profile.firmware == "prunt" and profile.prunt.instant_homing:
+        return 0.0
     speed = profile.homing_speed_mm_s[axis]
     accel = profile.max_z_accel_mm_s2 if axis == 2 else profile.max_accel_mm_s2
     endstop = profile.position_endstop_mm[axis]

@@ -18,23 +18,8 @@ import numpy as np
 from sim_bridge import failures as fail
 from sim_bridge import limits
 from sim_bridge.arcs import arc_center_from_radius, arc_chords
-from sim_bridge.commands import (
-    COMMANDS,
-    IGNORED,
-    KLIPPER,
-    MARLIN,
-    macro_temperatures_c,
-    motors_off_axes,
-)
-from sim_bridge.events import (
-    EV_DWELL,
-    EV_FAN,
-    EV_HOMING,
-    EV_MACRO,
-    F_EXTRUDE,
-    F_KINEMATIC,
-    F_STOP_BEFORE,
-)
+from sim_bridge.commands import COMMANDS, IGNORED, KLIPPER, MARLIN, macro_temperatures_c, motors_off_axes
+from sim_bridge.events import EV_DWELL, EV_FAN, EV_HOMING, EV_MACRO, F_EXTRUDE, F_KINEMATIC, F_STOP_BEFORE
 from sim_bridge.gcode import _WORD_RE, Command, GcodeError, GcodeReader, parse_line
 from sim_bridge.heater_commands import HeaterCommands
 from sim_bridge.homing import homed_position_mm, homing_time_s
@@ -42,6 +27,7 @@ from sim_bridge.layers import is_layer_marker
 from sim_bridge.machine import MachineState, Program, SavedGcodeState, TrackedState, gcode_offset_after
 from sim_bridge.options import SimOptions
 from sim_bridge.profiles import MacroProfile, Material, PrinterProfile
+from sim_bridge.prunt_dialect import bounds_error, limits_of, unhomed_error
 from sim_bridge.report import Failure, Notice, unreadable_failure
 
 
@@ -55,6 +41,8 @@ class Interpreter(HeaterCommands):
         self.options = options
         self.state = state
         self.klipper = (options.planner or profile.firmware) == "klipper"
+        self.prunt = limits_of(profile) if profile.firmware == "prunt" else None
+        """Prunt's position limits on a Prunt printer: its homing and bounds checks, with its messages."""
         self.max_e_ratio = profile.max_cross_section_mm2 / profile.filament_area_mm2
         self.lo = list(profile.position_min_mm)
         self.hi = list(profile.position_max_mm)
@@ -247,7 +235,8 @@ class Interpreter(HeaterCommands):
             lo, hi, homed = self.lo, self.hi, st.homed
             if ((dx != 0.0 and not (homed[0] and lo[0] - 1e-9 <= nx <= hi[0] + 1e-9))
                     or (dy != 0.0 and not (homed[1] and lo[1] - 1e-9 <= ny <= hi[1] + 1e-9))
-                    or (dz != 0.0 and not (homed[2] and lo[2] - 1e-9 <= nz <= hi[2] + 1e-9))):
+                    or (dz != 0.0 and not (homed[2] and lo[2] - 1e-9 <= nz <= hi[2] + 1e-9))
+                    or (self.prunt is not None and not (homed[0] and homed[1] and homed[2]))):
                 self._check_range(nx, ny, nz, ne, dx, dy, dz, line)
         if de != 0.0:
             self._check_extrusion(de, dx, dy, dz, kinematic, line)
@@ -269,8 +258,15 @@ class Interpreter(HeaterCommands):
 
     def _check_range(self, nx: float, ny: float, nz: float, ne: float, dx: float, dy: float, dz: float,
                      line: int) -> None:
-        """Klipper's endstop check for the axes that move: unhomed first, then out of range."""
+        """Klipper's endstop check for the axes that move: unhomed first, then out of range (Prunt: any move
+        needs every axis homed)."""
         st = self.state
+        if self.prunt is not None:
+            found = unhomed_error(st.homed) or bounds_error((nx, ny, nz), self.prunt)
+            if found is not None:
+                self._fail(fail.classify_prunt_error(found.kind, found.message) or fail.INVALID_COMMAND,
+                           found.message, line)
+            return
         for i, v, d in ((0, nx, dx), (1, ny, dy), (2, nz, dz)):
             if d == 0.0:
                 continue
@@ -513,8 +509,11 @@ class Interpreter(HeaterCommands):
         self._settings_changed()
 
     def _m205(self, cmd: Command) -> None:
-        s = self.state.settings
-        s.jerk = limits.m205_jerk(s.jerk, limits.axis_words(cmd))
+        prunt = self.profile.firmware == "prunt"
+        if (error := limits.m205(self.state.settings, cmd, prunt)) is not None:
+            self._fail(fail.INVALID_COMMAND, error, cmd.line)
+        if prunt:
+            self._flush()  # Prunt changes its limits between blocks: the machine rests here
         self._settings_changed()
 
     def _m220(self, cmd: Command) -> None:

@@ -30,11 +30,13 @@ class PlannerSettings:
     max_feedrate: tuple[float, float, float, float]
     max_axis_accel: tuple[float, float, float, float]
     jerk: tuple[float, float, float, float]
+    prunt: tuple[float, float, float, float]
+    """Prunt's jerk, snap, crackle and chord error (``M205 J/S/C/D``; ``M205 A`` sets ``max_accel``)."""
 
     def row(self) -> tuple[float, ...]:
         return (self.max_velocity, self.max_accel, self.minimum_cruise_ratio, self.square_corner_velocity,
                 self.print_accel, self.retract_accel, self.travel_accel, *self.max_feedrate,
-                *self.max_axis_accel, *self.jerk)
+                *self.max_axis_accel, *self.jerk, *self.prunt)
 
 
 def default_settings(profile: PrinterProfile) -> PlannerSettings:
@@ -43,7 +45,8 @@ def default_settings(profile: PrinterProfile) -> PlannerSettings:
         profile.max_velocity_mm_s, profile.max_accel_mm_s2, profile.minimum_cruise_ratio,
         profile.square_corner_velocity_mm_s, profile.print_accel_mm_s2, profile.retract_accel_mm_s2,
         profile.travel_accel_mm_s2, tuple(profile.max_feedrate_mm_s), tuple(profile.max_axis_accel_mm_s2),
-        tuple(profile.jerk_mm_s))
+        tuple(profile.jerk_mm_s), (profile.prunt.jerk_mm_s3, profile.prunt.snap_mm_s4,
+                                   profile.prunt.crackle_mm_s5, profile.prunt.chord_error_mm))
 
 
 def set_velocity_limit(s: PlannerSettings, velocity: float | None, accel: float | None, scv: float | None,
@@ -107,6 +110,31 @@ def m205_jerk(current: tuple[float, float, float, float], given: dict[str, float
     if given.get("X") is not None and given.get("Y") is None:
         return (jerk[0], jerk[0], jerk[2], jerk[3])
     return jerk
+
+
+PRUNT_M205 = "AJSCD"
+"""The ``M205`` letters that change Prunt's planner limits: acceleration, jerk, snap, crackle, chord error."""
+
+
+def m205(s: PlannerSettings, cmd: Command, prunt: bool) -> str | None:
+    """``M205``: Marlin's jerk, or (``prunt``) one of Prunt's limits; an error message for a Prunt limit of
+    0 or less (its planner stalls: the next move never runs)."""
+    if not prunt:
+        s.jerk = m205_jerk(s.jerk, axis_words(cmd))
+        return None
+    for letter in PRUNT_M205:
+        value = cmd.get(letter)
+        if value is None:
+            continue
+        if value <= 0.0 and letter != "D":
+            return f"M205 {letter}{value:g}: a limit of 0 stalls Prunt's planner (the next move never runs)"
+        if letter == "A":
+            s.max_accel = value
+        else:
+            k = PRUNT_M205.index(letter) - 1
+            s.prunt = (*s.prunt[:k], max(value, 0.0), *s.prunt[k + 1:])
+        break  # Prunt takes one limit per line, the first given
+    return None
 
 
 def axis_words(cmd: Command) -> dict[str, float]:

@@ -7,13 +7,16 @@ from dataclasses import dataclass
 
 from sim_bridge.config import check_ranges, ranged
 
+PLANNERS = ("klipper", "marlin", "prunt")
+"""The corner models: Klipper's junction deviation, Marlin's jerk, Prunt's blends within a chord error."""
+
 
 @dataclass
 class SimOptions:
     """How the simulator models what a profile leaves open (YAML keys map 1:1, see configs/sim-default.yaml)."""
 
-    planner: str = ranged("", choices=("", "klipper", "marlin"))
-    """``klipper`` or ``marlin`` corner model; empty: the profile's firmware."""
+    planner: str = ranged("", choices=("", *PLANNERS))
+    """``klipper``, ``marlin`` or ``prunt`` corner model; empty: the profile's firmware."""
     klipper_batch_mode: bool = False
     """Model Klipper's batch mode (``klippy.py -i``): heater waits return at once and each homed axis
     travels its full homing distance, as no endstop ever triggers."""

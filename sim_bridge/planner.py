@@ -29,7 +29,7 @@ EXTRUDE_ONLY_ACCEL = 99999999.9
 
 # Columns of the planner-settings table (see limits.PlannerSettings.row).
 C_MAX_V, C_MAX_A, C_MCR, C_SCV, C_PRINT_A, C_RETRACT_A, C_TRAVEL_A = 0, 1, 2, 3, 4, 5, 6
-C_FEED, C_AXIS_A, C_JERK = 7, 11, 15
+C_FEED, C_AXIS_A, C_JERK, C_PRUNT = 7, 11, 15, 19
 
 F_STOP_BEFORE = 2
 

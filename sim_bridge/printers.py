@@ -1,8 +1,8 @@
 """Loading printers and materials: the bundled ones by name, and a printer from a file of any supported kind.
 
 :func:`load_printer` takes a bundled profile name (``sim_bridge/profiles/*.yaml``), a profile ``.yaml``, a
-Klipper ``printer.cfg`` (:mod:`sim_bridge.klipper_cfg`) or a PrusaSlicer-family ``.ini`` or sliced G-code
-file (:mod:`sim_bridge.slicer_config`); :func:`load_material` a bundled material.
+Klipper ``printer.cfg`` (:mod:`sim_bridge.klipper_cfg`), a PrusaSlicer-family ``.ini`` or sliced G-code
+file (:mod:`sim_bridge.slicer_config`) or a Prunt config ``.json`` (:mod:`sim_bridge.prunt_config`); :func:`load_material` a bundled material.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 from sim_bridge.config import ConfigError, from_dict, load_yaml
 from sim_bridge.klipper_cfg import printer_from_klipper_cfg
 from sim_bridge.profiles import Material, PrinterProfile
+from sim_bridge.prunt_config import printer_from_prunt_config
 from sim_bridge.slicer_config import printer_from_prusaslicer
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
@@ -51,7 +52,8 @@ def _load_bundled(name: str) -> PrinterProfile:
 
 
 def load_printer(name_or_path: str | Path) -> PrinterProfile:
-    """Load a printer: a bundled name, a profile ``.yaml``, a Klipper ``.cfg`` or a PrusaSlicer ``.ini``/``.gcode``."""
+    """Load a printer: a bundled name, a profile ``.yaml``, a Klipper ``.cfg``, a PrusaSlicer ``.ini``/``.gcode``
+    or a Prunt config ``.json`` (:mod:`sim_bridge.prunt_config`)."""
     text = str(name_or_path)
     path = Path(text)
     if path.suffix.lower() in {".yaml", ".yml"}:
@@ -60,8 +62,10 @@ def load_printer(name_or_path: str | Path) -> PrinterProfile:
         return printer_from_klipper_cfg(path)
     if path.suffix.lower() in {".ini", ".gcode", ".gco"}:
         return printer_from_prusaslicer(path)
+    if path.suffix.lower() == ".json":
+        return printer_from_prunt_config(path)
     bundled = PROFILE_DIR / f"{text}.yaml"
     if bundled.is_file():
         return _load_bundled(text)
     raise ConfigError(f"printer {text!r}: not a bundled profile ({', '.join(bundled_printers())}) "
-                      "nor a .yaml/.cfg/.ini/.gcode file")
+                      "nor a .yaml/.cfg/.ini/.gcode/.json file")

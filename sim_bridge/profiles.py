@@ -31,7 +31,7 @@ from sim_bridge.klipper_defaults import (
 
 KINEMATICS = ("cartesian", "corexy")
 """Kinematics the simulator models."""
-FIRMWARES = ("klipper", "marlin")
+FIRMWARES = ("klipper", "marlin", "prunt")
 """Firmwares whose planners and errors the simulator follows."""
 
 
@@ -106,6 +106,29 @@ class MacroProfile:
 
 
 @dataclass(frozen=True)
+class PruntMotion:
+    """Prunt's own motion limits (its ``Kinematics`` settings): what the ``prunt`` planner needs beyond the
+    profile's ``max_velocity_mm_s`` (Prunt's maximum tangential velocity), ``max_accel_mm_s2`` (maximum
+    acceleration) and ``max_feedrate_mm_s`` (axial velocity limits)."""
+
+    jerk_mm_s3: float = ranged(3.0e5, 1.0, 1.0e12)
+    """Maximum jerk along the path."""
+    snap_mm_s4: float = ranged(3.0e8, 1.0, 1.0e16)
+    """Maximum snap along the path."""
+    crackle_mm_s5: float = ranged(3.0e12, 1.0, 1.0e20)
+    """Maximum crackle along the path."""
+    chord_error_mm: float = ranged(0.0035, 0.0, 10.0)
+    """Largest distance at which a blended corner may pass the commanded corner."""
+    ignore_e_in_xyze: bool = True
+    """Feed rates are XYZ speeds (E rides along), as Prunt's "Ignore E in XYZE"."""
+    instant_homing: bool = True
+    """Homing is Prunt's "Set to value": ``G28`` takes no time and no motion."""
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+
+
+@dataclass(frozen=True)
 class PrinterProfile:
     """One printer: geometry, motion limits, extruder, heaters, melt capacity and macros."""
 
@@ -114,7 +137,7 @@ class PrinterProfile:
     description: str = ""
     """One line for people."""
     firmware: str = ranged("klipper", choices=FIRMWARES)
-    """Firmware whose planner and errors the printer follows: ``klipper`` or ``marlin``."""
+    """Firmware whose planner and errors the printer follows: ``klipper``, ``marlin`` or ``prunt``."""
     kinematics: str = ranged("cartesian", choices=KINEMATICS)
     """``cartesian`` (bed-slinger or gantry) or ``corexy``."""
     position_min_mm: list[float] = ranged([0.0, 0.0, 0.0], -1000.0, 1000.0)
@@ -186,6 +209,8 @@ class PrinterProfile:
     part_fan_max_rpm_fraction: float = ranged(1.0, 0.0, 1.0)
     """Fraction of the commanded part-fan airflow actually delivered (1 for a healthy fan); scales the fan's
     cooling of the hotend and of overhangs."""
+    prunt: PruntMotion = field(default_factory=PruntMotion)
+    """Prunt's jerk, snap, crackle and chord-error limits (used by the ``prunt`` planner)."""
     macros: list[MacroProfile] = field(default_factory=list)
     """The printer's own macros (``PRINT_START`` …) and what they do."""
 

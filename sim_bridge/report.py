@@ -15,6 +15,8 @@ KLIPPER_BATCH = "klipper-batch"
 """Klippy's batch mode as a backend (:mod:`sim_bridge.klippy.batch`)."""
 MOONRAKER = "moonraker"
 """A printer behind Moonraker as a backend (:mod:`sim_bridge.moonraker_backend`)."""
+PRUNT = "prunt"
+"""A Prunt (Prunt3D) motion controller as a backend (:mod:`sim_bridge.prunt_backend`)."""
 
 
 @dataclass
@@ -96,7 +98,7 @@ class PrintReport:
     """On request: ``t_s``, ``hotend_c``, ``hotend_target_c``, ``bed_c``, ``bed_target_c``, ``fan``,
     ``flow_mm3_s``, ``x_mm``, ``y_mm``, ``z_mm``, ``e_mm`` sampled on one time base."""
     backend: str = EMBEDDED
-    """The backend that made this report (``embedded``, ``klipper-batch``, ``moonraker``)."""
+    """The backend that made this report (``embedded``, ``klipper-batch``, ``moonraker``, ``prunt``)."""
     sources: dict[str, str] = field(default_factory=dict)
     """Which backend produced each field, by field name (``print_time_s``, ``failures``, ``layers`` …); a
     field not listed comes from ``backend``. A report that merges two backends lists every field."""

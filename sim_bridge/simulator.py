@@ -23,10 +23,13 @@ from sim_bridge.events import F_EXTRUDE, F_KINEMATIC, F_STOP_BEFORE
 from sim_bridge.gcode import Command, GcodeError, GcodeReader, program_path
 from sim_bridge.interpreter import Interpreter
 from sim_bridge.machine import new_state
-from sim_bridge.options import SimOptions
+from sim_bridge.options import PLANNERS, SimOptions
 from sim_bridge.planner import plan_klipper, plan_marlin
 from sim_bridge.printers import load_material, load_printer
 from sim_bridge.profiles import Material, PrinterProfile
+from sim_bridge.prunt_dialect import limits_of
+from sim_bridge.prunt_planner import plan_prunt_program
+from sim_bridge.prunt_reader import PruntReader
 from sim_bridge.report import Failure, LayerMetrics, Notice, PrintReport, unreadable_failure
 from sim_bridge.thermal import (
     FAULT_BED,
@@ -90,8 +93,8 @@ class Simulator:
         self.material = load_material(material) if isinstance(material, str) else material
         self.options = options or SimOptions()
         self.planner = self.options.planner or self.profile.firmware
-        if self.planner not in ("klipper", "marlin"):
-            raise ValueError(f"planner {self.planner!r}: must be 'klipper' or 'marlin'")
+        if self.planner not in PLANNERS:
+            raise ValueError(f"planner {self.planner!r}: must be one of {', '.join(PLANNERS)}")
         p = self.profile
         self.state = new_state(p, self.options)
         start_hot, start_bed = self.options.start_hotend_temp_c, self.options.start_bed_temp_c
@@ -178,6 +181,8 @@ class Simulator:
             return self.report()
         interp = Interpreter(self.profile, self.material, self.options, self.state)
         prog = interp.run(commands)
+        if isinstance(reader, PruntReader) and reader.refusal is not None and prog.fatal is None:
+            prog.fatal = reader.refusal.failure(self.state.layer)
         if reader is not None:
             self.notices.extend(Notice(fail.READER_WARNING, w.message, w.line) for w in reader.warnings)
             self.totals.lines += max(reader.lines_read, prog.lines)
@@ -192,6 +197,8 @@ class Simulator:
                 prog.starts, prog.xyz, prog.de, prog.feed, prog.flags, prog.settings_id, prog.settings_table,
                 self.profile.max_z_velocity_mm_s, self.profile.max_z_accel_mm_s2, self._max_e_v, self._max_e_a,
                 self.profile.instantaneous_corner_velocity_mm_s)
+        elif self.planner == "prunt":
+            profile, move_d = plan_prunt_program(self.profile, prog)
         else:
             profile, move_d, _accel = plan_marlin(prog.starts, prog.xyz, prog.de, prog.feed, prog.flags,
                                                   prog.settings_id, prog.settings_table)
@@ -262,7 +269,10 @@ class Simulator:
             is_path = path is not None
             if path is not None and not path.is_file():
                 raise GcodeError(str(program), 0, "no such file")
-            reader = GcodeReader(path if path is not None else program, name=name, keep_comments=True)
+            source = path if path is not None else program
+            # A Prunt printer reads its files as Prunt does and stops at the first line Prunt refuses.
+            reader = (PruntReader(source, name=name, limits=limits_of(self.profile))
+                      if self.profile.firmware == "prunt" else GcodeReader(source, name=name, keep_comments=True))
             if progress is not None and is_path:
                 reader.progress = progress
             return reader, reader

@@ -39,6 +39,10 @@ WILD_FILES: list[str] = [entry["file"] for entry in WILD_MANIFEST["files"]]
 needs_wild = pytest.mark.skipif(not WILD_FILES, reason=f"wild G-code corpus not found at {WILD_DIR} "
                                 "(set LAYERLOOP_WILD_GCODE)")
 
+PRUNT_DIR = Path(os.environ.get("LAYERLOOP_PRUNT_DATA") or WILD_DIR.parent / "prunt")
+"""Recorded outputs of the real Prunt (``../shared/data/prunt``, its README says how they were made;
+``LAYERLOOP_PRUNT_DATA`` overrides)."""
+
 TINY_MODEL: dict[str, Any] = {"corpus_jobs": 3, "max_length_tokens": 1024, "seed": 0}
 """The smallest embedded model the model and export tests build (a few seconds on a CPU)."""
 
