@@ -53,7 +53,7 @@ def line_findings(raw: str, cmd: Command | None, checksum_bad: bool) -> list[Fin
     for letter, number in _WORD_RE.findall(text.upper()):
         if not number:
             continue
-        if letter in "GMN":
+        if letter in "GMN" and not (letter == "N" and cmd.code == "M110"):  # M110's N is the number to set
             found.append((fail.AMBIGUOUS_LINE, "one command per line", f"{letter}{number}",
                           f"a second command word {letter}{number} on the line: some firmwares run both"))
         elif letter in seen:

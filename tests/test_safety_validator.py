@@ -80,6 +80,8 @@ def test_every_rule_and_disguise_has_a_golden_file() -> None:
 
 MUST_ALLOW = [
     (GOLDEN / "must_allow" / "prusaslicer_corexy300_cube10.gcode", "corexy300-klipper"),
+    # As a print host sends it: "N0 M110 N0*125" first, then every line numbered and checksummed.
+    (GOLDEN / "must_allow" / "host_numbered_corexy300_cube10.gcode", "corexy300-klipper"),
     (GOLDEN / "must_allow" / "prusaslicer_mk3s_cone.gcode", "mk3s-marlin"),
     (GOLDEN / "must_allow" / "prusaslicer_ender3_macros_cylinder.gcode", "ender3-klipper"),
     *[(p, "mk3s-marlin") for p in sorted((FIXTURES / "prusaslicer").glob("*_mk3s.gcode"))],

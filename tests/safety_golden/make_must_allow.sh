@@ -17,3 +17,20 @@ slicer="${PRUSA_SLICER:-prusa-slicer}"
     --end-gcode 'PRINT_END' \
     --export-gcode --output must_allow/prusaslicer_ender3_macros_cylinder.gcode "$fx/cylinder.stl" >/dev/null 2>&1
 echo "sliced must_allow/*.gcode"
+# What a print host (OctoPrint, Printrun) sends over serial: the line-number reset first, then every
+# command numbered and checksummed, comments and blank lines dropped.
+python3 - must_allow/prusaslicer_corexy300_cube10.gcode must_allow/host_numbered_corexy300_cube10.gcode <<'PY'
+import sys
+from functools import reduce
+src, out = sys.argv[1:]
+lines = ["M110 N0"]
+for raw in open(src, encoding="utf-8"):
+    body = raw.split(";", 1)[0].strip()
+    if body:
+        lines.append(body)
+with open(out, "w", encoding="ascii") as f:
+    for n, body in enumerate(lines):
+        text = f"N{n} {body}" if n else "N0 M110 N0"
+        f.write(f"{text}*{reduce(lambda a, c: a ^ ord(c), text, 0)}\n")
+PY
+echo "numbered must_allow/host_numbered_corexy300_cube10.gcode"
