@@ -43,7 +43,6 @@ from sim_bridge.gcode import Command, GcodeError, GcodeReader, parse_line
 from sim_bridge.machine import TrackedState, gcode_offset_after
 from sim_bridge.profiles import MacroProfile, PrinterProfile
 from sim_bridge.prunt_dialect import AXIS_NAMES, OUT_OF_BOUNDS, ada_float, limits_of, unhomed_error
-from sim_bridge.prunt_reader import PruntReader
 
 __all__ = ["FORBIDDEN_COMMANDS", "SafetyPolicy", "TuningState", "Verdict", "Violation", "load_policy",
            "validate", "validate_tuning"]
@@ -528,11 +527,11 @@ def validate(source: bytes | str | os.PathLike[str], profile: PrinterProfile, po
         return Verdict(findings.result(), 0, digest)
     checker = _Checker(profile, policy, findings)
     # A Prunt printer splits lines at LF only (a CRLF line keeps its CR, which Prunt refuses).
-    reader = PruntReader(data, name=label) if checker.prunt is not None else GcodeReader(data, name=label)
+    reader = GcodeReader(data, name=label, lf_only=checker.prunt is not None)
     warnings = reader.warnings
     lines = 0
     try:
-        for line_no, raw in (reader.lf_lines() if isinstance(reader, PruntReader) else reader.numbered_lines()):
+        for line_no, raw in reader.numbered_lines():
             lines = line_no
             checker.raw, checker.line = raw, line_no
             if checker.prunt is not None and not checker.prunt_line(raw):

@@ -235,14 +235,16 @@ class GcodeReader:
     """Stream commands from a file, bytes, a string or an iterable of lines.
 
     Iterating yields :class:`Command` objects; problems that do not stop reading collect in
-    ``warnings``. Reading a file never loads it whole and never hangs on a long line.
+    ``warnings``. Reading a file never loads it whole and never hangs on a long line. Lines end at LF, CRLF,
+    a lone CR or CR CR LF; with ``lf_only`` at LF alone and a CR stays in its line, as Prunt reads a file.
     """
 
     def __init__(self, source: str | os.PathLike[str] | bytes | Iterable[str], *,
                  name: str | None = None, max_line_bytes: int = MAX_LINE_BYTES,
-                 keep_comments: bool = False) -> None:
+                 keep_comments: bool = False, lf_only: bool = False) -> None:
         self._source = source
         self.keep_comments = keep_comments
+        self.lf_only = lf_only
         self.max_line_bytes = max_line_bytes
         # The one path-or-text rule of every backend (program_path); text given with a name is text.
         self._is_path = not isinstance(source, bytes) and program_path(source) is not None
@@ -272,7 +274,7 @@ class GcodeReader:
         elif isinstance(src, str):
             # The endings of _EOL_STR_RE, as for bytes (str.splitlines would also split on form feeds and
             # U+2028, numbering lines differently from the same text read as bytes).
-            lines = _EOL_STR_RE.split(src)
+            lines = src.split("\n") if self.lf_only else _EOL_STR_RE.split(src)
             if lines[-1] == "":
                 lines.pop()
             yield from lines
@@ -282,12 +284,15 @@ class GcodeReader:
     def numbered_lines(self) -> Iterator[tuple[int, str]]:
         """Each line's 1-based number and text (ending removed), after the NUL, length and UTF-8 checks."""
         name = self.name
+        lf_only = self.lf_only
         line_no = 0
         for text in self._raw_lines():
             line_no += 1
             if "\0" in text:
                 raise GcodeError(name, line_no, "NUL character in line: binary data, not G-code")
-            if "\r" in text or "\n" in text:
+            if lf_only:
+                text = text.removesuffix("\n")
+            elif "\r" in text or "\n" in text:
                 text = text.rstrip("\r\n")
                 if "\r" in text:
                     # A lone CR (old Mac line ending) inside a line given by the caller: each part is a line.
@@ -314,6 +319,7 @@ class GcodeReader:
 
 _EOL_RE = re.compile(rb"\r{0,2}\n|\r")
 _EOL_STR_RE = re.compile(r"\r{0,2}\n|\r")
+_LF_RE = re.compile(rb"\n")
 """Line endings: LF, CRLF, a lone CR (old Mac files), and CR CR LF (a CRLF file converted to CRLF once more,
 as in IceSL and Creality Print output) counted as one ending, as ``grep -n`` and Klipper count it."""
 _READ_CHUNK_BYTES = 64 * 1024
@@ -340,6 +346,7 @@ def _text_lines(fh: io.BufferedIOBase | io.BytesIO, reader: GcodeReader) -> Iter
     others go line by line through ``_EOL_RE``.
     """
     limit = reader.max_line_bytes
+    eol = _LF_RE if reader.lf_only else _EOL_RE
     pending = b""
     line_no = 0
     while True:
@@ -348,7 +355,7 @@ def _text_lines(fh: io.BufferedIOBase | io.BytesIO, reader: GcodeReader) -> Iter
         if reader.progress is not None:
             reader.progress(reader.bytes_read, reader.total_bytes)
         data = pending + chunk
-        if b"\r" not in data and b"\0" not in data:
+        if (reader.lf_only or b"\r" not in data) and b"\0" not in data:
             parts = data.split(b"\n")
             if chunk:
                 pending = parts.pop()
@@ -367,9 +374,9 @@ def _text_lines(fh: io.BufferedIOBase | io.BytesIO, reader: GcodeReader) -> Iter
             yield from lines
         else:
             # CRs at the end may start a CRLF or CR CR LF: decide once more data is read (or the input ends).
-            hold = 0 if not chunk else 2 if data.endswith(b"\r\r") else 1 if data.endswith(b"\r") else 0
+            hold = 0 if not chunk or reader.lf_only else 2 if data.endswith(b"\r\r") else 1 if data.endswith(b"\r") else 0
             start = 0
-            for match in _EOL_RE.finditer(data, 0, len(data) - hold):
+            for match in eol.finditer(data, 0, len(data) - hold):
                 line_no += 1
                 if match.start() - start > limit:
                     raise GcodeError(reader.name, line_no, _too_long_message(limit))

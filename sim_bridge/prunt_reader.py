@@ -12,15 +12,11 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from sim_bridge import failures as fail
-from sim_bridge.gcode import MAX_LINE_BYTES, GcodeError, GcodeReader, GcodeWarning
+from sim_bridge.gcode import MAX_LINE_BYTES, GcodeReader
 from sim_bridge.prunt_dialect import PruntError, PruntLimits, check_line
 from sim_bridge.report import Failure
-
-_PROGRESS_LINES = 4096
-"""Lines between two calls of the reader's ``progress``."""
 
 
 @dataclass(frozen=True)
@@ -51,7 +47,8 @@ class PruntReader(GcodeReader):
     def __init__(self, source: str | os.PathLike[str] | bytes | Iterable[str], *, name: str | None = None,
                  limits: PruntLimits | None = None, keep_comments: bool = True,
                  max_line_bytes: int = MAX_LINE_BYTES) -> None:
-        super().__init__(source, name=name, max_line_bytes=max_line_bytes, keep_comments=keep_comments)
+        super().__init__(source, name=name, max_line_bytes=max_line_bytes, keep_comments=keep_comments,
+                         lf_only=True)
         self.limits = limits or PruntLimits()
         self.refusal: PruntRefusal | None = None
         """The line that ended the file, or None when Prunt would run it to the end."""
@@ -72,50 +69,4 @@ class PruntReader(GcodeReader):
 
     def lf_lines(self) -> Iterator[tuple[int, str]]:
         """Every line as Prunt splits the file (at LF only), numbered, without the dialect check."""
-        src = self._source
-        if self._is_path:
-            path = Path(src)  # type: ignore[arg-type]
-            if not path.is_file():
-                raise GcodeError(str(path), 0, "no such file")
-            self.total_bytes = path.stat().st_size
-            with path.open("rb") as fh:
-                # At most one byte past the limit per read: a line without end is never read whole.
-                yield from self._numbered(iter(lambda: fh.readline(self.max_line_bytes + 2), b""))
-        elif isinstance(src, bytes):
-            yield from self._numbered(src.split(b"\n"))
-        elif isinstance(src, str):
-            yield from self._numbered(src.split("\n"))
-        else:
-            yield from self._numbered(src)
-
-    def _numbered(self, pieces: Iterable[bytes | str]) -> Iterator[tuple[int, str]]:
-        line_no = 0
-        pending: bytes | str | None = None
-        for piece in pieces:
-            if pending is not None:
-                line_no += 1
-                yield line_no, self._text(pending, line_no)
-            pending = piece
-        # The piece after a final LF is empty: not a line.
-        if pending:
-            line_no += 1
-            yield line_no, self._text(pending, line_no)
-
-    def _text(self, raw: bytes | str, line_no: int) -> str:
-        if line_no % _PROGRESS_LINES == 0 and self.progress is not None:
-            self.progress(self.bytes_read, self.total_bytes)
-        if isinstance(raw, bytes):
-            self.bytes_read += len(raw) + 1
-            raw = raw[:-1] if raw.endswith(b"\n") else raw
-            if len(raw) > self.max_line_bytes:
-                raise GcodeError(self.name, line_no, f"line is longer than {self.max_line_bytes} bytes")
-            try:
-                raw = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                self.warnings.append(GcodeWarning(self.name, line_no, f"invalid UTF-8 at byte {exc.start}; "
-                                                  "read as Latin-1"))
-                raw = raw.decode("latin-1")
-        text = raw[:-1] if raw.endswith("\n") else raw
-        if "\0" in text:
-            raise GcodeError(self.name, line_no, "NUL character in line: binary data, not G-code")
-        return text
+        return super().numbered_lines()

@@ -438,3 +438,13 @@ def test_text_with_a_name_is_read_as_text():
         list(GcodeReader("G28\n\x00", name="completion"))
     assert info.value.source == "completion"
     assert [c.code for c in GcodeReader("G28\rM23 part.gcode")] == ["G28", "M23"], "CR text is not a file name"
+
+
+def test_lf_only_keeps_carriage_returns_in_their_lines(tmp_path: Path) -> None:
+    # Prunt splits a file at LF alone: a CRLF file's lines end in CR (which its parser then refuses).
+    text = "G28\r\nG1 X5\rY5\n"
+    path = tmp_path / "crlf.gcode"
+    path.write_bytes(text.encode())
+    for source in (text, text.encode(), path):
+        assert list(GcodeReader(source, lf_only=True).numbered_lines()) == [(1, "G28\r"), (2, "G1 X5\rY5")]
+        assert [t for _, t in GcodeReader(source).numbered_lines()] == ["G28", "G1 X5", "Y5"]
