@@ -188,7 +188,7 @@ class Interpreter(HeaterCommands):
                 self._fail(fail.INVALID_COMMAND, f"Invalid speed in 'G1 F{f:g}'", line)
             st.feed_mm_s = f * u / 60.0
         elif f is not None and self.klipper:
-            self._fail(fail.INVALID_COMMAND, f"Unable to parse move '{text.split(';')[0].strip()}'", line)
+            self._unparsable_move(text, line)
         gx, gy, gz, ge = st.gpos
         target = [gx, gy, gz]
         moved = False
@@ -198,7 +198,7 @@ class Interpreter(HeaterCommands):
                 target[i] = v * u if st.absolute_xyz else target[i] + v * u
                 moved = True
             elif v is not None and self.klipper:
-                self._fail(fail.INVALID_COMMAND, f"Unable to parse move '{text.split(';')[0].strip()}'", line)
+                self._unparsable_move(text, line)
         e = p.get("E")
         if e is None:
             e = p.get("A")
@@ -214,7 +214,7 @@ class Interpreter(HeaterCommands):
                 de = e
                 ge += e
         elif e is not None and self.klipper:
-            self._fail(fail.INVALID_COMMAND, f"Unable to parse move '{text.split(';')[0].strip()}'", line)
+            self._unparsable_move(text, line)
         if not moved and de == 0.0:
             st.gpos[3] = ge
             return
@@ -223,6 +223,9 @@ class Interpreter(HeaterCommands):
         dz = target[2] - gz
         st.gpos = [target[0], target[1], target[2], ge]
         self._queue_move(dx, dy, dz, de * st.extrude_factor, st.feed_mm_s * st.speed_factor, line)
+
+    def _unparsable_move(self, text: str, line: int) -> None:
+        self._fail(fail.INVALID_COMMAND, f"Unable to parse move '{text.split(';')[0].strip()}'", line)
 
     def _queue_move(self, dx: float, dy: float, dz: float, de: float, speed: float, line: int) -> None:
         st = self.state
@@ -258,8 +261,7 @@ class Interpreter(HeaterCommands):
 
     def _check_range(self, nx: float, ny: float, nz: float, ne: float, dx: float, dy: float, dz: float,
                      line: int) -> None:
-        """Klipper's endstop check for the axes that move: unhomed first, then out of range (Prunt: any move
-        needs every axis homed)."""
+        """Endstop checks of the moving axes: unhomed first, then out of range (Prunt: every axis homed)."""
         st = self.state
         if self.prunt is not None:
             found = unhomed_error(st.homed) or bounds_error((nx, ny, nz), self.prunt)
@@ -509,10 +511,9 @@ class Interpreter(HeaterCommands):
         self._settings_changed()
 
     def _m205(self, cmd: Command) -> None:
-        prunt = self.profile.firmware == "prunt"
-        if (error := limits.m205(self.state.settings, cmd, prunt)) is not None:
+        if (error := limits.m205(self.state.settings, cmd, self.prunt is not None)) is not None:
             self._fail(fail.INVALID_COMMAND, error, cmd.line)
-        if prunt:
+        if self.prunt is not None:
             self._flush()  # Prunt changes its limits between blocks: the machine rests here
         self._settings_changed()
 
