@@ -148,19 +148,21 @@ class GcodeWriterEnv(gym.Env):
         self.last = scores
         self._geometries.append(scores.geometry)
         self.step_index += 1
-        report = self.sim.report()
+        # One episode step reads the simulator's failures and state, never a whole report: building one per
+        # step made an episode quadratic in its length.
+        failures = self.sim.failures
         terminated = scores.fatal or self.step_index >= len(self.steps)
-        self.feedback = feedback_text(scores, report.failures[before:])
+        self.feedback = feedback_text(scores, failures[before:])
         info = {"geometry": scores.geometry, "extrusion": scores.extrusion, "time": scores.time,
-                "defects": scores.defects, "fatal": scores.fatal, "failures": [f.mode for f in report.failures],
-                "success": (self.step_index >= len(self.steps) and not report.failures
+                "defects": scores.defects, "fatal": scores.fatal, "failures": [f.mode for f in failures],
+                "success": (self.step_index >= len(self.steps) and not failures
                             and min(self._geometries) >= SUCCESS_GEOMETRY),
                 "normalized": scores.reward / MAX_STEP_REWARD}
         return self._observation(), float(scores.reward), bool(terminated), False, info
 
     def _observation(self) -> dict:
         assert self.job is not None and self.sim is not None
-        state = self.sim.report().final_state
+        state = self.sim.final_state()
         n = len(self.steps)
         i = min(self.step_index, n - 1)
         kind, k = self.steps[i]
@@ -289,7 +291,7 @@ class GcodeProgramEnv(GcodeWriterEnv):
 
     def _observation(self) -> dict:
         assert self.job is not None and self.sim is not None
-        state = self.sim.report().final_state
+        state = self.sim.final_state()
         pos = state["position_mm"]
         vec = np.array([self.step_index, 1, 0.0, state["hotend_c"], state["hotend_target_c"], state["bed_c"],
                         state["bed_target_c"], pos[0], pos[1], pos[2], self.last.geometry, self.last.extrusion,

@@ -97,8 +97,8 @@ def score_step(sim: Simulator, job: PrintJob, step: int, text: str) -> StepScore
     before = len(sim.failures)
     t0 = sim.time_s
     # Text that is not G-code at all (binary junk, a runaway line) is an 'unreadable' failure: a fatal step.
-    report = sim.run(text)
-    defects, fatal = defect_count(report.failures[before:])
+    sim.feed(text)
+    defects, fatal = defect_count(sim.failures[before:])
     elapsed = sim.time_s - t0
     scores = StepScores(defects=defects, fatal=fatal)
     if kind == "layer":
@@ -107,7 +107,7 @@ def score_step(sim: Simulator, job: PrintJob, step: int, text: str) -> StepScore
         scores.extrusion = extrusion_score(moves.volume_mm3, ref.layer_volume_mm3[k])
         scores.time = time_score(elapsed, ref.step_time_s[step]) if scores.geometry > 0.0 else 0.0
     elif kind == "start":
-        state = report.final_state
+        state = sim.final_state()
         p = job.process
         ready = [all(state["homed"]),
                  abs(state["hotend_c"] - p.hotend_temp_c) <= READY_TOLERANCE_C,
@@ -125,7 +125,7 @@ def score_step(sim: Simulator, job: PrintJob, step: int, text: str) -> StepScore
 
 def end_state_score(sim: Simulator, job: PrintJob) -> float:
     """Fraction of the end conditions met: heaters off, fan off, motors off, nozzle clear of the part."""
-    state = sim.report().final_state
+    state = sim.final_state()
     conditions = [state["hotend_target_c"] == 0.0, state["bed_target_c"] == 0.0, state["fan"] == 0.0,
                   not any(state["homed"]), state["position_mm"][2] >= job.part.height_mm + 1.0]
     return sum(conditions) / len(conditions)

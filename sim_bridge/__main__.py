@@ -25,16 +25,13 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
 from sim_bridge.backends import BACKENDS, check_backend, simulate
 from sim_bridge.config import ConfigError, load_yaml
 from sim_bridge.failures import UNREADABLE
 from sim_bridge.gcode import GcodeError
-from sim_bridge.klippy.mcu_process import parse_start_temps
 from sim_bridge.options import PLANNERS, SimOptions
 from sim_bridge.printers import MATERIALS, bundled_printers, load_material, load_printer
-from sim_bridge.prunt_planner import plan_file
 from sim_bridge.report import EMBEDDED
 from sim_bridge.simulator import Simulator
 
@@ -57,7 +54,8 @@ def _parser() -> argparse.ArgumentParser:
                                    "prunt (e.g. http://127.0.0.1:8080)")
     sim.add_argument("--api-key-file", type=Path, help="file holding the Moonraker API key (first line)")
     sim.add_argument("--material", default="PLA", help=f"one of {', '.join(MATERIALS)}")
-    sim.add_argument("--planner", choices=PLANNERS, help="corner model (default: the printer's firmware)")
+    sim.add_argument("--planner", choices=PLANNERS, help="corner model only (default: the printer's firmware's); the firmware rules "
+                          "(commands, homing, heater waits) are always the printer's")
     sim.add_argument("--klipper-batch", action="store_true",
                      help="model Klipper's batch mode (no heater waits, homing runs its full length)")
     sim.add_argument("--options", type=Path, help="SimOptions YAML (keys as in configs/sim-default.yaml); "
@@ -96,7 +94,8 @@ def _parser() -> argparse.ArgumentParser:
 def _virtual_printer(args: argparse.Namespace, console: Console) -> int:
     """Run the virtual printer until Ctrl-C or SIGTERM; 2 when it cannot start."""
     # Klippy and Moonraker are this command's only: the simulator's command line does not load them.
-    from sim_bridge.virtual_printer import KlippyError, VirtualPrinter, VirtualPrinterError
+    from sim_bridge.klippy.mcu_process import parse_start_temps
+    from sim_bridge.virtual_printer import KlippyError, VirtualPrinter, VirtualPrinterError  # as above
 
     def on_term(signum: int, frame: object) -> None:
         # One signal stops the printer; a second one must not cut its clean-up short.
@@ -140,6 +139,7 @@ def _compare_with_plan(args: argparse.Namespace) -> str:
     """``trajectory --gcode``: the recording against the prunt planner, corner by corner."""
     # Only this option plans a program against a recording.
     from sim_bridge.prunt_path import compare_timing
+    from sim_bridge.prunt_planner import plan_file  # this option's only
 
     table, prog = plan_file(load_printer(args.printer), args.gcode)
     c = compare_timing(args.file, prog.starts, prog.xyz, prog.de, table, decimation=args.decimation)
@@ -210,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
             report = simulate(args.file, target, backend=args.backend, url=args.url, api_key=api_key,
                               options=options, material=args.material)
         elif size >= PROGRESS_MIN_BYTES and not args.quiet:
+            # rich's progress bar costs a short file's run a tenth of its start-up: only large files load it.
+            from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
             with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
                           TimeRemainingColumn(), console=console, transient=True) as bar:
                 task = bar.add_task(f"simulating {args.file.name}", total=size)

@@ -6,6 +6,9 @@ import math
 
 SWEEP_EPS_RAD = 1e-12
 """An arc whose ends coincide (within this) is a full circle."""
+MAX_ARC_CHORDS = 200_000
+"""Most chords one arc is cut into: a full circle 640 mm across at the finest ``arc_segment_mm`` (0.01 mm).
+Without it one line (``G2 X10 I1e19``) asks for 10^20 chords and the simulator runs out of memory."""
 
 
 def arc_center_from_radius(x0: float, y0: float, x1: float, y1: float, r: float, clockwise: bool
@@ -41,10 +44,17 @@ def arc_sweep(x0: float, y0: float, x1: float, y1: float, cx: float, cy: float, 
 def arc_chords(start: tuple[float, float, float], end: tuple[float, float, float], cx: float, cy: float,
                clockwise: bool, segment_mm: float) -> list[tuple[float, float, float]]:
     """End points of the equal chords a (helical) arc is cut into, ``max(1, floor(length / segment_mm))`` of
-    them; the last is exactly ``end``."""
+    them (at most :data:`MAX_ARC_CHORDS`); the last is exactly ``end``. An arc of infinite or undefined length
+    (a centre at 1e400, which reads as infinity) is one chord: the straight move to ``end``.
+
+    >>> len(arc_chords((0.0, 0.0, 0.0), (10.0, 0.0, 0.0), 5.0, 1e19, False, 1.0)), arc_chords(
+    ...     (0.0, 0.0, 0.0), (10.0, 0.0, 0.0), 5.0, math.inf, False, 1.0)
+    (200000, [(10.0, 0.0, 0.0)])
+    """
     x0, y0, z0 = start
     radius, a0, sweep = arc_sweep(x0, y0, end[0], end[1], cx, cy, clockwise)
-    segments = max(1, int(math.hypot(abs(sweep) * radius, end[2] - z0) / segment_mm))
+    length = math.hypot(abs(sweep) * radius, end[2] - z0)
+    segments = max(1, min(MAX_ARC_CHORDS, int(length / segment_mm))) if math.isfinite(length) else 1
     points = []
     for k in range(1, segments):
         frac = k / segments

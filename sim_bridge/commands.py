@@ -27,8 +27,8 @@ Firmware differences: ``firmware`` lists the firmwares whose model runs the comm
 simulator answers ``Unknown command`` and the validator skips its checks (the printer changes nothing).
 Only differences the simulator models are recorded: Klipper has no ``M201``/``M203``/``M205`` and no
 ``G29``/``G80`` (a Klipper printer's ``G29`` is a user macro, declared in its profile). Klipper's extended
-commands (``SET_VELOCITY_LIMIT`` …) run under the Marlin model too: the model is a planner choice
-(``SimOptions.planner``), and programs written for either firmware use them. Differences in how a firmware
+commands (``SET_VELOCITY_LIMIT`` …) run under the Marlin model too: programs written for either firmware
+use them. The model is the profile's firmware (``SimOptions.planner`` chooses only the corner model). Differences in how a firmware
 reads a command's words (Klipper's heater M-codes read only ``S``; its ``M84`` switches every motor off) are
 the functions at the end of this module, used by both the interpreter and the validator.
 """

@@ -4,6 +4,7 @@ simulator's notices and the failures seen on real printers.
 A validator rule that denotes the same fact as a simulator mode has the mode's name: the simulator stops a
 print with ``move_out_of_range`` where the validator blocks a program with ``move_out_of_range``. Groups:
 :data:`FATAL_MODES` stop a print (as they stop Klipper), :data:`DEFECT_MODES` spoil the part,
+:data:`WARNING_MODES` may also come as a quality warning that leaves ``success`` true,
 :data:`REAL_WORLD_MODES` are seen only on real printers (logs, user feedback), :data:`VALIDATOR_RULES` are
 the ``rule`` of a safety finding, :data:`NOTICE_KINDS` the ``kind`` of a simulator notice. Klipper's own
 error messages map to modes with :func:`classify_klipper_message`, Prunt's with :func:`classify_prunt_error`.
@@ -94,6 +95,10 @@ DEFECT_MODES = frozenset({
     OVERHANG_WITHOUT_COOLING,
 })
 """Failure modes of print quality: the print goes on but the part is bad."""
+WARNING_MODES = frozenset({OVERHANG_WITHOUT_COOLING})
+"""Defect modes the simulator also reports, below the grade that spoils a part, as quality warnings
+(``PrintReport.warnings``; ``success`` stays true): an uncooled steep overhang curls its edge, while an uncooled
+bridge or cantilever sags (the failure)."""
 REAL_WORLD_MODES = frozenset({
     LAYER_SHIFT, WARPING, STRINGING, FILAMENT_RUNOUT, POWER_LOSS, MCU_SHUTDOWN, MCU_COMMUNICATION_LOST,
     FIRMWARE_SHUTDOWN, OTHER,

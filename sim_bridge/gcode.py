@@ -20,6 +20,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 MAX_LINE_BYTES = 256 * 1024
 """Longest line accepted. Bambu Studio writes ~10k-character lines; a thumbnail line is never this long."""
@@ -260,17 +261,29 @@ class GcodeReader:
         """Called as ``progress(bytes_read, total_bytes)`` after each chunk of a file is read."""
         self._bad_utf8 = 0
 
-    def _raw_lines(self) -> Iterator[bytes | str]:
+    @property
+    def size_bytes(self) -> int:
+        """The input's size, when known before reading (bytes, or a file), else 0."""
+        if isinstance(self._source, bytes):
+            return len(self._source)
+        if self._is_path:
+            try:
+                return Path(self._source).stat().st_size  # type: ignore[arg-type]
+            except OSError:
+                return 0
+        return 0
+
+    def _raw_lines(self, blocks: bool = False) -> Iterator[str | LineBlock]:
         src = self._source
         if isinstance(src, bytes):
-            yield from _text_lines(io.BytesIO(src), self)
+            yield from _text_lines(io.BytesIO(src), self, blocks)
         elif self._is_path:
             path = Path(src)
             if not path.is_file():
                 raise GcodeError(str(path), 0, "no such file")
             self.total_bytes = path.stat().st_size
             with path.open("rb") as fh:
-                yield from _text_lines(fh, self)
+                yield from _text_lines(fh, self, blocks)
         elif isinstance(src, str):
             # The endings of _EOL_STR_RE, as for bytes (str.splitlines would also split on form feeds and
             # U+2028, numbering lines differently from the same text read as bytes).
@@ -283,10 +296,23 @@ class GcodeReader:
 
     def numbered_lines(self) -> Iterator[tuple[int, str]]:
         """Each line's 1-based number and text (ending removed), after the NUL, length and UTF-8 checks."""
+        return self._numbered(False)  # type: ignore[return-value]
+
+    def numbered_blocks(self) -> Iterator[tuple[int, str | LineBlock]]:
+        """As :meth:`numbered_lines`, but a chunk of a file or bytes whose lines are all ASCII with LF
+        endings comes whole, as a :class:`LineBlock` numbered by its first line (for
+        :func:`sim_bridge.move_scan.scan_moves`); other lines come one by one as text."""
+        return self._numbered(not self.lf_only)
+
+    def _numbered(self, blocks: bool) -> Iterator[tuple[int, str | LineBlock]]:
         name = self.name
         lf_only = self.lf_only
         line_no = 0
-        for text in self._raw_lines():
+        for text in self._raw_lines(blocks):
+            if type(text) is LineBlock:
+                yield line_no + 1, text
+                line_no += text.count
+                continue
             line_no += 1
             if "\0" in text:
                 raise GcodeError(name, line_no, "NUL character in line: binary data, not G-code")
@@ -339,11 +365,21 @@ def _decode(raw: bytes, line_no: int, reader: GcodeReader) -> str:
         return raw.decode("latin-1")
 
 
-def _text_lines(fh: io.BufferedIOBase | io.BytesIO, reader: GcodeReader) -> Iterator[str]:
+class LineBlock(NamedTuple):
+    """Whole lines of a file, ASCII with LF endings (each line ends with one), checked as lines are."""
+
+    data: bytes
+    count: int
+    """Number of lines."""
+
+
+def _text_lines(fh: io.BufferedIOBase | io.BytesIO, reader: GcodeReader, blocks: bool = False
+                ) -> Iterator[str | LineBlock]:
     """Decoded lines without their endings, with the checks of :class:`GcodeReader`.
 
     Chunks with only LF endings and no NUL byte (nearly all slicer output) are split and decoded whole;
-    others go line by line through ``_EOL_RE``.
+    others go line by line through ``_EOL_RE``. With ``blocks``, such a chunk that is all ASCII comes as
+    one :class:`LineBlock`.
     """
     limit = reader.max_line_bytes
     eol = _LF_RE if reader.lf_only else _EOL_RE
@@ -366,12 +402,17 @@ def _text_lines(fh: io.BufferedIOBase | io.BytesIO, reader: GcodeReader) -> Iter
             if parts and max(map(len, parts)) > limit:
                 first = next(i for i, part in enumerate(parts) if len(part) > limit)
                 raise GcodeError(reader.name, line_no + first + 1, _too_long_message(limit))
-            try:
-                lines = b"\n".join(parts).decode("utf-8").split("\n") if parts else []
-            except UnicodeDecodeError:
-                lines = [_decode(part, line_no + i + 1, reader) for i, part in enumerate(parts)]
-            line_no += len(lines)
-            yield from lines
+            joined = b"\n".join(parts)
+            if blocks and parts and joined.isascii():
+                line_no += len(parts)
+                yield LineBlock(joined + b"\n", len(parts))
+            else:
+                try:
+                    lines = joined.decode("utf-8").split("\n") if parts else []
+                except UnicodeDecodeError:
+                    lines = [_decode(part, line_no + i + 1, reader) for i, part in enumerate(parts)]
+                line_no += len(lines)
+                yield from lines
         else:
             # CRs at the end may start a CRLF or CR CR LF: decide once more data is read (or the input ends).
             hold = 0 if not chunk or reader.lf_only else 2 if data.endswith(b"\r\r") else 1 if data.endswith(b"\r") else 0

@@ -30,12 +30,25 @@ def homed_position_mm(profile: PrinterProfile, options: SimOptions, axis: int) -
     return endstop - profile.homing_retract_mm if max_dir else endstop + profile.homing_retract_mm
 
 
-def homing_time_s(profile: PrinterProfile, options: SimOptions, axis: int, homed: bool, pos_mm: float) -> float:
-    """Time to home ``axis`` (0=X, 1=Y, 2=Z) from ``pos_mm`` (where the firmware believes it is)."""
+def homing_time_s(profile: PrinterProfile, options: SimOptions, axis: int, homed: bool, pos_mm: float,
+                  max_accel_mm_s2: float | None = None, min_cruise_ratio: float = 0.0) -> float:
+    """Time to home ``axis`` (0=X, 1=Y, 2=Z) from ``pos_mm`` (where the firmware believes it is).
+
+    ``max_accel_mm_s2`` is the toolhead acceleration in force (Klipper: as ``M204``/``SET_VELOCITY_LIMIT``
+    left it; its homing moves are ordinary toolhead moves, Z ones further limited by ``max_z_accel``);
+    ``None`` means the profile's ``max_accel``. ``min_cruise_ratio`` is Klipper's ``minimum_cruise_ratio``
+    in force: a lone move of length ``d`` cruises at most at ``sqrt(d * max_accel * (1 - ratio))`` (its
+    smoothed acceleration, or the Z-limited one if lower), which slows the short back-offs at low accels."""
     if profile.firmware == "prunt" and profile.prunt.instant_homing:
         return 0.0
     speed = profile.homing_speed_mm_s[axis]
-    accel = profile.max_z_accel_mm_s2 if axis == 2 else profile.max_accel_mm_s2
+    toolhead_accel = profile.max_accel_mm_s2 if max_accel_mm_s2 is None else max_accel_mm_s2
+    accel = min(profile.max_z_accel_mm_s2, toolhead_accel) if axis == 2 else toolhead_accel
+    smoothed_accel = min(toolhead_accel * (1.0 - min_cruise_ratio), accel)
+
+    def lone(distance_mm: float, speed_mm_s: float) -> float:
+        return trapezoid_time_s(distance_mm, min(speed_mm_s, math.sqrt(distance_mm * smoothed_accel)), accel)
+
     endstop = profile.position_endstop_mm[axis]
     lo, hi = profile.position_min_mm[axis], profile.position_max_mm[axis]
     max_dir = endstop >= hi - 1e-9 and endstop > lo
@@ -49,13 +62,13 @@ def homing_time_s(profile: PrinterProfile, options: SimOptions, axis: int, homed
     else:
         distance = abs(pos_mm - endstop)
     retract = profile.homing_retract_mm
-    total = trapezoid_time_s(distance, speed, accel)
+    total = lone(distance, speed)
     if options.klipper_batch_mode:
         total += BATCH_HOMING_FLUSH_S
     if retract > 0.0:
         # Back off, then home again at half speed over twice the back-off distance.
-        total += trapezoid_time_s(retract, speed, accel) + trapezoid_time_s(2.0 * retract, speed / 2.0, accel)
+        total += lone(retract, speed) + lone(2.0 * retract, speed / 2.0)
         if options.klipper_host == "kalico":
             # kalico backs off once more after the second touch (at the retract speed, the homing speed).
-            total += trapezoid_time_s(retract, speed, accel)
+            total += lone(retract, speed)
     return total

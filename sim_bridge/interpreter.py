@@ -20,11 +20,12 @@ from sim_bridge import limits
 from sim_bridge.arcs import arc_center_from_radius, arc_chords
 from sim_bridge.commands import COMMANDS, IGNORED, KLIPPER, MARLIN, macro_temperatures_c, motors_off_axes
 from sim_bridge.events import EV_DWELL, EV_FAN, EV_HOMING, EV_MACRO, F_EXTRUDE, F_KINEMATIC, F_STOP_BEFORE
-from sim_bridge.gcode import _WORD_RE, Command, GcodeError, GcodeReader, parse_line
+from sim_bridge.gcode import Command, GcodeError, GcodeReader
 from sim_bridge.heater_commands import HeaterCommands
 from sim_bridge.homing import homed_position_mm, homing_time_s
 from sim_bridge.layers import is_layer_marker
 from sim_bridge.machine import MachineState, Program, SavedGcodeState, TrackedState, gcode_offset_after
+from sim_bridge.move_scan import MoveBuffer, read_program
 from sim_bridge.options import SimOptions
 from sim_bridge.profiles import MacroProfile, Material, PrinterProfile
 from sim_bridge.prunt_dialect import bounds_error, limits_of, unhomed_error
@@ -35,12 +36,14 @@ class Interpreter(HeaterCommands):
     """Turns commands into moves and events on a persistent :class:`MachineState`."""
 
     def __init__(self, profile: PrinterProfile, material: Material, options: SimOptions,
-                 state: MachineState) -> None:
+                 state: MachineState, bulk: bool | None = None) -> None:
+        self.bulk = bulk
+        """Plain moves of a reader's file through :func:`sim_bridge.move_scan.scan_moves` (None: when compiled)."""
         self.profile = profile
         self.material = material
         self.options = options
         self.state = state
-        self.klipper = (options.planner or profile.firmware) == "klipper"
+        self.klipper = profile.firmware == "klipper"
         self.prunt = limits_of(profile) if profile.firmware == "prunt" else None
         """Prunt's position limits on a Prunt printer: its homing and bounds checks, with its messages."""
         self.max_e_ratio = profile.max_cross_section_mm2 / profile.filament_area_mm2
@@ -70,7 +73,7 @@ class Interpreter(HeaterCommands):
             # The firmware runs the lines before one it cannot read, then stops.
             fatal = unreadable_failure(exc, self.state.layer)
             last_line = exc.line
-        moves = np.array(self._moves, dtype=np.float64).reshape(-1, 12)
+        moves = self._moves.array()
         return Program(
             line=moves[:, 0].astype(np.int64), xyz=np.ascontiguousarray(moves[:, 4:7]),
             starts=np.ascontiguousarray(moves[:, 1:4]), de=np.ascontiguousarray(moves[:, 7]),
@@ -95,7 +98,7 @@ class Interpreter(HeaterCommands):
             return
 
     def _begin(self) -> None:
-        self._moves: list[tuple] = []
+        self._moves = MoveBuffer()
         self._events: list[tuple[int, int, float, float, int]] = []
         self._notices: list[Notice] = []
         self._table: list[tuple[float, ...]] = [self.state.settings.row()]
@@ -106,25 +109,7 @@ class Interpreter(HeaterCommands):
         self._layer_first_line: dict[int, int] = {}
 
     def _run_reader(self, reader: GcodeReader) -> tuple[int, int]:
-        name, warnings = reader.name, reader.warnings
-        words_re = _WORD_RE
-        move = self._move
-        count = 0
-        line_no = 0
-        for line_no, text in reader.numbered_lines():
-            head = text[:3]
-            if (head == "G1 " or head == "G0 ") and "(" not in text and "*" not in text:
-                semi = text.find(";")
-                body = text[3:semi] if semi >= 0 else text[3:]
-                if "=" not in body and body.upper() == body:
-                    count += 1
-                    move({k: float(v) if v else math.nan for k, v in words_re.findall(body)}, line_no, text)
-                    continue
-            cmd = parse_line(text, line_no, name, warnings, True)
-            if cmd is not None:
-                count += 1
-                self.execute(cmd)
-        return count, line_no
+        return read_program(self, reader, self.bulk)
 
     def execute(self, cmd: Command) -> None:
         """Apply one command to the machine state (moves are queued, events added to the timeline)."""
@@ -146,7 +131,7 @@ class Interpreter(HeaterCommands):
             st = self.state
             if not st.layer_marker_mode and st.layer >= 0:
                 # Extrusion before the slicer's first layer is the start sequence (purge lines), not a layer.
-                self._moves[:] = [(*m[:11], -1) if m[11] >= 0 else m for m in self._moves]
+                self._moves.relabel_start_sequence()
                 self._layer_z.clear()
                 self._layer_first_line.clear()
                 st.layer = -1
@@ -457,7 +442,9 @@ class Interpreter(HeaterCommands):
         st = self.state
         total = 0.0
         for i in axes:
-            total += homing_time_s(self.profile, self.options, i, st.homed[i], st.pos[i])
+            total += homing_time_s(self.profile, self.options, i, st.homed[i], st.pos[i],
+                                   *((st.settings.max_accel, st.settings.minimum_cruise_ratio) if self.klipper
+                                     else (None, 0.0)))
             homed_at = homed_position_mm(self.profile, self.options, i)
             st.pos[i] = homed_at
             st.gpos[i] = homed_at - st.gcode_offset[i]

@@ -16,7 +16,8 @@ class SimOptions:
     """How the simulator models what a profile leaves open (YAML keys map 1:1, see configs/sim-default.yaml)."""
 
     planner: str = ranged("", choices=("", *PLANNERS))
-    """``klipper``, ``marlin`` or ``prunt`` corner model; empty: the profile's firmware."""
+    """``klipper``, ``marlin`` or ``prunt`` corner model; empty: the profile's firmware. It chooses the corner model
+    only: the firmware rules (command table, homing, heater waits) always come from the profile."""
     klipper_batch_mode: bool = False
     """Model Klipper's batch mode (``klippy.py -i``): heater waits return at once and each homed axis
     travels its full homing distance, as no endstop ever triggers."""

@@ -21,7 +21,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+
+from sim_bridge.kernels import kernel
 
 SQRT2_MINUS_1 = math.sqrt(2.0) - 1.0
 EXTRUDE_ONLY_ACCEL = 99999999.9
@@ -34,7 +35,7 @@ C_FEED, C_AXIS_A, C_JERK, C_PRUNT = 7, 11, 15, 19
 F_STOP_BEFORE = 2
 
 
-@njit(cache=True)
+@kernel(bounded=True)
 def _set_junction(i: int, start_v2: float, cruise_v2: float, end_v2: float, move_d: np.ndarray,
                   accel: np.ndarray, out: np.ndarray) -> None:
     half_inv_accel = 0.5 / accel[i]
@@ -55,7 +56,7 @@ def _set_junction(i: int, start_v2: float, cruise_v2: float, end_v2: float, move
     out[i, 5] = decel_t
 
 
-@njit(cache=True)
+@kernel
 def plan_klipper(starts: np.ndarray, xyz: np.ndarray, de: np.ndarray, feed: np.ndarray, flags: np.ndarray,
                  sid: np.ndarray, table: np.ndarray, max_z_v: float, max_z_a: float, max_e_v: float,
                  max_e_a: float, instant_corner_v: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -76,6 +77,12 @@ def plan_klipper(starts: np.ndarray, xyz: np.ndarray, de: np.ndarray, feed: np.n
     prev_r = np.zeros(4)
     prev_kin = False
     prev_jd = 0.0
+    # A move of no length and no extrusion (``G1 Z1.5`` where Z already is 1.5) never reaches Klipper's
+    # lookahead queue: its toolhead drops a move whose length is 0. It is skipped here, so the moves either
+    # side of it join as if it were not there (a forced stop it carried passes to the next move).
+    dropped = np.zeros(n, dtype=np.bool_)
+    prev_i = -1
+    stop_carried = False
     for i in range(n):
         dx = xyz[i, 0] - starts[i, 0]
         dy = xyz[i, 1] - starts[i, 1]
@@ -95,6 +102,13 @@ def plan_klipper(starts: np.ndarray, xyz: np.ndarray, de: np.ndarray, feed: np.n
             a = EXTRUDE_ONLY_ACCEL
             rx, ry, rz = 0.0, 0.0, 0.0
             re = 1.0 if de[i] >= 0.0 else -1.0
+            if de[i] == 0.0:
+                dropped[i] = True
+                move_d[i] = 0.0
+                accel[i] = a
+                if (flags[i] & F_STOP_BEFORE) != 0:
+                    stop_carried = True
+                continue
         a2d = table[row, C_MAX_A] * (1.0 - table[row, C_MCR])
         jd = table[row, C_SCV] ** 2 * SQRT2_MINUS_1 / table[row, C_MAX_A]
         mc_v2 = velocity * velocity
@@ -121,10 +135,11 @@ def plan_klipper(starts: np.ndarray, xyz: np.ndarray, de: np.ndarray, feed: np.n
         delta_v2[i] = 2.0 * d * a
         smooth_delta_v2[i] = min(sd_v2, 2.0 * d * a)
         # Junction with the previous move.
-        if i > 0 and kin and prev_kin and (flags[i] & F_STOP_BEFORE) == 0:
+        p = prev_i
+        if p >= 0 and kin and prev_kin and (flags[i] & F_STOP_BEFORE) == 0 and not stop_carried:
             diff_r = re - prev_r[3]
             ext_v2 = (instant_corner_v / abs(diff_r)) ** 2 if diff_r != 0.0 else mc_v2
-            ms_v2 = min(ext_v2, mc_v2, max_cruise_v2[i - 1], max_start_v2[i - 1] + delta_v2[i - 1])
+            ms_v2 = min(ext_v2, mc_v2, max_cruise_v2[p], max_start_v2[p] + delta_v2[p])
             cos_theta = -(rx * prev_r[0] + ry * prev_r[1] + rz * prev_r[2])
             sin_d2 = math.sqrt(max(0.5 * (1.0 - cos_theta), 0.0))
             cos_d2 = math.sqrt(max(0.5 * (1.0 + cos_theta), 0.0))
@@ -132,15 +147,17 @@ def plan_klipper(starts: np.ndarray, xyz: np.ndarray, de: np.ndarray, feed: np.n
             if one_minus_sin > 0.0 and cos_d2 > 0.0:
                 r_jd = sin_d2 / one_minus_sin
                 move_jd_v2 = r_jd * jd * a
-                prev_jd_v2 = r_jd * prev_jd * accel[i - 1]
+                prev_jd_v2 = r_jd * prev_jd * accel[p]
                 quarter_tan = 0.25 * sin_d2 / cos_d2
                 ms_v2 = min(ms_v2, move_jd_v2, prev_jd_v2, delta_v2[i] * quarter_tan,
-                            delta_v2[i - 1] * quarter_tan)
+                            delta_v2[p] * quarter_tan)
             max_start_v2[i] = ms_v2
-            max_smoothed_v2[i] = min(ms_v2, max_smoothed_v2[i - 1] + smooth_delta_v2[i - 1])
+            max_smoothed_v2[i] = min(ms_v2, max_smoothed_v2[p] + smooth_delta_v2[p])
         prev_r[0], prev_r[1], prev_r[2], prev_r[3] = rx, ry, rz, re
         prev_kin = kin
         prev_jd = jd
+        prev_i = i
+        stop_carried = False
     # Backward pass: every move must be able to stop by the end of the queue (or the next forced stop).
     delayed = np.zeros(n, dtype=np.int64)
     delayed_start = np.zeros(n)
@@ -150,6 +167,11 @@ def plan_klipper(starts: np.ndarray, xyz: np.ndarray, de: np.ndarray, feed: np.n
     next_smoothed_v2 = 0.0
     peak_cruise_v2 = 0.0
     for i in range(n - 1, -1, -1):
+        if dropped[i]:
+            if (flags[i] & F_STOP_BEFORE) != 0:
+                next_end_v2 = 0.0
+                next_smoothed_v2 = 0.0
+            continue
         reachable_start_v2 = next_end_v2 + delta_v2[i]
         start_v2 = min(max_start_v2[i], reachable_start_v2)
         reachable_smoothed_v2 = next_smoothed_v2 + smooth_delta_v2[i]
@@ -181,12 +203,12 @@ def plan_klipper(starts: np.ndarray, xyz: np.ndarray, de: np.ndarray, feed: np.n
     return out, move_d, accel
 
 
-@njit(cache=True)
+@kernel(bounded=True)
 def _max_allowable_speed(accel: float, target_v: float, distance: float) -> float:
     return math.sqrt(max(target_v * target_v - 2.0 * accel * distance, 0.0))
 
 
-@njit(cache=True)
+@kernel
 def plan_marlin(starts: np.ndarray, xyz: np.ndarray, de: np.ndarray, feed: np.ndarray, flags: np.ndarray,
                 sid: np.ndarray, table: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Plan moves with Marlin's classic jerk junctions; same outputs as :func:`plan_klipper`."""
@@ -297,7 +319,7 @@ def plan_marlin(starts: np.ndarray, xyz: np.ndarray, de: np.ndarray, feed: np.nd
     return out, move_d, accel
 
 
-@njit(cache=True)
+@kernel(bounded=True)
 def _trapezoid(i: int, entry_v: float, cruise_v: float, exit_v: float, acc: float, distance: float,
                out: np.ndarray) -> None:
     entry_v = min(entry_v, cruise_v)

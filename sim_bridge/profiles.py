@@ -283,6 +283,9 @@ class Material:
     """Longest unsupported span that still bridges."""
     wants_cooling: bool = True
     """Whether overhangs and bridges need the part-cooling fan."""
+    max_uncooled_span_mm: float = ranged(4.0, 0.0, 200.0)
+    """Longest run a bead may hang adrift (a bridge or a cantilever) with the part fan off before it sags,
+    for a material that ``wants_cooling``."""
 
     def __post_init__(self) -> None:
         check_ranges(self)

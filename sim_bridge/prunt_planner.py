@@ -33,11 +33,11 @@ import math
 import os
 
 import numpy as np
-from numba import njit
 
 from sim_bridge.events import F_STOP_BEFORE
 from sim_bridge.gcode import GcodeReader
 from sim_bridge.interpreter import Interpreter
+from sim_bridge.kernels import kernel
 from sim_bridge.machine import Program, new_state
 from sim_bridge.options import SimOptions
 from sim_bridge.planner import C_MAX_A, C_MAX_V, C_PRUNT
@@ -61,19 +61,19 @@ L_ACCEL, L_JERK, L_SNAP, L_CRACKLE, L_CHORD, L_TANGENTIAL_V = 0, 1, 2, 3, 4, 5
 
 
 # -- the nested ramp --------------------------------------------------------------------------------------
-@njit(cache=True)
+@kernel(bounded=True)
 def _ramp_gain(t1: float, t2: float, t3: float, t4: float, crackle: float) -> float:
     """Speed gained by a ramp whose crackle pulses last ``t1`` and whose constant snap, jerk and
     acceleration phases last ``t2``, ``t3``, ``t4``."""
     return crackle * t1 * (t1 + t2) * (2.0 * t1 + t2 + t3) * (4.0 * t1 + 2.0 * t2 + t3 + t4)
 
 
-@njit(cache=True)
+@kernel(bounded=True)
 def _ramp_duration(t1: float, t2: float, t3: float, t4: float) -> float:
     return 8.0 * t1 + 4.0 * t2 + 2.0 * t3 + t4
 
 
-@njit(cache=True)
+@kernel(bounded=True)
 def ramp_phases(delta_v: float, accel: float, jerk: float, snap: float,
                 crackle: float) -> tuple[float, float, float, float]:
     """The fastest nested ramp that changes speed by ``delta_v`` (mm/s) under the four limits.
@@ -129,7 +129,7 @@ def ramp_phases(delta_v: float, accel: float, jerk: float, snap: float,
     return t1, t2, t3, t4
 
 
-@njit(cache=True)
+@kernel(bounded=True)
 def ramp_time_distance(v_from: float, v_to: float, limits: np.ndarray) -> tuple[float, float]:
     """Duration (s) and length (mm) of the fastest ramp from ``v_from`` to ``v_to`` (mm/s).
 
@@ -141,7 +141,7 @@ def ramp_time_distance(v_from: float, v_to: float, limits: np.ndarray) -> tuple[
     return duration, 0.5 * (v_from + v_to) * duration
 
 
-@njit(cache=True)
+@kernel(bounded=True)
 def reachable_speed(v_from: float, distance: float, limits: np.ndarray) -> float:
     """The highest speed reached from ``v_from`` within ``distance`` (mm), with :data:`REACH_MARGIN`."""
     if distance <= 0.0:
@@ -161,7 +161,7 @@ def reachable_speed(v_from: float, distance: float, limits: np.ndarray) -> float
     return v_from + REACH_MARGIN * lo
 
 
-@njit(cache=True)
+@kernel(bounded=True)
 def segment_profile(v_start: float, v_max: float, v_end: float, distance: float,
                     limits: np.ndarray) -> tuple[float, float, float, float]:
     """The feed profile of one segment: ``(peak_v, accel_t, coast_t, decel_t)``.
@@ -194,7 +194,7 @@ def segment_profile(v_start: float, v_max: float, v_end: float, distance: float,
 
 
 # -- the corner blends ------------------------------------------------------------------------------------
-@njit(cache=True)
+@kernel(bounded=True)
 def blend_geometry(u_in: np.ndarray, u_out: np.ndarray, len_in: float, len_out: float,
                    chord_error: float) -> tuple[float, float, float]:
     """One corner's blend: ``(extent_mm, half_length_mm, min_radius_mm)``.
@@ -224,7 +224,7 @@ def blend_geometry(u_in: np.ndarray, u_out: np.ndarray, len_in: float, len_out: 
     return extent, half_length, radius
 
 
-@njit(cache=True)
+@kernel(bounded=True)
 def corner_speed_limit(radius: float, limits: np.ndarray) -> float:
     """The highest speed through a curve of smallest radius ``radius`` at which the centripetal
     acceleration, jerk, snap and crackle of a constant-speed pass stay under their limits."""
@@ -237,7 +237,7 @@ def corner_speed_limit(radius: float, limits: np.ndarray) -> float:
 
 
 # -- a program ----------------------------------------------------------------------------------------------
-@njit(cache=True)
+@kernel(bounded=True)
 def _plan_block(first: int, last: int, seg: np.ndarray, length: np.ndarray,
                 speed: np.ndarray, limits: np.ndarray, out: np.ndarray) -> None:
     """Plan moves ``first..last`` (inclusive) as one block that starts and ends at rest."""
@@ -277,7 +277,7 @@ def _plan_block(first: int, last: int, seg: np.ndarray, length: np.ndarray,
         out[i, 5] = down_t
 
 
-@njit(cache=True)
+@kernel
 def plan_prunt(starts: np.ndarray, xyz: np.ndarray, de: np.ndarray, feed: np.ndarray, block_start: np.ndarray,
                sid: np.ndarray, limits_table: np.ndarray, axis_max_v: np.ndarray,
                ignore_e: bool) -> tuple[np.ndarray, np.ndarray]:

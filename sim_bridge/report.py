@@ -72,7 +72,13 @@ class LayerMetrics:
 
 @dataclass
 class PrintReport:
-    """The outcome of running one program on one printer."""
+    """The outcome of running one program on one printer.
+
+    ``success`` means the print completes and holds its shape: no fatal error and no defect that spoils the
+    part (:data:`~sim_bridge.failures.FATAL_MODES`, :data:`~sim_bridge.failures.DEFECT_MODES`). A defect below
+    that grade (a steep overhang printed without cooling: a curled edge) is one of ``warnings`` and leaves
+    ``success`` true.
+    """
 
     success: bool
     failures: list[Failure]
@@ -88,6 +94,9 @@ class PrintReport:
     printer: str = ""
     material: str = ""
     planner: str = ""
+    """The corner model the times come from (``SimOptions.planner``, by default the firmware's)."""
+    firmware: str = ""
+    """Whose rules ran the program (command table, homing, heater waits): always the printer's own."""
     lines: int = 0
     commands: int = 0
     moves: int = 0
@@ -102,6 +111,9 @@ class PrintReport:
     sources: dict[str, str] = field(default_factory=dict)
     """Which backend produced each field, by field name (``print_time_s``, ``failures``, ``layers`` …); a
     field not listed comes from ``backend``. A report that merges two backends lists every field."""
+    warnings: list[Failure] = field(default_factory=list)
+    """Quality warnings: defects (modes of :data:`~sim_bridge.failures.WARNING_MODES`) below the grade that
+    spoils the part; they do not make ``success`` false."""
 
     def source(self, name: str) -> str:
         """The backend that produced field ``name``.
@@ -118,6 +130,7 @@ class PrintReport:
         values = {k: v for k, v in data.items() if k in known}
         values["failures"] = [Failure(**f) for f in data.get("failures", [])]
         values["notices"] = [Notice(**n) for n in data.get("notices", [])]
+        values["warnings"] = [Failure(**w) for w in data.get("warnings", [])]
         values["layers"] = [LayerMetrics(**m) for m in data.get("layers", [])]
         return cls(**values)
 
@@ -136,13 +149,21 @@ class PrintReport:
             counts[failure.mode] = counts.get(failure.mode, 0) + failure.count
         return counts
 
+    def warning_modes(self) -> dict[str, int]:
+        """Count of warnings per mode."""
+        counts: dict[str, int] = {}
+        for warning in self.warnings:
+            counts[warning.mode] = counts.get(warning.mode, 0) + warning.count
+        return counts
+
     def summary(self) -> str:
         """A few readable lines."""
         mins, secs = divmod(self.print_time_s, 60.0)
         hours, mins = divmod(mins, 60.0)
         parts = ", ".join(f"{k} {v:.1f} s" for k, v in self.time_breakdown_s.items())
         lines = [
-            f"{'SUCCESS' if self.success else 'FAILED'}: {self.printer} ({self.planner} planner), {self.material}"
+            f"{'SUCCESS' if self.success else 'FAILED'}: {self.printer} ({self.firmware or '?'} firmware, "
+            f"{self.planner} planner), {self.material}"
             + ("" if self.backend == EMBEDDED else f" [backend {self.backend}]"),
             f"print time {int(hours)}h{int(mins):02d}m{secs:04.1f}s ({self.print_time_s:.1f} s: {parts})",
             f"filament {self.filament_mm:.1f} mm = {self.filament_mm3:.0f} mm3 = {self.filament_g:.2f} g; "
@@ -164,6 +185,11 @@ class PrintReport:
             lines.append(f"  {tag} line {f.line}, layer {f.layer}: [{f.mode}] {f.message}{extra}{origin}")
         if len(self.failures) > 20:
             lines.append(f"  … {len(self.failures) - 20} more failures")
+        for w in self.warnings[:5]:
+            extra = f" (x{w.count})" if w.count > 1 else ""
+            lines.append(f"  warning line {w.line}, layer {w.layer}: [{w.mode}] {w.message}{extra}")
+        if len(self.warnings) > 5:
+            lines.append(f"  … {len(self.warnings) - 5} more warnings")
         for n in self.notices[:5]:
             lines.append(f"  note line {n.line}: {n.message}")
         if len(self.notices) > 5:

@@ -14,6 +14,7 @@ import math
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -43,6 +44,7 @@ from sim_bridge.thermal import (
     melt_capacity_mm3_s,
     run_timeline,
 )
+from sim_bridge.time_cap import over_time_cap
 
 DEFECT_MESSAGES = (
     (dep.D_COLLISION, fail.NOZZLE_COLLISION, "Nozzle collides with printed material"),
@@ -51,6 +53,12 @@ DEFECT_MESSAGES = (
     (dep.D_FIRST_LOW, fail.FIRST_LAYER_TOO_LOW, "First layer too low: the nozzle scrapes the bed"),
     (dep.D_NO_COOLING, fail.OVERHANG_WITHOUT_COOLING, "Overhang or bridge printed without part cooling"),
 )
+WARNING_MESSAGES = (
+    (dep.D_UNCOOLED_OVERHANG, fail.OVERHANG_WITHOUT_COOLING,
+     "Unsupported bead printed without part cooling, within a bead width of support: it may curl "
+     "(the part keeps its shape)"),
+)
+"""Defects below the grade that spoils a part: reported in ``PrintReport.warnings``, not as failures."""
 HEATER_NAMES = {FAULT_HOTEND: "extruder", FAULT_BED: "heater_bed"}
 BATCH_START_S = 0.25
 """Klipper batch mode: motion starts 0.25 s into the print (the planner's start buffer)."""
@@ -72,6 +80,13 @@ class ExecutedMoves:
     start_t: np.ndarray
     duration: np.ndarray
     delivered: np.ndarray
+    extruded_z_mm: tuple[float, float] = field(init=False)
+    """Lowest and highest end height of the extruding moves ((inf, -inf): none), so that a search for one
+    layer's moves skips the chunks that hold none of them."""
+
+    def __post_init__(self) -> None:
+        z = self.xyz[(self.flags & F_EXTRUDE) != 0, 2]
+        self.extruded_z_mm = (float(z.min()), float(z.max())) if z.size else (math.inf, -math.inf)
 
 
 @dataclass
@@ -106,6 +121,7 @@ class Simulator:
                                        p.position_max_mm[1], self.options.resolution_mm)
         self.failures: list[Failure] = []
         self.notices: list[Notice] = []
+        self.warnings: list[Failure] = []
         self.layers: dict[int, LayerMetrics] = {}
         self.layer_z: dict[int, float] = {}
         self.fatal: Failure | None = None
@@ -120,6 +136,7 @@ class Simulator:
         """Hidden physics: true hotend temperature minus the thermistor's reading (the PID regulates the
         reading); shifts melt capacity."""
         self._run_open = 0.0
+        self._adrift_open = 0.0
         self._trace_rows: list[np.ndarray] = []
         self._trace_pos: list[np.ndarray] = []
         self._trace_flow: list[np.ndarray] = []
@@ -169,16 +186,23 @@ class Simulator:
 
         ``progress(bytes_read, total_bytes)`` is called now and then while a file is read.
         """
+        self.feed(program, name=name, progress=progress)
+        return self.report()
+
+    def feed(self, program: str | os.PathLike[str] | bytes | Iterable[Command], *, name: str | None = None,
+             progress: Callable[[int, int], None] | None = None) -> None:
+        """:meth:`run` without building the report: what a caller running many short programs on one
+        printer uses (an episode's steps), reading :attr:`failures` and :meth:`final_state` instead."""
         if self.fatal is not None:
             self.notices.append(Notice(fail.STOPPED, "print already stopped by an earlier error; nothing run",
                                        self.fatal.line))
-            return self.report()
+            return
         try:
             commands, reader = self._commands(program, name, progress)
         except GcodeError as exc:
             self.fatal = unreadable_failure(exc, self.state.layer)
             self.failures.append(self.fatal)
-            return self.report()
+            return
         interp = Interpreter(self.profile, self.material, self.options, self.state)
         prog = interp.run(commands)
         if isinstance(reader, PruntReader) and reader.refusal is not None and prog.fatal is None:
@@ -208,6 +232,12 @@ class Simulator:
         ev_kind = np.array([e[1] for e in ev], dtype=np.int64)
         ev_value = np.array([e[2] for e in ev], dtype=np.float64)
         ev_line = [e[4] for e in ev]
+        # A program that would run for more than a week stops there: the heater timeline costs simulated time.
+        over = over_time_cap(durations, prog.line, prog.layer, ev_idx, ev_kind, ev_value, ev_line, self.time_s)
+        if over is not None:
+            n, n_events, prog.fatal = over
+            durations = durations[:n]
+            ev_idx, ev_kind, ev_value = ev_idx[:n_events], ev_kind[:n_events], ev_value[:n_events]
 
         saved = (self.hot.copy(), self.bed.copy(), self._trace_next.copy(), self.time_s, self.fan)
         timeline = self._timeline(durations, prog.de, ev_idx, ev_kind, ev_value)
@@ -243,7 +273,6 @@ class Simulator:
         if fatal is not None:
             self.fatal = fatal
             self.failures.append(fatal)
-        return self.report()
 
     def _batch_overheads(self, prog: object, durations: np.ndarray, n: int) -> float:
         """Klipper batch mode's fixed times: the start buffer once, and the tail after a final flush."""
@@ -293,7 +322,7 @@ class Simulator:
         tn = np.array([0.0, self._trace_next[1]])
         result = run_timeline(durations, de, ev_idx, ev_kind, ev_value, self.hot_params, self.hot,
                               self.bed_params, self.bed, self.time_s, self.fan, self.profile.ambient_temp_c,
-                              opts.thermal_dt_s, self.planner == "marlin", opts.klipper_batch_mode,
+                              opts.thermal_dt_s, self.profile.firmware == "marlin", opts.klipper_batch_mode,
                               opts.heater_wait_limit_s, trace, tn, opts.trace_interval_s if opts.traces else 0.0)
         self._trace_next[1] = tn[1]
         return (*result, trace[: int(tn[0])])
@@ -334,20 +363,18 @@ class Simulator:
         volume = np.where(extruding, de * p.filament_area_mm2 * self.extrusion_scale * delivered, 0.0)
         # Layer heights from the layer z table.
         zs = self.layer_z
-        layer_h = np.zeros(n)
-        for k in np.unique(layer):
-            if k < 0:
-                continue
-            h = zs[k] - zs[k - 1] if k - 1 in zs else zs.get(k, 0.2)
-            layer_h[layer == k] = h
+        ks, which = np.unique(layer, return_inverse=True)
+        heights = [0.0 if k < 0 else zs[k] - zs[k - 1] if k - 1 in zs else zs.get(k, 0.2) for k in ks.tolist()]
+        layer_h = np.asarray(heights, dtype=np.float64)[which.reshape(-1)] if n else np.zeros(0)
         starts = prog.starts[:n]
         if self.options.deposition and n:
             hm = self.heightmap
-            defects, width, unsupported, self._run_open = dep.deposit(
+            defects, width, unsupported, self._run_open, self._adrift_open = dep.deposit(
                 hm.heights, hm.x0_mm, hm.y0_mm, hm.resolution_mm, starts, xyz, volume, flags, layer, layer_h, fan_at[:n],
                 p.nozzle_diameter_mm, self._tan_overhang, self.material.max_bridge_mm,
                 self.options.collision_tolerance_mm, self.options.first_layer_min_gap_mm, self._first_max,
-                self._support_gap, self.material.wants_cooling, self._run_open)
+                self._support_gap, self.material.wants_cooling, self._run_open,
+                self.material.max_uncooled_span_mm, self._adrift_open)
         else:
             defects = np.zeros(n, dtype=np.int64)
             width = np.zeros(n)
@@ -373,6 +400,8 @@ class Simulator:
 
     def _collect_failures(self, defects: np.ndarray, delivered: np.ndarray, extruding: np.ndarray,
                           layer: np.ndarray, line: np.ndarray) -> None:
+        for bit, mode, msg in WARNING_MESSAGES:
+            self.warnings.extend(_per_layer(mode, msg, np.flatnonzero((defects & bit) != 0), layer, line))
         masks = [(bit, mode, msg, (defects & bit) != 0) for bit, mode, msg in DEFECT_MESSAGES]
         under = extruding & (delivered < self.options.under_extrusion_threshold)
         masks.append((0, fail.UNDER_EXTRUSION, "Under-extrusion: flow above the hotend's melt capacity", under))
@@ -381,9 +410,11 @@ class Simulator:
             idx = np.flatnonzero(mask)
             if not idx.size:
                 continue
-            layers = layer[idx]
-            for lay in np.unique(layers):
-                sel = idx[layers == lay]
+            # Group by layer with one stable sort (each group keeps its moves in program order).
+            order = np.argsort(layer[idx], kind="stable")
+            lays, begin, count = np.unique(layer[idx][order], return_index=True, return_counts=True)
+            for lay, b, c in zip(lays.tolist(), begin.tolist(), count.tolist(), strict=True):
+                sel = idx[order[b:b + c]]
                 first = int(sel[0])
                 detail = msg
                 if mode == fail.UNDER_EXTRUSION:
@@ -473,7 +504,21 @@ class Simulator:
         traces = None
         if self.options.traces:
             traces = self._traces_dict()
-        final = {
+        final = self.final_state()
+        return PrintReport(
+            success=not self.failures, failures=list(self.failures), print_time_s=float(sum(breakdown.values())),
+            time_breakdown_s=breakdown, filament_mm=filament_mm, filament_mm3=filament_mm * area,
+            filament_g=filament_mm * area * self.material.density_g_cm3 / 1000.0,
+            layer_count=len(self.layers), bbox_mm=bbox, layers=layers, notices=list(self.notices),
+            warnings=list(self.warnings),
+            printer=self.profile.name, material=self.material.name, planner=self.planner,
+            firmware=self.profile.firmware,
+            lines=self.totals.lines, commands=self.totals.commands, moves=self.totals.moves,
+            stopped_at_line=self.fatal.line if self.fatal else None, final_state=final, traces=traces)
+
+    def final_state(self) -> dict[str, Any]:
+        """The printer's state now: position, homing, heaters, fan, clock, layer (the report's ``final_state``)."""
+        return {
             "position_mm": [float(v) for v in self.state.pos[:3]],
             "homed": list(self.state.homed),
             "hotend_c": float(self.hot[S_TEMP]),
@@ -484,14 +529,6 @@ class Simulator:
             "time_s": float(self.time_s),
             "layer": int(self.state.layer),
         }
-        return PrintReport(
-            success=not self.failures, failures=list(self.failures), print_time_s=float(sum(breakdown.values())),
-            time_breakdown_s=breakdown, filament_mm=filament_mm, filament_mm3=filament_mm * area,
-            filament_g=filament_mm * area * self.material.density_g_cm3 / 1000.0,
-            layer_count=len(self.layers), bbox_mm=bbox, layers=layers, notices=list(self.notices),
-            printer=self.profile.name, material=self.material.name, planner=self.planner,
-            lines=self.totals.lines, commands=self.totals.commands, moves=self.totals.moves,
-            stopped_at_line=self.fatal.line if self.fatal else None, final_state=final, traces=traces)
 
     def _traces_dict(self) -> dict[str, list[float]]:
         if not self._trace_rows:
@@ -506,6 +543,13 @@ class Simulator:
             "flow_mm3_s": flow.tolist(), "x_mm": pos[:, 0].tolist(), "y_mm": pos[:, 1].tolist(),
             "z_mm": pos[:, 2].tolist(), "e_mm": pos[:, 3].tolist(),
         }
+
+
+def _per_layer(mode: str, message: str, idx: np.ndarray, layer: np.ndarray, line: np.ndarray) -> list[Failure]:
+    """One non-fatal entry per layer for the moves ``idx``: at the first one's line, with their count."""
+    layers = layer[idx]
+    return [Failure(mode, message, int(line[idx[layers == lay][0]]), int(lay), fatal=False,
+                    count=int(np.count_nonzero(layers == lay))) for lay in np.unique(layers)]
 
 
 def simulate(program: str | os.PathLike[str] | bytes | Iterable[Command],

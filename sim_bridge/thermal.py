@@ -18,8 +18,8 @@ import math
 from typing import overload
 
 import numpy as np
-from numba import njit
 
+from sim_bridge.kernels import kernel
 from sim_bridge.profiles import HeaterProfile, Material, PrinterProfile
 
 PID_PARAM_BASE = 255.0
@@ -76,7 +76,7 @@ def melt_capacity_mm3_s(profile: PrinterProfile, material: Material,
     return float(capacity) if capacity.ndim == 0 else capacity
 
 
-@njit(cache=True)
+@kernel(bounded=True)
 def _pid_step(p: np.ndarray, s: np.ndarray, dt: float) -> None:
     target = s[S_TARGET]
     temp = s[S_TEMP]
@@ -102,7 +102,7 @@ def _pid_step(p: np.ndarray, s: np.ndarray, dt: float) -> None:
         s[S_INTEG] = integ
 
 
-@njit(cache=True)
+@kernel(bounded=True)
 def temperature_after(p: np.ndarray, temp_c: float, duty: float, dt_s: float, ambient_c: float,
                       fan: float) -> float:
     """The heater's temperature ``dt_s`` later with ``duty`` held (the one thermal physics: the embedded
@@ -112,12 +112,12 @@ def temperature_after(p: np.ndarray, temp_c: float, duty: float, dt_s: float, am
     return t_inf + (temp_c - t_inf) * math.exp(-k * dt_s / p[H_CAP])
 
 
-@njit(cache=True)
+@kernel(bounded=True)
 def _physics_step(p: np.ndarray, s: np.ndarray, dt: float, ambient: float, fan: float) -> None:
     s[S_TEMP] = temperature_after(p, s[S_TEMP], s[S_DUTY], dt, ambient, fan)
 
 
-@njit(cache=True)
+@kernel(bounded=True)
 def _verify(p: np.ndarray, s: np.ndarray, now: float) -> bool:
     """Klipper-style verify_heater check; True when the heater has faulted."""
     if now < s[S_NEXT_CHECK]:
@@ -156,7 +156,7 @@ def _verify(p: np.ndarray, s: np.ndarray, now: float) -> bool:
     return faulted
 
 
-@njit(cache=True)
+@kernel(bounded=True)
 def _advance(hp: np.ndarray, hs: np.ndarray, bp: np.ndarray, bs: np.ndarray, now: float, duration: float,
              dt: float, ambient: float, fan: float, trace: np.ndarray, tn: np.ndarray, interval: float,
              move_idx: int, fault: np.ndarray) -> float:
@@ -182,7 +182,7 @@ def _advance(hp: np.ndarray, hs: np.ndarray, bp: np.ndarray, bs: np.ndarray, now
     return now
 
 
-@njit(cache=True)
+@kernel(bounded=True)
 def _record(trace: np.ndarray, tn: np.ndarray, interval: float, now: float, hs: np.ndarray, bs: np.ndarray,
             fan: float, move_idx: int) -> None:
     k = int(tn[0])
@@ -202,7 +202,7 @@ def _record(trace: np.ndarray, tn: np.ndarray, interval: float, now: float, hs: 
             tn[1] += interval
 
 
-@njit(cache=True)
+@kernel
 def run_timeline(durations: np.ndarray, de: np.ndarray, ev_idx: np.ndarray, ev_kind: np.ndarray,
                  ev_value: np.ndarray, hp: np.ndarray, hs: np.ndarray, bp: np.ndarray, bs: np.ndarray,
                  now: float, fan: float, ambient: float, dt: float, marlin_waits: bool, batch_mode: bool,

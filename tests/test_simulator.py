@@ -174,3 +174,18 @@ def test_melt_capacity_is_one_function_for_scalars_and_arrays() -> None:
     temps = np.array([printer.min_extrude_temp_c - 1.0, printer.melt_reference_temp_c, 400.0])
     assert melt_capacity_mm3_s(printer, pla, temps).tolist() == [
         melt_capacity_mm3_s(printer, pla, float(t)) for t in temps]
+
+
+@pytest.mark.parametrize("planner", ["klipper", "marlin", "prunt"])
+def test_the_planner_chooses_the_corner_model_and_the_profile_the_firmware_rules(planner: str) -> None:
+    # Klipper has no M201 and refuses moves before homing, whatever corner model times the moves.
+    program = "M201 X500 Y500\nG28\nG1 X20 Y20 F6000\nG1 X40 Y20\nG1 X40 Y40\nM84\nG1 X50 F6000\n"
+    report = simulate(program, "ender3-klipper", planner=planner, deposition=False)
+    assert (report.firmware, report.planner) == ("klipper", planner)
+    assert f"(klipper firmware, {planner} planner)" in report.summary()
+    assert any(n.kind == "unknown_command" and n.line == 1 for n in report.notices)
+    assert report.stopped_at_line == 7 and report.failures[-1].mode == "must_home_first"
+    # On a Marlin printer the same program runs to the end with any corner model (M201 sets the limits).
+    marlin = simulate(program, "mk3s-marlin", planner=planner, deposition=False)
+    assert marlin.firmware == "marlin" and marlin.stopped_at_line is None
+    assert not any(n.kind == "unknown_command" for n in marlin.notices)
