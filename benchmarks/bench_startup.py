@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_gcode import count_lines, load_gcoder, machine_info  # noqa: E402
+from benchmarks.bench_gcode import count_lines, dist_version, load_gcoder, machine_info  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "out"
 PRINTER = "mk3s-marlin"
@@ -90,10 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", help="also time our simulate command at this git revision")
     parser.add_argument("--json", type=Path, default=OUT / "bench_startup.json")
     args = parser.parse_args(argv)
-    gcoder, gcoder_version = load_gcoder(install=True)
+    gcoder, why = load_gcoder(install=True)
     if gcoder is None:
-        print(f"printrun's gcoder is not available: {gcoder_version}", file=sys.stderr)
+        print(f"printrun's gcoder is not available: {why}", file=sys.stderr)
         return 2
+    gcoder_version = dist_version("Printrun")
     py = sys.executable
     info = machine_info()
     commands: dict[str, tuple[list[str], Path]] = {
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         "ours: simulate --no-deposition": ([py, "-m", "sim_bridge", "simulate", "{f}", "--printer", PRINTER,
                                             "--quiet", "--no-deposition"], ROOT),
         "ours: safety check": ([py, "-m", "safety", "check", "{f}", "--printer", PRINTER], ROOT),
-        f"peer: gcoder {gcoder_version} parse + estimate": ([py, "-c", GCODER, "{f}"], ROOT),
+        f"peer: printrun {gcoder_version} gcoder parse + estimate": ([py, "-c", GCODER, "{f}"], ROOT),
     }
     if args.baseline:
         tree = baseline_tree(args.baseline)

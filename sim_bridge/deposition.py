@@ -196,7 +196,9 @@ def deposit(hm: np.ndarray, x0: float, y0: float, res: float, starts: np.ndarray
             if extruding:
                 h = layer_h[i] if layer_h[i] > 0.0 else 0.2
                 area = volume[i] / length
-                reach = max(tip_r, h * tan_overhang)
+                # A bead is at most 3 nozzles thick (as wide, below): a layer 77 mm above the last would
+                # otherwise scan a 150 mm disk of the height map at every 0.2 mm of the path (a fuzz finding).
+                reach = max(tip_r, min(h, 3.0 * nozzle) * tan_overhang)
                 nominal_w = min(max(area / h, 0.5 * nozzle), 3.0 * nozzle)
                 uncooled = wants_cooling and fan[i] < FAN_COOLING_MIN
                 # Support first: what is under the path before this bead is laid.

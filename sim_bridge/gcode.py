@@ -193,7 +193,9 @@ def parse_line(raw: str, line: int = 1, source: str = "<string>",
         star = body.rfind("*")
         if star > 0:
             digits = body[star + 1:].strip()
-            if digits.isdigit() and warnings is not None and _checksum(body[:star]) != int(digits):
+            # isascii: str.isdigit() is also true of '³' and '١', which int() refuses (a fuzz finding).
+            if (digits.isascii() and digits.isdigit() and warnings is not None
+                    and _checksum(body[:star]) != int(digits)):
                 warnings.append(GcodeWarning(source, line, f"checksum mismatch: '*{digits}' given, "
                                              f"{_checksum(body[:star])} computed; line kept"))
             body = body[:star]

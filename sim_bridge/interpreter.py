@@ -533,7 +533,7 @@ class Interpreter(HeaterCommands):
     # -- everything else -------------------------------------------------------------------------------
     def _other(self, cmd: Command) -> None:
         code = cmd.code
-        if code.startswith("T") and code[1:].isdigit():
+        if code.startswith("T") and code[1:].isascii() and code[1:].isdigit():  # 'T²' is no tool (int fails)
             if int(code[1:]) != 0:
                 self._notice(fail.UNKNOWN_TOOL, f"{code}: this printer has one extruder; command ignored", cmd.line)
             return

@@ -82,6 +82,9 @@ def m204(s: PlannerSettings, sv: float | None, pv: float | None, tv: float | Non
             return False
         s.max_accel = accel
         return True
+    # The planner divides by the acceleration: a value that is not positive leaves the old one, as M201's do
+    # (M204 S0 on a Marlin printer was a ZeroDivisionError in the compiled planner, a fuzz finding).
+    sv, pv, rv, tv = (v if v is not None and v > 0.0 else None for v in (sv, pv, rv, tv))
     if sv is not None:
         s.print_accel = s.travel_accel = sv
     if pv is not None:

@@ -11,10 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from sim_bridge.config import ConfigError, from_dict, load_yaml
-from sim_bridge.klipper_cfg import printer_from_klipper_cfg
 from sim_bridge.profiles import Material, PrinterProfile
-from sim_bridge.prunt_config import printer_from_prunt_config
-from sim_bridge.slicer_config import printer_from_prusaslicer
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
 """Where the bundled printer profiles live (one YAML file per printer)."""
@@ -58,11 +55,18 @@ def load_printer(name_or_path: str | Path) -> PrinterProfile:
     path = Path(text)
     if path.suffix.lower() in {".yaml", ".yml"}:
         return load_yaml(PrinterProfile, path)
+    # Each importer loads with its file type: a bundled name (the command line's default) needs none of them.
     if path.suffix.lower() == ".cfg":
+        from sim_bridge.klipper_cfg import printer_from_klipper_cfg  # see above
+
         return printer_from_klipper_cfg(path)
     if path.suffix.lower() in {".ini", ".gcode", ".gco"}:
+        from sim_bridge.slicer_config import printer_from_prusaslicer  # see above
+
         return printer_from_prusaslicer(path)
     if path.suffix.lower() == ".json":
+        from sim_bridge.prunt_config import printer_from_prunt_config  # see above
+
         return printer_from_prunt_config(path)
     bundled = PROFILE_DIR / f"{text}.yaml"
     if bundled.is_file():

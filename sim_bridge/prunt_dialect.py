@@ -254,7 +254,8 @@ def _take(params: dict[str, Value], used: set[str], spec: str) -> None:
 
 def _fan(params: dict[str, Value], limits: PruntLimits) -> None:
     which = params.get("P", 0.0)
-    if isinstance(which, float) and which == int(which) and 0 <= which < len(limits.fan_names):
+    # is_integer, not which == int(which): P1e400 reads as infinity, which int() refuses (a fuzz finding).
+    if isinstance(which, float) and which.is_integer() and 0 <= which < len(limits.fan_names):
         name = limits.fan_names[int(which)]
     elif isinstance(which, str):
         name = which

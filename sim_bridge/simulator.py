@@ -29,8 +29,6 @@ from sim_bridge.planner import plan_klipper, plan_marlin
 from sim_bridge.printers import load_material, load_printer
 from sim_bridge.profiles import Material, PrinterProfile
 from sim_bridge.prunt_dialect import limits_of
-from sim_bridge.prunt_planner import plan_prunt_program
-from sim_bridge.prunt_reader import PruntReader
 from sim_bridge.report import Failure, LayerMetrics, Notice, PrintReport, unreadable_failure
 from sim_bridge.thermal import (
     FAULT_BED,
@@ -205,8 +203,9 @@ class Simulator:
             return
         interp = Interpreter(self.profile, self.material, self.options, self.state)
         prog = interp.run(commands)
-        if isinstance(reader, PruntReader) and reader.refusal is not None and prog.fatal is None:
-            prog.fatal = reader.refusal.failure(self.state.layer)
+        refusal = getattr(reader, "refusal", None)  # Prunt's reader stops at the line Prunt refuses
+        if refusal is not None and prog.fatal is None:
+            prog.fatal = refusal.failure(self.state.layer)
         if reader is not None:
             self.notices.extend(Notice(fail.READER_WARNING, w.message, w.line) for w in reader.warnings)
             self.totals.lines += max(reader.lines_read, prog.lines)
@@ -222,6 +221,8 @@ class Simulator:
                 self.profile.max_z_velocity_mm_s, self.profile.max_z_accel_mm_s2, self._max_e_v, self._max_e_a,
                 self.profile.instantaneous_corner_velocity_mm_s)
         elif self.planner == "prunt":
+            from sim_bridge.prunt_planner import plan_prunt_program  # Prunt's planner, for Prunt only
+
             profile, move_d = plan_prunt_program(self.profile, prog)
         else:
             profile, move_d, _accel = plan_marlin(prog.starts, prog.xyz, prog.de, prog.feed, prog.flags,
@@ -300,8 +301,12 @@ class Simulator:
                 raise GcodeError(str(program), 0, "no such file")
             source = path if path is not None else program
             # A Prunt printer reads its files as Prunt does and stops at the first line Prunt refuses.
-            reader = (PruntReader(source, name=name, limits=limits_of(self.profile))
-                      if self.profile.firmware == "prunt" else GcodeReader(source, name=name, keep_comments=True))
+            if self.profile.firmware == "prunt":
+                from sim_bridge.prunt_reader import PruntReader  # loaded for Prunt printers only
+
+                reader: GcodeReader = PruntReader(source, name=name, limits=limits_of(self.profile))
+            else:
+                reader = GcodeReader(source, name=name, keep_comments=True)
             if progress is not None and is_path:
                 reader.progress = progress
             return reader, reader

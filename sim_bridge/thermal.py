@@ -19,6 +19,7 @@ from typing import overload
 
 import numpy as np
 
+from sim_bridge.events import EV_DWELL, EV_HOMING, EV_WAIT_BED, EV_WAIT_HOTEND, EV_WAIT_HOTEND_BOTH
 from sim_bridge.kernels import kernel
 from sim_bridge.profiles import HeaterProfile, Material, PrinterProfile
 
@@ -202,7 +203,19 @@ def _record(trace: np.ndarray, tn: np.ndarray, interval: float, now: float, hs: 
             tn[1] += interval
 
 
-@kernel
+def _timeline_work(durations: np.ndarray, de: np.ndarray, ev_idx: np.ndarray, ev_kind: np.ndarray,
+                   ev_value: np.ndarray, hp: np.ndarray, hs: np.ndarray, bp: np.ndarray, bs: np.ndarray,
+                   now: float, fan: float, ambient: float, dt: float, marlin_waits: bool, batch_mode: bool,
+                   wait_limit: float, *rest: object) -> float:
+    # The heaters step every dt of simulated time: a long dwell or travel is long work however few its moves.
+    waits = np.count_nonzero((ev_kind == EV_WAIT_HOTEND) | (ev_kind == EV_WAIT_BED) | (ev_kind == EV_WAIT_HOTEND_BOTH))
+    dwell_s = float(np.abs(ev_value[ev_kind == EV_DWELL]).sum())
+    homing_s = 60.0 * np.count_nonzero(ev_kind == EV_HOMING)
+    simulated_s = float(durations.sum()) + dwell_s + homing_s + waits * min(wait_limit, 900.0)
+    return durations.shape[0] + ev_idx.shape[0] + simulated_s / max(dt, 1e-9)
+
+
+@kernel(work=_timeline_work)
 def run_timeline(durations: np.ndarray, de: np.ndarray, ev_idx: np.ndarray, ev_kind: np.ndarray,
                  ev_value: np.ndarray, hp: np.ndarray, hs: np.ndarray, bp: np.ndarray, bs: np.ndarray,
                  now: float, fan: float, ambient: float, dt: float, marlin_waits: bool, batch_mode: bool,
