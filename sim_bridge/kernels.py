@@ -1,7 +1,7 @@
 """Compiled kernels that cost nothing to start: numba only when the work pays for it.
 
 The simulator's inner loops (planners, heater timeline, deposition) are plain Python functions decorated
-with :func:`kernel`. Loading numba and its cached machine code takes about 0.7 s per process (numba's own
+with :func:`kernel`. Loading numba and its cached machine code takes about 0.55 s per process (measured, docs/benchmarks.md) (numba's own
 import, its typing registries, and the SciPy BLAS check numba makes on its first kernel), more than a short
 program takes to run in plain Python. So a kernel runs as plain Python while numba is not loaded and the
 work it has done so far in this process is small, and as numba-compiled code (``cache=True``) otherwise.
@@ -29,8 +29,8 @@ MODE = os.environ.get(MODE_ENV, "auto")
 """The mode of this process, read once at import."""
 SMALL_WORK = 20_000
 """Default budget of work (the largest argument array's length, summed over a process's calls) that ``auto``
-runs in plain Python before it loads numba: 20,000 moves take a planner about 0.15 s in Python, a fifth of
-what loading numba costs."""
+runs in plain Python before it loads numba: 20,000 moves take a planner about 0.15 s in Python, about a
+quarter of what loading numba costs."""
 
 
 def _array_work(args: tuple[Any, ...]) -> float:

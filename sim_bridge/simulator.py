@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -406,25 +406,19 @@ class Simulator:
     def _collect_failures(self, defects: np.ndarray, delivered: np.ndarray, extruding: np.ndarray,
                           layer: np.ndarray, line: np.ndarray) -> None:
         for bit, mode, msg in WARNING_MESSAGES:
-            self.warnings.extend(_per_layer(mode, msg, np.flatnonzero((defects & bit) != 0), layer, line))
+            self.warnings.extend(Failure(mode, msg, int(line[sel[0]]), lay, fatal=False, count=int(sel.size))
+                                 for lay, sel in _by_layer(np.flatnonzero((defects & bit) != 0), layer))
         masks = [(bit, mode, msg, (defects & bit) != 0) for bit, mode, msg in DEFECT_MESSAGES]
         under = extruding & (delivered < self.options.under_extrusion_threshold)
         masks.append((0, fail.UNDER_EXTRUSION, "Under-extrusion: flow above the hotend's melt capacity", under))
         found: list[Failure] = []
         for _bit, mode, msg, mask in masks:
-            idx = np.flatnonzero(mask)
-            if not idx.size:
-                continue
-            # Group by layer with one stable sort (each group keeps its moves in program order).
-            order = np.argsort(layer[idx], kind="stable")
-            lays, begin, count = np.unique(layer[idx][order], return_index=True, return_counts=True)
-            for lay, b, c in zip(lays.tolist(), begin.tolist(), count.tolist(), strict=True):
-                sel = idx[order[b:b + c]]
+            for lay, sel in _by_layer(np.flatnonzero(mask), layer):
                 first = int(sel[0])
                 detail = msg
                 if mode == fail.UNDER_EXTRUSION:
                     detail = f"{msg} (delivered {delivered[sel].min() * 100:.0f}% at worst)"
-                found.append(Failure(mode, detail, int(line[first]), int(lay), fatal=False, count=int(sel.size)))
+                found.append(Failure(mode, detail, int(line[first]), lay, fatal=False, count=int(sel.size)))
         found.sort(key=lambda f: f.line)
         self.failures.extend(found)
 
@@ -550,11 +544,13 @@ class Simulator:
         }
 
 
-def _per_layer(mode: str, message: str, idx: np.ndarray, layer: np.ndarray, line: np.ndarray) -> list[Failure]:
-    """One non-fatal entry per layer for the moves ``idx``: at the first one's line, with their count."""
-    layers = layer[idx]
-    return [Failure(mode, message, int(line[idx[layers == lay][0]]), int(lay), fatal=False,
-                    count=int(np.count_nonzero(layers == lay))) for lay in np.unique(layers)]
+def _by_layer(idx: np.ndarray, layer: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """The moves ``idx`` grouped by layer, in program order within each group (one stable sort, not a
+    pass over the moves per layer)."""
+    order = np.argsort(layer[idx], kind="stable")
+    lays, begin, count = np.unique(layer[idx][order], return_index=True, return_counts=True)
+    for lay, b, c in zip(lays.tolist(), begin.tolist(), count.tolist(), strict=True):
+        yield lay, idx[order[b:b + c]]
 
 
 def simulate(program: str | os.PathLike[str] | bytes | Iterable[Command],
