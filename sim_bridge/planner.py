@@ -211,7 +211,44 @@ def _max_allowable_speed(accel: float, target_v: float, distance: float) -> floa
 @kernel
 def plan_marlin(starts: np.ndarray, xyz: np.ndarray, de: np.ndarray, feed: np.ndarray, flags: np.ndarray,
                 sid: np.ndarray, table: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Plan moves with Marlin's classic jerk junctions; same outputs as :func:`plan_klipper`."""
+    """Plan moves with Marlin's classic jerk junctions; same outputs as :func:`plan_klipper`.
+
+    A move that steps no motor (``G1 X200`` at X 200) never becomes a Marlin block: the planner returns
+    before buffering it. It is left out here, so the moves either side join as if it were not there (a
+    forced stop it carried passes to the next move), and its row is all zeros."""
+    n = xyz.shape[0]
+    keep = np.zeros(n, dtype=np.bool_)
+    kept_flags = flags.copy()
+    stop_carried = False
+    for i in range(n):
+        moves = (xyz[i, 0] != starts[i, 0] or xyz[i, 1] != starts[i, 1] or xyz[i, 2] != starts[i, 2]
+                 or de[i] != 0.0)
+        if not moves:
+            stop_carried = stop_carried or (flags[i] & F_STOP_BEFORE) != 0
+            continue
+        keep[i] = True
+        if stop_carried:
+            kept_flags[i] |= F_STOP_BEFORE
+            stop_carried = False
+    idx = np.nonzero(keep)[0]
+    out = np.zeros((n, 6))
+    move_d = np.zeros(n)
+    accel = np.zeros(n)
+    if idx.shape[0] == n:
+        return _plan_marlin_blocks(starts, xyz, de, feed, kept_flags, sid, table)
+    sub_out, sub_d, sub_a = _plan_marlin_blocks(starts[idx], xyz[idx], de[idx], feed[idx], kept_flags[idx],
+                                                sid[idx], table)
+    for j in range(idx.shape[0]):
+        out[idx[j]] = sub_out[j]
+        move_d[idx[j]] = sub_d[j]
+        accel[idx[j]] = sub_a[j]
+    return out, move_d, accel
+
+
+@kernel
+def _plan_marlin_blocks(starts: np.ndarray, xyz: np.ndarray, de: np.ndarray, feed: np.ndarray, flags: np.ndarray,
+                        sid: np.ndarray, table: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`plan_marlin` on moves that each step a motor."""
     n = xyz.shape[0]
     move_d = np.zeros(n)
     accel = np.zeros(n)

@@ -1,7 +1,7 @@
 """``python -m safety.deploy`` against the real stack: Klippy + Moonraker + the virtual MCU, with the printer's
 dead-man switch installed. Never skipped.
 
-One printer for the module (ender3 with the virtual-MCU tests' fast hotend, already at 200 °C, an API key).
+One printer for the module (ender3 with the virtual-MCU tests' fast hotend, held at 200 °C, an API key).
 Each test checks what the printer says (Moonraker's file list, history, print state), not only our exit
 code. The fault tests run the ``full`` stage of the program the staged test approved and confirmed.
 """
@@ -58,6 +58,14 @@ def vp() -> Iterator[VirtualPrinter]:
         yield printer
     finally:
         printer.stop()
+
+
+@pytest.fixture(autouse=True)
+def preheated(vp: VirtualPrinter) -> None:
+    """The hotend held at the job's 200 °C between prints, as an operator preheats a printer: each print's
+    ``M109`` then settles in seconds instead of reheating from cold (the heating itself is tested in
+    ``test_virtual_mcu``)."""
+    vp.client.gcode_script("M104 S200")
 
 
 @pytest.fixture(scope="module")
