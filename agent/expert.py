@@ -7,15 +7,16 @@ the layers (the environment runs :attr:`~envs.slicer.SlicedJob.setup` silently b
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from agent.policy import Policy, Prompt
 from envs.gcode_writer import GcodeWriterEnv
 from envs.jobs import PrintJob
+from envs.prompts import task_key
 from envs.sampler import load_suite
 from envs.scoring import episode_steps
-from envs.slicer import SlicedJob, slice_job
+from envs.slicer import SlicedJob, cached_slice, slice_job
 
 
 def expert_program(job: PrintJob) -> str:
@@ -60,21 +61,33 @@ class ExpertPolicy:
         return self.program_for_step(int(observation["step"]))
 
 
-def expert_policy(suite: str | Sequence[PrintJob] = "tiny-v0") -> Policy:
-    """The reference program as a :class:`~agent.policy.Policy` over a suite's ``GcodeWriter-v1`` prompts,
-    matched by prompt; a revision request is answered with the same reference step as its task."""
-    jobs = load_suite(suite) if isinstance(suite, str) else list(suite)
+def scripted_policy(jobs: Sequence[PrintJob], step_text: Callable[[PrintJob, str, int], str]) -> Policy:
+    """A fixed program per job as a :class:`~agent.policy.Policy` over the jobs' ``GcodeWriter-v1`` prompts,
+    matched by prompt (:func:`~envs.prompts.task_key`: feedback and machine state left out, so a step is
+    answered the same on a perturbed printer): ``step_text(job, kind, layer)`` is the answer of each step of
+    :func:`~envs.scoring.episode_steps`; the prompts are collected by playing each job with those answers.
+    A revision request is answered with the same step's text as its task."""
     answers: dict[str, str] = {}
     for job in jobs:
         env = GcodeWriterEnv(job=job)
         obs, _ = env.reset(seed=0)
-        sliced = slice_job(job)
         for kind, k in episode_steps(job):
-            text = sliced.start if kind == "start" else sliced.end if kind == "end" else sliced.layers[k]
-            answers[obs["prompt"]] = text
+            text = step_text(job, kind, k)
+            answers[task_key(obs["prompt"])] = text
             obs, *_ = env.step(text)
 
     def act(prompts: Sequence[Prompt]) -> list[str]:
-        return [answers.get(p if isinstance(p, str) else p[0]["content"], "") for p in prompts]
+        return [answers.get(task_key(p if isinstance(p, str) else p[0]["content"]), "") for p in prompts]
 
     return act
+
+
+def expert_policy(suite: str | Sequence[PrintJob] = "tiny-v0") -> Policy:
+    """The reference program as a :class:`~agent.policy.Policy` over a suite's ``GcodeWriter-v1`` prompts."""
+    jobs = load_suite(suite) if isinstance(suite, str) else list(suite)
+
+    def step_text(job: PrintJob, kind: str, k: int) -> str:
+        sliced = cached_slice(job)
+        return sliced.start if kind == "start" else sliced.end if kind == "end" else sliced.layers[k]
+
+    return scripted_policy(jobs, step_text)

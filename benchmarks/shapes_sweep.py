@@ -22,10 +22,8 @@ when any case fails.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import struct
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -36,6 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from sim_bridge import prusa_slicer  # noqa: E402
 from sim_bridge.options import SimOptions  # noqa: E402
 from sim_bridge.simulator import Simulator  # noqa: E402
 
@@ -113,21 +112,15 @@ def misfit(size_mm: np.ndarray, config: SliceConfig) -> str:
 
 
 def slice_shape(stl: Path, scale_pct: int, config: SliceConfig, out: Path) -> Path:
-    """Slice (or reuse) ``stl`` at ``scale_pct`` with ``config`` into ``out``."""
+    """Slice (or reuse) ``stl`` at ``scale_pct`` with ``config`` into ``out`` (PrusaSlicer's own settings
+    where the config's arguments name none: an empty ``.ini`` is loaded first)."""
     gcode = out / f"{stl.stem}_{scale_pct}_{config.name}.gcode"
-    if gcode.is_file() and gcode.stat().st_size > 0:
-        return gcode
-    # A private HOME keeps any PrusaSlicer settings of the user out of "stock defaults".
-    home = out / ".home"
-    home.mkdir(parents=True, exist_ok=True)
-    cmd = ["prusa-slicer", "--export-gcode", *config.args, "--scale", f"{scale_pct}%", "--output", str(gcode),
-           str(stl)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env={**os.environ, "HOME": str(home)})
-    if "No layers were detected" in proc.stderr:
-        raise SliceRefused("no layers: thinner than the first layer")
-    if proc.returncode != 0 or not gcode.is_file():
-        raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr[-800:]}")
-    return gcode
+    try:
+        return prusa_slicer.slice_mesh(stl, {}, gcode, [*config.args, "--scale", f"{scale_pct}%"])
+    except prusa_slicer.SlicerError as err:
+        if prusa_slicer.NO_LAYERS_MESSAGE in str(err) or "no layers" in str(err):
+            raise SliceRefused("no layers: thinner than the first layer") from err
+        raise
 
 
 def run_case(stl: Path, scale_pct: int, config: SliceConfig, out: Path) -> Case:

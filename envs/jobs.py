@@ -118,9 +118,16 @@ def _stl_section(path: str, scale: float, z_mm: float) -> Polygon | MultiPolygon
     if section is None:
         return Polygon()
     planar, _ = section.to_2D(to_2D=[[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, -z_mm / scale], [0, 0, 0, 1]])
-    polygons = [p for p in planar.polygons_full if p.area > 1e-6]
-    if not polygons:
+    # Even-odd fill of the section's closed loops: a loop inside another is a hole, one inside that an island.
+    region = Polygon()
+    for loop in planar.discrete:
+        if len(loop) >= 4:
+            ring = shapely.make_valid(Polygon(loop))
+            region = region.symmetric_difference(ring) if ring.area > 1e-6 else region
+    region = shapely.make_valid(region)
+    if region.is_empty or region.area <= 1e-6:
         return Polygon()
+    polygons = [g for g in getattr(region, "geoms", [region]) if isinstance(g, Polygon) and g.area > 1e-6]
     return affinity.scale(shapely.union_all(polygons), scale, scale, origin=(0, 0))
 
 

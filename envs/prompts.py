@@ -19,6 +19,8 @@ from envs.slicer import Toolpath
 from sim_bridge.printers import load_printer
 
 MAX_PROMPT_CHARS = 16000
+FEEDBACK_PREFIX = "Feedback on the previous step: "
+STATE_PREFIX = "Machine: "
 OUTLINE_TOLERANCE_MM = 0.05
 """Outlines are simplified to this tolerance before listing (a 64-gon circle stays a 64-gon)."""
 
@@ -66,7 +68,7 @@ def job_header(job: PrintJob) -> list[str]:
 def state_line(state: dict[str, float | list[float] | list[bool]]) -> str:
     """The machine state as one line."""
     pos = state.get("position_mm", [0.0, 0.0, 0.0])
-    return (f"Machine: nozzle at X{pos[0]:.2f} Y{pos[1]:.2f} Z{pos[2]:.2f}; hotend {state.get('hotend_c', 0):.0f} C "
+    return (f"{STATE_PREFIX}nozzle at X{pos[0]:.2f} Y{pos[1]:.2f} Z{pos[2]:.2f}; hotend {state.get('hotend_c', 0):.0f} C "
             f"(target {state.get('hotend_target_c', 0):.0f}), bed {state.get('bed_c', 0):.0f} C "
             f"(target {state.get('bed_target_c', 0):.0f}); homed {state.get('homed', [False] * 3)}.")
 
@@ -94,7 +96,7 @@ def layer_prompt(job: PrintJob, layer: int, state: dict, feedback: str = "",
     lines.extend(_rings(job.target(layer)))
     lines.append(state_line(state))
     if feedback:
-        lines.append(f"Feedback on the previous step: {feedback}")
+        lines.append(f"{FEEDBACK_PREFIX}{feedback}")
     lines.append("Answer with G-code only.")
     return _ascii("\n".join(lines))
 
@@ -117,7 +119,7 @@ def planned_layer_prompt(job: PrintJob, layer: int, toolpath: Sequence[Toolpath]
         *toolpath_lines(toolpath),
     ]
     if feedback:
-        lines.append(f"Feedback on the previous step: {feedback}")
+        lines.append(f"{FEEDBACK_PREFIX}{feedback}")
     lines.append("Answer with G-code only.")
     return _ascii("\n".join(lines))
 
@@ -135,7 +137,7 @@ def end_prompt(job: PrintJob, state: dict, feedback: str = "") -> str:
     lines = ["Task: write the end sequence: retract, lift the nozzle clear of the part, park, turn the heaters "
              "and fan off, disable the motors.", *job_header(job), state_line(state)]
     if feedback:
-        lines.append(f"Feedback on the previous step: {feedback}")
+        lines.append(f"{FEEDBACK_PREFIX}{feedback}")
     lines.append("Answer with G-code only.")
     return _ascii("\n".join(lines))
 
@@ -151,6 +153,13 @@ def program_prompt(job: PrintJob) -> str:
         lines.extend(_rings(job.target(k)))
     lines.append("Answer with G-code only.")
     return _ascii("\n".join(lines))
+
+
+def task_key(prompt: str) -> str:
+    """A prompt without the lines that depend on how earlier steps went (the feedback and the machine
+    state): the same text for one step of one job whatever happened before, e.g. on a perturbed printer."""
+    return "\n".join(line for line in prompt.splitlines()
+                     if not line.startswith((FEEDBACK_PREFIX, STATE_PREFIX)))
 
 
 def _ascii(text: str) -> str:

@@ -145,7 +145,15 @@ def load_suite(name: str) -> list[PrintJob]:
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in SUITE_DIR.glob("*.json")))
         raise FileNotFoundError(f"suite {name!r}: no {path} (known suites: {known})")
-    return [PrintJob.from_dict(d) for d in json.loads(path.read_text())["jobs"]]
+    return [PrintJob.from_dict(_resolve_mesh(d)) for d in json.loads(path.read_text())["jobs"]]
+
+
+def _resolve_mesh(job: dict) -> dict:
+    """A suite job whose ``stl`` mesh path is relative to the suite folder, with that path made whole."""
+    part = job.get("part", {})
+    if part.get("stl_path") and not Path(part["stl_path"]).is_absolute():
+        return {**job, "part": {**part, "stl_path": str(SUITE_DIR / part["stl_path"])}}
+    return job
 
 
 @lru_cache(maxsize=1)

@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 
 from training.evaluate import episode_metrics, main, model_folder
-from training.writer_eval import EpisodeRecord
+from training.writer_eval import EpisodeRecord, top_extruded_z
 
 ROOT = Path(__file__).parent.parent
 
 
-def _record(reward: float, success: bool, time_s: float, filament_mm: float) -> EpisodeRecord:
-    return EpisodeRecord("j", "rectangle", reward, success, reward, True, 10, 0, time_s, filament_mm, (0.5, -0.25), [])
+def _record(reward: float, success: bool, time_s: float, filament_mm: float, z_mm: float = -0.2) -> EpisodeRecord:
+    return EpisodeRecord("j", "rectangle", reward, success, reward, True, 10, 0, time_s, filament_mm, (0.5, -0.25), [],
+                         z_mm)
 
 
 def test_episode_metrics_by_hand() -> None:
@@ -30,6 +31,17 @@ def test_episode_metrics_by_hand() -> None:
     assert m["filament_vs_expert"].value == pytest.approx(1.25)
     assert m["size_error_x_mm"].value == 0.5 and m["size_error_y_mm"].value == 0.25  # absolute errors
     assert m["refused_per_1k_lines"].value == 0.0
+    assert m["size_error_z_mm"].value == pytest.approx(0.2)  # absolute, of signed per-episode errors
+    slicer = [_record(1.0, True, 20.0, 4.0), _record(1.0, False, 10.0, 2.0), _record(1.0, True, 4.0, 1.0)]
+    m = episode_metrics(records, reference, slicer=slicer)
+    # 12/20 and 8/4; 3/4 and 2/1 (the second episode failed for both).
+    assert m["time_vs_slicer"].value == pytest.approx(1.3) and m["filament_vs_slicer"].value == pytest.approx(1.375)
+
+
+def test_the_height_error_follows_z_through_relative_moves() -> None:
+    program = "G90\nG1 Z0.2\nG1 X1 Y1 E0.5\nG91\nG1 Z0.2\nG90\nG1 X2 E0.5\nG1 Z5 X3\nG1 E1\n"
+    assert top_extruded_z(program) == pytest.approx(0.4)  # the lift to Z5 and the extrude-only move don't count
+    assert math.isnan(top_extruded_z("G1 X1 Y1\nG1 Z3 E1\n"))
 
 
 def test_a_run_directory_means_its_latest_model(tmp_path: Path) -> None:

@@ -2,12 +2,14 @@
 
 Each policy plays the suite's ``GcodeWriter-v1`` episodes (:func:`training.writer_eval.evaluate`); the report
 puts the policies side by side with 95 % confidence intervals (Wilson for rates, bootstrap for means), the
-time and filament of each episode against the reference program's (the expert) on the same job, the size
-error of the printed layer per axis, and with ``--backend klipper-batch`` whether the real Klipper host
-accepts each whole program. It writes ``report.json``, ``report.md`` and plots into ``--out``.
+time and filament of each episode against the reference program's (the expert) and PrusaSlicer's on the
+same job, the size error of the printed part per axis (X and Y of each layer against its plan, Z of the
+highest extrusion against the job's height), and with ``--backend klipper-batch`` whether the real Klipper
+host accepts each whole program. It writes ``report.json``, ``report.md`` and plots into ``--out``.
 
 Policies (``--policy``): a run directory of ``training.sim_loop`` (its GRPO model, else its SFT model), a
-model folder or Hugging Face id, ``expert`` (the reference program), ``random`` (random G-code-alphabet text,
+model folder or Hugging Face id, ``expert`` (the reference program), ``slicer`` (PrusaSlicer's own program for
+the same job, :mod:`agent.prusa_policy`), ``random`` (random G-code-alphabet text,
 seeded) or ``noop`` (an empty answer). Suites (``--suite``): the held-out suites in ``envs/suites`` by name;
 ``NAME:randomized`` runs the same jobs each on a printer perturbed within ``configs/randomization.yaml``
 (unseen printers); ``supervisor`` compares supervisors instead (:func:`run_supervisor`: also ``rule`` and
@@ -31,14 +33,16 @@ from agent.baselines import NO_CHANGE, RandomTextPolicy, load_ppo, rule_supervis
 from agent.expert import expert_policy
 from agent.llm import LLMPolicy, load_pretrained
 from agent.policy import Policy
+from agent.prusa_policy import PrusaSlicerPolicy
 from envs.sampler import load_suite
 from envs.slicer import cached_slice
 from sim_bridge.backends import EMBEDDED, KLIPPER_BATCH, simulate
+from sim_bridge.prusa_slicer import SlicerError
 from training.eval_stats import Estimate, bootstrap_mean, json_safe, wilson
 from training.supervise import evaluate_supervisor
 from training.writer_eval import EpisodeRecord, EvalResult, evaluate, xy_moves
 
-BUILTIN_POLICIES = ("expert", "random", "noop")
+BUILTIN_POLICIES = ("expert", "slicer", "random", "noop")
 """Policies named by a word rather than a path."""
 RANDOMIZED_SUFFIX = ":randomized"
 """Appended to a suite name: the same jobs on randomised printers."""
@@ -64,6 +68,8 @@ def make_policy(spec: str, suite: str, seed: int = 0) -> Policy:
     """The policy ``spec`` names (see the module docstring)."""
     if spec == "expert":
         return expert_policy(suite)
+    if spec == "slicer":
+        return PrusaSlicerPolicy(suite)
     if spec == "random":
         return RandomTextPolicy(seed=seed)
     if spec == "noop":
@@ -90,6 +96,8 @@ class PolicyReport:
     result: EvalResult
     metrics: dict[str, Estimate]
     klippy_accepted: Estimate | None = None
+    notes: list[str] = dataclasses.field(default_factory=list)
+    """What the reader must know about this policy's run (PrusaSlicer's layer-count mismatches)."""
 
 
 def _ratios(records: Sequence[EpisodeRecord], reference: Sequence[EpisodeRecord], attr: str) -> list[float]:
@@ -98,10 +106,10 @@ def _ratios(records: Sequence[EpisodeRecord], reference: Sequence[EpisodeRecord]
             if r.success and e.success and getattr(e, attr) > 0]
 
 
-def episode_metrics(records: Sequence[EpisodeRecord], reference: Sequence[EpisodeRecord] | None, seed: int = 0
-                    ) -> dict[str, Estimate]:
+def episode_metrics(records: Sequence[EpisodeRecord], reference: Sequence[EpisodeRecord] | None, seed: int = 0,
+                    slicer: Sequence[EpisodeRecord] | None = None) -> dict[str, Estimate]:
     """The report's metrics with confidence intervals from per-episode records (``reference``: the
-    expert's records on the same episodes, for the time and filament ratios)."""
+    expert's records on the same episodes, ``slicer``: PrusaSlicer's, for the time and filament ratios)."""
     n = len(records)
     out = {
         "success_rate": wilson(sum(r.success for r in records), n),
@@ -114,9 +122,14 @@ def episode_metrics(records: Sequence[EpisodeRecord], reference: Sequence[Episod
     for axis, i in (("x", 0), ("y", 1)):
         out[f"size_error_{axis}_mm"] = bootstrap_mean(
             [abs(r.size_error_mm[i]) for r in records if math.isfinite(r.size_error_mm[i])], seed)
+    out["size_error_z_mm"] = bootstrap_mean(
+        [abs(r.size_error_z_mm) for r in records if math.isfinite(r.size_error_z_mm)], seed)
     if reference is not None:
         out["time_vs_expert"] = bootstrap_mean(_ratios(records, reference, "print_time_s"), seed)
         out["filament_vs_expert"] = bootstrap_mean(_ratios(records, reference, "filament_mm"), seed)
+    if slicer is not None:
+        out["time_vs_slicer"] = bootstrap_mean(_ratios(records, slicer, "print_time_s"), seed)
+        out["filament_vs_slicer"] = bootstrap_mean(_ratios(records, slicer, "filament_mm"), seed)
     return out
 
 
@@ -141,7 +154,9 @@ METRIC_LABELS = {
     "success_rate": "success rate", "mean_reward": "mean reward", "valid_program_rate": "valid programs",
     "mean_geometry": "mean geometry", "refused_per_1k_lines": "refused / 1k lines",
     "size_error_x_mm": "|size error X| (mm)", "size_error_y_mm": "|size error Y| (mm)",
+    "size_error_z_mm": "|size error Z| (mm)",
     "time_vs_expert": "time / expert", "filament_vs_expert": "filament / expert",
+    "time_vs_slicer": "time / PrusaSlicer", "filament_vs_slicer": "filament / PrusaSlicer",
     "klippy_accepted": "accepted by Klippy",
 }
 
@@ -163,7 +178,7 @@ def write_report(reports: Sequence[PolicyReport], suite: str, episodes: int, out
         if rep.klippy_accepted is not None:
             metrics["klippy_accepted"] = rep.klippy_accepted.as_dict()
         data["policies"][rep.policy] = {
-            "metrics": metrics,
+            "metrics": metrics, "notes": rep.notes,
             "episodes": [{"job_id": r.job_id, "part_kind": r.part_kind, "reward": r.reward, "success": r.success,
                           "geometry": r.geometry, "valid": r.valid, "print_time_s": r.print_time_s,
                           "filament_mm": r.filament_mm} for r in rep.result.per_episode]}
@@ -178,6 +193,9 @@ def write_report(reports: Sequence[PolicyReport], suite: str, episodes: int, out
     for key in keys:
         cells = [_cell(r.klippy_accepted if key == "klippy_accepted" else r.metrics.get(key)) for r in reports]
         lines.append(f"| {METRIC_LABELS[key]} | " + " | ".join(cells) + " |")
+    notes = [f"- `{r.policy}`: {note}" for r in reports for note in r.notes]
+    if notes:
+        lines += ["", "Notes:", "", *notes]
     lines += ["", "![metrics](metrics.png)", "", "![reward distributions](rewards.png)", "",
               "![best and worst layers](toolpaths.png)", ""]
     (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
@@ -338,13 +356,20 @@ def run(policies: Sequence[str], suite: str, episodes: int, out: Path, backend: 
         return run_supervisor(policies, episodes, out, seed)
     base, randomized = parse_suite(suite)
     results: dict[str, EvalResult] = {}
-    for spec in dict.fromkeys([*policies, "expert"]):  # the expert is the reference of the ratios
+    notes: dict[str, list[str]] = {}
+    # The expert and PrusaSlicer are the references of the time and filament ratios.
+    for spec in dict.fromkeys([*policies, "expert", "slicer"]):
         print(f"evaluate: {spec} on {suite}, {episodes} episodes", flush=True)
-        results[spec] = evaluate(make_policy(spec, base, seed), base, episodes, randomized=randomized)
+        policy = make_policy(spec, base, seed)
+        notes[spec] = list(getattr(policy, "notes", []))
+        for note in notes[spec]:
+            print(f"evaluate: {spec}: {note}", flush=True)
+        results[spec] = evaluate(policy, base, episodes, randomized=randomized)
     reference = results["expert"].per_episode
     reports = []
     for spec in policies:
-        rep = PolicyReport(spec, results[spec], episode_metrics(results[spec].per_episode, reference, seed))
+        rep = PolicyReport(spec, results[spec], episode_metrics(results[spec].per_episode, reference, seed,
+                                                                results["slicer"].per_episode), notes=notes[spec])
         if backend == KLIPPER_BATCH:
             print(f"evaluate: {spec}'s programs through the real Klipper host", flush=True)
             rep.klippy_accepted = klippy_acceptance(results[spec].per_episode, base, episodes)
@@ -369,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--episodes {args.episodes}: must be at least 1")
     try:
         data = run(args.policy, args.suite, args.episodes, args.out, args.backend, args.seed)
-    except (ValueError, OSError) as err:
+    except (ValueError, OSError, SlicerError) as err:
         parser.exit(2, f"evaluate: {err}\n")
     for name, entry in data["policies"].items():
         m = entry["metrics"]

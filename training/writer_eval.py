@@ -88,6 +88,9 @@ class EpisodeRecord:
     """|Extruded extent minus planned extent|, X and Y (mm), averaged over the layer answers; nan without
     extrusion."""
     answers: list[str]
+    size_error_z_mm: float = math.nan
+    """Height of the highest extruding move minus the job's top layer height (mm): positive when the part
+    came out taller; nan without extrusion (records written before it existed read as nan too)."""
 
 
 def scalar_fields(result: Any) -> dict[str, float]:
@@ -214,7 +217,8 @@ def evaluate(policy: Policy, suite: str | Sequence[PrintJob] = "tiny-v0", episod
             job_id=env.job.job_id, part_kind=env.job.part.kind, reward=rewards[i], success=successes[i],
             geometry=float(np.mean(geometry[i])), valid=valid_all[i], lines=ep_lines[i], violations=ep_violations[i],
             print_time_s=float(report.print_time_s), filament_mm=float(report.filament_mm),
-            size_error_mm=(_nanmean(np.abs(sizes[:, 0])), _nanmean(np.abs(sizes[:, 1]))), answers=answers[i]))
+            size_error_mm=(_nanmean(np.abs(sizes[:, 0])), _nanmean(np.abs(sizes[:, 1]))), answers=answers[i],
+            size_error_z_mm=top_extruded_z("\n".join(answers[i])) - env.job.layer_zs()[-1]))
     lines, violations = sum(ep_lines), sum(ep_violations)
     steps = [g for gs in geometry for g in gs]
     return EvalResult(
@@ -247,6 +251,28 @@ def xy_moves(text: str) -> list[tuple[float, float, float, float, bool]]:
         out.append((x, y, nx, ny, cmd.params.get("E", 0.0) > 0))
         x, y = nx, ny
     return out
+
+
+def top_extruded_z(text: str) -> float:
+    """The highest Z at which a G0/G1 move of ``text`` extruded while moving in X or Y (nan if none did):
+    Z followed through ``G90``/``G91``, from 0; unreadable lines are skipped."""
+    z, relative, top = 0.0, False, math.nan
+    for raw in text.splitlines():
+        try:
+            cmd = parse_line(raw)
+        except GcodeError:
+            continue
+        if cmd is None:
+            continue
+        if cmd.code in ("G90", "G91"):
+            relative = cmd.code == "G91"
+        elif cmd.code in ("G0", "G1"):
+            dz = cmd.params.get("Z")
+            if dz is not None and dz == dz:
+                z = z + dz if relative else dz
+            if cmd.params.get("E", 0.0) > 0 and {"X", "Y"} & cmd.params.keys():
+                top = z if math.isnan(top) else max(top, z)
+    return top
 
 
 def size_error(text: str, paths: Sequence[Toolpath]) -> tuple[float, float]:
