@@ -47,24 +47,27 @@ TINY_MODEL: dict[str, Any] = {"corpus_jobs": 3, "max_length_tokens": 1024, "seed
 """The smallest embedded model the model and export tests build (a few seconds on a CPU)."""
 
 
-_KLIPPY_CACHE_ENV = "LAYERLOOP_KLIPPY_CACHE"
-_made_klippy_cache: list[str] = []
-"""The Klippy dictionary cache this run made (removed at its end); empty when the caller named one."""
+_CACHE_ENVS = ("LAYERLOOP_KLIPPY_CACHE", "LAYERLOOP_SLICER_CACHE")
+"""The caches tests would otherwise write under ``~/.cache``: the derived Klippy dictionary, PrusaSlicer's
+programs."""
+_made_caches: list[str] = []
+"""The cache folders this run made (removed at its end); none for a cache the caller named."""
 
 
 def pytest_configure(config: pytest.Config) -> None:
     if os.environ.get("CI") and not WILD_FILES:
         raise pytest.UsageError(f"CI: the wild G-code corpus is missing at {WILD_DIR}; tests of real-world "
                                 "input must not be skipped in CI")
-    # Tests never write the user's ~/.cache: the derived Klippy dictionary goes to a folder of this run.
-    if not os.environ.get(_KLIPPY_CACHE_ENV):
-        os.environ[_KLIPPY_CACHE_ENV] = tempfile.mkdtemp(prefix="ll-klippy-cache-")
-        _made_klippy_cache.append(os.environ[_KLIPPY_CACHE_ENV])
+    # Tests never write the user's ~/.cache: each cache goes to a folder of this run.
+    for name in _CACHE_ENVS:
+        if not os.environ.get(name):
+            os.environ[name] = tempfile.mkdtemp(prefix=f"ll-{name.lower()}-")
+            _made_caches.append(os.environ[name])
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    while _made_klippy_cache:
-        shutil.rmtree(_made_klippy_cache.pop(), ignore_errors=True)
+    while _made_caches:
+        shutil.rmtree(_made_caches.pop(), ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -132,3 +132,16 @@ def test_a_part_thinner_than_a_layer_is_a_clear_error(tmp_path: Path) -> None:
     mesh.write_bytes(binary_stl(job_triangles(_job("rectangle", [10.0, 10.0], 0.2)) * [1.0, 1.0, 0.1]))
     with pytest.raises(SlicerError, match="no layers"):
         slice_mesh(mesh, {"first_layer_height": "0.2"}, tmp_path / "flat.gcode", ["--dont-arrange"])
+
+
+def test_without_prusaslicer_the_report_goes_on_and_asking_for_it_is_a_clear_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("PRUSA_SLICER", str(tmp_path / "no-such-prusa-slicer"))  # a machine without it
+    out = tmp_path / "eval"
+    assert main(["--policy", "expert", "--suite", "tiny-v0", "--episodes", "1", "--out", str(out)]) == 0
+    metrics = json.loads((out / "report.json").read_text())["policies"]["expert"]["metrics"]
+    assert "time_vs_expert" in metrics and "time_vs_slicer" not in metrics
+    assert "no ratios against PrusaSlicer" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--policy", "slicer", "--suite", "tiny-v0", "--episodes", "1", "--out", str(out)])
+    assert exit_info.value.code == 2 and "is not installed" in capsys.readouterr().err

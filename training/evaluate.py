@@ -360,16 +360,24 @@ def run(policies: Sequence[str], suite: str, episodes: int, out: Path, backend: 
     # The expert and PrusaSlicer are the references of the time and filament ratios.
     for spec in dict.fromkeys([*policies, "expert", "slicer"]):
         print(f"evaluate: {spec} on {suite}, {episodes} episodes", flush=True)
-        policy = make_policy(spec, base, seed)
+        try:
+            policy = make_policy(spec, base, seed)
+        except SlicerError as err:
+            if spec in policies:
+                raise
+            # Only the ratios against PrusaSlicer need it: the report goes on without them.
+            print(f"evaluate: no ratios against PrusaSlicer: {err}", flush=True)
+            continue
         notes[spec] = list(getattr(policy, "notes", []))
         for note in notes[spec]:
             print(f"evaluate: {spec}: {note}", flush=True)
         results[spec] = evaluate(policy, base, episodes, randomized=randomized)
     reference = results["expert"].per_episode
+    slicer_records = results["slicer"].per_episode if "slicer" in results else None
     reports = []
     for spec in policies:
         rep = PolicyReport(spec, results[spec], episode_metrics(results[spec].per_episode, reference, seed,
-                                                                results["slicer"].per_episode), notes=notes[spec])
+                                                                slicer_records), notes=notes[spec])
         if backend == KLIPPER_BATCH:
             print(f"evaluate: {spec}'s programs through the real Klipper host", flush=True)
             rep.klippy_accepted = klippy_acceptance(results[spec].per_episode, base, episodes)
