@@ -117,10 +117,8 @@ def slice_shape(stl: Path, scale_pct: int, config: SliceConfig, out: Path) -> Pa
     gcode = out / f"{stl.stem}_{scale_pct}_{config.name}.gcode"
     try:
         return prusa_slicer.slice_mesh(stl, {}, gcode, [*config.args, "--scale", f"{scale_pct}%"])
-    except prusa_slicer.SlicerError as err:
-        if prusa_slicer.NO_LAYERS_MESSAGE in str(err) or "no layers" in str(err):
-            raise SliceRefused("no layers: thinner than the first layer") from err
-        raise
+    except prusa_slicer.NoLayersError as err:
+        raise SliceRefused("no layers: thinner than the first layer") from err
 
 
 def run_case(stl: Path, scale_pct: int, config: SliceConfig, out: Path) -> Case:

@@ -37,6 +37,10 @@ class SlicerError(RuntimeError):
     """PrusaSlicer is missing, failed, or printed nothing."""
 
 
+class NoLayersError(SlicerError):
+    """PrusaSlicer found nothing to print: the part is thinner than the first layer."""
+
+
 def executable() -> str:
     """The ``prusa-slicer`` to run: ``$PRUSA_SLICER`` or the one on ``PATH``; a clear error without one."""
     name = os.environ.get(PRUSA_SLICER_ENV, PRUSA_SLICER_DEFAULT)
@@ -74,7 +78,7 @@ def slice_mesh(mesh: Path, config: Mapping[str, str | float | int], out: Path,
         raise SlicerError(f"{' '.join(cmd)}: no result after {SLICE_TIMEOUT_S:.0f} s") from err
     messages = "\n".join(line for line in (proc.stdout + proc.stderr).splitlines() if "[trace]" not in line)
     if NO_LAYERS_MESSAGE in messages:
-        raise SlicerError(f"{mesh}: PrusaSlicer found no layers (the part is thinner than the first layer)")
+        raise NoLayersError(f"{mesh}: PrusaSlicer found no layers (the part is thinner than the first layer)")
     if proc.returncode != 0 or not partial.is_file():
         raise SlicerError(f"{' '.join(cmd)} failed (exit {proc.returncode}): {messages[-800:]}")
     partial.replace(out)  # only a whole program is ever reused

@@ -12,7 +12,13 @@ from agent.prusa_policy import END_MARKER, PrusaSlicerPolicy, prusa_config, slic
 from envs.jobs import PartSpec, PrintJob, ProcessSettings
 from envs.mesh import binary_stl, job_prisms, job_triangles, mesh_volume_mm3
 from envs.sampler import load_suite
-from sim_bridge.prusa_slicer import CONFIG_DUMP_BEGIN, SlicedProgram, SlicerError, slice_mesh, split_layers
+from sim_bridge.prusa_slicer import (
+    CONFIG_DUMP_BEGIN,
+    NoLayersError,
+    SlicedProgram,
+    slice_mesh,
+    split_layers,
+)
 from training.evaluate import main
 from training.writer_eval import evaluate
 
@@ -130,7 +136,7 @@ def test_a_start_end_job_gets_start_layers_and_end(tmp_path: Path) -> None:
 def test_a_part_thinner_than_a_layer_is_a_clear_error(tmp_path: Path) -> None:
     mesh = tmp_path / "flat.stl"
     mesh.write_bytes(binary_stl(job_triangles(_job("rectangle", [10.0, 10.0], 0.2)) * [1.0, 1.0, 0.1]))
-    with pytest.raises(SlicerError, match="no layers"):
+    with pytest.raises(NoLayersError, match="no layers"):
         slice_mesh(mesh, {"first_layer_height": "0.2"}, tmp_path / "flat.gcode", ["--dont-arrange"])
 
 
