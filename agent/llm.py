@@ -23,6 +23,7 @@ import torch
 
 from agent.policy import Policy, Prompt, Turn
 from envs.gcode_writer import GcodeWriterEnv
+from sim_bridge.config import ConfigError
 
 if TYPE_CHECKING:
     import transformers
@@ -69,14 +70,28 @@ def load_pretrained(source: str, device: str = "cpu"
     ``device``: float32 on a CPU, the checkpoint's dtype on a GPU; a pad token set."""
     import transformers
 
-    tokenizer = load_tokenizer(source)
-    dtype = "auto" if str(device).startswith("cuda") else torch.float32
-    model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    if not Path(source).is_dir() and _names_a_folder(source):
+        raise ConfigError(f"model {source}: no such folder (a trained model is a folder such as RUN/grpo/final)")
+    try:
+        tokenizer = load_tokenizer(source)
+        dtype = "auto" if str(device).startswith("cuda") else torch.float32
+        model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    except OSError as exc:
+        # transformers' own message speaks of connecting to the Hub even offline: say what was looked for.
+        raise ConfigError(f"model {source}: not a model folder here, nor a Hugging Face model this machine can "
+                          f"load ({str(exc).splitlines()[0]})") from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model.to(device), tokenizer
+
+
+def _names_a_folder(source: str) -> bool:
+    """Whether ``source`` can only be a local path: absolute, relative to here, or more than ``org/name`` deep,
+    or under a folder that exists here (``runs/...``); a Hub id is ``org/name`` or ``name``."""
+    first = source.split("/", 1)[0]
+    return source.startswith(("/", ".", "~")) or source.count("/") > 1 or ("/" in source and Path(first).is_dir())
 
 
 # -- prompting ----------------------------------------------------------------------------------------------------

@@ -82,6 +82,9 @@ def _parser() -> argparse.ArgumentParser:
                          "file output, prints complete at once (default virtual)")
     vp.add_argument("--start-temp", action="append", default=[], metavar="HEATER=C",
                     help="with --mcu virtual: a heater's temperature at power-on (extruder=150)")
+    vp.add_argument("--extra-cfg", type=Path, metavar="FILE",
+                    help="printer.cfg sections to append, e.g. the dead-man switch a deployment requires "
+                         "(python -m safety.deploy deadman-cfg > deadman.cfg)")
     keys = vp.add_mutually_exclusive_group()
     keys.add_argument("--api-key-file", type=Path,
                       help="require the API key on this file's first line (default: 127.0.0.1 is a trusted "
@@ -114,7 +117,8 @@ def _virtual_printer(args: argparse.Namespace, console: Console) -> int:
             api_key = lines[0].strip() if lines else ""
             if not api_key:
                 raise VirtualPrinterError(f"{args.api_key_file}: line 1: no API key")
-        with VirtualPrinter(args.printer, port=args.port, api_key=api_key, mcu=args.mcu,
+        extra_cfg = args.extra_cfg.read_text(encoding="utf-8") if args.extra_cfg is not None else ""
+        with VirtualPrinter(args.printer, port=args.port, api_key=api_key, mcu=args.mcu, extra_cfg=extra_cfg,
                             start_temps_c=parse_start_temps(args.start_temp)) as printer:
             control = f", faults: {printer.mcu.control_path}" if printer.mcu is not None else ""
             print(f"virtual printer {printer.profile.name} ready at {printer.url} "
@@ -226,13 +230,20 @@ def main(argv: list[str] | None = None) -> int:
     if unreadable is not None:
         console.print(f"[red]error:[/red] {unreadable.message}")
         return 2
-    if args.json:
-        args.json.write_text(report.to_json(), encoding="utf-8")
-    if args.plot:
-        # matplotlib loads only when a plot is asked for: it costs the command line its start-up time.
-        from sim_bridge.plots import save_plot
+    try:
+        # The report and the plot go where they are asked for, folders made as needed (runs/ on a fresh clone).
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(report.to_json(), encoding="utf-8")
+        if args.plot:
+            # matplotlib loads only when a plot is asked for: it costs the command line its start-up time.
+            from sim_bridge.plots import save_plot
 
-        save_plot(sim, args.plot, title=f"{args.file.name} on {printer.name}")
+            args.plot.parent.mkdir(parents=True, exist_ok=True)
+            save_plot(sim, args.plot, title=f"{args.file.name} on {printer.name}")
+    except OSError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
     if not args.quiet:
         print(report.summary())
     return 0 if report.success else 1

@@ -326,3 +326,20 @@ def test_cli_merges_an_adapter_folder_and_prints_sizes(tuned, cfg, prompts, expe
     folder = tmp_path / "out" / export.SAFETENSORS_DIR
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(folder)
     assert generate(reloaded, load_tokenizer(folder), prompts, NEW_TOKENS) == expected
+
+
+def test_a_missing_model_is_a_clear_error_not_a_hub_lookup(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(SystemExit) as exit_:
+        export.main(["--model", "runs/nosuch", "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 2 and "runs/nosuch: not a saved model folder" in capsys.readouterr().err
+    from agent.llm import load_pretrained  # the loader every command shares
+    from sim_bridge.config import ConfigError  # its error type
+
+    for missing in ("runs/nosuch", "./nosuch", str(tmp_path / "a" / "b")):
+        with pytest.raises(ConfigError, match="no such folder"):
+            load_pretrained(missing)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError, match="layerloop-test/no-such-model: not a model folder here"):
+        load_pretrained("layerloop-test/no-such-model")

@@ -143,6 +143,8 @@ def test_a_part_thinner_than_a_layer_is_a_clear_error(tmp_path: Path) -> None:
 def test_without_prusaslicer_the_report_goes_on_and_asking_for_it_is_a_clear_error(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("PRUSA_SLICER", str(tmp_path / "no-such-prusa-slicer"))  # a machine without it
+    # ...and without the programs other tests of this run left in the cache.
+    monkeypatch.setenv("LAYERLOOP_SLICER_CACHE", str(tmp_path / "empty-cache"))
     out = tmp_path / "eval"
     assert main(["--policy", "expert", "--suite", "tiny-v0", "--episodes", "1", "--out", str(out)]) == 0
     metrics = json.loads((out / "report.json").read_text())["policies"]["expert"]["metrics"]

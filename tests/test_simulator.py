@@ -113,7 +113,8 @@ def test_every_wild_file_runs_to_a_clear_outcome(path: Path) -> None:
 
 
 def test_cli_exit_codes_json_and_plot(tmp_path: Path) -> None:
-    out_json, out_png = tmp_path / "r.json", tmp_path / "r.png"
+    # Folders that do not exist yet are made (runs/ on a fresh clone).
+    out_json, out_png = tmp_path / "runs" / "r.json", tmp_path / "plots" / "r.png"
     assert main(["simulate", str(CUBE), "--printer", "ender3-klipper", "--json", str(out_json),
                  "--plot", str(out_png), "--quiet"]) == 0
     assert json.loads(out_json.read_text())["layer_count"] == 100
@@ -122,6 +123,14 @@ def test_cli_exit_codes_json_and_plot(tmp_path: Path) -> None:
     assert main(["simulate", str(bad), "--quiet"]) == 1
     assert main(["simulate", str(tmp_path / "missing.gcode"), "--quiet"]) == 2
     assert main(["simulate", str(CUBE), "--printer", "no-such-printer", "--quiet"]) == 2
+    # A report that cannot be written is a usage error naming the path, not a traceback.
+    assert main(["simulate", str(bad), "--json", str(out_png / "r.json"), "--quiet"]) == 2
+
+
+def test_virtual_printer_reports_a_missing_extra_cfg(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "sim_bridge", "virtual-printer", "--extra-cfg",
+                           str(tmp_path / "deadman.cfg")], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2 and "deadman.cfg" in proc.stdout + proc.stderr
 
 
 def test_cli_runs_as_a_module_and_reports_binary_input(tmp_path: Path) -> None:

@@ -362,6 +362,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--gguf-dtype", default="f32", choices=GGUF_DTYPES)
     args = parser.parse_args(argv)
     source = tokenizer_source = Path(args.model)
+    if not (source / "config.json").is_file() and not (source / "adapter_config.json").is_file():
+        parser.exit(2, f"export: --model {args.model}: not a saved model folder (no config.json or "
+                       "adapter_config.json): give a trained model's folder, e.g. RUN/grpo/final\n")
     if (source / "adapter_config.json").is_file():
         import peft
 
