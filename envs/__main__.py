@@ -1,5 +1,8 @@
 """Command line: ``python -m envs rollout --env ID --policy expert|random|noop [--suite heldout] --episodes N``.
 
+The expert is the environment's reference program; the supervisor's text environment has none, and its
+expert is the rule supervisor.
+
 Runs whole episodes and prints the mean reward, the mean normalised score (reward over the attainable
 reward), the success rate and the failure modes; ``--json`` writes them with every episode, ``--render DIR``
 writes each step's frame as PNG.
@@ -19,7 +22,7 @@ import gymnasium as gym
 import numpy as np
 
 import envs  # noqa: F401  (registers the environments)
-from agent.baselines import RandomTextPolicy, noop_policy, zero_action
+from agent.baselines import RandomTextPolicy, noop_policy, rule_supervisor_action, zero_action
 from sim_bridge.config import ConfigError
 
 SUITES = {"heldout": "heldout-v0"}
@@ -32,7 +35,13 @@ def _policy(name: str, env: gym.Env, seed: int) -> Callable[[Any], Any]:
     base = env.unwrapped
     text = isinstance(env.action_space, gym.spaces.Text)
     if name == "expert":
-        return lambda obs: base.expert_action()
+        if hasattr(base, "expert_action"):
+            return lambda obs: base.expert_action()
+        if text and hasattr(base, "telemetry"):
+            # The supervisor's environments have no reference program: their expert is the rule supervisor.
+            return lambda obs: rule_supervisor_action(base)
+        raise ValueError(f"policy 'expert': {env.spec.id if env.spec else type(base).__name__} has no expert; "
+                         "choose random or noop")
     if name == "noop":
         return (lambda obs: noop_policy([obs["prompt"]])[0]) if text else (lambda obs: zero_action(env.action_space))
     if name == "random":

@@ -205,3 +205,10 @@ def test_kept_reference_states_are_copied_not_shared() -> None:
     assert nominal.profile != second.profile, "the physics seed randomises the printer"
     assert cached_slice(job) is cached_slice(sample_job(np.random.default_rng(4), 3))
 
+
+
+def test_the_supervisors_expert_is_the_rule_supervisor_and_a_box_has_none() -> None:
+    summary = rollout("layerloop/PrintSupervisor-v1", "expert", episodes=1)
+    assert len(summary["episodes"]) == 1 and summary["mean_reward"] > 0
+    assert envs_main(["rollout", "--env", "layerloop/PrintSupervisorBox-v1", "--policy", "expert",
+                      "--episodes", "1"]) == 2
