@@ -23,6 +23,7 @@ import numpy as np
 
 import envs  # noqa: F401  (registers the environments)
 from agent.baselines import RandomTextPolicy, noop_policy, rule_supervisor_action, zero_action
+from envs.supervisor.env import PrintSupervisorEnv
 from sim_bridge.config import ConfigError
 
 SUITES = {"heldout": "heldout-v0"}
@@ -37,7 +38,7 @@ def _policy(name: str, env: gym.Env, seed: int) -> Callable[[Any], Any]:
     if name == "expert":
         if hasattr(base, "expert_action"):
             return lambda obs: base.expert_action()
-        if text and hasattr(base, "telemetry"):
+        if text and isinstance(base, PrintSupervisorEnv):
             # The supervisor's environments have no reference program: their expert is the rule supervisor.
             return lambda obs: rule_supervisor_action(base)
         raise ValueError(f"policy 'expert': {env.spec.id if env.spec else type(base).__name__} has no expert; "
