@@ -9,7 +9,10 @@ The approvals database (:mod:`safety.database`: one SQLite file in WAL mode, sha
 - ``audit``: one row per decision (who — a user of :class:`~safety.accounts.Accounts` —, when in UTC,
   program id, SHA-256, approve/reject, comment).
   Triggers make the database itself refuse UPDATE and DELETE on it, and refuse rewriting a program's
-  G-code or SHA-256, so an approval always names the exact bytes that were reviewed.
+  G-code or SHA-256, so an approval always names the exact bytes that were reviewed;
+- ``advisories``: at most one :class:`~safety.advisory.Advisory` per program, given at submission (a trained
+  predictor's probability of success and its abstain band), shown to the reviewer and never deciding;
+  append-only too.
 
 A decision is made by a user with the ``reviewer`` role; the user who submitted a program cannot approve it
 (unless the caller allows it: the console's ``submitter_may_approve``). A program is pending until its one
@@ -30,6 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from safety.accounts import REVIEWER, Accounts
+from safety.advisory import Advisory
 from safety.console.preview import simulate_for_review
 from safety.database import StoreError, connect, open_database
 from safety.validator import validate
@@ -78,6 +82,12 @@ CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'audit log is append-only: rows cannot be deleted'); END;
 CREATE TRIGGER IF NOT EXISTS programs_code_fixed BEFORE UPDATE OF sha256, gcode ON programs
 BEGIN SELECT RAISE(ABORT, 'a submitted program cannot be changed: submit the new version'); END;
+CREATE TABLE IF NOT EXISTS advisories (
+    program_id INTEGER PRIMARY KEY REFERENCES programs (id),
+    advisory_json TEXT NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS advisories_no_update BEFORE UPDATE ON advisories
+BEGIN SELECT RAISE(ABORT, 'an advisory cannot be changed: submit the program again'); END;
 CREATE TRIGGER IF NOT EXISTS programs_no_delete_decided BEFORE DELETE ON programs
 WHEN EXISTS (SELECT 1 FROM audit WHERE program_id = OLD.id)
 BEGIN SELECT RAISE(ABORT, 'a decided program cannot be deleted'); END;
@@ -144,6 +154,8 @@ class Program:
     """Per-layer toolpaths and thinned temperature traces, see
     :func:`safety.console.preview.simulate_for_review`."""
     decision: AuditRow | None
+    advisory: Advisory | None = None
+    """A predictor's advice given at submission (:mod:`safety.advisory`); None when none was given."""
 
     @property
     def status(self) -> str:
@@ -170,17 +182,21 @@ class ApprovalStore:
 
     # -- programs --------------------------------------------------------------------------------------
     def submit(self, gcode: bytes, *, printer: str, job: str, description: str = "",
-               expert_gcode: bytes | None = None, submitted_by: str = "", backend: str = EMBEDDED) -> int:
+               expert_gcode: bytes | None = None, submitted_by: str = "", backend: str = EMBEDDED,
+               advisory: Advisory | None = None) -> int:
         """Validate and simulate a program on ``printer`` and queue it for a decision; return its id.
 
         ``printer`` is a bundled profile name or a profile file (see :func:`sim_bridge.printers.load_printer`);
         ``backend`` simulates for the review beside the embedded simulator (one of
-        :data:`sim_bridge.backends.OFFLINE_BACKENDS`: ``klipper-batch`` runs the real Klipper host).
+        :data:`sim_bridge.backends.OFFLINE_BACKENDS`: ``klipper-batch`` runs the real Klipper host);
+        ``advisory`` is shown to the reviewer beside the program and stored with it (it decides nothing).
         """
         if backend not in OFFLINE_BACKENDS:
             raise ApprovalError(f"backend {backend!r}: a review simulates with one of {', '.join(OFFLINE_BACKENDS)}")
         if not isinstance(gcode, bytes) or not gcode:
             raise ApprovalError("program: expected non-empty G-code bytes")
+        if advisory is not None and not isinstance(advisory, Advisory):
+            raise ApprovalError(f"advisory: expected a safety.advisory.Advisory, got {type(advisory).__name__}")
         if expert_gcode is not None and not isinstance(expert_gcode, bytes):
             raise ApprovalError("expert program: expected G-code bytes")
         job = job.strip()
@@ -202,12 +218,18 @@ class ApprovalStore:
             raise ApprovalError(f"validator hashed {verdict.sha256}, store hashed {sha256}: not the same bytes")
         preview_blob = zlib.compress(json.dumps(preview, separators=(",", ":")).encode(), 6)
         with connect(self.path) as db:
+            db.execute("BEGIN")  # the program and its advisory are stored together or not at all
             cur = db.execute(
                 "INSERT INTO programs (sha256, printer, job, description, submitted_at, submitted_by, gcode,"
                 " expert_gcode, verdict_json, report_json, preview_zjson) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (sha256, str(printer), job, description, _now_utc(), submitted_by, gcode, expert_gcode,
                  json.dumps(verdict.as_dict()), json.dumps(report, allow_nan=False, default=float), preview_blob))
-            return int(cur.lastrowid)
+            program_id = int(cur.lastrowid)
+            if advisory is not None:
+                db.execute("INSERT INTO advisories (program_id, advisory_json) VALUES (?, ?)",
+                           (program_id, json.dumps(advisory.as_dict())))
+            db.execute("COMMIT")
+            return program_id
 
     def _summaries(self, where: str, args: tuple[Any, ...] = ()) -> list[ProgramSummary]:
         sql = ("SELECT p.id, p.sha256, p.printer, p.job, p.submitted_at, p.submitted_by, p.verdict_json,"
@@ -233,13 +255,15 @@ class ApprovalStore:
             r = db.execute("SELECT * FROM programs WHERE id = ?", (int(program_id),)).fetchone()
             a = db.execute("SELECT * FROM audit WHERE program_id = ? ORDER BY id DESC LIMIT 1",
                            (int(program_id),)).fetchone()
+            adv = db.execute("SELECT advisory_json FROM advisories WHERE program_id = ?", (int(program_id),)).fetchone()
         if r is None:
             raise UnknownProgram(f"program {program_id}: no such program")
         return Program(r["id"], r["sha256"], r["printer"], r["job"], r["description"], r["submitted_at"],
                        r["submitted_by"], bytes(r["gcode"]),
                        None if r["expert_gcode"] is None else bytes(r["expert_gcode"]),
                        json.loads(r["verdict_json"]), json.loads(r["report_json"]),
-                       json.loads(zlib.decompress(r["preview_zjson"])), _audit_row(a) if a else None)
+                       json.loads(zlib.decompress(r["preview_zjson"])), _audit_row(a) if a else None,
+                       Advisory.from_dict(json.loads(adv["advisory_json"])) if adv else None)
 
     # -- decisions -------------------------------------------------------------------------------------
     def decide(self, program_id: int, user: str, decision: str, comment: str, *,

@@ -9,10 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from safety.advisory import CALLS
 from sim_bridge.printers import load_printer
 from training.make_dataset import DatasetConfig, make_dataset
 from training.predict import (
     FEATURES,
+    Advisor,
     FeatureClassifier,
     Labelled,
     klippy_files,
@@ -105,3 +107,42 @@ def test_the_command_writes_one_table(dataset: Path, tmp_path: Path, capsys: pyt
     assert klippy_validator["false_block_rate"]["value"] == 1.0 and klippy_validator["missed_failure_rate"]["value"] == 0
     assert (tmp_path / "out" / "calibration.png").is_file() and "| real Klippy labels | validator |" in \
         capsys.readouterr().out
+
+
+def test_the_saved_classifier_advises_with_the_band_chosen_on_held_out_programs(dataset: Path, tmp_path: Path) -> None:
+    assert main(["--dataset", str(dataset), "--out", str(tmp_path / "out"), "--predictor", "validator",
+                 "--save-classifier", str(tmp_path / "advisor.pkl")]) == 0
+    advisor = Advisor.load(tmp_path / "advisor.pkl")
+    low, high = advisor.band
+    assert 0.0 <= low <= 0.5 <= high <= 1.0 and "held-out programs" in advisor.basis
+    for gcode in (GOOD, OFF_BED):
+        advice = advisor(gcode, "ender3-klipper")
+        assert 0.0 <= advice.p_success <= 1.0 and advice.call in CALLS
+        assert (advice.abstain_low, advice.abstain_high) == (low, high)
+    (tmp_path / "junk.pkl").write_bytes(b"not a pickle")
+    with pytest.raises(ValueError, match="junk.pkl: not readable"):
+        Advisor.load(tmp_path / "junk.pkl")
+
+
+def test_the_writers_surprise_is_its_own_loss_and_fits_a_probability(tiny_model_config: object) -> None:
+    import torch
+
+    from agent.llm import load_pretrained
+    from training.model import ensure_embedded
+    from training.predict_writer import WriterLikelihood
+
+    path = str(ensure_embedded(tiny_model_config)[0])  # type: ignore[arg-type]
+    writer = WriterLikelihood(path, max_tokens=256)
+    mean_nll, worst_line, share_high = writer.surprise(GOOD)
+    # The mean token NLL is the causal-LM loss the model itself reports on the same tokens.
+    model, tokenizer = load_pretrained(path, "cpu")
+    ids = tokenizer(GOOD, add_special_tokens=False, truncation=True, max_length=256)["input_ids"]
+    with torch.no_grad():
+        loss = float(model(torch.tensor([ids]), labels=torch.tensor([ids])).loss)
+    assert mean_nll == pytest.approx(loss, rel=1e-4)
+    assert worst_line >= mean_nll and 0.0 <= share_high <= 1.0
+    items = [Labelled("good", GOOD, "ender3-klipper", True), Labelled("bad", OFF_BED, "ender3-klipper", False)]
+    p = predictor("writer", items, writer=path)
+    assert all(0.0 <= p(i).p_success <= 1.0 for i in items)
+    with pytest.raises(ValueError, match="--writer"):
+        predictor("writer", items)

@@ -139,6 +139,24 @@ def abstain_curve(p_success: Sequence[float], succeeded: Sequence[bool], thresho
     return out
 
 
+def choose_abstain_band(p_success: Sequence[float], succeeded: Sequence[bool], target_accuracy: float = 0.95,
+                        threshold: float = 0.5, step: float = 0.05) -> tuple[float, float]:
+    """The narrowest abstain band centred on ``threshold`` (widths in multiples of ``step``) outside which the
+    predictions reach ``target_accuracy``; ``(0.0, 1.0)`` (everything but certainty goes to a person) when no
+    band does."""
+    if not 0.0 < target_accuracy <= 1.0:
+        raise ValueError(f"target accuracy {target_accuracy}: must lie in (0, 1]")
+    p = np.asarray(p_success, dtype=float)
+    y = np.asarray(succeeded, dtype=bool)
+    for k in range(int(round(1.0 / step)) + 1):
+        half = k * step / 2
+        low, high = max(0.0, threshold - half), min(1.0, threshold + half)
+        decided = ~((p >= low) & (p < high))
+        if decided.any() and float(((p >= threshold) == y)[decided].mean()) >= target_accuracy:
+            return round(low, 6), round(high, 6)
+    return 0.0, 1.0
+
+
 # -- failure-mode detection ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ModeMetrics:

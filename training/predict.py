@@ -11,7 +11,9 @@ predictors compared (docs/evaluation.md):
 * ``klipper-batch`` — the real Klipper host in batch mode (on Klippy-labelled data the label source);
 * ``classifier`` — gradient-boosted trees on static features of the program (:func:`static_features`, one
   pass of the reader, no simulation), trained on the training split of a labelled dataset (the trees'
-  probabilities, not recalibrated), and one classifier per failure mode seen often enough.
+  probabilities, not recalibrated), and one classifier per failure mode seen often enough;
+* ``writer`` — the writer model's own likelihood of the program (:mod:`training.predict_writer`, with
+  ``--writer RUN``), mapped to a probability by a logistic regression fitted on the training split.
 
 Test sets: :func:`simulated_programs` (the ``programs`` table of a ``training.make_dataset`` dataset with
 injected defects: labels from the embedded simulator; by split, so the classifier's test parts were never
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from safety.advisory import Advisory
 from safety.validator import validate
 from sim_bridge.backends import EMBEDDED, KLIPPER_BATCH, simulate
 from sim_bridge.gcode import GcodeError, GcodeReader, parse_line
@@ -42,6 +46,7 @@ from training.eval_stats import (
     PredictionMetrics,
     abstain_curve,
     calibration,
+    choose_abstain_band,
     json_safe,
     localisation_accuracy,
     mode_metrics,
@@ -49,7 +54,7 @@ from training.eval_stats import (
 )
 from training.make_dataset import DatasetConfig, make_dataset
 
-PREDICTORS = ("validator", EMBEDDED, KLIPPER_BATCH, "classifier")
+PREDICTORS = ("validator", EMBEDDED, KLIPPER_BATCH, "classifier", "writer")
 """The predictors :func:`predictor` makes, by name."""
 MODE_MIN_POSITIVES = 5
 """A failure mode gets its own classifier when the training programs show it at least this often."""
@@ -275,14 +280,67 @@ class FeatureClassifier:
         return Prediction(p, modes, None)
 
 
-def predictor(name: str, train: Sequence[Labelled] = ()) -> Predictor:
-    """The predictor called ``name`` (:data:`PREDICTORS`); ``classifier`` is trained on ``train``."""
+ADVISOR_FORMAT = "layerloop-advisor-1"
+ADVISOR_TARGET_ACCURACY = 0.95
+"""The abstain band saved with a classifier is the narrowest whose decided held-out programs reach this."""
+
+
+class Advisor:
+    """A fitted :class:`FeatureClassifier` with its abstain band: turns a program into the
+    :class:`safety.advisory.Advisory` the approval console shows. Saved by ``python -m training.predict
+    --save-classifier FILE`` (a pickle: load only files you made)."""
+
+    def __init__(self, classifier: FeatureClassifier, band: tuple[float, float], basis: str) -> None:
+        self.classifier, self.band, self.basis = classifier, band, basis
+
+    def __call__(self, gcode: str, printer: str) -> Advisory:
+        p = self.classifier(Labelled("advised", gcode, printer, success=True)).p_success
+        return Advisory("classifier (gradient-boosted trees on static features, training.predict)",
+                        min(1.0, max(0.0, p)), self.band[0], self.band[1], self.basis)
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(pickle.dumps({"format": ADVISOR_FORMAT, "advisor": self}))
+
+    @staticmethod
+    def load(path: Path) -> Advisor:
+        try:
+            data = pickle.loads(Path(path).read_bytes())
+        except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError) as exc:
+            raise ValueError(f"advisor {path}: not readable ({exc}); make one with python -m training.predict "
+                             "--save-classifier FILE") from None
+        if not isinstance(data, dict) or data.get("format") != ADVISOR_FORMAT:
+            raise ValueError(f"advisor {path}: not a {ADVISOR_FORMAT} file (python -m training.predict "
+                             "--save-classifier FILE makes one)")
+        return data["advisor"]
+
+
+def advisor_from(classifier: FeatureClassifier, held_out: PredictorResult, dataset: str) -> Advisor:
+    """``classifier`` with the abstain band chosen on its held-out result (:data:`ADVISOR_TARGET_ACCURACY`)."""
+    band = choose_abstain_band(held_out.p_success, held_out.succeeded, ADVISOR_TARGET_ACCURACY)
+    m = prediction_metrics(held_out.p_success, held_out.succeeded, abstain=band)
+    basis = (f"trained on dataset {dataset}; on {m.n} held-out programs, {m.coverage:.0%} fall outside the band "
+             f"and {m.decided_accuracy.value:.0%} of those were predicted right")
+    return Advisor(classifier, band, basis)
+
+
+def predictor(name: str, train: Sequence[Labelled] = (), writer: str | None = None) -> Predictor:
+    """The predictor called ``name`` (:data:`PREDICTORS`); ``classifier`` and ``writer`` (the model
+    ``writer``: a run directory or model folder) are fitted on ``train``."""
     if name == "validator":
         return validator_predictor()
     if name in (EMBEDDED, KLIPPER_BATCH):
         return simulator_predictor(name)
     if name == "classifier":
         return FeatureClassifier().fit(train)
+    if name == "writer":
+        if writer is None:
+            raise ValueError("predictor writer: give the writer model (--writer RUN_DIR or a model folder)")
+        # torch and the model load only for this predictor
+        from training.predict_writer import WriterLikelihood
+
+        likelihood = WriterLikelihood(writer).fit(train)
+        return lambda item: Prediction(likelihood.probability(item.gcode))
     raise ValueError(f"predictor {name!r}: choose one of {', '.join(PREDICTORS)}")
 
 
@@ -395,8 +453,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--predictor", action="append", choices=PREDICTORS,
                         help="predictors to compare (default: validator, embedded, classifier)")
     parser.add_argument("--out", type=Path, default=Path("eval/prediction"))
+    parser.add_argument("--writer", metavar="RUN", help="a run directory or model folder: adds the writer "
+                        "model's own likelihood as a predictor (--predictor writer)")
+    parser.add_argument("--save-classifier", type=Path, metavar="FILE",
+                        help="save the trained classifier with the abstain band chosen on the held-out programs, "
+                        "for the approval console's advisory (python -m training.write --advisor FILE)")
     args = parser.parse_args(argv)
     names = args.predictor or ["validator", EMBEDDED, "classifier"]
+    if args.save_classifier and "classifier" not in names:
+        names.append("classifier")
+    if args.writer and "writer" not in names:
+        names.append("writer")
 
     try:
         read_manifest(args.dataset)
@@ -411,11 +478,19 @@ def main(argv: list[str] | None = None) -> int:
         print("predict: labelling with the real Klipper host", flush=True)
         sets["real Klippy labels"] = klippy_labelled(klippy_files(args.klippy))
     results = []
+    made: dict[str, Predictor] = {}
     for set_name, items in sets.items():
         for name in names:
             print(f"predict: {name} on {set_name} ({len(items)} programs)", flush=True)
-            results.append(score(name, predictor(name, train), items, set_name))
+            made[name] = made.get(name) or predictor(name, train, args.writer)
+            results.append(score(name, made[name], items, set_name))
     write_prediction_report(results, args.out)
+    if args.save_classifier:
+        held_out = next(r for r in results if r.predictor == "classifier")
+        advisor = advisor_from(made["classifier"], held_out, str(args.dataset))  # type: ignore[arg-type]
+        advisor.save(args.save_classifier)
+        print(f"predict: saved the classifier to {args.save_classifier}: abstain band "
+              f"[{advisor.band[0]:.2f}, {advisor.band[1]:.2f}); {advisor.basis}")
     print((args.out / "prediction.md").read_text())
     return 0
 

@@ -6,7 +6,9 @@ simulator's feedback on a failing answer goes back to it, as in multi-turn train
 joined into one program: for a job without start/end sequences, the expert's heat-and-home setup comes first
 and the expert's end sequence last (the model never wrote those). The program is written to ``--out`` and,
 with ``--db``, submitted to the approval console's queue with the expert's program for the diff — where the
-validator, the simulation and a person decide; nothing here talks to a printer.
+validator, the simulation and a person decide; nothing here talks to a printer. With ``--advisor FILE`` (a
+classifier saved by ``python -m training.predict --save-classifier FILE``) the submission carries its
+advisory prediction, which the console shows beside the program (``ask a person`` inside its abstain band).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from envs.scoring import episode_steps
 from envs.slicer import slice_job
 from safety.approvals import ApprovalStore
 from training.model import ModelConfig, load_model_and_tokenizer
+from training.predict import Advisor
 
 
 def write_program(policy: Policy, job: PrintJob, revisions: int = 0) -> tuple[str, float]:
@@ -57,8 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--db", type=Path, help="submit to this approval console database")
     parser.add_argument("--user", default="", help="who submits (with --db)")
+    parser.add_argument("--advisor", type=Path, help="with --db: a classifier saved by python -m training.predict "
+                        "--save-classifier; its advisory prediction goes with the submission")
     args = parser.parse_args(argv)
     try:
+        if args.advisor is not None and args.db is None:
+            raise ValueError("--advisor: the advisory goes with a submission; give --db too")
+        advisor = Advisor.load(args.advisor) if args.advisor is not None else None
         jobs = load_suite(args.suite)
         if not 0 <= args.job < len(jobs):
             raise ValueError(f"--job {args.job}: suite {args.suite} has jobs 0 to {len(jobs) - 1}")
@@ -76,10 +84,12 @@ def main(argv: list[str] | None = None) -> int:
           f"episode reward {reward:.3f}")
     if args.db is not None:
         store = ApprovalStore(args.db)
+        advisory = advisor(program, job.printer) if advisor is not None else None
         pid = store.submit(program.encode(), printer=job.printer, job=job.job_id,
                            description=f"written by {args.model} ({job.part.kind}, {job.material})",
-                           expert_gcode=slice_job(job).text().encode(), submitted_by=args.user)
-        print(f"submitted as program {pid}: the validator says {store.program(pid).verdict['verdict']}; "
+                           expert_gcode=slice_job(job).text().encode(), submitted_by=args.user, advisory=advisory)
+        advice = f"; advisory: {advisory.call} (p = {advisory.p_success:.2f})" if advisory else ""
+        print(f"submitted as program {pid}: the validator says {store.program(pid).verdict['verdict']}{advice}; "
               f"review it with python -m safety.console serve --db {args.db}")
     return 0
 
