@@ -194,10 +194,42 @@ class LLMPolicy:
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.batch_size = batch_size
+        self.context_tokens = int(getattr(model.config, "max_position_embeddings", 0) or 0)
+        """The model's context (0: unknown, no limit applied)."""
+        self.prompts_seen = 0
+        self.over_context: list[int] = []
+        """Token counts of the prompts longer than the context, answered with nothing."""
 
     def __call__(self, prompts: Sequence[Prompt]) -> list[str]:
-        return generate(self.model, self.tokenizer, prompts, self.max_new_tokens, temperature=self.temperature,
-                        batch_size=self.batch_size)
+        # A prompt the model cannot read whole gets no answer (a failed step) rather than a continuation of
+        # positions it never trained on, which is slow on a long prompt and means nothing.
+        self.prompts_seen += len(prompts)
+        fits = list(range(len(prompts)))
+        lengths: list[int] = []
+        if self.context_tokens:
+            lengths = [len(self.tokenizer(format_prompt(self.tokenizer, p), add_special_tokens=False)["input_ids"])
+                       for p in prompts]
+            fits = [i for i, n in enumerate(lengths) if n < self.context_tokens]
+            self.over_context += [n for n in lengths if n >= self.context_tokens]
+        answers = [""] * len(prompts)
+        if fits:
+            room = self.max_new_tokens
+            if self.context_tokens:
+                room = max(1, min(room, self.context_tokens - max(lengths[i] for i in fits)))
+            texts = generate(self.model, self.tokenizer, [prompts[i] for i in fits], room,
+                             temperature=self.temperature, batch_size=self.batch_size)
+            for i, text in zip(fits, texts, strict=True):
+                answers[i] = text
+        return answers
+
+    @property
+    def notes(self) -> list[str]:
+        """What a report should say about this policy's answers (prompts it could not read)."""
+        if not self.over_context:
+            return []
+        return [f"{len(self.over_context)} of {self.prompts_seen} prompts were longer than the model's context of "
+                f"{self.context_tokens:,} tokens (the longest {max(self.over_context):,}): answered with nothing, "
+                "so those steps failed"]
 
 
 # -- the revise loop ----------------------------------------------------------------------------------------------

@@ -75,3 +75,18 @@ def test_revise_rule_and_turns() -> None:
     assert [t["role"] for t in turns] == ["user", "assistant", "user"]
     assert turns[2]["content"] == revision_request("geometry 0.10.")
     assert "layer: geometry 0.10.\nWrite" in turns[2]["content"], "one full stop, however the feedback ends"
+
+
+def test_a_prompt_longer_than_the_context_gets_no_answer_and_a_note(tiny_model_config: object) -> None:
+    from agent.llm import LLMPolicy, generate
+    from training.model import load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer(tiny_model_config)  # type: ignore[arg-type]
+    policy = LLMPolicy(model, tok, max_new_tokens=8)
+    assert policy.context_tokens == model.config.max_position_embeddings
+    short, long = "G28 X0", "G1 X10.5 Y20.25 E0.5\n" * (policy.context_tokens // 4)
+    answers = policy([short, long])
+    assert answers[1] == "" and answers[0] == generate(model, tok, [short], 8)[0]
+    (note,) = policy.notes
+    assert note.startswith(f"1 of 2 prompts were longer than the model's context of {policy.context_tokens:,}")
+    assert policy([short]) == answers[:1] and len(policy.over_context) == 1

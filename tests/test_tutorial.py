@@ -6,8 +6,13 @@ The walk itself (:func:`test_the_tutorial_runs_end_to_end`) is its own tier (mar
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -83,6 +88,42 @@ def test_readme_points_to_the_tutorial_first() -> None:
     readme = (tr.ROOT / "README.md").read_text()
     links = [t for t in _LINK.findall(readme) if t.startswith("docs/")]
     assert links and links[0] == "docs/tutorial.md", f"README's first link into docs/ is {links[:1]}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by its parent) counts as gone.
+    stat = Path(f"/proc/{pid}/stat")
+    return not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_a_runner_sent_sigterm_stops_the_session_it_started(tmp_path: Path) -> None:
+    pidfile = tmp_path / "server.pid"
+    runner = subprocess.Popen([sys.executable, "-c", (
+        "import os, sys; from pathlib import Path; sys.path.insert(0, os.getcwd())\n"
+        "from tests.tutorial_runner import run_session\n"
+        f"run_session(['bash', '-c', 'sleep 300 & echo $! > {pidfile}; wait'], Path('.'), dict(os.environ), 60)")],
+        cwd=tr.ROOT)
+    try:
+        deadline = time.monotonic() + 30
+        while not (pidfile.exists() and pidfile.read_text().strip()):
+            assert time.monotonic() < deadline and runner.poll() is None, "the session did not start"
+            time.sleep(0.05)
+        server = int(pidfile.read_text())
+        assert _alive(server)
+        runner.send_signal(signal.SIGTERM)
+        assert runner.wait(30) == 128 + signal.SIGTERM
+        deadline = time.monotonic() + 10
+        while _alive(server):
+            assert time.monotonic() < deadline, f"process {server} of the runner's session outlived it"
+            time.sleep(0.05)
+    finally:
+        runner.kill()
+        if pidfile.exists() and pidfile.read_text().strip() and _alive(int(pidfile.read_text())):
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)
 
 
 @pytest.mark.tutorial

@@ -19,6 +19,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,17 +122,20 @@ def link_workdir(workdir: Path) -> None:
         (workdir / entry.name).symlink_to(entry)
 
 
-def run(workdir: Path, timeout_s: float = 1500.0) -> tuple[list[Block], list[str], int, set[str]]:
-    """Run the tutorial's ``bash`` blocks in ``workdir``: the blocks, each block's output, the exit status and
-    the :data:`TINY` keys used. Every process the tutorial starts is stopped at the end (its own session)."""
-    runnable = [b for b in blocks(TUTORIAL.read_text()) if b.lang == "bash" and b.tag != "gpu"]
-    text, used = script(runnable)
-    link_workdir(workdir)
-    (workdir / "tutorial.sh").write_text(text)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE", MPLBACKEND="Agg", TRL_EXPERIMENTAL_SILENCE="1")
-    proc = subprocess.Popen(["bash", str(workdir / "tutorial.sh")], cwd=workdir, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+def _terminate(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def run_session(command: list[str], cwd: Path, env: dict[str, str], timeout_s: float) -> tuple[str, int]:
+    """Run ``command`` in a session of its own: its output and exit status (124 past ``timeout_s``). Every
+    process of the session is stopped when it ends, times out, or this process is interrupted or sent
+    SIGTERM (``make test`` stopped by Ctrl-C or by CI): the tutorial's servers never outlive the runner."""
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        # Python's default SIGTERM ends the process without running ``finally``: raise instead, so it runs.
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    proc = subprocess.Popen(command, cwd=cwd, env=env, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
     try:
         output, _ = proc.communicate(timeout=timeout_s)
         rc = proc.returncode
@@ -142,6 +146,21 @@ def run(workdir: Path, timeout_s: float = 1500.0) -> tuple[list[Block], list[str
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return output, rc
+
+
+def run(workdir: Path, timeout_s: float = 1500.0) -> tuple[list[Block], list[str], int, set[str]]:
+    """Run the tutorial's ``bash`` blocks in ``workdir``: the blocks, each block's output, the exit status and
+    the :data:`TINY` keys used. Every process the tutorial starts is stopped at the end (its own session)."""
+    runnable = [b for b in blocks(TUTORIAL.read_text()) if b.lang == "bash" and b.tag != "gpu"]
+    text, used = script(runnable)
+    link_workdir(workdir)
+    (workdir / "tutorial.sh").write_text(text)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+               OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE", MPLBACKEND="Agg", TRL_EXPERIMENTAL_SILENCE="1")
+    output, rc = run_session(["bash", str(workdir / "tutorial.sh")], workdir, env, timeout_s)
     pieces = re.split(rf"^{MARK} (\d+|end)@@$", output, flags=re.M)
     outputs = [""] * len(runnable)
     for index, piece in zip(pieces[1::2], pieces[2::2], strict=True):

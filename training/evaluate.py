@@ -368,10 +368,10 @@ def run(policies: Sequence[str], suite: str, episodes: int, out: Path, backend: 
             # Only the ratios against PrusaSlicer need it: the report goes on without them.
             print(f"evaluate: no ratios against PrusaSlicer: {err}", flush=True)
             continue
+        results[spec] = evaluate(policy, base, episodes, randomized=randomized)
         notes[spec] = list(getattr(policy, "notes", []))
         for note in notes[spec]:
             print(f"evaluate: {spec}: {note}", flush=True)
-        results[spec] = evaluate(policy, base, episodes, randomized=randomized)
     reference = results["expert"].per_episode
     slicer_records = results["slicer"].per_episode if "slicer" in results else None
     reports = []
