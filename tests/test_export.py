@@ -13,6 +13,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import numpy as np
 import peft
 import pytest
+import tokenizers
 import torch
 import transformers
 
@@ -263,14 +264,19 @@ def test_gguf_runs_in_llama_cpp(exported, prompts, expected, tuned, cfg, tmp_pat
                 break
             out.append(token)
         assert tok.decode(out, skip_special_tokens=True) == want
-    # The tokenizer as training.model builds it (Llama 3's split) is declared "llama3", and
-    # llama.cpp then splits text exactly as it does.
-    as_built = transformers.PreTrainedTokenizerFast.from_pretrained(ensure_embedded(cfg)[0])
-    assert any(as_built(t)["input_ids"] != tok(t)["input_ids"] for t in texts), "the two splits should differ here"
-    path = export_gguf(exported["safetensors"], tmp_path / "as-built.gguf", tokenizer=as_built)
+    # The tokenizer above is training.model's (Llama 3's split, declared "llama3"). The same vocabulary
+    # behind Qwen2's split (single digits) is declared "qwen2", and llama.cpp then splits text as it does.
+    assert export.gguf_pre_tokenizer(tok) == "llama3"
+    single = transformers.PreTrainedTokenizerFast.from_pretrained(ensure_embedded(cfg)[0])
+    spec = json.loads(single.backend_tokenizer.to_str())
+    spec["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = export._QWEN2_SPLIT
+    single._tokenizer = tokenizers.Tokenizer.from_str(json.dumps(spec))
+    assert export.gguf_pre_tokenizer(single) == "qwen2"
+    assert any(single(t)["input_ids"] != tok(t)["input_ids"] for t in texts), "the two splits should differ here"
+    path = export_gguf(exported["safetensors"], tmp_path / "single-digits.gguf", tokenizer=single)
     llm = llama_cpp.Llama(str(path), n_ctx=512, n_threads=1, verbose=False)
     for text in texts:
-        assert llm.tokenize(text.encode(), add_bos=False, special=True) == as_built(text)["input_ids"]
+        assert llm.tokenize(text.encode(), add_bos=False, special=True) == single(text)["input_ids"]
 
 
 # -- ONNX -------------------------------------------------------------------------------------------------------
