@@ -146,3 +146,20 @@ def test_the_writers_surprise_is_its_own_loss_and_fits_a_probability(tiny_model_
     assert all(0.0 <= p(i).p_success <= 1.0 for i in items)
     with pytest.raises(ValueError, match="--writer"):
         predictor("writer", items)
+
+
+def test_first_layer_telemetry_by_hand_and_its_classifier(dataset: Path) -> None:
+    from training.first_layer import FIRST_LAYER_FEATURES, first_layer_telemetry
+
+    ender = load_printer("ender3-klipper")
+    good = dict(zip(FIRST_LAYER_FEATURES, first_layer_telemetry(GOOD, ender), strict=True))
+    # The square: four 20 mm sides extruded to E2.66, on its only layer, without a failure.
+    assert good["fl_extruded_path_mm"] == pytest.approx(80.0) and good["fl_filament_mm"] == pytest.approx(2.66)
+    assert good["fl_has_layer"] == 1 and good["fl_fatal"] == 0 and good["fl_defects"] == 0
+    off = dict(zip(FIRST_LAYER_FEATURES, first_layer_telemetry(OFF_BED, ender), strict=True))
+    assert off["fl_fatal"] == 1 and off["fl_has_layer"] == 0  # stopped at line 6, before laying a layer
+    train, test = simulated_programs(dataset, "train"), simulated_programs(dataset, "test")
+    model = predictor("first-layer", train)
+    assert model.features(test[:2]).shape == (2, len(FEATURES) + len(FIRST_LAYER_FEATURES))
+    result = score("first-layer", model, test, "simulated")
+    assert all(0.0 <= p <= 1.0 for p in result.p_success) and result.success.n == len(test)

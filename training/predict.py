@@ -12,6 +12,8 @@ predictors compared (docs/evaluation.md):
 * ``classifier`` — gradient-boosted trees on static features of the program (:func:`static_features`, one
   pass of the reader, no simulation), trained on the training split of a labelled dataset (the trees'
   probabilities, not recalibrated), and one classifier per failure mode seen often enough;
+* ``first-layer`` — the same trees on the static features plus the first layer's telemetry
+  (:mod:`training.first_layer`): what is known once the gate's first-layer stage has printed it;
 * ``writer`` — the writer model's own likelihood of the program (:mod:`training.predict_writer`, with
   ``--writer RUN``), mapped to a probability by a logistic regression fitted on the training split.
 
@@ -44,17 +46,16 @@ from training.defects import DEFECTS
 from training.eval_stats import (
     ModeMetrics,
     PredictionMetrics,
-    abstain_curve,
-    calibration,
     choose_abstain_band,
-    json_safe,
     localisation_accuracy,
     mode_metrics,
     prediction_metrics,
 )
+from training.first_layer import first_layer_telemetry
 from training.make_dataset import DatasetConfig, make_dataset
+from training.predict_report import write_prediction_report
 
-PREDICTORS = ("validator", EMBEDDED, KLIPPER_BATCH, "classifier", "writer")
+PREDICTORS = ("validator", EMBEDDED, KLIPPER_BATCH, "classifier", "first-layer", "writer")
 """The predictors :func:`predictor` makes, by name."""
 MODE_MIN_POSITIVES = 5
 """A failure mode gets its own classifier when the training programs show it at least this often."""
@@ -280,6 +281,15 @@ class FeatureClassifier:
         return Prediction(p, modes, None)
 
 
+class FirstLayerClassifier(FeatureClassifier):
+    """:class:`FeatureClassifier` on the static features and the first layer's telemetry
+    (:func:`training.first_layer.first_layer_telemetry`): will the rest print, once the first layer has?"""
+
+    def features(self, items: Sequence[Labelled]) -> np.ndarray:
+        first = [first_layer_telemetry(i.gcode, _profile(i.printer, self._profiles), i.material) for i in items]
+        return np.hstack([super().features(items), np.stack(first)])
+
+
 ADVISOR_FORMAT = "layerloop-advisor-1"
 ADVISOR_TARGET_ACCURACY = 0.95
 """The abstain band saved with a classifier is the narrowest whose decided held-out programs reach this."""
@@ -333,6 +343,8 @@ def predictor(name: str, train: Sequence[Labelled] = (), writer: str | None = No
         return simulator_predictor(name)
     if name == "classifier":
         return FeatureClassifier().fit(train)
+    if name == "first-layer":
+        return FirstLayerClassifier().fit(train)
     if name == "writer":
         if writer is None:
             raise ValueError("predictor writer: give the writer model (--writer RUN_DIR or a model folder)")
@@ -389,58 +401,6 @@ def klippy_files(roots: Sequence[Path]) -> list[tuple[Path, str]]:
     return out
 
 
-def _result_dict(r: PredictorResult) -> dict[str, Any]:
-    m = r.success
-    return {"predictor": r.predictor, "test_set": r.test_set, "n": m.n, "accuracy": m.accuracy.as_dict(),
-            "roc_auc": m.roc_auc, "brier": m.brier, "false_block_rate": m.false_block_rate.as_dict(),
-            "missed_failure_rate": m.missed_failure_rate.as_dict(), "localisation": r.localisation.as_dict(),
-            "modes": [vars(x) for x in r.modes]}
-
-
-def write_prediction_report(results: Sequence[PredictorResult], out: Path) -> None:
-    """``prediction.json``, ``prediction.md``, a calibration plot and an abstain curve in ``out``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "prediction.json").write_text(json.dumps(json_safe([_result_dict(r) for r in results]), indent=2) + "\n")
-    lines = ["# Print-success prediction and failure-mode detection", "",
-             "| test set | predictor | n | accuracy [95 %] | ROC-AUC | Brier | false blocks | missed failures | "
-             "first line placed |", "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
-    for r in results:
-        m = r.success
-        loc = "—" if r.localisation.n == 0 else f"{r.localisation.value:.3f} (n {r.localisation.n})"
-        lines.append(f"| {r.test_set} | {r.predictor} | {m.n} | {m.accuracy} | {m.roc_auc:.3f} | {m.brier:.3f} | "
-                     f"{m.false_block_rate.value:.3f} | {m.missed_failure_rate.value:.3f} | {loc} |")
-    lines += ["", "Per failure mode (precision / recall / F1, support):", "",
-              "| test set | predictor | mode | precision | recall | F1 | support |", "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
-    for r in results:
-        for x in r.modes:
-            if x.support:
-                lines.append(f"| {r.test_set} | {r.predictor} | {x.mode} | {x.precision:.3f} | {x.recall:.3f} | "
-                             f"{x.f1:.3f} | {x.support} |")
-    lines += ["", "![calibration](calibration.png)", "", "![abstain](abstain.png)", ""]
-    (out / "prediction.md").write_text("\n".join(lines), encoding="utf-8")
-    fig, (cal, abst) = plt.subplots(1, 2, figsize=(10, 4))
-    cal.plot([0, 1], [0, 1], color="0.7", lw=1)
-    for r in results:
-        points = calibration(r.p_success, r.succeeded)
-        cal.plot([p for p, _, _ in points], [o for _, o, _ in points], marker="o", label=f"{r.test_set}: {r.predictor}")
-        curve = abstain_curve(r.p_success, r.succeeded)
-        abst.plot([c for _, c, _ in curve], [a for _, _, a in curve], marker="o", label=f"{r.test_set}: {r.predictor}")
-    cal.set_xlabel("predicted probability of success")
-    cal.set_ylabel("observed success rate")
-    abst.set_xlabel("coverage (decided without a person)")
-    abst.set_ylabel("accuracy of the decided")
-    cal.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "calibration.png", dpi=100)
-    fig.savefig(out / "abstain.png", dpi=100)
-    plt.close(fig)
-
-
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -451,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--klippy", type=Path, action="append", default=[],
                         help="G-code files or folders to label with the real Klipper host (repeatable)")
     parser.add_argument("--predictor", action="append", choices=PREDICTORS,
-                        help="predictors to compare (default: validator, embedded, classifier)")
+                        help="predictors to compare (default: validator, embedded, classifier, first-layer)")
     parser.add_argument("--out", type=Path, default=Path("eval/prediction"))
     parser.add_argument("--writer", metavar="RUN", help="a run directory or model folder: adds the writer "
                         "model's own likelihood as a predictor (--predictor writer)")
@@ -459,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="save the trained classifier with the abstain band chosen on the held-out programs, "
                         "for the approval console's advisory (python -m training.write --advisor FILE)")
     args = parser.parse_args(argv)
-    names = args.predictor or ["validator", EMBEDDED, "classifier"]
+    names = args.predictor or ["validator", EMBEDDED, "classifier", "first-layer"]
     if args.save_classifier and "classifier" not in names:
         names.append("classifier")
     if args.writer and "writer" not in names:
