@@ -163,3 +163,29 @@ def test_first_layer_telemetry_by_hand_and_its_classifier(dataset: Path) -> None
     assert model.features(test[:2]).shape == (2, len(FEATURES) + len(FIRST_LAYER_FEATURES))
     result = score("first-layer", model, test, "simulated")
     assert all(0.0 <= p <= 1.0 for p in result.p_success) and result.success.n == len(test)
+
+
+def test_the_llm_critic_is_asked_and_answers_in_its_format(tiny_model_config: object, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from training import predict_critic
+    from training.model import ensure_embedded
+    from training.predict_critic import PROGRAM_TOKENS, critic_answer, critic_prompt
+
+    assert critic_answer(True, set()) == "yes"
+    assert critic_answer(False, {"nozzle_collision", "cold_extrusion"}) == "no: cold_extrusion, nozzle_collision"
+    path = str(ensure_embedded(tiny_model_config)[0])  # type: ignore[arg-type]
+    from agent.llm import load_tokenizer
+
+    tok = load_tokenizer(path)
+    long = GOOD * 200
+    prompt = critic_prompt(tok, long, "ender3-klipper")
+    assert prompt.startswith("Will this G-code print without a failure on the ender3-klipper printer?")
+    assert len(tok(prompt.split("\n", 1)[1], add_special_tokens=False)["input_ids"]) <= PROGRAM_TOKENS + 2
+    items = [Labelled("good", GOOD, "ender3-klipper", True), Labelled("bad", OFF_BED, "ender3-klipper", False,
+                                                                      {"move_out_of_range"}, 6)]
+    monkeypatch.setattr(predict_critic, "SFT_STEPS", 3)  # the mechanics, not a trained critic
+    critic = predictor("critic", items, critic=path, work_dir=tmp_path / "critic")
+    assert (tmp_path / "critic" / "final" / "config.json").is_file()
+    assert all(0.0 <= critic(item).p_success <= 1.0 for item in items)
+    with pytest.raises(ValueError, match="--critic"):
+        predictor("critic", items)

@@ -14,6 +14,8 @@ predictors compared (docs/evaluation.md):
   probabilities, not recalibrated), and one classifier per failure mode seen often enough;
 * ``first-layer`` — the same trees on the static features plus the first layer's telemetry
   (:mod:`training.first_layer`): what is known once the gate's first-layer stage has printed it;
+* ``critic`` — a language model fine-tuned to answer "will it print?" (:mod:`training.predict_critic`,
+  with ``--critic MODEL``), through the same SFT adapter as the writer;
 * ``writer`` — the writer model's own likelihood of the program (:mod:`training.predict_writer`, with
   ``--writer RUN``), mapped to a probability by a logistic regression fitted on the training split.
 
@@ -55,7 +57,7 @@ from training.first_layer import first_layer_telemetry
 from training.make_dataset import DatasetConfig, make_dataset
 from training.predict_report import write_prediction_report
 
-PREDICTORS = ("validator", EMBEDDED, KLIPPER_BATCH, "classifier", "first-layer", "writer")
+PREDICTORS = ("validator", EMBEDDED, KLIPPER_BATCH, "classifier", "first-layer", "critic", "writer")
 """The predictors :func:`predictor` makes, by name."""
 MODE_MIN_POSITIVES = 5
 """A failure mode gets its own classifier when the training programs show it at least this often."""
@@ -334,9 +336,11 @@ def advisor_from(classifier: FeatureClassifier, held_out: PredictorResult, datas
     return Advisor(classifier, band, basis)
 
 
-def predictor(name: str, train: Sequence[Labelled] = (), writer: str | None = None) -> Predictor:
-    """The predictor called ``name`` (:data:`PREDICTORS`); ``classifier`` and ``writer`` (the model
-    ``writer``: a run directory or model folder) are fitted on ``train``."""
+def predictor(name: str, train: Sequence[Labelled] = (), writer: str | None = None, critic: str | None = None,
+              work_dir: Path | None = None) -> Predictor:
+    """The predictor called ``name`` (:data:`PREDICTORS`); ``classifier``, ``first-layer``, ``writer`` (the
+    model ``writer``: a run directory or model folder) and ``critic`` (fine-tuned from the model ``critic``
+    in ``work_dir``) are fitted on ``train``."""
     if name == "validator":
         return validator_predictor()
     if name in (EMBEDDED, KLIPPER_BATCH):
@@ -345,6 +349,14 @@ def predictor(name: str, train: Sequence[Labelled] = (), writer: str | None = No
         return FeatureClassifier().fit(train)
     if name == "first-layer":
         return FirstLayerClassifier().fit(train)
+    if name == "critic":
+        if critic is None or work_dir is None:
+            raise ValueError("predictor critic: give the model to fine-tune (--critic RUN_DIR or a model folder)")
+        # torch, TRL and the model load only for this predictor
+        from training.predict_critic import LLMCritic
+
+        judge = LLMCritic(critic, work_dir).fit(train)
+        return lambda item: Prediction(*judge.judge(item.gcode, item.printer))
     if name == "writer":
         if writer is None:
             raise ValueError("predictor writer: give the writer model (--writer RUN_DIR or a model folder)")
@@ -415,6 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("eval/prediction"))
     parser.add_argument("--writer", metavar="RUN", help="a run directory or model folder: adds the writer "
                         "model's own likelihood as a predictor (--predictor writer)")
+    parser.add_argument("--critic", metavar="MODEL", help="a run directory or model folder to fine-tune into an "
+                        "LLM critic (--predictor critic; its checkpoints go to OUT/critic)")
     parser.add_argument("--save-classifier", type=Path, metavar="FILE",
                         help="save the trained classifier with the abstain band chosen on the held-out programs, "
                         "for the approval console's advisory (python -m training.write --advisor FILE)")
@@ -424,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
         names.append("classifier")
     if args.writer and "writer" not in names:
         names.append("writer")
+    if args.critic and "critic" not in names:
+        names.append("critic")
 
     try:
         read_manifest(args.dataset)
@@ -442,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     for set_name, items in sets.items():
         for name in names:
             print(f"predict: {name} on {set_name} ({len(items)} programs)", flush=True)
-            made[name] = made.get(name) or predictor(name, train, args.writer)
+            made[name] = made.get(name) or predictor(name, train, args.writer, args.critic, args.out / "critic")
             results.append(score(name, made[name], items, set_name))
     write_prediction_report(results, args.out)
     if args.save_classifier:
