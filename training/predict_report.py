@@ -1,5 +1,5 @@
 """The print-success prediction report: ``prediction.md``, ``prediction.json`` and the calibration and
-abstain plots of :func:`training.predict.score`'s results."""
+abstain curves (one figure) of :func:`training.predict.score`'s results."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def write_prediction_report(results: Sequence[Any], out: Path) -> None:
             if x.support:
                 lines.append(f"| {r.test_set} | {r.predictor} | {x.mode} | {x.precision:.3f} | {x.recall:.3f} | "
                              f"{x.f1:.3f} | {x.support} |")
-    lines += ["", "![calibration](calibration.png)", "", "![abstain](abstain.png)", ""]
+    lines += ["", "![calibration (left) and abstain curve (right)](calibration.png)", ""]
     (out / "prediction.md").write_text("\n".join(lines), encoding="utf-8")
     fig, (cal, abst) = plt.subplots(1, 2, figsize=(10, 4))
     cal.plot([0, 1], [0, 1], color="0.7", lw=1)
@@ -59,5 +59,4 @@ def write_prediction_report(results: Sequence[Any], out: Path) -> None:
     cal.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "calibration.png", dpi=100)
-    fig.savefig(out / "abstain.png", dpi=100)
     plt.close(fig)
