@@ -146,14 +146,12 @@ def choose_abstain_band(p_success: Sequence[float], succeeded: Sequence[bool], t
     band does."""
     if not 0.0 < target_accuracy <= 1.0:
         raise ValueError(f"target accuracy {target_accuracy}: must lie in (0, 1]")
-    p = np.asarray(p_success, dtype=float)
-    y = np.asarray(succeeded, dtype=bool)
     for k in range(int(round(1.0 / step)) + 1):
         half = k * step / 2
-        low, high = max(0.0, threshold - half), min(1.0, threshold + half)
-        decided = ~((p >= low) & (p < high))
-        if decided.any() and float(((p >= threshold) == y)[decided].mean()) >= target_accuracy:
-            return round(low, 6), round(high, 6)
+        band = (round(max(0.0, threshold - half), 6), round(min(1.0, threshold + half), 6))
+        decided = prediction_metrics(p_success, succeeded, threshold, band).decided_accuracy
+        if decided.n and decided.value >= target_accuracy:
+            return band
     return 0.0, 1.0
 
 

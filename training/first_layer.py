@@ -31,13 +31,10 @@ def first_layer_telemetry(gcode: str, profile: PrinterProfile, material: str = "
     report = simulate(gcode, profile, backend=EMBEDDED, material=material)
     end_line = report.layers[1].first_line if len(report.layers) > 1 else math.inf
     early = [f for f in report.failures if f.line < end_line]
-    if not report.layers:
-        metrics = [0.0] * 7 + [0.0]
-    else:
-        first = report.layers[0]
-        metrics = [first.time_s, first.filament_mm, first.extruded_path_mm, first.deposited_area_mm2,
-                   first.max_flow_mm3_s, first.delivered_fraction, first.unsupported_path_mm, 1.0]
+    first = report.layers[0] if report.layers else None
+    metrics = [0.0] * 7 if first is None else [
+        first.time_s, first.filament_mm, first.extruded_path_mm, first.deposited_area_mm2, first.max_flow_mm3_s,
+        first.delivered_fraction, first.unsupported_path_mm]
     fatal = sum(f.fatal for f in early)
-    defects = sum(not f.fatal for f in early)
-    values = [*metrics[:7], float(fatal), float(defects), metrics[7]]
+    values = [*metrics, float(fatal), float(len(early) - fatal), float(first is not None)]
     return np.array([v if math.isfinite(v) else 0.0 for v in values], dtype=float)
