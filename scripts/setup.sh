@@ -92,3 +92,7 @@ if ! compgen -G ".venv-klippy/lib/python*/site-packages/klippy/chelper/c_helper.
     .venv-klippy/bin/python -c "from klippy import chelper; chelper.get_ffi()"
     cp .venv-klippy/.layerloop-installed $CHELPER_STAMP
 fi
+
+# The simulator's kernels compiled ahead of time (sim_bridge/kernels.py): the command line starts without
+# loading numba. About 10 s; again whenever a kernel's source changes (the script checks its digests).
+$VENV/bin/python scripts/build_kernels.py

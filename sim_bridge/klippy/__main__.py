@@ -49,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run_mcu(args: argparse.Namespace) -> int:
-    # Imported here: the MCU loads numba's compiled thermal model, which the other commands do not need.
+    # Imported here: the MCU's thermal model and serial code, which the other commands do not need.
     from sim_bridge.klippy.virtual_mcu import VirtualMcu
 
     profile = load_printer(args.profile or args.printer_cfg)

@@ -20,7 +20,7 @@ from sim_bridge.klippy import mcu_control
 from sim_bridge.klippy.live import die_with_parent, stop_group
 
 START_TIMEOUT_S = 30.0
-"""How long the MCU may take to open its terminal (it loads numba's cached thermal model: ~1–3 s)."""
+"""How long the MCU may take to open its terminal (well under a second unloaded; slack for a busy CI machine)."""
 STOP_TIMEOUT_S = 5.0
 
 
