@@ -32,7 +32,6 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ["LAYERLOOP_KERNELS"] = "numba"  # before sim_bridge is imported: step 1 records numba's types
 
 KERNEL_MODULES = ("sim_bridge.move_scan", "sim_bridge.planner", "sim_bridge.deposition", "sim_bridge.thermal",
                   "sim_bridge.prunt_planner", "envs.geometry")
@@ -137,6 +136,8 @@ def main() -> int:
     parser.add_argument("--force", action="store_true", help="build even if the build is current")
     parser.add_argument("--check", action="store_true", help="exit 1 if the build is missing or stale")
     args = parser.parse_args()
+    # Before sim_bridge is imported (in main, not at import, so importing this file changes no environment).
+    os.environ["LAYERLOOP_KERNELS"] = "numba"  # step 1 records numba's types
 
     from sim_bridge import kernels
     from sim_bridge.kernels import AOT_MANIFEST, Kernel, aot_name, compile_module, source_digests
