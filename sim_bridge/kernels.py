@@ -46,7 +46,8 @@ AOT_MODULE = "sim_bridge._kernels_aot"
 """The extension module ``scripts/build_kernels.py`` writes (git-ignored: built on each machine)."""
 AOT_MANIFEST = Path(__file__).with_name("_kernels_aot.json")
 """What the AOT module was built from: ``{"sources": {path relative to the repository: sha256}, "exports":
-{kernel id: exported signature}}``."""
+{name in the module: {"signature": numba's signature, "args": the argument specs each call is checked
+against}}}``."""
 ROOT = Path(__file__).resolve().parents[1]
 
 
