@@ -241,6 +241,8 @@ def test_grpo_settings_check_the_reference_sync_when_built() -> None:
         GRPOSettings(ref_model_sync_steps=5, lora=True)
     with pytest.raises(ConfigError, match=r"temperature = 0.0: out of range"):
         GRPOSettings(temperature=0.0)
+    with pytest.raises(ConfigError, match="scale_rewards"):
+        GRPOSettings(scale_rewards="std")
     assert GRPOSettings(ref_model_sync_steps=5).ref_model_sync_steps == 5
 
 

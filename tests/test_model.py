@@ -302,8 +302,9 @@ def test_grpo_runs_one_step_with_a_length_reward(loaded, cfg, tmp_path):
     ds = _examples(4).remove_columns("completion").add_column("layer", [0, 1, 2, 3])
     trainer = make_grpo_trainer(build_model(cfg, tok), tok, ds, length_reward, output_dir=str(tmp_path),
                                 batch_size=2, num_generations=2, max_completion_length=16, max_steps=1,
-                                beta=0.04, temperature=1.0)
+                                beta=0.04, temperature=1.0, scale_rewards="none")
     assert trainer.args.bf16 is False and trainer.args.use_vllm is False
+    assert trainer.args.scale_rewards == "none"  # reaches TRL: advantages are not divided by the group's spread
     # The KL reference is the policy as handed over (TRL reloads it from the model's path).
     assert trainer.ref_model is not None
     assert all(torch.equal(p, q) for p, q in zip(trainer.model.parameters(), trainer.ref_model.parameters(),

@@ -295,7 +295,7 @@ def make_grpo_trainer(model: transformers.PreTrainedModel, tokenizer: transforme
                       train_dataset: datasets.Dataset, reward_funcs: RewardFunc | list[RewardFunc], *,
                       output_dir: str, learning_rate: float = 1e-5, batch_size: int = 8, num_generations: int = 4,
                       max_completion_length: int = 1024, beta: float = 0.0, max_steps: int = 100, seed: int = 0,
-                      logging_steps: int = 1, save_steps: int = 0, temperature: float = 1.0,
+                      logging_steps: int = 1, save_steps: int = 0, temperature: float = 1.0, scale_rewards: str = "group",
                       lora: bool = False, lora_r: int = 16, backend: str = "trl",
                       rollout_func: RolloutFunc | None = None, reward_weights: list[float] | None = None,
                       ref_model_sync_steps: int = 0, ref_model_mixup_alpha: float = 0.6,
@@ -340,7 +340,7 @@ def make_grpo_trainer(model: transformers.PreTrainedModel, tokenizer: transforme
         beta=beta, max_steps=max_steps, seed=seed, data_seed=seed, logging_steps=logging_steps,
         save_strategy="steps" if save_steps > 0 else "no", save_steps=save_steps if save_steps > 0 else 500,
         save_total_limit=KEEP_CHECKPOINTS,
-        temperature=temperature, reward_weights=reward_weights, log_completions=False, **vllm,
+        temperature=temperature, scale_rewards=scale_rewards, reward_weights=reward_weights, log_completions=False, **vllm,
         sync_ref_model=ref_model_sync_steps > 0, ref_model_sync_steps=max(1, ref_model_sync_steps),
         ref_model_mixup_alpha=ref_model_mixup_alpha, **cpu_safe_kwargs(report_to))
     rollout = {"rollout_func": rollout_func} if rollout_func is not None else {}

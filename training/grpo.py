@@ -75,6 +75,11 @@ class GRPOSettings:
     """Tokens per answer (per turn in multi-turn mode; also the closed loop's evaluation budget)."""
     temperature: float = ranged(0.7, 0.01, 5.0)
     """Sampling temperature."""
+    scale_rewards: str = ranged("group", choices=("group", "batch", "none"))
+    """How a completion's advantage (its reward minus its group's mean) is scaled (TRL's ``scale_rewards``):
+    divided by the group's standard deviation (``group``, GRPO's original rule), by the batch's (``batch``),
+    or not at all (``none``, Dr. GRPO). Dividing by a group's spread makes a group whose answers differ by a
+    thousandth of a point push as hard as one where an answer fails and another prints."""
     beta: float = ranged(0.05, 0.0, 10.0)
     """KL penalty to the reference model (the model as GRPO starts; 0 keeps no reference)."""
     ref_model_sync_steps: int = ranged(0, 0, 10_000_000)
@@ -277,7 +282,8 @@ def make_trainer(model: transformers.PreTrainedModel, tokenizer: transformers.Pr
         learning_rate=settings.learning_rate, batch_size=settings.batch_size,
         num_generations=settings.num_generations, max_completion_length=settings.max_completion_length * turns,
         beta=settings.beta, max_steps=settings.max_steps, seed=settings.seed, logging_steps=1,
-        save_steps=settings.checkpoint_interval, temperature=settings.temperature, lora=settings.lora,
+        save_steps=settings.checkpoint_interval, temperature=settings.temperature,
+        scale_rewards=settings.scale_rewards, lora=settings.lora,
         lora_r=settings.lora_r, backend=settings.backend, rollout_func=rollout,
         ref_model_sync_steps=settings.ref_model_sync_steps, ref_model_mixup_alpha=settings.ref_model_mixup_alpha,
         use_vllm=settings.use_vllm, report_to=report_to)
