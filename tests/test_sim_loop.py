@@ -19,11 +19,12 @@ import yaml
 from agent.llm import generate
 from sim_bridge.config import ConfigError, from_dict
 from training.backend import KEEP_CHECKPOINTS
-from training.data import load_table
+from training.data import load_table, to_grpo
 from training.grpo import GRPOSettings
 from training.loop_config import GRPO_DATA_DIR, SimLoopConfig, load_config
 from training.make_dataset import DatasetConfig, make_dataset
 from training.model import ModelConfig, load_model_and_tokenizer
+from training.screen import SCREEN_FILE
 from training.sft import SFTConfig
 
 ROOT = Path(__file__).parent.parent
@@ -89,6 +90,12 @@ def test_smoke_run_kill_and_resume(tmp_path: Path) -> None:
                 for j in table["job"]}
 
     assert len(phase2) == 8 and not drawn(phase2) & drawn(supervised)
+    # GRPO trained on prompts screened by the SFT model (smoke.yaml: grpo.screen_geometry); 12 SFT steps and
+    # 48 tokens write no whole layer, so every prompt is still wrong, and all are kept.
+    screening = json.loads((full_dir / "grpo" / SCREEN_FILE).read_text())
+    layer_rows = len(to_grpo(load_table(full_dir / GRPO_DATA_DIR, "sft", split="train")))
+    assert screening["candidates"] == layer_rows and screening["hard"] == layer_rows
+    assert sorted(screening["kept"]) == list(range(layer_rows))
     # Only the newest checkpoints stay on disk (KEEP_CHECKPOINTS), not one per interval.
     assert len(list((full_dir / "sft").glob("checkpoint-*"))) <= KEEP_CHECKPOINTS
 

@@ -33,7 +33,15 @@ import datasets
 import torch
 import transformers
 
-from agent.llm import REVISE_MODES, conversation, format_prompt, needs_revision, sample, stop_token_ids
+from agent.llm import (
+    REVISE_MODES,
+    LLMPolicy,
+    conversation,
+    format_prompt,
+    needs_revision,
+    sample,
+    stop_token_ids,
+)
 from envs.jobs import PrintJob
 from envs.scoring import layer_feedback
 from sim_bridge.config import ConfigError, check_ranges, ranged
@@ -43,6 +51,7 @@ from training.cli import config_main
 from training.data import load_table, to_grpo
 from training.model import ModelConfig, load_model_and_tokenizer
 from training.rewards import LayerScorer, RewardTimer, layer_reward_functions
+from training.screen import screen_rows
 
 ANSWER_SENTINEL = "\x00answer\x00"
 """Stands in for an answer while finding where a chat template puts text around it."""
@@ -80,6 +89,10 @@ class GRPOSettings:
     divided by the group's standard deviation (``group``, GRPO's original rule), by the batch's (``batch``),
     or not at all (``none``, Dr. GRPO). Dividing by a group's spread makes a group whose answers differ by a
     thousandth of a point push as hard as one where an answer fails and another prints."""
+    screen_geometry: float = ranged(0.0, 0.0, 1.0)
+    """Screen the prompts first (:mod:`training.screen`; writer prompts only): the starting model answers each
+    once, greedily, and the prompts whose answer is fatal, has a defect or reaches geometry below this value
+    come first, the others fill the steps' prompts. 0: no screening (TRL samples every row)."""
     beta: float = ranged(0.05, 0.0, 10.0)
     """KL penalty to the reference model (the model as GRPO starts; 0 keeps no reference)."""
     ref_model_sync_steps: int = ranged(0, 0, 10_000_000)
@@ -291,6 +304,23 @@ def make_trainer(model: transformers.PreTrainedModel, tokenizer: transformers.Pr
     return trainer
 
 
+SCREEN_BATCH = 8
+"""Prompts the screening answers together."""
+
+
+def screened_rows(model: transformers.PreTrainedModel, tokenizer: transformers.PreTrainedTokenizerBase,
+                  rows: datasets.Dataset, settings: GRPOSettings) -> datasets.Dataset:
+    """``rows`` screened by ``model`` when ``settings.screen_geometry`` > 0 (the record in
+    ``settings.output_dir``), else unchanged."""
+    if settings.screen_geometry <= 0:
+        return rows
+    needed = settings.max_steps * settings.batch_size // settings.num_generations
+    policy = LLMPolicy(model, tokenizer, max_new_tokens=settings.max_completion_length, batch_size=SCREEN_BATCH)
+    found = screen_rows(policy, rows, prompts_needed=needed, geometry_below=settings.screen_geometry,
+                        seed=settings.seed, folder=Path(settings.output_dir))
+    return rows.select(found.kept)
+
+
 def train(config: GRPOSettings) -> Path:
     """Run GRPO; returns the folder of the final model."""
     if config.max_steps == 0:
@@ -300,7 +330,7 @@ def train(config: GRPOSettings) -> Path:
         torch.set_num_threads(1)
     torch.manual_seed(config.seed)
     model, tokenizer = load_model_and_tokenizer(config.model_config())
-    rows = to_grpo(load_table(config.dataset_path, "sft", split="train"))
+    rows = screened_rows(model, tokenizer, to_grpo(load_table(config.dataset_path, "sft", split="train")), config)
     trainer = make_trainer(model, tokenizer, rows, config, report_to=["tensorboard"] if config.log_dir else [])
     out = Path(config.output_dir)
     train_and_save(trainer, tokenizer, out)

@@ -5,8 +5,9 @@ simulated outcomes, evaluated on a held-out suite before and after every phase.
 
 1. **Phase 1, simulation-first** — build or load the model; make the supervised dataset if it is missing
    (``training.make_dataset``); evaluate ("before"); SFT (``sft:``, :mod:`training.sft`); evaluate ("sft").
-2. **Phase 2, sim-to-real** — GRPO on the environment's reward (``grpo:``, :mod:`training.grpo`);
-   evaluate ("grpo").
+2. **Phase 2, sim-to-real** — GRPO on the environment's reward (``grpo:``, :mod:`training.grpo`), on
+   fresh prompts screened by the SFT model, those it still gets wrong first (``grpo.screen_geometry``,
+   :mod:`training.screen`; the record in ``grpo/screen.json``); evaluate ("grpo").
 3. **Phase 3, real-world refinement** — only when ``real_world_dataset`` is set: SFT on human-approved real
    programs only, at a conservative learning rate; evaluate ("real_world").
 
@@ -244,7 +245,13 @@ def run(config: SimLoopConfig, run_dir: Path, progress: bool = True) -> dict[str
             trainer = grpo.make_trainer(model, tokenizer, rows, settings, reward_funcs=[SupervisorReward()])
         else:
             prompts = _dataset(config, run_dir, phase2=True) if config.grpo_jobs else data
-            trainer = grpo.make_trainer(model, tokenizer, to_grpo(load_table(prompts, "sft", split="train")), settings)
+            rows = to_grpo(load_table(prompts, "sft", split="train"))
+            # The main process screens and writes the record; the others read it.
+            if is_main():
+                grpo.screened_rows(model, tokenizer, rows, settings)
+            wait_for_everyone()
+            trainer = grpo.make_trainer(model, tokenizer, grpo.screened_rows(model, tokenizer, rows, settings),
+                                        settings)
         model = train_phase("grpo", trainer)
 
     if config.real_world_dataset and "real_world" not in state["done"]:
