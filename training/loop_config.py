@@ -71,8 +71,7 @@ class SimLoopConfig:
     """Phase 1 (and the settings phase 3 does not set itself: batch size 1, its own learning rate and
     epochs): supervised fine-tuning; without ``model``, ``embedded``, ``dataset_path``, ``output_dir``,
     ``log_dir``, ``backend``, ``seed``, ``eval_interval``."""
-    grpo: GRPOSettings = field(default_factory=lambda: GRPOSettings(max_steps=40, learning_rate=1e-4,
-                                                                     screen_geometry=0.95))
+    grpo: GRPOSettings = field(default_factory=lambda: GRPOSettings(max_steps=40, learning_rate=1e-4))
     """Phase 2: GRPO (``max_steps: 0`` skips it); ``multi_turn`` and ``revise`` also shape the SFT data and
     the evaluations; ``max_completion_length`` is also the evaluations' budget. Without ``model``,
     ``embedded``, ``dataset_path``, ``output_dir``, ``log_dir``, ``backend``, ``seed``."""

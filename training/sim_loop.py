@@ -5,9 +5,9 @@ simulated outcomes, evaluated on a held-out suite before and after every phase.
 
 1. **Phase 1, simulation-first** — build or load the model; make the supervised dataset if it is missing
    (``training.make_dataset``); evaluate ("before"); SFT (``sft:``, :mod:`training.sft`); evaluate ("sft").
-2. **Phase 2, sim-to-real** — GRPO on the environment's reward (``grpo:``, :mod:`training.grpo`), on
-   fresh prompts screened by the SFT model, those it still gets wrong first (``grpo.screen_geometry``,
-   :mod:`training.screen`; the record in ``grpo/screen.json``); evaluate ("grpo").
+2. **Phase 2, sim-to-real** — GRPO on the environment's reward (``grpo:``, :mod:`training.grpo`); with
+   ``grpo.screen_geometry`` > 0 on prompts screened by the SFT model, those it still gets wrong first
+   (:mod:`training.screen`; the record in ``grpo/screen.json``); evaluate ("grpo").
 3. **Phase 3, real-world refinement** — only when ``real_world_dataset`` is set: SFT on human-approved real
    programs only, at a conservative learning rate; evaluate ("real_world").
 
