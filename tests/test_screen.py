@@ -58,6 +58,9 @@ def test_hard_prompts_come_first_and_the_rest_fill_the_steps(table: object, tmp_
 
     again = screen_rows(refuse, rows, prompts_needed=len(odd) + 2, geometry_below=0.95, seed=1, folder=tmp_path)
     assert again == found
+    # Another bar is another screening, not the old record.
+    stricter = screen_rows(policy, rows, prompts_needed=len(odd) + 2, geometry_below=0.999, seed=1, folder=tmp_path)
+    assert stricter.geometry_below == 0.999 and len(asked) == 2 * len(rows)
 
     # More hard prompts than the steps need: all of them are kept, no others.
     few = screen_rows(policy, rows, prompts_needed=1, geometry_below=0.95, seed=1, folder=tmp_path / "few")

@@ -36,6 +36,10 @@ class Screening:
 
     candidates: int
     """Prompts answered."""
+    geometry_below: float
+    """The bar the answers were screened against."""
+    prompts_needed: int
+    """Prompts the steps needed."""
     hard: int
     """Of them, those the model still gets wrong (kept first)."""
     fatal: int
@@ -54,13 +58,14 @@ def is_hard(scores: StepScores, geometry_below: float) -> bool:
 def screen_rows(policy: Policy, rows: datasets.Dataset, *, prompts_needed: int, geometry_below: float, seed: int,
                 folder: Path) -> Screening:
     """Screen ``rows`` (GRPO's prompt rows: ``prompt``, ``job``, ``layer``) with ``policy`` (the starting
-    model, greedy); at least
-    ``prompts_needed`` rows are kept when there are that many (the hard ones, then others). Reads the record
-    in ``folder`` instead when a previous screening of the same rows left one."""
+    model, greedy); at least ``prompts_needed`` rows are kept when there are that many (the hard ones, then
+    others). Reads the record in ``folder`` instead when a screening of as many rows against the same bar
+    for as many prompts left one (a resumed run)."""
     record = folder / SCREEN_FILE
     if record.is_file():
         saved = json.loads(record.read_text())
-        if saved.get("candidates") == len(rows):
+        if (saved.get("candidates"), saved.get("geometry_below"), saved.get("prompts_needed")) == (
+                len(rows), geometry_below, prompts_needed):
             return Screening(**saved)
     start = time.monotonic()
     print(f"[grpo] screening {len(rows)} prompts with the starting model (greedy answers, simulated)", flush=True)
@@ -73,7 +78,8 @@ def screen_rows(policy: Policy, rows: datasets.Dataset, *, prompts_needed: int, 
     others = [i for i in range(len(rows)) if i not in hard_set]
     random.Random(seed).shuffle(others)
     kept = hard + others[:max(0, prompts_needed - len(hard))]
-    result = Screening(candidates=len(rows), hard=len(hard), fatal=sum(scores[i].fatal for i in hard), kept=kept,
+    result = Screening(candidates=len(rows), geometry_below=geometry_below, prompts_needed=prompts_needed,
+                       hard=len(hard), fatal=sum(scores[i].fatal for i in hard), kept=kept,
                        seconds=round(time.monotonic() - start, 1))
     folder.mkdir(parents=True, exist_ok=True)
     tmp = record.with_suffix(".tmp")
