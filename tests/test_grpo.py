@@ -23,6 +23,8 @@ from envs.scoring import layer_feedback, layer_reward
 from envs.slicer import slice_job
 from sim_bridge.config import ConfigError
 from training.grpo import GRPOSettings, feedback_bridge
+from training.guidance import prints
+from training.make_dataset import DatasetConfig, make_dataset
 from training.model import ModelConfig, load_model_and_tokenizer
 from training.revisions import PERTURBATIONS, perturb_layer, revision_examples
 from training.rewards import LayerRewardPart, LayerScorer, SupervisorReward, layer_reward_functions
@@ -309,3 +311,32 @@ def test_reward_functions_pickle_and_score_the_same() -> None:
     supervisor = SupervisorReward()
     args = [[r["completion"] for r in rows], *[[r[k] for r in rows] for k in ("job", "hidden", "history")]]
     assert pickle.loads(pickle.dumps(supervisor))(*args) == supervisor(*args)
+
+
+def test_guidance_counts_only_answers_that_print() -> None:
+    assert prints(StepScores(geometry=0.9, extrusion=0.1, time=0.1))
+    assert not prints(StepScores(geometry=0.89, extrusion=1.0, time=1.0))
+    assert not prints(StepScores(geometry=1.0, extrusion=1.0, time=1.0, defects=1))
+    assert not prints(StepScores(geometry=1.0, extrusion=1.0, time=1.0, fatal=True))
+    with pytest.raises(ConfigError, match="expert_guidance: true with multi_turn"):
+        GRPOSettings(expert_guidance=True, multi_turn=True)
+
+
+@pytest.mark.slow
+def test_expert_guidance_puts_the_reference_into_failed_groups(tmp_path: Path) -> None:
+    """An untrained model prints nothing: every group gets the expert's answer, and the group's rewards show
+    it (one answer of two prints the layer, so the mean geometry is about half)."""
+    make_dataset(DatasetConfig(name="guided", seed=5, jobs=4, difficulties=[0], part_kinds=["rectangle"],
+                               jobs_per_shard=4, defects_per_job=0, traces=False, images=False, workers=1),
+                 tmp_path / "data", progress=False)
+    config = {"model": "embedded", "embedded": {**SMOKE_MODEL.__dict__, "cache_dir": str(tmp_path / "models")},
+              "dataset_path": str(tmp_path / "data"), "output_dir": str(tmp_path / "grpo"), "batch_size": 4,
+              "num_generations": 2, "max_steps": 2, "max_completion_length": 320, "checkpoint_interval": 1,
+              "expert_guidance": True}
+    (tmp_path / "grpo.yaml").write_text(yaml.safe_dump(config))
+    done = _run(["-m", "training.grpo", "--config", str(tmp_path / "grpo.yaml")])
+    assert done.returncode == 0, done.stderr[-3000:]
+    state = json.loads(max((tmp_path / "grpo").glob("checkpoint-*/trainer_state.json")).read_text())
+    steps = [r for r in state["log_history"] if "guided_groups" in r]
+    assert len(steps) == 2 and all(r["guided_groups"] == 1.0 for r in steps)
+    assert all(0.4 <= r["rewards/geometry_reward/mean"] <= 0.6 for r in steps), steps

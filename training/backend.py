@@ -322,12 +322,12 @@ def make_grpo_trainer(model: transformers.PreTrainedModel, tokenizer: transforme
                          f"e.g. {num_generations * max(1, batch_size // num_generations)}")
     trl = _import_trl(backend)
     if rollout_func is not None:
-        require_trl_feature("rollout_func", "multi-turn GRPO (grpo.multi_turn)")
+        require_trl_feature("rollout_func", "a custom GRPO rollout (grpo.multi_turn or grpo.expert_guidance)")
     vllm: dict[str, Any] = {"use_vllm": False}
     if use_vllm:
         if rollout_func is not None:
-            raise BackendError("grpo.use_vllm: true with grpo.multi_turn: true — the revision rollout generates with "
-                               "transformers itself; switch one of them off")
+            raise BackendError("grpo.use_vllm: true with a custom rollout (grpo.multi_turn or grpo.expert_guidance) — "
+                               "the rollout generates with transformers itself; switch one of them off")
         check_vllm()
         require_trl_feature("vllm_mode", "grpo.use_vllm")
         vllm = {"use_vllm": True, "vllm_mode": "colocate"}

@@ -72,13 +72,17 @@ def to_sft(ds: datasets.Dataset | datasets.IterableDataset, chat: bool = False
     return ds.remove_columns(drop) if drop else ds
 
 
-def to_grpo(ds: datasets.Dataset | datasets.IterableDataset) -> datasets.Dataset | datasets.IterableDataset:
-    """GRPO format: ``prompt`` plus the columns :func:`envs.scoring.layer_reward` needs (``job``, ``layer``).
+def to_grpo(ds: datasets.Dataset | datasets.IterableDataset, reference: bool = False
+            ) -> datasets.Dataset | datasets.IterableDataset:
+    """GRPO format: ``prompt`` plus the columns :func:`envs.scoring.layer_reward` needs (``job``, ``layer``)
+    and, with ``reference``, the expert's answer as ``reference`` (for :mod:`training.guidance`).
 
     Only layer steps are kept (start and end steps have no ``layer_reward``).
     """
-    keep = {"prompt", "job", "layer"}
+    keep = {"prompt", "job", "layer", *(("reference",) if reference else ())}
     ds = ds.filter(lambda row: row["step_kind"] == "layer")
+    if reference:
+        ds = ds.rename_column("completion", "reference")
     drop = [c for c in (ds.column_names or []) if c not in keep]
     return ds.remove_columns(drop) if drop else ds
 

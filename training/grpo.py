@@ -49,6 +49,7 @@ from training.backend import check_backend, make_grpo_trainer
 from training.checkpoints import FINAL_DIR, train_and_save
 from training.cli import config_main
 from training.data import load_table, to_grpo
+from training.guidance import make_guided_rollout
 from training.model import ModelConfig, load_model_and_tokenizer
 from training.rewards import LayerScorer, RewardTimer, layer_reward_functions
 from training.screen import screen_rows
@@ -93,6 +94,10 @@ class GRPOSettings:
     """Screen the prompts first (:mod:`training.screen`; writer prompts only): the starting model answers each
     once, greedily, and the prompts whose answer is fatal, has a defect or reaches geometry below this value
     come first, the others fill the steps' prompts. 0: no screening (TRL samples every row)."""
+    expert_guidance: bool = False
+    """Where no answer of a group prints, the expert's reference answer replaces the group's last one
+    (:mod:`training.guidance`, LUFFY's off-policy guidance; writer prompts, single-turn only), so GRPO has a
+    correct answer to reinforce on the prompts the model gets wrong."""
     beta: float = ranged(0.05, 0.0, 10.0)
     """KL penalty to the reference model (the model as GRPO starts; 0 keeps no reference)."""
     ref_model_sync_steps: int = ranged(0, 0, 10_000_000)
@@ -139,6 +144,9 @@ class GRPOSettings:
         if self.use_vllm and self.multi_turn:
             raise ConfigError("use_vllm: true with multi_turn: true — the revision rollout generates with "
                               "transformers itself; switch one of them off")
+        if self.expert_guidance and (self.multi_turn or self.use_vllm):
+            raise ConfigError("expert_guidance: true with multi_turn or use_vllm: true — the guided rollout samples "
+                              "single answers with transformers; switch one of them off")
         if self.ref_model_sync_steps > 0 and (self.beta == 0 or self.lora):
             raise ConfigError(f"ref_model_sync_steps = {self.ref_model_sync_steps}: syncing the reference model "
                               f"needs beta > 0 (beta = {self.beta}) and full fine-tuning (lora = "
@@ -287,6 +295,10 @@ def make_trainer(model: transformers.PreTrainedModel, tokenizer: transformers.Pr
                                             max_completion_length=settings.max_completion_length,
                                             temperature=settings.temperature, turns=settings.revision_turns,
                                             revise=settings.revise)
+        elif settings.expert_guidance:
+            rollout = make_guided_rollout(tokenizer, list(rows), scorer, num_generations=settings.num_generations,
+                                          max_completion_length=settings.max_completion_length,
+                                          temperature=settings.temperature)
     else:
         funcs = list(reward_funcs)
     turns = settings.revision_turns + 1 if settings.multi_turn else 1
@@ -330,7 +342,8 @@ def train(config: GRPOSettings) -> Path:
         torch.set_num_threads(1)
     torch.manual_seed(config.seed)
     model, tokenizer = load_model_and_tokenizer(config.model_config())
-    rows = screened_rows(model, tokenizer, to_grpo(load_table(config.dataset_path, "sft", split="train")), config)
+    table = load_table(config.dataset_path, "sft", split="train")
+    rows = screened_rows(model, tokenizer, to_grpo(table, reference=config.expert_guidance), config)
     trainer = make_trainer(model, tokenizer, rows, config, report_to=["tensorboard"] if config.log_dir else [])
     out = Path(config.output_dir)
     train_and_save(trainer, tokenizer, out)

@@ -245,7 +245,7 @@ def run(config: SimLoopConfig, run_dir: Path, progress: bool = True) -> dict[str
             trainer = grpo.make_trainer(model, tokenizer, rows, settings, reward_funcs=[SupervisorReward()])
         else:
             prompts = _dataset(config, run_dir, phase2=True) if config.grpo_jobs else data
-            rows = to_grpo(load_table(prompts, "sft", split="train"))
+            rows = to_grpo(load_table(prompts, "sft", split="train"), reference=settings.expert_guidance)
             # The main process screens and writes the record; the others read it.
             if is_main():
                 grpo.screened_rows(model, tokenizer, rows, settings)
