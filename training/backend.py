@@ -268,6 +268,12 @@ RolloutFunc = Callable[[list[str], Any], dict[str, Any]]
 extra keys reach the reward functions as keyword arguments (``env_mask`` masks environment tokens)."""
 
 
+def log_step_metric(trainer: Any, name: str, value: float) -> None:
+    """Add ``value`` to the GRPO trainer's logs of the current training step as ``name`` (TRL 1.16 averages
+    the values a step collects; a rollout function reports through this)."""
+    trainer._metrics["train"][name].append(value)
+
+
 def grpo_dataset(dataset: datasets.Dataset, tokenizer: transformers.PreTrainedTokenizerBase) -> datasets.Dataset:
     """``dataset`` with each ``prompt`` rendered by :func:`format_prompt` (other columns kept for rewards)."""
     if "prompt" not in dataset.column_names:

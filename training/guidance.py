@@ -23,6 +23,7 @@ from typing import Any
 from agent.llm import format_prompt, sample, stop_token_ids
 from envs.gcode_writer import SUCCESS_GEOMETRY
 from envs.rewards import StepScores
+from training.backend import log_step_metric
 from training.rewards import LayerScorer
 
 REFERENCE_COLUMN = "reference"
@@ -78,7 +79,7 @@ def make_guided_rollout(tokenizer: Any, rows: Sequence[dict[str, Any]], scorer: 
             completions[group[-1]] = list(reference)
             guided += 1
         groups = len(prompts) // num_generations
-        trainer._metrics["train"]["guided_groups"].append(guided / groups)
+        log_step_metric(trainer, "guided_groups", guided / groups)
         return {"prompt_ids": prompt_ids, "completion_ids": completions, "logprobs": None}
 
     return rollout
