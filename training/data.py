@@ -72,17 +72,22 @@ def to_sft(ds: datasets.Dataset | datasets.IterableDataset, chat: bool = False
     return ds.remove_columns(drop) if drop else ds
 
 
+REFERENCE_COLUMN = "reference"
+"""The GRPO rows' column holding the expert's answer to the prompt (:func:`to_grpo` with ``reference``)."""
+
+
 def to_grpo(ds: datasets.Dataset | datasets.IterableDataset, reference: bool = False
             ) -> datasets.Dataset | datasets.IterableDataset:
     """GRPO format: ``prompt`` plus the columns :func:`envs.scoring.layer_reward` needs (``job``, ``layer``)
-    and, with ``reference``, the expert's answer as ``reference`` (for :mod:`training.guidance`).
+    and, with ``reference``, the expert's answer as :data:`REFERENCE_COLUMN` (for :mod:`training.guidance`).
 
     Only layer steps are kept (start and end steps have no ``layer_reward``).
     """
-    keep = {"prompt", "job", "layer", *(("reference",) if reference else ())}
+    keep = {"prompt", "job", "layer"}
     ds = ds.filter(lambda row: row["step_kind"] == "layer")
     if reference:
-        ds = ds.rename_column("completion", "reference")
+        ds = ds.rename_column("completion", REFERENCE_COLUMN)
+        keep.add(REFERENCE_COLUMN)
     drop = [c for c in (ds.column_names or []) if c not in keep]
     return ds.remove_columns(drop) if drop else ds
 
